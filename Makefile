@@ -1,0 +1,66 @@
+# statusgw: `make` builds, `make run` starts the gateway on the shipped config,
+# `make test` installs what is missing, builds, and runs every spec.
+
+PKGS    := lua5.4 libevent jansson openssl
+CC      ?= cc
+CFLAGS  ?= -O2 -g
+WARN    := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter
+DEPS_OK := $(shell pkg-config --exists $(PKGS) 2>/dev/null && test -f /usr/include/http_parser.h && test -f /usr/include/wslay/wslay.h && echo yes)
+PCFLAGS  = $(shell pkg-config --cflags $(PKGS))
+PLIBS    = $(shell pkg-config --libs $(PKGS)) -lhttp_parser -lwslay -lm
+PREFIX  ?= /usr/local
+
+SRCS    := $(wildcard src/*.c)
+LIBSRCS := $(filter-out src/main.c src/lmodel.c,$(SRCS))
+OBJS     = $(patsubst src/%.c,build/obj/%.o,$(filter-out src/lmodel.c,$(SRCS)))
+AOBJS    = $(patsubst src/%.c,build/asan/obj/%.o,$(filter-out src/lmodel.c,$(SRCS)))
+ASAN    := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined
+
+.PHONY: all asan run test clean install deps
+
+all: deps build/statusgw build/statusgw_model.so
+
+deps:
+ifneq ($(DEPS_OK),yes)
+	@scripts/install-deps
+endif
+
+build/statusgw: $(OBJS)
+	$(CC) $(CFLAGS) -o $@ $^ $(PLIBS)
+
+build/obj/%.o: src/%.c $(wildcard src/*.h) | build/obj
+	$(CC) $(WARN) $(CFLAGS) $(PCFLAGS) -MMD -c -o $@ $<
+
+# The model as a Lua module, so unit specs exercise the real C validation.
+build/statusgw_model.so: src/lmodel.c src/status.c src/log.c $(wildcard src/*.h) | build/obj
+	$(CC) $(WARN) $(CFLAGS) $(PCFLAGS) -fPIC -shared -o $@ src/lmodel.c src/status.c src/log.c $(PLIBS)
+
+asan: deps build/asan/statusgw
+
+build/asan/statusgw: $(AOBJS)
+	$(CC) $(ASAN) -o $@ $^ $(PLIBS)
+
+build/asan/obj/%.o: src/%.c $(wildcard src/*.h) | build/asan/obj
+	$(CC) $(WARN) $(ASAN) $(PCFLAGS) -c -o $@ $<
+
+build/obj build/asan/obj:
+	@mkdir -p $@
+
+run: all
+	./build/statusgw --config etc/statusgw.lua
+
+test:
+	@scripts/install-deps
+	@$(MAKE) --no-print-directory all asan
+	@scripts/test
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/statusgw/plugins $(DESTDIR)$(PREFIX)/etc/statusgw
+	install -m 755 build/statusgw $(DESTDIR)$(PREFIX)/bin/statusgw
+	install -m 644 etc/statusgw.lua $(DESTDIR)$(PREFIX)/etc/statusgw/statusgw.lua
+	cp -r plugins/. $(DESTDIR)$(PREFIX)/share/statusgw/plugins/
+
+clean:
+	rm -rf build
+
+-include $(wildcard build/obj/*.d)

@@ -1,0 +1,73 @@
+-- statusgw configuration: a Lua file that returns a table.
+-- Every key is optional; the value shown is the default.
+-- Command-line flags (--listen, --plugins, --log-level) override this file.
+return {
+  -- Address and port to listen on. With no API keys configured the gateway
+  -- should stay on loopback.
+  listen = "127.0.0.1:4000",
+
+  -- Directory of Lua plugins loaded at start.
+  plugins_dir = "plugins",
+
+  -- debug, info, warn or error. Logs are one line per event, key=value.
+  log_level = "info",
+
+  -- Broadcaster: a conversation's queue is flushed to subscribers when it
+  -- holds batch_size updates or flush_interval_ms after its first update.
+  batch_size = 10,
+  flush_interval_ms = 100,
+
+  -- Conversations kept at once. Past it the least recently active one with
+  -- no subscribers is evicted (its history goes with it, and its epoch
+  -- changes); if every one has subscribers, new conversations get 429.
+  max_conversations = 10000,
+
+  -- Every cleanup_interval_s, conversations idle for conversation_ttl_s
+  -- with no subscribers are forgotten.
+  cleanup_interval_s = 300,
+  conversation_ttl_s = 1800,
+
+  -- Updates kept per conversation for history and resume.
+  history_size = 100,
+
+  -- Updates accepted but not yet flushed, over all conversations. Past it
+  -- publishes get 429 with Retry-After.
+  max_pending_updates = 100000,
+
+  -- Unsent bytes a subscriber may have before it is disconnected as a slow
+  -- consumer (it resumes from history when it reconnects).
+  output_cap_bytes = 1048576,
+
+  -- Request limits: body, request line plus headers, updates per bulk call.
+  max_body_bytes = 1048576,
+  max_header_bytes = 16384,
+  max_bulk_items = 1000,
+
+  -- Update limits: text bytes and encoded metadata bytes.
+  max_text_bytes = 4096,
+  max_metadata_bytes = 65536,
+
+  -- A retried publish with the same idempotency_key to the same
+  -- conversation within this window returns the first seq.
+  idempotency_window_s = 300,
+
+  -- Server-Sent Events: comment line interval and the client retry hint.
+  sse_heartbeat_s = 15,
+  sse_retry_ms = 2000,
+
+  -- Keep-alive HTTP connections idle this long are closed.
+  http_idle_timeout_s = 60,
+
+  -- WebSocket: sockets silent this long are closed; largest client message.
+  ws_idle_timeout_s = 60,
+  ws_max_message_bytes = 65536,
+
+  -- On SIGTERM, how long to wait for clients to take what was flushed.
+  shutdown_timeout_ms = 5000,
+
+  -- Categories beyond engine, tool, workflow, progress, error, info,
+  -- planning and summary, as name = "description".
+  categories = {
+    -- deploy = "Deployment steps",
+  },
+}

@@ -1,0 +1,251 @@
+#include "config.h"
+
+#include "log.h"
+
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Integer keys of the config table: name, where it goes, and its range. */
+struct int_key {
+    const char *name;
+    size_t off;
+    int is_size;
+    long long min, max;
+};
+
+#define IK(n, f, lo, hi) {n, offsetof(sg_config, f), 0, lo, hi}
+#define SK(n, f, lo, hi) {n, offsetof(sg_config, f), 1, lo, hi}
+
+static const struct int_key int_keys[] = {
+    IK("batch_size", batch_size, 1, 10000),
+    IK("flush_interval_ms", flush_ms, 1, 60000),
+    IK("max_conversations", max_conversations, 1, 10000000),
+    IK("cleanup_interval_s", cleanup_interval_s, 1, 86400),
+    IK("conversation_ttl_s", conversation_ttl_s, 1, 86400 * 30),
+    IK("history_size", history_size, 1, 1000000),
+    IK("max_pending_updates", max_pending, 1, 100000000),
+    SK("output_cap_bytes", output_cap, 1024, 1LL << 32),
+    SK("max_body_bytes", max_body, 1024, 1LL << 30),
+    SK("max_header_bytes", max_header, 1024, 1 << 20),
+    SK("max_text_bytes", max_text, 1, 1 << 20),
+    SK("max_metadata_bytes", max_metadata, 2, 1 << 24),
+    IK("max_bulk_items", max_bulk_items, 1, 1000000),
+    IK("idempotency_window_s", idempotency_window_s, 1, 86400),
+    IK("sse_heartbeat_s", sse_heartbeat_s, 1, 3600),
+    IK("sse_retry_ms", sse_retry_ms, 0, 3600000),
+    IK("http_idle_timeout_s", http_idle_s, 1, 86400),
+    IK("shutdown_timeout_ms", shutdown_timeout_ms, 0, 600000),
+    IK("ws_idle_timeout_s", ws_idle_s, 1, 86400),
+    SK("ws_max_message_bytes", ws_max_message, 128, 1 << 24),
+};
+
+/* Tables that later modules read from the same file. */
+static const char *table_keys[] = {"plugins", "webhooks", "security", NULL};
+
+static void defaults(sg_config *c)
+{
+    memset(c, 0, sizeof(*c));
+    sg_config_set_listen(c, SG_DEFAULT_LISTEN);
+    c->plugins_dir = strdup("plugins");
+    c->log_level = SG_LOG_INFO;
+    c->batch_size = SG_DEFAULT_BATCH_SIZE;
+    c->flush_ms = SG_DEFAULT_FLUSH_MS;
+    c->max_conversations = SG_DEFAULT_MAX_CONVERSATIONS;
+    c->cleanup_interval_s = SG_DEFAULT_CLEANUP_INTERVAL_S;
+    c->conversation_ttl_s = SG_DEFAULT_CONVERSATION_TTL_S;
+    c->history_size = SG_DEFAULT_HISTORY_SIZE;
+    c->max_pending = SG_DEFAULT_MAX_PENDING;
+    c->output_cap = SG_DEFAULT_OUTPUT_CAP;
+    c->max_body = SG_DEFAULT_MAX_BODY;
+    c->max_header = SG_DEFAULT_MAX_HEADER;
+    c->max_text = SG_DEFAULT_MAX_TEXT;
+    c->max_metadata = SG_DEFAULT_MAX_METADATA;
+    c->max_bulk_items = SG_DEFAULT_MAX_BULK_ITEMS;
+    c->idempotency_window_s = SG_DEFAULT_IDEMPOTENCY_WINDOW_S;
+    c->sse_heartbeat_s = SG_DEFAULT_SSE_HEARTBEAT_S;
+    c->sse_retry_ms = SG_DEFAULT_SSE_RETRY_MS;
+    c->http_idle_s = SG_DEFAULT_HTTP_IDLE_S;
+    c->shutdown_timeout_ms = SG_DEFAULT_SHUTDOWN_TIMEOUT_MS;
+    c->ws_idle_s = SG_DEFAULT_WS_IDLE_S;
+    c->ws_max_message = SG_DEFAULT_WS_MAX_MESSAGE;
+}
+
+int sg_config_set_listen(sg_config *c, const char *addr)
+{
+    const char *colon = strrchr(addr, ':');
+    if (!colon || colon == addr) return -1;
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || end == colon + 1 || port < 0 || port > 65535) return -1;
+    size_t hl = colon - addr;
+    if (addr[0] == '[' && hl > 2 && addr[hl - 1] == ']') { /* [::1]:4000 */
+        addr++;
+        hl -= 2;
+    }
+    free(c->listen_host);
+    c->listen_host = strndup(addr, hl);
+    c->listen_port = (int)port;
+    return 0;
+}
+
+static int load_categories(sg_config *c, lua_State *L, char *err, size_t errlen)
+{
+    /* categories = { deploy = "Deployment steps", ... } or { "deploy", ... } */
+    if (!lua_istable(L, -1)) {
+        snprintf(err, errlen, "categories must be a table of name = description");
+        return -1;
+    }
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        const char *name, *desc;
+        if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING) {
+            name = lua_tostring(L, -2);
+            desc = lua_tostring(L, -1);
+        } else if (lua_type(L, -2) == LUA_TNUMBER && lua_type(L, -1) == LUA_TSTRING) {
+            name = lua_tostring(L, -1);
+            desc = "";
+        } else {
+            snprintf(err, errlen, "categories: each entry must be name = \"description\"");
+            lua_pop(L, 2);
+            return -1;
+        }
+        size_t n = strlen(name);
+        int ok = n > 0 && n <= 32;
+        for (size_t i = 0; ok && i < n; i++)
+            ok = (name[i] >= 'a' && name[i] <= 'z') || (name[i] >= '0' && name[i] <= '9') ||
+                 name[i] == '_' || name[i] == '-';
+        if (!ok) {
+            snprintf(err, errlen,
+                     "categories: name '%s' must be 1-32 characters of [a-z0-9_-]", name);
+            lua_pop(L, 2);
+            return -1;
+        }
+        c->extra_categories =
+            realloc(c->extra_categories, sizeof(char *) * (c->n_extra_categories + 1));
+        c->extra_descriptions =
+            realloc(c->extra_descriptions, sizeof(char *) * (c->n_extra_categories + 1));
+        c->extra_categories[c->n_extra_categories] = strdup(name);
+        c->extra_descriptions[c->n_extra_categories] = strdup(desc);
+        c->n_extra_categories++;
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
+/* Apply one key of the config table (key at -2, value at -1). */
+static int apply_key(sg_config *c, lua_State *L, const char *key, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < sizeof(int_keys) / sizeof(int_keys[0]); i++) {
+        const struct int_key *k = &int_keys[i];
+        if (strcmp(key, k->name) != 0) continue;
+        if (!lua_isinteger(L, -1)) {
+            snprintf(err, errlen, "%s must be an integer", key);
+            return -1;
+        }
+        long long v = lua_tointeger(L, -1);
+        if (v < k->min || v > k->max) {
+            snprintf(err, errlen, "%s must be between %lld and %lld, got %lld", key, k->min,
+                     k->max, v);
+            return -1;
+        }
+        if (k->is_size)
+            *(size_t *)((char *)c + k->off) = (size_t)v;
+        else
+            *(int *)((char *)c + k->off) = (int)v;
+        return 0;
+    }
+    if (strcmp(key, "listen") == 0 || strcmp(key, "plugins_dir") == 0 ||
+        strcmp(key, "log_level") == 0) {
+        if (lua_type(L, -1) != LUA_TSTRING) {
+            snprintf(err, errlen, "%s must be a string", key);
+            return -1;
+        }
+        const char *v = lua_tostring(L, -1);
+        if (key[0] == 'l' && key[1] == 'i') {
+            if (sg_config_set_listen(c, v) < 0) {
+                snprintf(err, errlen, "listen must be \"host:port\", got \"%s\"", v);
+                return -1;
+            }
+        } else if (key[0] == 'p') {
+            free(c->plugins_dir);
+            c->plugins_dir = strdup(v);
+        } else {
+            int lv = sg_log_parse_level(v);
+            if (lv < 0) {
+                snprintf(err, errlen, "log_level must be debug, info, warn or error");
+                return -1;
+            }
+            c->log_level = lv;
+        }
+        return 0;
+    }
+    if (strcmp(key, "categories") == 0) return load_categories(c, L, err, errlen);
+    for (int i = 0; table_keys[i]; i++) {
+        if (strcmp(key, table_keys[i]) != 0) continue;
+        if (!lua_istable(L, -1)) {
+            snprintf(err, errlen, "%s must be a table", key);
+            return -1;
+        }
+        return 0;
+    }
+    snprintf(err, errlen, "unknown key '%s'", key);
+    return -1;
+}
+
+int sg_config_load(sg_config *c, const char *path, char *err, size_t errlen)
+{
+    defaults(c);
+    if (!path) return 0;
+    c->path = strdup(path);
+    lua_State *L = luaL_newstate();
+    if (!L) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    luaL_openlibs(L);
+    int rc = -1;
+    if (luaL_loadfilex(L, path, "t") != LUA_OK || lua_pcall(L, 0, 1, 0) != LUA_OK) {
+        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        goto done;
+    }
+    if (!lua_istable(L, -1)) {
+        snprintf(err, errlen, "%s: must return a table", path);
+        goto done;
+    }
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            snprintf(err, errlen, "%s: keys must be names", path);
+            goto done;
+        }
+        char key[64];
+        snprintf(key, sizeof(key), "%s", lua_tostring(L, -2));
+        char why[400];
+        if (apply_key(c, L, key, why, sizeof(why)) < 0) {
+            snprintf(err, errlen, "%s: %s", path, why);
+            goto done;
+        }
+        lua_pop(L, 1);
+    }
+    rc = 0;
+done:
+    lua_close(L);
+    return rc;
+}
+
+void sg_config_free(sg_config *c)
+{
+    free(c->path);
+    free(c->listen_host);
+    free(c->plugins_dir);
+    for (int i = 0; i < c->n_extra_categories; i++) {
+        free(c->extra_categories[i]);
+        free(c->extra_descriptions[i]);
+    }
+    free(c->extra_categories);
+    free(c->extra_descriptions);
+    memset(c, 0, sizeof(*c));
+}

@@ -1,0 +1,76 @@
+/* Defaults and the loaded configuration. Every limit the gateway enforces
+ * has its default here, named after what it limits. */
+#ifndef SG_CONFIG_H
+#define SG_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SG_DEFAULT_LISTEN "127.0.0.1:4000"
+#define SG_DEFAULT_BATCH_SIZE 10
+#define SG_DEFAULT_FLUSH_MS 100
+#define SG_DEFAULT_MAX_CONVERSATIONS 10000
+#define SG_DEFAULT_CLEANUP_INTERVAL_S 300
+#define SG_DEFAULT_CONVERSATION_TTL_S 1800
+#define SG_DEFAULT_HISTORY_SIZE 100
+#define SG_DEFAULT_MAX_PENDING 100000
+#define SG_DEFAULT_OUTPUT_CAP (1024 * 1024)
+#define SG_DEFAULT_MAX_BODY (1024 * 1024)
+#define SG_DEFAULT_MAX_HEADER 16384
+#define SG_DEFAULT_MAX_TEXT 4096
+#define SG_DEFAULT_MAX_METADATA 65536
+#define SG_DEFAULT_MAX_BULK_ITEMS 1000
+#define SG_DEFAULT_IDEMPOTENCY_WINDOW_S 300
+#define SG_DEFAULT_SSE_HEARTBEAT_S 15
+#define SG_DEFAULT_SSE_RETRY_MS 2000
+#define SG_DEFAULT_HTTP_IDLE_S 60
+#define SG_DEFAULT_SHUTDOWN_TIMEOUT_MS 5000
+#define SG_DEFAULT_WS_IDLE_S 60
+#define SG_DEFAULT_WS_MAX_MESSAGE 65536
+
+#define SG_MAX_CATEGORIES 64 /* category sets are 64-bit masks */
+#define SG_MAX_CONV_ID 128
+
+typedef struct sg_config {
+    char *path;        /* config file, NULL for built-in defaults */
+    char *listen_host; /* "127.0.0.1" */
+    int listen_port;
+    char *plugins_dir;
+    int log_level;
+    int batch_size;
+    int flush_ms;
+    int max_conversations;
+    int cleanup_interval_s;
+    int conversation_ttl_s;
+    int history_size;
+    int max_pending;
+    size_t output_cap;
+    size_t max_body;
+    size_t max_header;
+    size_t max_text;
+    size_t max_metadata;
+    int max_bulk_items;
+    int idempotency_window_s;
+    int sse_heartbeat_s;
+    int sse_retry_ms;
+    int http_idle_s;
+    int shutdown_timeout_ms;
+    int ws_idle_s;
+    size_t ws_max_message;
+    /* extra categories: names and descriptions, owned */
+    char **extra_categories;
+    char **extra_descriptions;
+    int n_extra_categories;
+} sg_config;
+
+/* Fill `c` with defaults, then, when `path` is not NULL, apply the Lua file
+ * there. On error returns -1 and writes a sentence naming the bad key into
+ * err. The caller frees with sg_config_free(). */
+int sg_config_load(sg_config *c, const char *path, char *err, size_t errlen);
+
+/* Parse "host:port" into the config's listen fields; -1 when malformed. */
+int sg_config_set_listen(sg_config *c, const char *addr);
+
+void sg_config_free(sg_config *c);
+
+#endif

@@ -1,0 +1,442 @@
+#include "http.h"
+
+#include "api.h"
+#include "log.h"
+
+#include <ctype.h>
+#include <limits.h>
+#include <event2/buffer.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- request state ---- */
+
+static void req_reset(sg_req *r)
+{
+    free(r->url);
+    free(r->path);
+    for (int i = 0; i < r->n_headers; i++) {
+        free(r->headers[i].name);
+        free(r->headers[i].value);
+    }
+    free(r->body);
+    memset(r, 0, sizeof(*r));
+}
+
+static int str_append(char **s, const char *at, size_t n)
+{
+    size_t o = *s ? strlen(*s) : 0;
+    char *p = realloc(*s, o + n + 1);
+    if (!p) return -1;
+    memcpy(p + o, at, n);
+    p[o + n] = 0;
+    *s = p;
+    return 0;
+}
+
+static int hex(int ch)
+{
+    if (ch >= '0' && ch <= '9') return ch - '0';
+    ch = tolower(ch);
+    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+    return -1;
+}
+
+/* Percent-decode n bytes of s into out (room for n + 1). '+' is a space
+ * only in queries. Returns the decoded length. */
+static size_t pct_decode(const char *s, size_t n, char *out, int plus)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '%' && i + 2 < n && hex(s[i + 1]) >= 0 && hex(s[i + 2]) >= 0) {
+            out[o++] = (char)(hex(s[i + 1]) * 16 + hex(s[i + 2]));
+            i += 2;
+        } else if (plus && s[i] == '+') {
+            out[o++] = ' ';
+        } else {
+            out[o++] = s[i];
+        }
+    }
+    out[o] = 0;
+    return o;
+}
+
+const char *sg_req_header(const sg_req *r, const char *name)
+{
+    for (int i = 0; i < r->n_headers; i++)
+        if (strcmp(r->headers[i].name, name) == 0) return r->headers[i].value;
+    return NULL;
+}
+
+int sg_req_query(const sg_req *r, const char *name, char *out, size_t outlen)
+{
+    size_t nl = strlen(name);
+    const char *p = r->query;
+    while (p && *p) {
+        const char *amp = strchr(p, '&');
+        size_t seg = amp ? (size_t)(amp - p) : strlen(p);
+        if (seg >= nl && strncmp(p, name, nl) == 0 && (seg == nl || p[nl] == '=')) {
+            const char *v = seg == nl ? p + nl : p + nl + 1;
+            size_t vl = seg - (v - p);
+            if (vl >= outlen) vl = outlen - 1;
+            pct_decode(v, vl, out, 1);
+            return 0;
+        }
+        p += seg;
+        if (*p == '&') p++;
+    }
+    return -1;
+}
+
+/* ---- parser callbacks ---- */
+
+#define CONN(p) ((sg_conn *)(p)->data)
+
+static int over_header_limit(sg_conn *c, size_t n)
+{
+    c->req.header_bytes += n;
+    if (c->req.header_bytes > c->srv->cfg->max_header) {
+        c->reject = 431;
+        return 1;
+    }
+    return 0;
+}
+
+static int on_message_begin(http_parser *p)
+{
+    req_reset(&CONN(p)->req);
+    return 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t n)
+{
+    sg_conn *c = CONN(p);
+    if (over_header_limit(c, n) || str_append(&c->req.url, at, n) < 0) return -1;
+    c->req.url_len += n;
+    return 0;
+}
+
+static int on_header_field(http_parser *p, const char *at, size_t n)
+{
+    sg_conn *c = CONN(p);
+    sg_req *r = &c->req;
+    if (over_header_limit(c, n)) return -1;
+    if (r->n_headers == 0 || r->in_value) {
+        if (r->n_headers == SG_MAX_HEADERS) {
+            c->reject = 431;
+            return -1;
+        }
+        r->n_headers++;
+        r->in_value = 0;
+    }
+    return str_append(&r->headers[r->n_headers - 1].name, at, n);
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t n)
+{
+    sg_conn *c = CONN(p);
+    sg_req *r = &c->req;
+    if (over_header_limit(c, n)) return -1;
+    r->in_value = 1;
+    return str_append(&r->headers[r->n_headers - 1].value, at, n);
+}
+
+static int on_headers_complete(http_parser *p)
+{
+    sg_conn *c = CONN(p);
+    sg_req *r = &c->req;
+    for (int i = 0; i < r->n_headers; i++) {
+        if (!r->headers[i].value) r->headers[i].value = strdup("");
+        for (char *s = r->headers[i].name; s && *s; s++)
+            *s = (char)tolower((unsigned char)*s);
+    }
+    if (p->content_length != ULLONG_MAX && p->content_length > c->srv->cfg->max_body) {
+        c->reject = 413;
+        return -1;
+    }
+    r->method = p->method;
+    const char *url = r->url ? r->url : "/";
+    const char *q = strchr(url, '?');
+    size_t pl = q ? (size_t)(q - url) : strlen(url);
+    r->path = malloc(pl + 1);
+    if (!r->path) return -1;
+    pct_decode(url, pl, r->path, 0);
+    r->query = q ? (char *)q + 1 : "";
+    return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t n)
+{
+    sg_conn *c = CONN(p);
+    sg_req *r = &c->req;
+    if (r->body_len + n > c->srv->cfg->max_body) {
+        c->reject = 413;
+        return -1;
+    }
+    if (r->body_len + n + 1 > r->body_cap) {
+        size_t cap = r->body_cap ? r->body_cap * 2 : 1024;
+        while (cap < r->body_len + n + 1)
+            cap *= 2;
+        char *b = realloc(r->body, cap);
+        if (!b) return -1;
+        r->body = b;
+        r->body_cap = cap;
+    }
+    memcpy(r->body + r->body_len, at, n);
+    r->body_len += n;
+    r->body[r->body_len] = 0;
+    return 0;
+}
+
+static int on_message_complete(http_parser *p)
+{
+    sg_conn *c = CONN(p);
+    c->req.keep_alive = http_should_keep_alive(p) && !p->upgrade;
+    http_parser_pause(p, 1); /* dispatch outside the parser */
+    return 0;
+}
+
+static const http_parser_settings parser_settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+/* ---- responses ---- */
+
+const char *sg_http_reason(int status)
+{
+    switch (status) {
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 413: return "Payload Too Large";
+    case 415: return "Unsupported Media Type";
+    case 426: return "Upgrade Required";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    default: return "Unknown";
+    }
+}
+
+void sg_http_respond(sg_conn *c, int status, const char *ctype, const char *body, size_t len,
+                     const char *extra)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    int keep = c->req.keep_alive && !c->srv->shutting_down;
+    evbuffer_add_printf(out,
+                        "HTTP/1.1 %d %s\r\nServer: statusgw\r\nContent-Length: %zu\r\n"
+                        "%s%s%s%s%s\r\n",
+                        status, sg_http_reason(status), len, ctype ? "Content-Type: " : "",
+                        ctype ? ctype : "", ctype ? "\r\n" : "",
+                        keep ? "" : "Connection: close\r\n", extra ? extra : "");
+    if (len) evbuffer_add(out, body, len);
+    if (!keep) sg_conn_close_after_write(c);
+}
+
+void sg_http_json(sg_conn *c, int status, json_t *v, const char *extra)
+{
+    char *s = json_dumps(v, JSON_COMPACT);
+    json_decref(v);
+    if (!s) {
+        static const char oom[] = "{\"error\":{\"code\":\"out_of_memory\",\"message\":\"out of memory\"}}";
+        sg_http_respond(c, 503, "application/json", oom, sizeof(oom) - 1, NULL);
+        return;
+    }
+    size_t n = strlen(s);
+    s[n] = '\n'; /* replace the NUL: curl users see a clean line */
+    sg_http_respond(c, status, "application/json", s, n + 1, extra);
+    free(s);
+}
+
+void sg_http_error(sg_conn *c, const sg_error *err)
+{
+    const char *extra = err->status == 429 || err->status == 503 ? "Retry-After: 1\r\n" : NULL;
+    sg_http_json(c, err->status, sg_error_json(err), extra);
+}
+
+/* ---- connection lifecycle ---- */
+
+void sg_http_reap(sg_conn *c)
+{
+    sg_server *s = c->srv;
+    if (c->proto && c->proto->on_close) c->proto->on_close(c);
+    if (c->prev) c->prev->next = c->next; else s->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    s->n_conns--;
+    req_reset(&c->req);
+    bufferevent_free(c->bev);
+    c->bev = NULL;
+    free(c);
+    if (s->shutting_down && s->n_conns == 0) event_base_loopexit(s->base, NULL);
+}
+
+static void on_reap(evutil_socket_t fd, short what, void *arg)
+{
+    sg_server *s = arg;
+    while (s->reap) {
+        sg_conn *c = s->reap;
+        s->reap = c->reap_next;
+        sg_http_reap(c);
+    }
+}
+
+void sg_conn_kill(sg_conn *c)
+{
+    if (c->killed) return;
+    c->killed = 1;
+    bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+    c->reap_next = c->srv->reap;
+    c->srv->reap = c;
+    if (!c->srv->reap_ev)
+        c->srv->reap_ev = event_new(c->srv->base, -1, 0, on_reap, c->srv);
+    event_active(c->srv->reap_ev, EV_TIMEOUT, 0);
+}
+
+void sg_conn_close_after_write(sg_conn *c)
+{
+    if (c->closing) return;
+    c->closing = 1;
+    bufferevent_disable(c->bev, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) sg_conn_kill(c);
+}
+
+void sg_conn_take(sg_conn *c, int mode, const sg_conn_proto *p, void *data)
+{
+    c->mode = mode;
+    c->proto = p;
+    c->proto_data = data;
+}
+
+static void reject(sg_conn *c, int status, const char *detail)
+{
+    sg_error e;
+    const char *code = status == 413   ? "body_too_large"
+                       : status == 431 ? "headers_too_large"
+                                       : "bad_request";
+    sg_error_set(&e, status, code, NULL, "%s", detail);
+    c->req.keep_alive = 0;
+    sg_http_error(c, &e);
+    sg_conn_close_after_write(c);
+}
+
+/* Parse and dispatch every complete request in the input, in order. */
+static void process_http(sg_conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    while (c->mode == SG_CONN_HTTP && !c->closing && !c->killed) {
+        if (evbuffer_get_length(out) > c->srv->cfg->output_cap) {
+            /* the client pipelines faster than it reads: wait for it */
+            bufferevent_disable(c->bev, EV_READ);
+            c->read_paused = 1;
+            return;
+        }
+        struct evbuffer_iovec v;
+        if (evbuffer_get_length(in) == 0 || evbuffer_peek(in, -1, NULL, &v, 1) < 1) return;
+        size_t n = http_parser_execute(&c->parser, &parser_settings, v.iov_base, v.iov_len);
+        enum http_errno e = HTTP_PARSER_ERRNO(&c->parser);
+        evbuffer_drain(in, n);
+        if (e == HPE_PAUSED) {
+            http_parser_pause(&c->parser, 0);
+            c->srv->requests++;
+            int upgraded = c->parser.upgrade;
+            sg_api_handle(c, &c->req);
+            if (c->mode == SG_CONN_HTTP) {
+                if (upgraded && !c->closing) sg_conn_close_after_write(c);
+                req_reset(&c->req);
+            }
+            continue;
+        }
+        if (e != HPE_OK) {
+            if (c->reject == 413)
+                reject(c, 413, "the request body is over the gateway's limit");
+            else if (c->reject == 431)
+                reject(c, 431, "the request line and headers are over the gateway's limit");
+            else
+                reject(c, 400, http_errno_description(e));
+            return;
+        }
+        if (n < v.iov_len) return; /* parser stopped: upgrade without takeover */
+    }
+    if (c->mode != SG_CONN_HTTP && c->proto && c->proto->on_read && !c->killed &&
+        evbuffer_get_length(in) > 0)
+        c->proto->on_read(c);
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    sg_conn *c = arg;
+    if (c->killed) return;
+    if (c->mode == SG_CONN_HTTP)
+        process_http(c);
+    else if (c->proto && c->proto->on_read)
+        c->proto->on_read(c);
+    else
+        evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
+}
+
+static void on_write(struct bufferevent *bev, void *arg)
+{
+    sg_conn *c = arg;
+    if (c->killed) return;
+    if (c->closing) {
+        sg_conn_kill(c);
+        return;
+    }
+    if (c->read_paused) {
+        c->read_paused = 0;
+        bufferevent_enable(bev, EV_READ);
+        process_http(c);
+    }
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+    sg_conn *c = arg;
+    if (what & BEV_EVENT_TIMEOUT)
+        sg_log(SG_LOG_DEBUG, "connection_idle", "peer=%s mode=%d", c->peer, c->mode);
+    sg_conn_kill(c);
+}
+
+/* A new connection from the listener. */
+void sg_http_accept(sg_server *s, evutil_socket_t fd, struct sockaddr *sa, int salen)
+{
+    sg_conn *c = calloc(1, sizeof(*c));
+    struct bufferevent *bev = c ? bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE) : NULL;
+    if (!bev) {
+        free(c);
+        evutil_closesocket(fd);
+        sg_log(SG_LOG_ERROR, "accept_failed", "reason=out_of_memory");
+        return;
+    }
+    c->srv = s;
+    c->bev = bev;
+    http_parser_init(&c->parser, HTTP_REQUEST);
+    c->parser.data = c;
+    evutil_inet_ntop(sa->sa_family,
+                     sa->sa_family == AF_INET6 ? (void *)&((struct sockaddr_in6 *)sa)->sin6_addr
+                                               : (void *)&((struct sockaddr_in *)sa)->sin_addr,
+                     c->peer, sizeof(c->peer));
+    c->next = s->conns;
+    if (s->conns) s->conns->prev = c;
+    s->conns = c;
+    s->n_conns++;
+    bufferevent_setcb(bev, on_read, on_write, on_event, c);
+    struct timeval idle = {s->cfg->http_idle_s, 0};
+    bufferevent_set_timeouts(bev, &idle, NULL);
+    bufferevent_enable(bev, EV_READ | EV_WRITE);
+}

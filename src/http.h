@@ -1,0 +1,132 @@
+/* The HTTP/1.1 connection layer on bufferevents, parsing with http_parser.
+ * Keep-alive and pipelining work; header and body limits are enforced while
+ * parsing. A connection can be handed to SSE or WebSocket after a request. */
+#ifndef SG_HTTP_H
+#define SG_HTTP_H
+
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <http_parser.h>
+#include <jansson.h>
+
+#include "config.h"
+#include "hub.h"
+#include "status.h"
+
+#define SG_MAX_HEADERS 64
+
+typedef struct sg_server sg_server;
+typedef struct sg_conn sg_conn;
+
+typedef struct sg_header {
+    char *name; /* lower-cased */
+    char *value;
+} sg_header;
+
+typedef struct sg_req {
+    enum http_method method;
+    char *url;
+    size_t url_len;
+    char *path;  /* percent-decoded path, points into its own buffer */
+    char *query; /* raw query string after '?', or "" */
+    sg_header headers[SG_MAX_HEADERS];
+    int n_headers;
+    int in_value; /* last header callback was a value */
+    size_t header_bytes;
+    char *body;
+    size_t body_len, body_cap;
+    int keep_alive;
+} sg_req;
+
+enum sg_conn_mode { SG_CONN_HTTP, SG_CONN_SSE, SG_CONN_WS };
+
+/* A transport that took the connection over from HTTP. */
+typedef struct sg_conn_proto {
+    const char *name;
+    void (*on_read)(sg_conn *c);  /* bytes in the input evbuffer */
+    void (*on_close)(sg_conn *c); /* release transport state; the conn goes next */
+    void (*on_shutdown)(sg_conn *c); /* gateway stopping: say goodbye and close */
+} sg_conn_proto;
+
+struct sg_conn {
+    sg_server *srv;
+    struct bufferevent *bev;
+    http_parser parser;
+    int mode;
+    int closing;  /* close once the output has drained */
+    int killed;   /* on the reap list */
+    int reject;   /* HTTP status to answer when parsing stopped, 0 if none */
+    int read_paused;
+    sg_req req;
+    const sg_conn_proto *proto;
+    void *proto_data;
+    sg_conn *prev, *next;   /* all connections */
+    sg_conn *reap_next;
+    char peer[64];
+};
+
+struct sg_server {
+    struct event_base *base;
+    const sg_config *cfg;
+    sg_hub *hub;
+    sg_store *store;
+    struct evconnlistener *listener;
+    sg_conn *conns;
+    int n_conns;
+    sg_conn *reap;
+    struct event *reap_ev;
+    struct event *heartbeat_ev; /* SSE comments */
+    struct event *sigint_ev, *sigterm_ev, *sighup_ev;
+    struct event *shutdown_timer;
+    int shutting_down;
+    int64_t started_ms;
+    uint64_t requests;
+    uint64_t slow_consumers;
+    uint64_t delivered_sse;
+    uint64_t delivered_ws;
+    int n_sse;
+    int n_ws;
+};
+
+/* Bind the listener and register signals. -1 with err filled (port in use). */
+int sg_server_start(sg_server *s, char *err, size_t errlen);
+/* Stop accepting, flush, say goodbye to every client; the loop exits once
+ * every connection is gone or the shutdown timeout passes. */
+void sg_server_shutdown(sg_server *s, const char *why);
+/* Close every connection and free server resources. */
+void sg_server_stop(sg_server *s);
+
+/* ---- responses ---- */
+
+/* Write a complete response. body may be NULL; extra is further header
+ * lines, each ending in \r\n, or NULL. */
+void sg_http_respond(sg_conn *c, int status, const char *ctype, const char *body, size_t len,
+                     const char *extra);
+/* Respond with the JSON value (stolen). */
+void sg_http_json(sg_conn *c, int status, json_t *v, const char *extra);
+/* Respond with the error object of err. */
+void sg_http_error(sg_conn *c, const sg_error *err);
+const char *sg_http_reason(int status);
+
+/* The value of a request header (name lower-case), or NULL. */
+const char *sg_req_header(const sg_req *r, const char *name);
+/* Copy the percent-decoded query parameter into out; -1 when absent. */
+int sg_req_query(const sg_req *r, const char *name, char *out, size_t outlen);
+
+/* ---- connection control ---- */
+
+/* Adopt an accepted socket as a new HTTP connection. */
+void sg_http_accept(sg_server *s, evutil_socket_t fd, struct sockaddr *sa, int salen);
+
+/* Close once pending output is written; reads stop now. */
+void sg_conn_close_after_write(sg_conn *c);
+/* Close now (deferred to the next loop turn, so callers on the stack stay
+ * valid). */
+void sg_conn_kill(sg_conn *c);
+/* Free a killed connection now (the reaper, or a stop outside the loop). */
+void sg_http_reap(sg_conn *c);
+/* Hand the connection to a transport. */
+void sg_conn_take(sg_conn *c, int mode, const sg_conn_proto *p, void *data);
+
+#endif

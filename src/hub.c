@@ -1,0 +1,451 @@
+#include "hub.h"
+
+#include "log.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct idem {
+    struct idem *next;
+    uint64_t seq;
+    int64_t expires_mono;
+    size_t len;
+    char key[];
+};
+
+struct sg_hub {
+    struct event_base *base;
+    const sg_config *cfg;
+    sg_store *store;
+    sg_dict *convs;
+    sg_conv *lru_head, *lru_tail;     /* oldest ... newest activity */
+    sg_conv *flush_head, *flush_tail; /* earliest ... latest deadline */
+    struct event *flush_ev;
+    struct event *cleanup_ev;
+    int pending; /* queued updates over all conversations */
+    sg_hub_stats stats;
+};
+
+int64_t sg_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t sg_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- lists ---- */
+
+static void lru_unlink(sg_hub *h, sg_conv *c)
+{
+    if (c->lprev) c->lprev->lnext = c->lnext; else h->lru_head = c->lnext;
+    if (c->lnext) c->lnext->lprev = c->lprev; else h->lru_tail = c->lprev;
+    c->lprev = c->lnext = NULL;
+}
+
+static void lru_push(sg_hub *h, sg_conv *c)
+{
+    c->lprev = h->lru_tail;
+    c->lnext = NULL;
+    if (h->lru_tail) h->lru_tail->lnext = c; else h->lru_head = c;
+    h->lru_tail = c;
+}
+
+/* Mark activity: the conversation moves to the newest end. */
+static void touch(sg_hub *h, sg_conv *c)
+{
+    c->last_activity_ms = sg_now_ms();
+    c->last_activity_mono = sg_mono_ms();
+    if (h->lru_tail != c) {
+        lru_unlink(h, c);
+        lru_push(h, c);
+    }
+}
+
+static void flush_unlink(sg_hub *h, sg_conv *c)
+{
+    if (!c->in_flush_list) return;
+    if (c->fprev) c->fprev->fnext = c->fnext; else h->flush_head = c->fnext;
+    if (c->fnext) c->fnext->fprev = c->fprev; else h->flush_tail = c->fprev;
+    c->fprev = c->fnext = NULL;
+    c->in_flush_list = 0;
+}
+
+static void arm_flush_timer(sg_hub *h)
+{
+    if (!h->flush_head) {
+        event_del(h->flush_ev);
+        return;
+    }
+    int64_t wait = h->flush_head->due_ms - sg_mono_ms();
+    if (wait < 0) wait = 0;
+    struct timeval tv = {wait / 1000, (wait % 1000) * 1000};
+    event_add(h->flush_ev, &tv);
+}
+
+/* ---- fan-out ---- */
+
+static void deliver_group(sg_group *g, sg_conv *c, sg_update **ups, int n)
+{
+    sg_update *sel[n > 0 ? n : 1];
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        if (g->mask & (1ULL << ups[i]->category)) sel[k++] = ups[i];
+    if (k == 0) return;
+    sg_blob *b = g->cls->encode(g, c, sel, k);
+    if (!b) {
+        sg_log(SG_LOG_ERROR, "encode_failed", "conversation=%s transport=%s", c->id,
+               g->cls->name);
+        return;
+    }
+    for (sg_sub *s = g->subs; s; s = s->next)
+        if (!s->dead) g->cls->deliver(s, b);
+    sg_blob_unref(b);
+}
+
+/* Hand every queued update of c to its subscribers, oldest first. */
+static void conv_flush(sg_hub *h, sg_conv *c)
+{
+    flush_unlink(h, c);
+    int n = c->nq;
+    if (n == 0) return;
+    for (sg_group *g = c->groups; g; g = g->next)
+        deliver_group(g, c, c->queue, n);
+    c->flushed_seq = c->queue[n - 1]->seq;
+    for (int i = 0; i < n; i++) {
+        sg_update_unref(c->queue[i]);
+        c->queue[i] = NULL;
+    }
+    c->nq = 0;
+    h->pending -= n;
+    h->stats.flushes++;
+}
+
+static void on_flush_timer(evutil_socket_t fd, short what, void *arg)
+{
+    sg_hub *h = arg;
+    int64_t now = sg_mono_ms();
+    while (h->flush_head && h->flush_head->due_ms <= now)
+        conv_flush(h, h->flush_head);
+    arm_flush_timer(h);
+}
+
+void sg_hub_flush_all(sg_hub *h)
+{
+    while (h->flush_head)
+        conv_flush(h, h->flush_head);
+    arm_flush_timer(h);
+}
+
+/* ---- conversations ---- */
+
+static void idem_clear(sg_conv *c)
+{
+    struct idem *e = c->idem_head;
+    while (e) {
+        struct idem *n = e->next;
+        free(e);
+        e = n;
+    }
+    c->idem_head = c->idem_tail = NULL;
+    sg_dict_free(c->idem);
+    c->idem = NULL;
+}
+
+/* Forget a conversation and its history. Only called with no subscribers. */
+static void conv_free(sg_hub *h, sg_conv *c)
+{
+    conv_flush(h, c);
+    lru_unlink(h, c);
+    sg_dict_del(h->convs, c->id, c->id_len);
+    h->store->ops->close(c->hist, 1);
+    idem_clear(c);
+    free(c->queue);
+    free(c);
+}
+
+static sg_conv *evict_one(sg_hub *h)
+{
+    for (sg_conv *c = h->lru_head; c; c = c->lnext)
+        if (c->n_subs == 0) return c;
+    return NULL;
+}
+
+sg_conv *sg_hub_conv(sg_hub *h, const char *id, size_t len, int create, sg_error *err)
+{
+    sg_conv *c = sg_dict_get(h->convs, id, len);
+    if (c || !create) {
+        if (!c && err)
+            sg_error_set(err, 404, "conversation_not_found", NULL,
+                         "no conversation '%.*s' is active", (int)(len > 128 ? 128 : len), id);
+        return c;
+    }
+    if (sg_dict_size(h->convs) >= (size_t)h->cfg->max_conversations) {
+        sg_conv *old = evict_one(h);
+        if (!old) {
+            sg_error_set(err, 429, "too_many_conversations", NULL,
+                         "all %d conversations have subscribers; retry later",
+                         h->cfg->max_conversations);
+            return NULL;
+        }
+        sg_log(SG_LOG_INFO, "conversation_evicted", "conversation=%s last_seq=%llu", old->id,
+               (unsigned long long)old->last_seq);
+        h->stats.evictions++;
+        conv_free(h, old);
+    }
+    c = calloc(1, sizeof(*c));
+    if (!c) goto oom;
+    c->queue = calloc(h->cfg->batch_size, sizeof(sg_update *));
+    if (!c->queue) goto oom;
+    memcpy(c->id, id, len);
+    c->id[len] = 0;
+    c->id_len = len;
+    c->hist = h->store->ops->open(h->store, c->id, c->epoch, &c->last_seq);
+    if (!c->hist) goto oom;
+    c->flushed_seq = c->last_seq;
+    if (sg_dict_set(h->convs, c->id, len, c) < 0) {
+        h->store->ops->close(c->hist, 1);
+        goto oom;
+    }
+    lru_push(h, c);
+    touch(h, c);
+    return c;
+oom:
+    if (c) free(c->queue);
+    free(c);
+    sg_error_set(err, 503, "out_of_memory", NULL, "the gateway is out of memory");
+    return NULL;
+}
+
+static void on_cleanup_timer(evutil_socket_t fd, short what, void *arg)
+{
+    sg_hub *h = arg;
+    int64_t cutoff = sg_mono_ms() - (int64_t)h->cfg->conversation_ttl_s * 1000;
+    size_t n = 0;
+    sg_conv *c = h->lru_head;
+    while (c && c->last_activity_mono < cutoff) {
+        sg_conv *next = c->lnext;
+        if (c->n_subs == 0) {
+            conv_free(h, c);
+            n++;
+        }
+        c = next;
+    }
+    h->stats.expired += n;
+    if (n)
+        sg_log(SG_LOG_INFO, "conversations_expired", "count=%zu remaining=%zu", n,
+               sg_dict_size(h->convs));
+}
+
+/* ---- idempotency ---- */
+
+static struct idem *idem_find(sg_hub *h, sg_conv *c, const char *key)
+{
+    int64_t now = sg_mono_ms();
+    while (c->idem_head && c->idem_head->expires_mono <= now) {
+        struct idem *e = c->idem_head;
+        sg_dict_del(c->idem, e->key, e->len);
+        c->idem_head = e->next;
+        if (!c->idem_head) c->idem_tail = NULL;
+        free(e);
+    }
+    return c->idem ? sg_dict_get(c->idem, key, strlen(key)) : NULL;
+}
+
+static void idem_remember(sg_hub *h, sg_conv *c, const char *key, uint64_t seq)
+{
+    size_t len = strlen(key);
+    if (!c->idem && !(c->idem = sg_dict_new())) return;
+    struct idem *e = malloc(sizeof(*e) + len + 1);
+    if (!e) return;
+    e->next = NULL;
+    e->seq = seq;
+    e->expires_mono = sg_mono_ms() + (int64_t)h->cfg->idempotency_window_s * 1000;
+    e->len = len;
+    memcpy(e->key, key, len + 1);
+    if (sg_dict_set(c->idem, e->key, len, e) < 0) {
+        free(e);
+        return;
+    }
+    if (c->idem_tail) c->idem_tail->next = e; else c->idem_head = e;
+    c->idem_tail = e;
+}
+
+/* ---- publish ---- */
+
+int sg_hub_publish(sg_hub *h, const sg_draft *d, sg_publish_result *res, sg_error *err)
+{
+    sg_conv *c = sg_dict_get(h->convs, d->conv_id, d->conv_len);
+    if (c && d->idempotency_key) {
+        struct idem *e = idem_find(h, c, d->idempotency_key);
+        if (e) {
+            res->seq = e->seq;
+            res->duplicate = 1;
+            res->conv = c;
+            h->stats.duplicates++;
+            return 0;
+        }
+    }
+    if (h->pending >= h->cfg->max_pending) {
+        h->stats.rejected_full++;
+        sg_error_set(err, 429, "queue_full", NULL,
+                     "%d updates are waiting to be delivered; retry shortly", h->pending);
+        return -1;
+    }
+    if (!c && !(c = sg_hub_conv(h, d->conv_id, d->conv_len, 1, err))) {
+        if (err->status == 429) h->stats.rejected_full++;
+        return -1;
+    }
+    sg_update *u = sg_update_new(d, c->last_seq + 1, sg_now_ms());
+    if (!u) {
+        sg_error_set(err, 503, "out_of_memory", NULL, "the gateway is out of memory");
+        return -1;
+    }
+    c->last_seq = u->seq;
+    c->published++;
+    h->stats.published++;
+    h->stats.per_category[u->category]++;
+    h->store->ops->append(c->hist, u, NULL, NULL);
+    if (d->idempotency_key) idem_remember(h, c, d->idempotency_key, u->seq);
+    touch(h, c);
+
+    c->queue[c->nq++] = u; /* the queue owns the reference from sg_update_new */
+    h->pending++;
+    if (c->nq == 1) {
+        c->due_ms = sg_mono_ms() + h->cfg->flush_ms;
+        c->fprev = h->flush_tail;
+        c->fnext = NULL;
+        if (h->flush_tail) h->flush_tail->fnext = c; else h->flush_head = c;
+        h->flush_tail = c;
+        c->in_flush_list = 1;
+        if (!event_pending(h->flush_ev, EV_TIMEOUT, NULL)) arm_flush_timer(h);
+    }
+    res->seq = u->seq;
+    res->duplicate = 0;
+    res->conv = c;
+    if (c->nq >= h->cfg->batch_size) conv_flush(h, c);
+    return 0;
+}
+
+/* ---- subscribers ---- */
+
+void sg_hub_subscribe(sg_hub *h, sg_conv *c, sg_sub *s, const sg_sub_class *cls,
+                      uint64_t mask, int variant, void *owner)
+{
+    sg_group *g = c->groups;
+    while (g && !(g->cls == cls && g->mask == mask && g->variant == variant))
+        g = g->next;
+    if (!g) {
+        g = calloc(1, sizeof(*g));
+        if (!g) abort(); /* a few bytes; nothing sensible to do without them */
+        g->cls = cls;
+        g->mask = mask;
+        g->variant = variant;
+        g->next = c->groups;
+        c->groups = g;
+    }
+    memset(s, 0, sizeof(*s));
+    s->group = g;
+    s->conv = c;
+    s->owner = owner;
+    s->next = g->subs;
+    if (g->subs) g->subs->prev = s;
+    g->subs = s;
+    g->n++;
+    c->n_subs++;
+    touch(h, c);
+}
+
+void sg_hub_unsubscribe(sg_hub *h, sg_sub *s)
+{
+    sg_group *g = s->group;
+    if (!g) return;
+    sg_conv *c = s->conv;
+    if (s->prev) s->prev->next = s->next; else g->subs = s->next;
+    if (s->next) s->next->prev = s->prev;
+    s->prev = s->next = NULL;
+    s->group = NULL;
+    s->conv = NULL;
+    c->n_subs--;
+    if (--g->n == 0) {
+        sg_group **pp = &c->groups;
+        while (*pp != g)
+            pp = &(*pp)->next;
+        *pp = g->next;
+        free(g);
+    }
+    touch(h, c);
+}
+
+/* ---- queries ---- */
+
+sg_conv *sg_hub_first(sg_hub *h)
+{
+    return h->lru_tail;
+}
+
+sg_conv *sg_hub_next(sg_conv *c)
+{
+    return c->lprev;
+}
+
+size_t sg_hub_count(const sg_hub *h)
+{
+    return sg_dict_size(h->convs);
+}
+
+int sg_hub_pending(const sg_hub *h)
+{
+    return h->pending;
+}
+
+const sg_hub_stats *sg_hub_get_stats(const sg_hub *h)
+{
+    return &h->stats;
+}
+
+void sg_hub_history(sg_hub *h, sg_conv *c, uint64_t since, uint64_t upto, size_t limit,
+                    uint64_t mask, sg_store_range_fn cb, void *arg)
+{
+    h->store->ops->range(c->hist, since, upto, limit, mask, cb, arg);
+}
+
+/* ---- lifecycle ---- */
+
+sg_hub *sg_hub_new(struct event_base *base, const sg_config *cfg, sg_store *store)
+{
+    sg_hub *h = calloc(1, sizeof(*h));
+    if (!h) return NULL;
+    h->base = base;
+    h->cfg = cfg;
+    h->store = store;
+    h->convs = sg_dict_new();
+    h->flush_ev = evtimer_new(base, on_flush_timer, h);
+    h->cleanup_ev = event_new(base, -1, EV_PERSIST, on_cleanup_timer, h);
+    if (!h->convs || !h->flush_ev || !h->cleanup_ev) {
+        sg_hub_free(h);
+        return NULL;
+    }
+    struct timeval tv = {cfg->cleanup_interval_s, 0};
+    event_add(h->cleanup_ev, &tv);
+    return h;
+}
+
+/* Free the hub and every conversation. Subscribers must be gone. */
+void sg_hub_free(sg_hub *h)
+{
+    if (!h) return;
+    while (h->lru_head)
+        conv_free(h, h->lru_head);
+    sg_dict_free(h->convs);
+    if (h->flush_ev) event_free(h->flush_ev);
+    if (h->cleanup_ev) event_free(h->cleanup_ev);
+    free(h);
+}

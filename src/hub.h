@@ -1,0 +1,123 @@
+/* The hub: conversations, the sequencer, per-conversation queues flushed at
+ * batch size or flush interval, and fan-out to subscriber groups. Each
+ * group (subscribers of one transport with the same categories and format)
+ * gets one frame per flush, shared by reference by its members. */
+#ifndef SG_HUB_H
+#define SG_HUB_H
+
+#include <event2/event.h>
+#include <stdint.h>
+
+#include "blob.h"
+#include "config.h"
+#include "dict.h"
+#include "status.h"
+#include "store.h"
+
+typedef struct sg_hub sg_hub;
+typedef struct sg_conv sg_conv;
+typedef struct sg_sub sg_sub;
+typedef struct sg_group sg_group;
+
+/* What a transport supplies to the hub. */
+typedef struct sg_sub_class {
+    const char *name;
+    /* Build the frame for the n updates this group receives in one flush
+     * (n >= 1, oldest first). Returns a new blob or NULL (out of memory). */
+    sg_blob *(*encode)(const sg_group *g, const sg_conv *c, sg_update **ups, size_t n);
+    /* Append the shared frame to the subscriber's connection. May mark the
+     * subscriber dead (slow consumer) but must not unsubscribe it. */
+    void (*deliver)(sg_sub *s, sg_blob *b);
+} sg_sub_class;
+
+struct sg_group {
+    const sg_sub_class *cls;
+    uint64_t mask;
+    int variant; /* transport-defined, e.g. batch pushes */
+    sg_sub *subs;
+    int n;
+    sg_group *next;
+};
+
+struct sg_sub {
+    sg_group *group;
+    sg_conv *conv;
+    sg_sub *prev, *next;
+    void *owner; /* the transport's connection state */
+    int dead;    /* disconnecting: receives nothing more */
+};
+
+struct sg_conv {
+    char id[SG_MAX_CONV_ID + 1];
+    size_t id_len;
+    char epoch[SG_EPOCH_LEN + 1];
+    uint64_t last_seq;    /* newest seq assigned */
+    uint64_t flushed_seq; /* newest seq handed to subscribers */
+    uint64_t published;   /* updates accepted since the conversation opened */
+    sg_store_conv *hist;
+    sg_update **queue; /* batch_size slots */
+    int nq;
+    int64_t due_ms;              /* flush deadline, when queued */
+    sg_conv *fprev, *fnext;      /* flush list, by deadline */
+    int in_flush_list;
+    sg_conv *lprev, *lnext;      /* activity list, oldest first */
+    int64_t last_activity_ms;    /* wall clock, Unix ms */
+    int64_t last_activity_mono;
+    sg_group *groups;
+    int n_subs;
+    sg_dict *idem;               /* idempotency_key -> struct idem */
+    struct idem *idem_head, *idem_tail;
+};
+
+typedef struct sg_hub_stats {
+    uint64_t published;
+    uint64_t duplicates;
+    uint64_t flushes;
+    uint64_t evictions;
+    uint64_t expired;
+    uint64_t rejected_full;
+    uint64_t per_category[SG_MAX_CATEGORIES];
+} sg_hub_stats;
+
+sg_hub *sg_hub_new(struct event_base *base, const sg_config *cfg, sg_store *store);
+void sg_hub_free(sg_hub *h);
+
+/* Find a conversation; with create, open it (evicting the least recently
+ * active idle one when at the cap). NULL with err set (404 or 429). */
+sg_conv *sg_hub_conv(sg_hub *h, const char *id, size_t len, int create, sg_error *err);
+
+typedef struct sg_publish_result {
+    uint64_t seq;
+    int duplicate;
+    const sg_conv *conv;
+} sg_publish_result;
+
+/* Sequence, store and queue one validated update. Returns 0 and fills res,
+ * or -1 with err set (429 when the queues are full or no conversation can
+ * be opened). Nothing is changed on failure. */
+int sg_hub_publish(sg_hub *h, const sg_draft *d, sg_publish_result *res, sg_error *err);
+
+/* Subscribe s to c with a category mask. s is owned by the caller and
+ * must be unsubscribed before it is freed. */
+void sg_hub_subscribe(sg_hub *h, sg_conv *c, sg_sub *s, const sg_sub_class *cls,
+                      uint64_t mask, int variant, void *owner);
+void sg_hub_unsubscribe(sg_hub *h, sg_sub *s);
+
+/* Flush every queued update now (shutdown). */
+void sg_hub_flush_all(sg_hub *h);
+
+/* Conversations, most recently active first. */
+sg_conv *sg_hub_first(sg_hub *h);
+sg_conv *sg_hub_next(sg_conv *c);
+size_t sg_hub_count(const sg_hub *h);
+int sg_hub_pending(const sg_hub *h);
+const sg_hub_stats *sg_hub_get_stats(const sg_hub *h);
+
+/* Read history through the store; see sg_store_ops.range. */
+void sg_hub_history(sg_hub *h, sg_conv *c, uint64_t since, uint64_t upto, size_t limit,
+                    uint64_t mask, sg_store_range_fn cb, void *arg);
+
+int64_t sg_now_ms(void);   /* wall clock, Unix ms */
+int64_t sg_mono_ms(void);  /* monotonic ms */
+
+#endif

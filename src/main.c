@@ -1,0 +1,116 @@
+/* statusgw: parse arguments, load the config, run the server. */
+#include "config.h"
+#include "http.h"
+#include "hub.h"
+#include "log.h"
+#include "status.h"
+#include "store.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SG_VERSION "0.1.0"
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: statusgw [--config FILE] [--listen ADDR:PORT] [--plugins DIR]\n"
+               "                [--log-level debug|info|warn|error] [--check-config]\n"
+               "                [--version]\n");
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},   {"listen", required_argument, NULL, 'l'},
+        {"plugins", required_argument, NULL, 'p'},  {"log-level", required_argument, NULL, 'L'},
+        {"check-config", no_argument, NULL, 'C'},   {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0}};
+    const char *config_path = NULL, *listen = NULL, *plugins = NULL, *level = NULL;
+    int check_only = 0, o;
+    while ((o = getopt_long(argc, argv, "c:l:p:L:CVh", opts, NULL)) != -1) {
+        switch (o) {
+        case 'c': config_path = optarg; break;
+        case 'l': listen = optarg; break;
+        case 'p': plugins = optarg; break;
+        case 'L': level = optarg; break;
+        case 'C': check_only = 1; break;
+        case 'V': printf("statusgw %s\n", SG_VERSION); return 0;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "statusgw: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+
+    sg_config cfg;
+    char err[512];
+    if (sg_config_load(&cfg, config_path, err, sizeof(err)) < 0) {
+        fprintf(stderr, "statusgw: bad config: %s\n", err);
+        sg_config_free(&cfg);
+        return 2;
+    }
+    if (listen && sg_config_set_listen(&cfg, listen) < 0) {
+        fprintf(stderr, "statusgw: --listen must be ADDR:PORT, got '%s'\n", listen);
+        sg_config_free(&cfg);
+        return 2;
+    }
+    if (plugins) {
+        free(cfg.plugins_dir);
+        cfg.plugins_dir = strdup(plugins);
+    }
+    if (level && (cfg.log_level = sg_log_parse_level(level)) < 0) {
+        fprintf(stderr, "statusgw: --log-level must be debug, info, warn or error\n");
+        sg_config_free(&cfg);
+        return 2;
+    }
+    sg_log_level = cfg.log_level;
+    if (sg_categories_init(&cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "statusgw: bad config: %s\n", err);
+        sg_config_free(&cfg);
+        return 2;
+    }
+    if (check_only) {
+        printf("statusgw: config %s is valid\n", config_path ? config_path : "(defaults)");
+        sg_config_free(&cfg);
+        return 0;
+    }
+
+    int rc = 0;
+    sg_server srv = {0};
+    srv.cfg = &cfg;
+    srv.base = event_base_new();
+    srv.store = sg_store_memory_new(cfg.history_size);
+    srv.hub = srv.base && srv.store ? sg_hub_new(srv.base, &cfg, srv.store) : NULL;
+    if (!srv.hub) {
+        fprintf(stderr, "statusgw: out of memory at start\n");
+        rc = 1;
+        goto done;
+    }
+    if (sg_server_start(&srv, err, sizeof(err)) < 0) {
+        sg_log(SG_LOG_ERROR, "listen_failed", "reason=%s", sg_log_q(err));
+        fprintf(stderr, "statusgw: %s\n", err);
+        rc = 2;
+        goto done;
+    }
+    sg_log(SG_LOG_INFO, "started",
+           "version=%s listen=%s:%d config=%s store=%s batch_size=%d flush_ms=%d history=%d",
+           SG_VERSION, cfg.listen_host, cfg.listen_port,
+           config_path ? sg_log_q(config_path) : "defaults", srv.store->ops->name,
+           cfg.batch_size, cfg.flush_ms, cfg.history_size);
+    event_base_dispatch(srv.base);
+    sg_log(SG_LOG_INFO, "stopped", "requests=%llu", (unsigned long long)srv.requests);
+done:
+    sg_server_stop(&srv);
+    sg_hub_free(srv.hub);
+    if (srv.store) srv.store->ops->free(srv.store);
+    if (srv.base) event_base_free(srv.base);
+    sg_categories_free();
+    sg_config_free(&cfg);
+    libevent_global_shutdown();
+    return rc;
+}

@@ -1,0 +1,12 @@
+/* Server-Sent Events subscribers (DESIGN §4.2). */
+#ifndef SG_SSE_H
+#define SG_SSE_H
+
+#include "http.h"
+
+/* Serve GET /api/v1/conversations/{id}/events on c: answer the stream
+ * headers, replay what Last-Event-ID missed, and subscribe. Answers an
+ * error response instead when the request is bad. */
+void sg_sse_start(sg_conn *c, sg_req *r, const char *conv_id);
+
+#endif

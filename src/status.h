@@ -1,0 +1,97 @@
+/* The status update model (DESIGN §2): categories, validation of what a
+ * producer sends, and the one-time JSON encoding every client receives. */
+#ifndef SG_STATUS_H
+#define SG_STATUS_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+
+/* ---- categories ---- */
+
+/* Register the seven original categories, `summary`, and the config's
+ * extras. Returns -1 (with err filled) on a duplicate or too many. */
+int sg_categories_init(const sg_config *c, char *err, size_t errlen);
+void sg_categories_free(void);
+int sg_category_index(const char *name, size_t len); /* -1 when unknown */
+const char *sg_category_name(int i);
+const char *sg_category_desc(int i);
+int sg_category_count(void);
+uint64_t sg_category_all(void);
+
+/* Parse a comma-separated list ("tool,error", "*" for all) into a mask.
+ * Returns -1 and copies the first unknown name into bad. */
+int sg_category_parse_csv(const char *csv, uint64_t *mask, char *bad, size_t badlen);
+
+/* Append the names in `mask` to a JSON array. */
+void sg_category_mask_to_json(uint64_t mask, json_t *arr);
+
+int sg_conv_id_valid(const char *s, size_t n);
+
+/* ---- errors reported to producers ---- */
+
+typedef struct sg_error {
+    int status;        /* HTTP status */
+    const char *code;  /* stable, e.g. "invalid_category" */
+    const char *field; /* offending field or NULL */
+    char message[200];
+} sg_error;
+
+void sg_error_set(sg_error *e, int status, const char *code, const char *field,
+                  const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+/* {"error":{"code":…,"message":…,"field":…}}; caller frees. */
+json_t *sg_error_json(const sg_error *e);
+
+/* ---- a validated publish, before it has a seq ---- */
+
+typedef struct sg_draft {
+    char conv_id[SG_MAX_CONV_ID + 1];
+    size_t conv_len;
+    int category;
+    json_t *text;     /* borrowed string */
+    json_t *metadata; /* borrowed object or NULL */
+    json_t *source;   /* borrowed string or NULL */
+    const char *idempotency_key;
+    const char *builder; /* borrowed, NULL when none */
+    json_t *args;        /* borrowed, NULL when none */
+} sg_draft;
+
+typedef struct sg_limits {
+    size_t max_text;
+    size_t max_metadata;
+} sg_limits;
+
+/* Validate one publish object. Fields borrow from `obj`, which must outlive
+ * the draft. Returns 0, or -1 with `err` set (status 400). */
+int sg_draft_from_json(json_t *obj, const sg_limits *lim, sg_draft *d, sg_error *err);
+
+/* ---- an update as delivered ---- */
+
+typedef struct sg_update {
+    int refcnt;
+    int category;
+    uint64_t seq;
+    int64_t ts_ms;     /* receive time, Unix ms */
+    uint64_t recv_ns;  /* monotonic receive time, for latency */
+    size_t json_len;
+    char *json;        /* the encoded update, built once */
+} sg_update;
+
+/* Encode the draft with its seq and receive time into a new update
+ * (refcount 1). Returns NULL when out of memory. */
+sg_update *sg_update_new(const sg_draft *d, uint64_t seq, int64_t ts_ms);
+
+static inline sg_update *sg_update_ref(sg_update *u)
+{
+    u->refcnt++;
+    return u;
+}
+void sg_update_unref(sg_update *u);
+
+/* Format Unix ms as 2026-11-27T09:12:44.123Z into out (>= 25 bytes). */
+void sg_format_ts(int64_t ms, char *out);
+
+#endif

@@ -1,0 +1,107 @@
+#include "store.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+typedef struct mem_store {
+    sg_store base;
+    int cap;
+} mem_store;
+
+struct sg_store_conv {
+    mem_store *store;
+    int head;  /* index of the oldest update */
+    int count;
+    sg_update *ring[]; /* cap slots */
+};
+
+void sg_store_new_epoch(char *out)
+{
+    unsigned char r[SG_EPOCH_LEN / 2];
+    if (getrandom(r, sizeof(r), 0) != (ssize_t)sizeof(r)) {
+        static unsigned long long n;
+        unsigned long long x = (unsigned long long)(uintptr_t)&n ^ ++n ^ (unsigned long long)time(NULL);
+        memcpy(r, &x, sizeof(r) < sizeof(x) ? sizeof(r) : sizeof(x));
+    }
+    for (size_t i = 0; i < sizeof(r); i++)
+        sprintf(out + 2 * i, "%02x", r[i]);
+    out[SG_EPOCH_LEN] = 0;
+}
+
+static sg_store_conv *mem_open(sg_store *s, const char *conv_id, char *epoch, uint64_t *last_seq)
+{
+    mem_store *m = (mem_store *)s;
+    sg_store_conv *c = calloc(1, sizeof(*c) + sizeof(sg_update *) * m->cap);
+    if (!c) return NULL;
+    c->store = m;
+    sg_store_new_epoch(epoch);
+    *last_seq = 0;
+    return c;
+}
+
+static void mem_append(sg_store_conv *c, sg_update *u, sg_store_done_fn done, void *arg)
+{
+    int cap = c->store->cap;
+    if (c->count == cap) {
+        sg_update_unref(c->ring[c->head]);
+        c->ring[c->head] = NULL;
+        c->head = (c->head + 1) % cap;
+        c->count--;
+    }
+    c->ring[(c->head + c->count) % cap] = sg_update_ref(u);
+    c->count++;
+    if (done) done(arg, 0);
+}
+
+static void mem_range(sg_store_conv *c, uint64_t since, uint64_t upto, size_t limit,
+                      uint64_t mask, sg_store_range_fn cb, void *arg)
+{
+    int cap = c->store->cap;
+    sg_update *stack[128];
+    sg_update **out = stack;
+    size_t want = limit < (size_t)c->count ? limit : (size_t)c->count;
+    if (want > 128) out = malloc(sizeof(*out) * want);
+    size_t n = 0;
+    uint64_t oldest = c->count ? c->ring[c->head]->seq : 0;
+    /* seqs in the ring are consecutive, so skip straight to since + 1 */
+    int start = 0;
+    if (c->count && since >= oldest) start = (int)(since - oldest + 1);
+    for (int i = start; i < c->count && n < want; i++) {
+        sg_update *u = c->ring[(c->head + i) % cap];
+        if (upto && u->seq > upto) break;
+        if (u->seq <= since || !(mask & (1ULL << u->category))) continue;
+        out[n++] = u;
+    }
+    cb(arg, 0, out, n, oldest);
+    if (out != stack) free(out);
+}
+
+static void mem_close(sg_store_conv *c, int drop)
+{
+    (void)drop; /* nothing outlives the process in memory */
+    if (!c) return;
+    int cap = c->store->cap;
+    for (int i = 0; i < c->count; i++)
+        sg_update_unref(c->ring[(c->head + i) % cap]);
+    free(c);
+}
+
+static void mem_free(sg_store *s)
+{
+    free(s);
+}
+
+static const sg_store_ops mem_ops = {"memory", mem_open, mem_append, mem_range, mem_close,
+                                     mem_free};
+
+sg_store *sg_store_memory_new(int history_size)
+{
+    mem_store *m = calloc(1, sizeof(*m));
+    if (!m) return NULL;
+    m->base.ops = &mem_ops;
+    m->cap = history_size;
+    return &m->base;
+}

@@ -1,0 +1,52 @@
+/* The history store seam (DESIGN §1, §9): append, range by seq, trim. The
+ * interface is asynchronous so a durable or Redis store can plug in; the
+ * in-memory store calls every callback at once. */
+#ifndef SG_STORE_H
+#define SG_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "status.h"
+
+#define SG_EPOCH_LEN 16
+
+typedef struct sg_store sg_store;
+typedef struct sg_store_conv sg_store_conv;
+
+/* status is 0 on success, -1 on failure. */
+typedef void (*sg_store_done_fn)(void *arg, int status);
+
+/* ups are borrowed for the duration of the call (take a ref to keep one).
+ * oldest is the seq of the oldest update the store still holds for the
+ * conversation, whatever its category (0 when it holds none). */
+typedef void (*sg_store_range_fn)(void *arg, int status, sg_update **ups, size_t n,
+                                  uint64_t oldest);
+
+typedef struct sg_store_ops {
+    const char *name;
+    /* Open a conversation's history. Fills epoch (SG_EPOCH_LEN + 1 bytes)
+     * and the newest seq it holds (0 for a new one). NULL on failure. */
+    sg_store_conv *(*open)(sg_store *s, const char *conv_id, char *epoch, uint64_t *last_seq);
+    /* Append u (the store takes a reference) and trim to the history size. */
+    void (*append)(sg_store_conv *c, sg_update *u, sg_store_done_fn done, void *arg);
+    /* Updates with seq in (since, upto], in `mask`, oldest first, at most
+     * limit of them. upto 0 means no upper bound. */
+    void (*range)(sg_store_conv *c, uint64_t since, uint64_t upto, size_t limit, uint64_t mask,
+                  sg_store_range_fn cb, void *arg);
+    /* Close the handle; drop != 0 also forgets the history. */
+    void (*close)(sg_store_conv *c, int drop);
+    void (*free)(sg_store *s);
+} sg_store_ops;
+
+struct sg_store {
+    const sg_store_ops *ops;
+};
+
+/* The built-in store: a ring of `history_size` updates per conversation. */
+sg_store *sg_store_memory_new(int history_size);
+
+/* Fill out with SG_EPOCH_LEN random hex characters and a NUL. */
+void sg_store_new_epoch(char *out);
+
+#endif
