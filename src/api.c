@@ -209,10 +209,11 @@ static void handle_list(sg_conn *c, sg_req *r)
         char ts[25];
         sg_format_ts(cv->last_activity_ms, ts);
         json_array_append_new(
-            arr, json_pack("{s:s, s:s, s:I, s:I, s:i, s:i, s:s}", "conversation_id", cv->id,
-                           "epoch", cv->epoch, "last_seq", (json_int_t)cv->last_seq, "published",
-                           (json_int_t)cv->published, "subscribers", cv->n_subs, "queued",
-                           cv->nq, "last_activity", ts));
+            arr, json_pack("{s:s, s:s, s:I, s:I, s:I, s:i, s:i, s:s}", "conversation_id",
+                           cv->id, "epoch", cv->epoch, "last_seq", (json_int_t)cv->last_seq,
+                           "published", (json_int_t)cv->published, "flushes",
+                           (json_int_t)cv->flushes, "subscribers", cv->n_subs, "queued", cv->nq,
+                           "last_activity", ts));
     }
     sg_http_json(c, 200, json_pack("{s:I, s:o}", "count", (json_int_t)sg_hub_count(c->srv->hub),
                                    "conversations", arr),

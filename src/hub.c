@@ -125,6 +125,7 @@ static void conv_flush(sg_hub *h, sg_conv *c)
     }
     c->nq = 0;
     h->pending -= n;
+    c->flushes++;
     h->stats.flushes++;
 }
 

@@ -54,6 +54,7 @@ struct sg_conv {
     uint64_t last_seq;    /* newest seq assigned */
     uint64_t flushed_seq; /* newest seq handed to subscribers */
     uint64_t published;   /* updates accepted since the conversation opened */
+    uint64_t flushes;     /* batches handed to subscribers */
     sg_store_conv *hist;
     sg_update **queue; /* batch_size slots */
     int nq;
