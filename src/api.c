@@ -2,6 +2,7 @@
 
 #include "log.h"
 #include "sse.h"
+#include "ws.h"
 
 #include <event2/buffer.h>
 #include <stdio.h>
@@ -307,7 +308,9 @@ void sg_api_handle(sg_conn *c, sg_req *r)
         sg_http_error(c, &err);
         return;
     }
-    if (strcmp(p, "/api/v1/status") == 0) {
+    if (strcmp(p, "/socket/websocket") == 0) {
+        sg_ws_upgrade(c, r);
+    } else if (strcmp(p, "/api/v1/status") == 0) {
         if (post) handle_publish(c, r); else method_not_allowed(c, "POST");
     } else if (strcmp(p, "/api/v1/status/bulk") == 0) {
         if (post) handle_bulk(c, r); else method_not_allowed(c, "POST");

@@ -407,8 +407,13 @@ static void on_write(struct bufferevent *bev, void *arg)
 static void on_event(struct bufferevent *bev, short what, void *arg)
 {
     sg_conn *c = arg;
+    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) && !c->closing && c->proto &&
+        c->proto->on_idle) {
+        c->proto->on_idle(c);
+        return;
+    }
     if (what & BEV_EVENT_TIMEOUT)
-        sg_log(SG_LOG_DEBUG, "connection_idle", "peer=%s mode=%d", c->peer, c->mode);
+        sg_log(SG_LOG_DEBUG, "connection_timeout", "peer=%s mode=%d", c->peer, c->mode);
     sg_conn_kill(c);
 }
 

@@ -47,6 +47,7 @@ typedef struct sg_conn_proto {
     void (*on_read)(sg_conn *c);  /* bytes in the input evbuffer */
     void (*on_close)(sg_conn *c); /* release transport state; the conn goes next */
     void (*on_shutdown)(sg_conn *c); /* gateway stopping: say goodbye and close */
+    void (*on_idle)(sg_conn *c);     /* read timeout; NULL closes at once */
 } sg_conn_proto;
 
 struct sg_conn {

@@ -23,6 +23,7 @@ struct sg_hub {
     sg_conv *flush_head, *flush_tail; /* earliest ... latest deadline */
     struct event *flush_ev;
     struct event *cleanup_ev;
+    sg_conv wildcard;
     int pending; /* queued updates over all conversations */
     sg_hub_stats stats;
 };
@@ -61,6 +62,7 @@ static void lru_push(sg_hub *h, sg_conv *c)
 /* Mark activity: the conversation moves to the newest end. */
 static void touch(sg_hub *h, sg_conv *c)
 {
+    if (c->is_wildcard) return;
     c->last_activity_ms = sg_now_ms();
     c->last_activity_mono = sg_mono_ms();
     if (h->lru_tail != c) {
@@ -92,12 +94,16 @@ static void arm_flush_timer(sg_hub *h)
 
 /* ---- fan-out ---- */
 
-static void deliver_group(sg_group *g, sg_conv *c, sg_update **ups, int n)
+/* Encode what group g receives of this flush once, and append the frame to
+ * every member. decoded caches each update's parsed JSON for filters. */
+static void deliver_group(sg_group *g, sg_conv *c, sg_update **ups, int n, json_t **decoded)
 {
     sg_update *sel[n > 0 ? n : 1];
     int k = 0;
     for (int i = 0; i < n; i++)
-        if (g->mask & (1ULL << ups[i]->category)) sel[k++] = ups[i];
+        if ((g->mask & (1ULL << ups[i]->category)) &&
+            sg_filter_match(g->filter, ups[i], &decoded[i]))
+            sel[k++] = ups[i];
     if (k == 0) return;
     sg_blob *b = g->cls->encode(g, c, sel, k);
     if (!b) {
@@ -116,8 +122,14 @@ static void conv_flush(sg_hub *h, sg_conv *c)
     flush_unlink(h, c);
     int n = c->nq;
     if (n == 0) return;
+    json_t *decoded[n];
+    memset(decoded, 0, sizeof(decoded));
     for (sg_group *g = c->groups; g; g = g->next)
-        deliver_group(g, c, c->queue, n);
+        deliver_group(g, c, c->queue, n, decoded);
+    for (sg_group *g = h->wildcard.groups; g; g = g->next)
+        deliver_group(g, c, c->queue, n, decoded);
+    for (int i = 0; i < n; i++)
+        json_decref(decoded[i]);
     c->flushed_seq = c->queue[n - 1]->seq;
     for (int i = 0; i < n; i++) {
         sg_update_unref(c->queue[i]);
@@ -338,10 +350,11 @@ int sg_hub_publish(sg_hub *h, const sg_draft *d, sg_publish_result *res, sg_erro
 /* ---- subscribers ---- */
 
 void sg_hub_subscribe(sg_hub *h, sg_conv *c, sg_sub *s, const sg_sub_class *cls,
-                      uint64_t mask, int variant, void *owner)
+                      uint64_t mask, int variant, sg_filter *filter, void *owner)
 {
     sg_group *g = c->groups;
-    while (g && !(g->cls == cls && g->mask == mask && g->variant == variant))
+    while (g && !(g->cls == cls && g->mask == mask && g->variant == variant &&
+                  strcmp(sg_filter_key(g->filter), sg_filter_key(filter)) == 0))
         g = g->next;
     if (!g) {
         g = calloc(1, sizeof(*g));
@@ -349,6 +362,7 @@ void sg_hub_subscribe(sg_hub *h, sg_conv *c, sg_sub *s, const sg_sub_class *cls,
         g->cls = cls;
         g->mask = mask;
         g->variant = variant;
+        g->filter = sg_filter_ref(filter);
         g->next = c->groups;
         c->groups = g;
     }
@@ -380,12 +394,18 @@ void sg_hub_unsubscribe(sg_hub *h, sg_sub *s)
         while (*pp != g)
             pp = &(*pp)->next;
         *pp = g->next;
+        sg_filter_unref(g->filter);
         free(g);
     }
     touch(h, c);
 }
 
 /* ---- queries ---- */
+
+sg_conv *sg_hub_wildcard(sg_hub *h)
+{
+    return &h->wildcard;
+}
 
 sg_conv *sg_hub_first(sg_hub *h)
 {
@@ -428,6 +448,9 @@ sg_hub *sg_hub_new(struct event_base *base, const sg_config *cfg, sg_store *stor
     h->cfg = cfg;
     h->store = store;
     h->convs = sg_dict_new();
+    h->wildcard.is_wildcard = 1;
+    memcpy(h->wildcard.id, "*", 2);
+    h->wildcard.id_len = 1;
     h->flush_ev = evtimer_new(base, on_flush_timer, h);
     h->cleanup_ev = event_new(base, -1, EV_PERSIST, on_cleanup_timer, h);
     if (!h->convs || !h->flush_ev || !h->cleanup_ev) {

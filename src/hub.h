@@ -11,6 +11,7 @@
 #include "blob.h"
 #include "config.h"
 #include "dict.h"
+#include "filter.h"
 #include "status.h"
 #include "store.h"
 
@@ -34,6 +35,7 @@ struct sg_group {
     const sg_sub_class *cls;
     uint64_t mask;
     int variant; /* transport-defined, e.g. batch pushes */
+    sg_filter *filter; /* NULL for none; the group holds a reference */
     sg_sub *subs;
     int n;
     sg_group *next;
@@ -66,6 +68,7 @@ struct sg_conv {
     int64_t last_activity_mono;
     sg_group *groups;
     int n_subs;
+    int is_wildcard;             /* the pseudo-conversation of status:* */
     sg_dict *idem;               /* idempotency_key -> struct idem */
     struct idem *idem_head, *idem_tail;
 };
@@ -98,10 +101,15 @@ typedef struct sg_publish_result {
  * be opened). Nothing is changed on failure. */
 int sg_hub_publish(sg_hub *h, const sg_draft *d, sg_publish_result *res, sg_error *err);
 
-/* Subscribe s to c with a category mask. s is owned by the caller and
- * must be unsubscribed before it is freed. */
+/* Subscribe s to c with a category mask and an optional filter (borrowed;
+ * the group takes its own reference). s is owned by the caller and must be
+ * unsubscribed before it is freed. */
 void sg_hub_subscribe(sg_hub *h, sg_conv *c, sg_sub *s, const sg_sub_class *cls,
-                      uint64_t mask, int variant, void *owner);
+                      uint64_t mask, int variant, sg_filter *filter, void *owner);
+
+/* The pseudo-conversation whose subscribers receive every conversation's
+ * flushes (status:*). It has no history and is never listed. */
+sg_conv *sg_hub_wildcard(sg_hub *h);
 void sg_hub_unsubscribe(sg_hub *h, sg_sub *s);
 
 /* Flush every queued update now (shutdown). */

@@ -81,7 +81,7 @@ static void sse_on_shutdown(sg_conn *c)
     sg_conn_close_after_write(c);
 }
 
-static const sg_conn_proto sse_proto = {"sse", sse_on_read, sse_on_close, sse_on_shutdown};
+static const sg_conn_proto sse_proto = {"sse", sse_on_read, sse_on_close, sse_on_shutdown, NULL};
 
 struct replay {
     sg_conn *conn;
@@ -192,7 +192,7 @@ void sg_sse_start(sg_conn *c, sg_req *r, const char *conv_id)
                            on_replay, &rp);
     }
     sg_conn_take(c, SG_CONN_SSE, &sse_proto, ss);
-    sg_hub_subscribe(srv->hub, cv, &ss->sub, &sse_class, mask, 0, ss);
+    sg_hub_subscribe(srv->hub, cv, &ss->sub, &sse_class, mask, 0, NULL, ss);
     srv->n_sse++;
     bufferevent_set_timeouts(c->bev, NULL, NULL);
     sg_log(SG_LOG_DEBUG, "sse_subscribed", "peer=%s conversation=%s resume=%d since=%llu",

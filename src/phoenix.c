@@ -1,0 +1,545 @@
+#include "phoenix.h"
+
+#include "log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PHX_MAX_LISTED_CATEGORIES 10 /* per join or change request */
+#define PHX_RATE_LIMIT 30            /* category / filter changes ... */
+#define PHX_RATE_WINDOW_MS 60000     /* ... per this window */
+#define PHX_MAX_CHANNELS 100         /* topics joined on one socket */
+
+enum { V_BATCH = 1, V_WILDCARD = 2 };
+
+typedef struct phx_chan {
+    sg_sub sub; /* first: the hub hands back &sub */
+    sg_phx *phx;
+    char *topic;
+    json_t *join_ref;
+    sg_conv *conv; /* the conversation, or the hub's wildcard */
+    uint64_t cats;
+    sg_filter *filter;
+    int batch;
+    int64_t changes[PHX_RATE_LIMIT]; /* ring of recent change times */
+    int n_changes, next_change;
+    struct phx_chan *next;
+} phx_chan;
+
+struct sg_phx {
+    sg_ws *ws;
+    sg_server *srv;
+    phx_chan *chans;
+    int n_chans;
+};
+
+/* ---- frames ---- */
+
+/* Send [join_ref, ref, topic, event, payload] with payload already JSON. */
+static void send_raw(sg_phx *p, json_t *join_ref, json_t *ref, const char *topic,
+                     const char *event, const char *payload, size_t plen)
+{
+    json_t *head = json_pack("[OOss]", join_ref ? join_ref : json_null(), ref ? ref : json_null(),
+                             topic, event);
+    char *h = json_dumps(head, JSON_COMPACT);
+    json_decref(head);
+    if (!h) return;
+    size_t hl = strlen(h);
+    char *frame = malloc(hl + plen + 2);
+    if (frame) {
+        memcpy(frame, h, hl - 1); /* without the closing ']' */
+        frame[hl - 1] = ',';
+        memcpy(frame + hl, payload, plen);
+        frame[hl + plen] = ']';
+        sg_ws_send_text(p->ws, frame, hl + plen + 1);
+        free(frame);
+    }
+    free(h);
+}
+
+static void send_json(sg_phx *p, json_t *join_ref, json_t *ref, const char *topic,
+                      const char *event, json_t *payload)
+{
+    char *s = json_dumps(payload, JSON_COMPACT);
+    json_decref(payload);
+    if (s) send_raw(p, join_ref, ref, topic, event, s, strlen(s));
+    free(s);
+}
+
+/* phx_reply with {"status": ok|error, "response": response (stolen)} */
+static void reply(sg_phx *p, json_t *join_ref, json_t *ref, const char *topic, int ok,
+                  json_t *response)
+{
+    send_json(p, join_ref, ref, topic, "phx_reply",
+              json_pack("{s:s, s:o}", "status", ok ? "ok" : "error", "response", response));
+}
+
+static void reply_error(sg_phx *p, json_t *jr, json_t *ref, const char *topic, const char *reason)
+{
+    reply(p, jr, ref, topic, 0, json_pack("{s:s}", "reason", reason));
+}
+
+/* ---- shared pushes: built once per flush per group ---- */
+
+static void topic_of(const sg_group *g, const sg_conv *c, char *out, size_t n)
+{
+    snprintf(out, n, "status:%s", (g->variant & V_WILDCARD) ? "*" : c->id);
+}
+
+static sg_blob *phx_encode(const sg_group *g, const sg_conv *c, sg_update **ups, size_t n)
+{
+    char topic[SG_MAX_CONV_ID + 16];
+    topic_of(g, c, topic, sizeof(topic));
+    char pre[sizeof(topic) + 64];
+    uint8_t h[10];
+    if (g->variant & V_BATCH) {
+        int pl = snprintf(pre, sizeof(pre), "[null,null,\"%s\",\"status_batch\",{\"updates\":[", topic);
+        size_t len = pl + 3 + (n - 1);
+        for (size_t i = 0; i < n; i++)
+            len += ups[i]->json_len;
+        sg_blob *b = sg_blob_new(len + 10);
+        if (!b) return NULL;
+        char *p = b->data;
+        p += sg_ws_text_header((uint8_t *)p, len);
+        memcpy(p, pre, pl);
+        p += pl;
+        for (size_t i = 0; i < n; i++) {
+            if (i) *p++ = ',';
+            memcpy(p, ups[i]->json, ups[i]->json_len);
+            p += ups[i]->json_len;
+        }
+        memcpy(p, "]}]", 3);
+        b->len = p + 3 - b->data;
+        return b;
+    }
+    int pl = snprintf(pre, sizeof(pre), "[null,null,\"%s\",\"status_update\",", topic);
+    size_t cap = 0;
+    for (size_t i = 0; i < n; i++)
+        cap += 10 + pl + ups[i]->json_len + 1;
+    sg_blob *b = sg_blob_new(cap);
+    if (!b) return NULL;
+    char *p = b->data;
+    for (size_t i = 0; i < n; i++) {
+        size_t len = pl + ups[i]->json_len + 1;
+        size_t hl = sg_ws_text_header(h, len);
+        memcpy(p, h, hl);
+        p += hl;
+        memcpy(p, pre, pl);
+        p += pl;
+        memcpy(p, ups[i]->json, ups[i]->json_len);
+        p += ups[i]->json_len;
+        *p++ = ']';
+    }
+    b->len = p - b->data;
+    return b;
+}
+
+static void phx_deliver(sg_sub *s, sg_blob *b)
+{
+    phx_chan *ch = (phx_chan *)s;
+    if (sg_ws_send_shared(ch->phx->ws, b) < 0)
+        s->dead = 1;
+    else
+        ch->phx->srv->delivered_ws++;
+}
+
+static const sg_sub_class phx_class = {"websocket", phx_encode, phx_deliver};
+
+/* ---- channels ---- */
+
+static phx_chan *find_chan(sg_phx *p, const char *topic)
+{
+    for (phx_chan *ch = p->chans; ch; ch = ch->next)
+        if (strcmp(ch->topic, topic) == 0) return ch;
+    return NULL;
+}
+
+static void chan_subscribe(phx_chan *ch)
+{
+    int variant = (ch->batch ? V_BATCH : 0) | (ch->conv->is_wildcard ? V_WILDCARD : 0);
+    sg_hub_subscribe(ch->phx->srv->hub, ch->conv, &ch->sub, &phx_class, ch->cats, variant,
+                     ch->filter, ch);
+}
+
+static void chan_resubscribe(phx_chan *ch)
+{
+    sg_hub_unsubscribe(ch->phx->srv->hub, &ch->sub);
+    chan_subscribe(ch);
+}
+
+static void chan_free(sg_phx *p, phx_chan *ch)
+{
+    phx_chan **pp = &p->chans;
+    while (*pp && *pp != ch)
+        pp = &(*pp)->next;
+    if (*pp) *pp = ch->next;
+    p->n_chans--;
+    sg_hub_unsubscribe(p->srv->hub, &ch->sub);
+    sg_filter_unref(ch->filter);
+    json_decref(ch->join_ref);
+    free(ch->topic);
+    free(ch);
+}
+
+static json_t *category_list(uint64_t mask)
+{
+    json_t *a = json_array();
+    sg_category_mask_to_json(mask, a);
+    return a;
+}
+
+/* Parse a category list from a payload. Returns 0 with *mask set, or -1
+ * after replying the error (invalid_categories / too_many_categories). */
+static int parse_categories(sg_phx *p, json_t *jr, json_t *ref, const char *topic, json_t *list,
+                            uint64_t *mask)
+{
+    *mask = 0;
+    if (!json_is_array(list)) {
+        reply(p, jr, ref, topic, 0,
+              json_pack("{s:s, s:s}", "reason", "invalid_categories", "message",
+                        "categories must be a list of names"));
+        return -1;
+    }
+    if (json_array_size(list) > PHX_MAX_LISTED_CATEGORIES) {
+        reply(p, jr, ref, topic, 0,
+              json_pack("{s:s, s:i, s:i}", "reason", "too_many_categories", "max",
+                        PHX_MAX_LISTED_CATEGORIES, "requested", (int)json_array_size(list)));
+        return -1;
+    }
+    json_t *invalid = json_array();
+    size_t i;
+    json_t *c;
+    json_array_foreach(list, i, c)
+    {
+        int ci = -1;
+        if (json_is_string(c)) {
+            if (strcmp(json_string_value(c), "*") == 0) {
+                *mask |= sg_category_all();
+                continue;
+            }
+            ci = sg_category_index(json_string_value(c), json_string_length(c));
+        }
+        if (ci < 0)
+            json_array_append(invalid, c);
+        else
+            *mask |= 1ULL << ci;
+    }
+    if (json_array_size(invalid) > 0) {
+        reply(p, jr, ref, topic, 0,
+              json_pack("{s:s, s:o, s:o}", "reason", "invalid_categories", "invalid", invalid,
+                        "valid", category_list(sg_category_all())));
+        return -1;
+    }
+    json_decref(invalid);
+    return 0;
+}
+
+/* Count a subscription change; -1 after replying rate_limit_exceeded. */
+static int rate_limited(phx_chan *ch, json_t *jr, json_t *ref)
+{
+    int64_t now = sg_mono_ms();
+    if (ch->n_changes == PHX_RATE_LIMIT) {
+        int64_t oldest = ch->changes[ch->next_change];
+        if (now - oldest < PHX_RATE_WINDOW_MS) {
+            reply(ch->phx, jr, ref, ch->topic, 0,
+                  json_pack("{s:s, s:i, s:i, s:I}", "reason", "rate_limit_exceeded", "limit",
+                            PHX_RATE_LIMIT, "window_s", PHX_RATE_WINDOW_MS / 1000,
+                            "retry_after_ms", (json_int_t)(PHX_RATE_WINDOW_MS - (now - oldest))));
+            return -1;
+        }
+    } else {
+        ch->n_changes++;
+    }
+    ch->changes[ch->next_change] = now;
+    ch->next_change = (ch->next_change + 1) % PHX_RATE_LIMIT;
+    return 0;
+}
+
+struct collect {
+    sg_update **ups;
+    size_t n;
+    uint64_t oldest;
+};
+
+static void on_collect(void *arg, int status, sg_update **ups, size_t n, uint64_t oldest)
+{
+    struct collect *c = arg;
+    c->oldest = oldest;
+    c->ups = n ? malloc(sizeof(*ups) * n) : NULL;
+    c->n = c->ups ? n : 0;
+    for (size_t i = 0; i < c->n; i++)
+        c->ups[i] = sg_update_ref(ups[i]);
+}
+
+static void collect_free(struct collect *c)
+{
+    for (size_t i = 0; i < c->n; i++)
+        sg_update_unref(c->ups[i]);
+    free(c->ups);
+}
+
+/* Push stored updates to one channel (a replay), as its live pushes look. */
+static void push_replay(phx_chan *ch, sg_update **ups, size_t n)
+{
+    sg_update *sel[n ? n : 1];
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        json_t *dec = NULL;
+        if (sg_filter_match(ch->filter, ups[i], &dec)) sel[k++] = ups[i];
+        json_decref(dec);
+    }
+    if (!k) return;
+    sg_group g = {.cls = &phx_class, .variant = ch->batch ? V_BATCH : 0};
+    sg_blob *b = phx_encode(&g, ch->conv, sel, k);
+    if (b) {
+        sg_ws_send_shared(ch->phx->ws, b);
+        sg_blob_unref(b);
+    }
+}
+
+static void handle_join(sg_phx *p, json_t *jr, json_t *ref, const char *topic, json_t *payload)
+{
+    sg_server *srv = p->srv;
+    if (strncmp(topic, "status:", 7) != 0) {
+        reply_error(p, jr, ref, topic, "unmatched topic");
+        return;
+    }
+    const char *id = topic + 7;
+    int wildcard = strcmp(id, "*") == 0;
+    if (!wildcard && !sg_conv_id_valid(id, strlen(id))) {
+        reply(p, jr, ref, topic, 0,
+              json_pack("{s:s, s:s}", "reason", "invalid_topic", "message",
+                        "conversation ids are 1-128 characters of [A-Za-z0-9._:@-]"));
+        return;
+    }
+    phx_chan *old = find_chan(p, topic);
+    if (!old && p->n_chans >= PHX_MAX_CHANNELS) {
+        reply(p, jr, ref, topic, 0,
+              json_pack("{s:s, s:i}", "reason", "too_many_channels", "max", PHX_MAX_CHANNELS));
+        return;
+    }
+
+    uint64_t cats = 0;
+    json_t *v = json_object_get(payload, "categories");
+    if (v && !json_is_null(v) && parse_categories(p, jr, ref, topic, v, &cats) < 0) return;
+    char err[200];
+    sg_filter *filter = sg_filter_parse(json_object_get(payload, "filter"), err, sizeof(err));
+    if (!filter && err[0]) {
+        reply(p, jr, ref, topic, 0, json_pack("{s:s, s:s}", "reason", "invalid_filter", "message", err));
+        return;
+    }
+    json_t *jepoch = json_object_get(payload, "epoch");
+    json_t *jlast = json_object_get(payload, "last_seq");
+    if ((jepoch && !json_is_null(jepoch) && !json_is_string(jepoch)) ||
+        (jlast && !json_is_null(jlast) && (!json_is_integer(jlast) || json_integer_value(jlast) < 0))) {
+        sg_filter_unref(filter);
+        reply(p, jr, ref, topic, 0,
+              json_pack("{s:s, s:s}", "reason", "invalid_payload", "message",
+                        "epoch must be a string and last_seq a non-negative integer"));
+        return;
+    }
+    sg_conv *cv;
+    sg_error e;
+    if (wildcard) {
+        cv = sg_hub_wildcard(srv->hub);
+    } else if (!(cv = sg_hub_conv(srv->hub, id, strlen(id), 1, &e))) {
+        sg_filter_unref(filter);
+        reply(p, jr, ref, topic, 0, json_pack("{s:s, s:s}", "reason", e.code, "message", e.message));
+        return;
+    }
+    if (old) {
+        /* a second join of a topic replaces the first, as in Phoenix */
+        send_json(p, old->join_ref, old->join_ref, topic, "phx_close", json_object());
+        chan_free(p, old);
+    }
+
+    phx_chan *ch = calloc(1, sizeof(*ch));
+    ch->phx = p;
+    ch->topic = strdup(topic);
+    ch->join_ref = json_incref(jr);
+    ch->conv = cv;
+    ch->cats = cats;
+    ch->filter = filter;
+    ch->batch = json_is_true(json_object_get(payload, "batch"));
+    ch->next = p->chans;
+    p->chans = ch;
+    p->n_chans++;
+    chan_subscribe(ch);
+
+    /* what a resuming client missed: seqs in (last_seq, flushed]; what is
+     * still queued arrives with the next flush */
+    struct collect missed = {0};
+    int resume = !wildcard && jlast && json_is_integer(jlast);
+    int recovered = 0;
+    if (resume) {
+        uint64_t since = (uint64_t)json_integer_value(jlast);
+        int same_epoch = !jepoch || json_is_null(jepoch) ||
+                         strcmp(json_string_value(jepoch), cv->epoch) == 0;
+        if (!same_epoch) since = 0;
+        if (since > cv->flushed_seq) since = cv->flushed_seq;
+        if (since < cv->flushed_seq)
+            sg_hub_history(srv->hub, cv, since, cv->flushed_seq, (size_t)-1, cats, on_collect,
+                           &missed);
+        uint64_t first_kept = missed.oldest ? missed.oldest : cv->flushed_seq + 1;
+        recovered = same_epoch && first_kept <= since + 1;
+    }
+    json_t *resp = json_pack("{s:s, s:o, s:o, s:o, s:I, s:b}", "conversation_id", wildcard ? "*" : cv->id,
+                             "available_categories", category_list(sg_category_all()),
+                             "subscribed_categories", category_list(cats), "epoch",
+                             wildcard ? json_null() : json_string(cv->epoch), "last_seq",
+                             (json_int_t)(wildcard ? 0 : cv->last_seq), "recovered", recovered);
+    if (ch->filter) json_object_set_new(resp, "filter", sg_filter_json(ch->filter));
+    if (ch->batch) json_object_set_new(resp, "batch", json_true());
+    reply(p, jr, ref, topic, 1, resp);
+    if (missed.n) push_replay(ch, missed.ups, missed.n);
+    collect_free(&missed);
+    sg_log(SG_LOG_DEBUG, "channel_joined", "peer=%s topic=%s resume=%d recovered=%d",
+           sg_ws_peer(p->ws), sg_log_q(topic), resume, recovered);
+}
+
+static void on_history_reply(void *arg, int status, sg_update **ups, size_t n, uint64_t oldest)
+{
+    struct evbuffer *b = arg;
+    evbuffer_add_printf(b, "{\"status\":\"ok\",\"response\":{\"updates\":[");
+    for (size_t i = 0; i < n; i++) {
+        if (i) evbuffer_add(b, ",", 1);
+        evbuffer_add(b, ups[i]->json, ups[i]->json_len);
+    }
+    evbuffer_add_printf(b, "],\"oldest_seq\":%llu}}", (unsigned long long)oldest);
+}
+
+static void handle_history(phx_chan *ch, json_t *jr, json_t *ref, json_t *payload)
+{
+    sg_phx *p = ch->phx;
+    if (ch->conv->is_wildcard) {
+        reply_error(p, jr, ref, ch->topic, "status:* has no history; ask a conversation's topic");
+        return;
+    }
+    json_t *js = json_object_get(payload, "since"), *jl = json_object_get(payload, "limit");
+    if ((js && !json_is_integer(js)) || (jl && !json_is_integer(jl)) ||
+        (js && json_integer_value(js) < 0) || (jl && json_integer_value(jl) < 1)) {
+        reply(p, jr, ref, ch->topic, 0,
+              json_pack("{s:s, s:s}", "reason", "invalid_payload", "message",
+                        "since must be a non-negative integer and limit a positive one"));
+        return;
+    }
+    uint64_t mask = sg_category_all();
+    json_t *jc = json_object_get(payload, "categories");
+    if (jc && parse_categories(p, jr, ref, ch->topic, jc, &mask) < 0) return;
+    struct evbuffer *b = evbuffer_new();
+    sg_hub_history(p->srv->hub, ch->conv, js ? (uint64_t)json_integer_value(js) : 0, 0,
+                   jl ? (size_t)json_integer_value(jl) : (size_t)p->srv->cfg->history_size, mask,
+                   on_history_reply, b);
+    size_t len = evbuffer_get_length(b);
+    send_raw(p, jr, ref, ch->topic, "phx_reply", (const char *)evbuffer_pullup(b, -1), len);
+    evbuffer_free(b);
+}
+
+static json_t *descriptions(void)
+{
+    json_t *d = json_object();
+    for (int i = 0; i < sg_category_count(); i++)
+        json_object_set_new(d, sg_category_name(i), json_string(sg_category_desc(i)));
+    return d;
+}
+
+static void handle_event(phx_chan *ch, json_t *jr, json_t *ref, const char *event,
+                         json_t *payload)
+{
+    sg_phx *p = ch->phx;
+    const char *topic = ch->topic;
+    if (strcmp(event, "subscribe_categories") == 0 ||
+        strcmp(event, "unsubscribe_categories") == 0) {
+        uint64_t mask;
+        if (parse_categories(p, jr, ref, topic, json_object_get(payload, "categories"), &mask) < 0)
+            return;
+        if (rate_limited(ch, jr, ref) < 0) return;
+        ch->cats = event[0] == 's' ? ch->cats | mask : ch->cats & ~mask;
+        chan_resubscribe(ch);
+        reply(p, jr, ref, topic, 1, json_pack("{s:o}", "subscribed", category_list(ch->cats)));
+    } else if (strcmp(event, "get_subscriptions") == 0) {
+        reply(p, jr, ref, topic, 1,
+              json_pack("{s:o, s:o}", "subscribed_categories", category_list(ch->cats),
+                        "available_categories", category_list(sg_category_all())));
+    } else if (strcmp(event, "get_available_categories") == 0) {
+        reply(p, jr, ref, topic, 1,
+              json_pack("{s:o, s:o}", "available_categories", category_list(sg_category_all()),
+                        "descriptions", descriptions()));
+    } else if (strcmp(event, "set_filter") == 0) {
+        char err[200];
+        json_t *spec = json_object_get(payload, "filter");
+        sg_filter *f = sg_filter_parse(spec, err, sizeof(err));
+        if (!f && err[0]) {
+            reply(p, jr, ref, topic, 0,
+                  json_pack("{s:s, s:s}", "reason", "invalid_filter", "message", err));
+            return;
+        }
+        if (rate_limited(ch, jr, ref) < 0) {
+            sg_filter_unref(f);
+            return;
+        }
+        sg_filter_unref(ch->filter);
+        ch->filter = f;
+        chan_resubscribe(ch);
+        reply(p, jr, ref, topic, 1, json_pack("{s:o}", "filter", sg_filter_json(f)));
+    } else if (strcmp(event, "history") == 0) {
+        handle_history(ch, jr, ref, payload);
+    } else {
+        reply(p, jr, ref, topic, 0,
+              json_pack("{s:s, s:s}", "reason", "unknown_event", "event", event));
+    }
+}
+
+void sg_phx_on_text(sg_phx *p, const char *msg, size_t len)
+{
+    json_t *m = json_loadb(msg, len, 0, NULL);
+    json_t *jr = json_array_get(m, 0), *ref = json_array_get(m, 1);
+    json_t *jt = json_array_get(m, 2), *je = json_array_get(m, 3), *payload = json_array_get(m, 4);
+    if (!json_is_array(m) || json_array_size(m) != 5 || !(json_is_string(jr) || json_is_null(jr)) ||
+        !(json_is_string(ref) || json_is_null(ref)) || !json_is_string(jt) || !json_is_string(je)) {
+        sg_log(SG_LOG_INFO, "websocket_bad_message", "peer=%s bytes=%zu", sg_ws_peer(p->ws), len);
+        sg_ws_close(p->ws, SG_WS_CLOSE_UNSUPPORTED,
+                    "expected a Phoenix V2 message [join_ref, ref, topic, event, payload]");
+        json_decref(m);
+        return;
+    }
+    const char *topic = json_string_value(jt), *event = json_string_value(je);
+    if (strcmp(topic, "phoenix") == 0) {
+        if (strcmp(event, "heartbeat") == 0)
+            reply(p, jr, ref, topic, 1, json_object());
+        else
+            reply_error(p, jr, ref, topic, "unmatched topic");
+    } else if (strcmp(event, "phx_join") == 0) {
+        handle_join(p, jr, ref, topic, payload);
+    } else {
+        phx_chan *ch = find_chan(p, topic);
+        if (!ch) {
+            reply_error(p, jr, ref, topic, "unmatched topic");
+        } else if (strcmp(event, "phx_leave") == 0) {
+            reply(p, jr, ref, topic, 1, json_object());
+            send_json(p, ch->join_ref, ch->join_ref, topic, "phx_close", json_object());
+            chan_free(p, ch);
+        } else {
+            handle_event(ch, jr, ref, event, payload);
+        }
+    }
+    json_decref(m);
+}
+
+sg_phx *sg_phx_new(sg_ws *ws)
+{
+    sg_phx *p = calloc(1, sizeof(*p));
+    if (!p) return NULL;
+    p->ws = ws;
+    p->srv = sg_ws_server(ws);
+    return p;
+}
+
+void sg_phx_free(sg_phx *p)
+{
+    if (!p) return;
+    while (p->chans)
+        chan_free(p, p->chans);
+    free(p);
+}

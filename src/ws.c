@@ -1,0 +1,348 @@
+#include "ws.h"
+
+#include "log.h"
+#include "phoenix.h"
+
+#include <ctype.h>
+#include <event2/buffer.h>
+#include <openssl/evp.h>
+#include <openssl/sha.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <wslay/wslay.h>
+
+#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#define WS_CLOSE_GRACE_S 5 /* a peer gets this long to take the close frame */
+
+struct sg_ws {
+    sg_conn *conn;
+    wslay_event_context_ptr ctx;
+    sg_phx *phx;
+    int close_sent; /* a close frame is out: nothing more may be written */
+    char *token;
+};
+
+sg_server *sg_ws_server(const sg_ws *ws)
+{
+    return ws->conn->srv;
+}
+
+const char *sg_ws_peer(const sg_ws *ws)
+{
+    return ws->conn->peer;
+}
+
+const char *sg_ws_token(const sg_ws *ws)
+{
+    return ws->token;
+}
+
+size_t sg_ws_text_header(uint8_t *h, size_t len)
+{
+    h[0] = 0x81; /* FIN, text */
+    if (len < 126) {
+        h[1] = (uint8_t)len;
+        return 2;
+    }
+    if (len < 65536) {
+        h[1] = 126;
+        h[2] = (uint8_t)(len >> 8);
+        h[3] = (uint8_t)len;
+        return 4;
+    }
+    h[1] = 127;
+    for (int i = 0; i < 8; i++)
+        h[2 + i] = (uint8_t)((uint64_t)len >> (56 - 8 * i));
+    return 10;
+}
+
+static int writable(const sg_ws *ws)
+{
+    return !ws->close_sent && !ws->conn->closing && !ws->conn->killed;
+}
+
+int sg_ws_send_text(sg_ws *ws, const char *data, size_t len)
+{
+    if (!writable(ws)) return -1;
+    uint8_t h[10];
+    struct evbuffer *out = bufferevent_get_output(ws->conn->bev);
+    evbuffer_add(out, h, sg_ws_text_header(h, len));
+    evbuffer_add(out, data, len);
+    return 0;
+}
+
+int sg_ws_send_shared(sg_ws *ws, sg_blob *b)
+{
+    if (!writable(ws)) return -1;
+    sg_conn *c = ws->conn;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    size_t unsent = evbuffer_get_length(out);
+    if (unsent + b->len > c->srv->cfg->output_cap) {
+        c->srv->slow_consumers++;
+        sg_log(SG_LOG_WARN, "slow_consumer", "transport=websocket peer=%s unsent=%zu", c->peer,
+               unsent);
+        sg_ws_close(ws, SG_WS_CLOSE_SLOW_CONSUMER, "slow consumer");
+        return -1;
+    }
+    sg_blob_append(out, b);
+    return 0;
+}
+
+void sg_ws_close(sg_ws *ws, int code, const char *reason)
+{
+    if (!writable(ws)) return;
+    size_t rl = reason ? strlen(reason) : 0;
+    if (rl > 123) rl = 123;
+    uint8_t f[4 + 123];
+    f[0] = 0x88; /* FIN, close */
+    f[1] = (uint8_t)(2 + rl);
+    f[2] = (uint8_t)(code >> 8);
+    f[3] = (uint8_t)code;
+    memcpy(f + 4, reason, rl);
+    evbuffer_add(bufferevent_get_output(ws->conn->bev), f, 4 + rl);
+    ws->close_sent = 1;
+    wslay_event_shutdown_read(ws->ctx);
+    wslay_event_shutdown_write(ws->ctx);
+    struct timeval grace = {WS_CLOSE_GRACE_S, 0};
+    bufferevent_set_timeouts(ws->conn->bev, NULL, &grace);
+    sg_conn_close_after_write(ws->conn);
+}
+
+/* ---- wslay callbacks ---- */
+
+static ssize_t on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
+                       void *arg)
+{
+    sg_ws *ws = arg;
+    int n = evbuffer_remove(bufferevent_get_input(ws->conn->bev), buf, len);
+    if (n <= 0) {
+        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+        return -1;
+    }
+    return n;
+}
+
+/* wslay writes pongs and close echoes here; every byte is taken at once,
+ * so its frames are always whole and shared frames can sit between them. */
+static ssize_t on_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
+                       void *arg)
+{
+    sg_ws *ws = arg;
+    if (!ws->close_sent) evbuffer_add(bufferevent_get_output(ws->conn->bev), data, len);
+    return (ssize_t)len;
+}
+
+static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *m,
+                   void *arg)
+{
+    sg_ws *ws = arg;
+    if (m->opcode == WSLAY_TEXT_FRAME) {
+        sg_phx_on_text(ws->phx, (const char *)m->msg, m->msg_length);
+    } else if (m->opcode == WSLAY_BINARY_FRAME) {
+        sg_ws_close(ws, SG_WS_CLOSE_UNSUPPORTED, "binary messages are not supported");
+    }
+    /* pings are answered by wslay; closes are echoed by wslay */
+}
+
+static void ws_on_read(sg_conn *c)
+{
+    sg_ws *ws = c->proto_data;
+    if (!ws || ws->close_sent) {
+        evbuffer_drain(bufferevent_get_input(c->bev), evbuffer_get_length(bufferevent_get_input(c->bev)));
+        return;
+    }
+    int r = wslay_event_recv(ws->ctx);
+    if (ws->close_sent) return; /* we closed while handling a message */
+    if (r < 0) {
+        /* a frame-level error (bad control frame, bad length): wslay has
+         * queued a close without a code, where the client is owed 1002 */
+        sg_ws_close(ws, SG_WS_CLOSE_PROTOCOL, "protocol error");
+        return;
+    }
+    if (wslay_event_want_write(ws->ctx)) wslay_event_send(ws->ctx);
+    if (wslay_event_get_close_sent(ws->ctx)) {
+        ws->close_sent = 1;
+        sg_conn_close_after_write(c);
+    }
+}
+
+static void ws_on_close(sg_conn *c)
+{
+    sg_ws *ws = c->proto_data;
+    if (!ws) return;
+    sg_phx_free(ws->phx);
+    wslay_event_context_free(ws->ctx);
+    free(ws->token);
+    free(ws);
+    c->proto_data = NULL;
+    c->srv->n_ws--;
+}
+
+static void ws_on_shutdown(sg_conn *c)
+{
+    sg_ws *ws = c->proto_data;
+    if (ws && writable(ws))
+        sg_ws_close(ws, SG_WS_CLOSE_GOING_AWAY, "server shutting down");
+    else
+        sg_conn_close_after_write(c);
+}
+
+static void ws_on_idle(sg_conn *c)
+{
+    sg_ws *ws = c->proto_data;
+    sg_log(SG_LOG_INFO, "websocket_idle", "peer=%s idle_s=%d", c->peer, c->srv->cfg->ws_idle_s);
+    if (ws && writable(ws))
+        sg_ws_close(ws, SG_WS_CLOSE_NORMAL, "idle timeout");
+    else
+        sg_conn_kill(c);
+}
+
+static const sg_conn_proto ws_proto = {"websocket", ws_on_read, ws_on_close, ws_on_shutdown,
+                                       ws_on_idle};
+
+/* ---- handshake ---- */
+
+static int has_token(const char *list, const char *tok)
+{
+    size_t n = strlen(tok);
+    for (const char *p = list; p && *p;) {
+        while (*p == ' ' || *p == ',' || *p == '\t')
+            p++;
+        const char *e = p;
+        while (*e && *e != ',')
+            e++;
+        const char *t = e;
+        while (t > p && (t[-1] == ' ' || t[-1] == '\t'))
+            t--;
+        if ((size_t)(t - p) == n && strncasecmp(p, tok, n) == 0) return 1;
+        p = e;
+    }
+    return 0;
+}
+
+/* Decode base64url (no padding) into a new string; NULL when malformed. */
+static char *b64url_decode(const char *s)
+{
+    size_t n = strlen(s);
+    char *std = malloc(n + 4);
+    if (!std) return NULL;
+    size_t i;
+    for (i = 0; i < n; i++)
+        std[i] = s[i] == '-' ? '+' : s[i] == '_' ? '/' : s[i];
+    while (i % 4)
+        std[i++] = '=';
+    std[i] = 0;
+    unsigned char *out = malloc(i + 1);
+    int len = out ? EVP_DecodeBlock(out, (unsigned char *)std, (int)i) : -1;
+    free(std);
+    if (len < 0) {
+        free(out);
+        return NULL;
+    }
+    if ((size_t)len > n * 3 / 4) len = (int)(n * 3 / 4); /* drop the padding's bytes */
+    out[len] = 0;
+    return (char *)out;
+}
+
+/* phoenix.js 1.8 offers "phoenix, base64url.bearer.phx.<token>" */
+static char *subprotocol_token(const char *list)
+{
+    static const char pre[] = "base64url.bearer.phx.";
+    const char *p = list ? strstr(list, pre) : NULL;
+    if (!p) return NULL;
+    p += sizeof(pre) - 1;
+    size_t n = strcspn(p, ", \t");
+    char *enc = strndup(p, n);
+    char *tok = enc ? b64url_decode(enc) : NULL;
+    free(enc);
+    return tok;
+}
+
+static void refuse(sg_conn *c, int status, const char *code, const char *msg, const char *extra)
+{
+    sg_error e;
+    sg_error_set(&e, status, code, NULL, "%s", msg);
+    c->req.keep_alive = 0;
+    sg_http_json(c, status, sg_error_json(&e), extra);
+}
+
+void sg_ws_upgrade(sg_conn *c, sg_req *r)
+{
+    const char *upgrade = sg_req_header(r, "upgrade");
+    const char *connection = sg_req_header(r, "connection");
+    const char *version = sg_req_header(r, "sec-websocket-version");
+    const char *key = sg_req_header(r, "sec-websocket-key");
+    const char *protocols = sg_req_header(r, "sec-websocket-protocol");
+    char vsn[32];
+    if (r->method != HTTP_GET) {
+        refuse(c, 405, "method_not_allowed", "a WebSocket upgrade is a GET", "Allow: GET\r\n");
+        return;
+    }
+    if (!upgrade || !has_token(upgrade, "websocket") || !connection ||
+        !has_token(connection, "upgrade")) {
+        refuse(c, 426, "upgrade_required", "this endpoint speaks WebSocket only",
+               "Upgrade: websocket\r\n");
+        return;
+    }
+    if (!version || strcmp(version, "13") != 0) {
+        refuse(c, 426, "unsupported_websocket_version", "Sec-WebSocket-Version must be 13",
+               "Sec-WebSocket-Version: 13\r\n");
+        return;
+    }
+    unsigned char raw[32];
+    if (!key || strlen(key) != 24 || EVP_DecodeBlock(raw, (const unsigned char *)key, 24) != 18) {
+        refuse(c, 400, "invalid_websocket_key", "Sec-WebSocket-Key must be 16 bytes in base64",
+               NULL);
+        return;
+    }
+    if (sg_req_query(r, "vsn", vsn, sizeof(vsn)) == 0 && strncmp(vsn, "2.", 2) != 0) {
+        refuse(c, 400, "unsupported_vsn", "only the Phoenix V2 serializer (vsn=2.0.0) is spoken",
+               NULL);
+        return;
+    }
+
+    sg_ws *ws = calloc(1, sizeof(*ws));
+    if (!ws) {
+        refuse(c, 503, "out_of_memory", "the gateway is out of memory", NULL);
+        return;
+    }
+    ws->conn = c;
+    char tok[4096];
+    if (sg_req_query(r, "token", tok, sizeof(tok)) == 0)
+        ws->token = strdup(tok);
+    else
+        ws->token = subprotocol_token(protocols);
+
+    static const struct wslay_event_callbacks cbs = {on_recv, on_send, NULL, NULL, NULL, NULL,
+                                                     on_msg};
+    if (wslay_event_context_server_init(&ws->ctx, &cbs, ws) != 0) {
+        free(ws->token);
+        free(ws);
+        refuse(c, 503, "out_of_memory", "the gateway is out of memory", NULL);
+        return;
+    }
+    wslay_event_config_set_max_recv_msg_length(ws->ctx, c->srv->cfg->ws_max_message);
+
+    char buf[64];
+    unsigned char sha[SHA_DIGEST_LENGTH];
+    char accept[64];
+    snprintf(buf, sizeof(buf), "%s%s", key, WS_GUID);
+    SHA1((unsigned char *)buf, strlen(buf), sha);
+    EVP_EncodeBlock((unsigned char *)accept, sha, SHA_DIGEST_LENGTH);
+    evbuffer_add_printf(bufferevent_get_output(c->bev),
+                        "HTTP/1.1 101 Switching Protocols\r\nServer: statusgw\r\n"
+                        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                        "Sec-WebSocket-Accept: %s\r\n%s\r\n",
+                        accept,
+                        protocols && has_token(protocols, "phoenix")
+                            ? "Sec-WebSocket-Protocol: phoenix\r\n"
+                            : "");
+    sg_conn_take(c, SG_CONN_WS, &ws_proto, ws);
+    c->srv->n_ws++;
+    struct timeval idle = {c->srv->cfg->ws_idle_s, 0};
+    bufferevent_set_timeouts(c->bev, &idle, NULL);
+    ws->phx = sg_phx_new(ws);
+    sg_log(SG_LOG_DEBUG, "websocket_open", "peer=%s", c->peer);
+}

@@ -1,0 +1,48 @@
+/* RFC 6455 WebSocket connections on the HTTP layer's bufferevents. wslay
+ * parses and validates client frames and answers control frames; data
+ * frames from the server are written straight to the output evbuffer, so a
+ * shared frame is appended by reference with no copy. */
+#ifndef SG_WS_H
+#define SG_WS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "blob.h"
+#include "http.h"
+
+#define SG_WS_CLOSE_NORMAL 1000
+#define SG_WS_CLOSE_GOING_AWAY 1001
+#define SG_WS_CLOSE_PROTOCOL 1002
+#define SG_WS_CLOSE_UNSUPPORTED 1003
+#define SG_WS_CLOSE_INVALID_DATA 1007
+#define SG_WS_CLOSE_TOO_BIG 1009
+#define SG_WS_CLOSE_SLOW_CONSUMER 4008
+
+typedef struct sg_ws sg_ws;
+
+/* Serve GET /socket/websocket: validate the handshake, answer 101 and hand
+ * the connection to the Phoenix protocol, or answer an HTTP error. */
+void sg_ws_upgrade(sg_conn *c, sg_req *r);
+
+/* Write one text frame (payload copied). -1 once the socket is closing. */
+int sg_ws_send_text(sg_ws *ws, const char *data, size_t len);
+
+/* Append ready-made frames by reference. Past the output cap the socket
+ * is closed with 4008 "slow consumer" and -1 returned. */
+int sg_ws_send_shared(sg_ws *ws, sg_blob *b);
+
+/* Send a close frame with code and reason, then close the connection once
+ * it is written. Nothing is written after it. */
+void sg_ws_close(sg_ws *ws, int code, const char *reason);
+
+/* Write a FIN text frame header for len payload bytes into h (10 bytes
+ * room); returns its length. */
+size_t sg_ws_text_header(uint8_t *h, size_t len);
+
+sg_server *sg_ws_server(const sg_ws *ws);
+const char *sg_ws_peer(const sg_ws *ws);
+/* The bearer token the client offered (socket params or subprotocol). */
+const char *sg_ws_token(const sg_ws *ws);
+
+#endif
