@@ -1,0 +1,129 @@
+// Start the real statusgw on a free port with a temporary config, and drive
+// it with the real phoenix client (ws as its transport) and real HTTP.
+import { spawn } from "node:child_process";
+import fs from "node:fs";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { Socket } from "phoenix";
+import WebSocket from "ws";
+
+const BIN = path.resolve(process.env.STATUSGW_BIN || "../../build/statusgw");
+
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.on("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function luaValue(v) {
+  if (typeof v === "string") return JSON.stringify(v);
+  if (Array.isArray(v)) return "{" + v.map(luaValue).join(", ") + "}";
+  if (typeof v === "object") return "{" + Object.entries(v).map(([k, x]) => `[${JSON.stringify(k)}] = ${luaValue(x)}`).join(", ") + "}";
+  return String(v);
+}
+
+// Start a gateway; resolves once /healthz answers. port: reuse one (restart).
+export async function start(config = {}, port) {
+  port = port || (await freePort());
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "statusgw-"));
+  const cfg = path.join(dir, "statusgw.lua");
+  fs.writeFileSync(cfg, "return {\n" + Object.entries(config).map(([k, v]) => `  ${k} = ${luaValue(v)},`).join("\n") + "\n}\n");
+  const log = fs.openSync(path.join(dir, "statusgw.log"), "a");
+  const proc = spawn(BIN, ["--config", cfg, "--listen", `127.0.0.1:${port}`], { stdio: ["ignore", "ignore", log] });
+  const exited = new Promise((resolve) => proc.on("exit", (code, signal) => resolve(code ?? signal)));
+  const gw = { port, dir, proc, exited, url: `http://127.0.0.1:${port}`, config };
+  const deadline = Date.now() + 10000;
+  while (Date.now() < deadline) {
+    try {
+      const r = await fetch(`${gw.url}/healthz`);
+      if (r.ok) return gw;
+    } catch {}
+    await sleep(30);
+  }
+  throw new Error("statusgw did not start: " + logText(gw));
+}
+
+export function logText(gw) {
+  return fs.readFileSync(path.join(gw.dir, "statusgw.log"), "utf8");
+}
+
+// SIGTERM, and the exit code (0 expected).
+export async function stop(gw) {
+  if (gw.proc.exitCode === null) gw.proc.kill("SIGTERM");
+  const code = await Promise.race([gw.exited, sleep(10000).then(() => "timeout")]);
+  const log = logText(gw);
+  if (/AddressSanitizer|LeakSanitizer|runtime error:/.test(log)) throw new Error("sanitizer report:\n" + log);
+  return code;
+}
+
+export async function publish(gw, update) {
+  const r = await fetch(`${gw.url}/api/v1/status`, {
+    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(update),
+  });
+  return { status: r.status, body: await r.json() };
+}
+
+export async function publishMany(gw, updates) {
+  const r = await fetch(`${gw.url}/api/v1/status/bulk`, {
+    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(updates),
+  });
+  return { status: r.status, body: await r.json() };
+}
+
+const sockets = [];
+
+// Disconnect every socket a spec opened, so none keeps reconnecting.
+export function disconnectAll() {
+  while (sockets.length) sockets.pop().disconnect();
+}
+
+export function socket(gw, opts = {}) {
+  const s = new Socket(`ws://127.0.0.1:${gw.port}/socket`, {
+    transport: WebSocket, reconnectAfterMs: () => 100, rejoinAfterMs: () => 100, ...opts,
+  });
+  s.connect();
+  sockets.push(s);
+  return s;
+}
+
+// Join; resolves with the ok reply, rejects with the error reply.
+export function join(channel, timeout = 5000) {
+  return new Promise((resolve, reject) => {
+    channel.join(timeout)
+      .receive("ok", resolve)
+      .receive("error", (e) => reject(Object.assign(new Error("join refused: " + JSON.stringify(e)), { reply: e })))
+      .receive("timeout", () => reject(new Error("join timed out")));
+  });
+}
+
+// Push an event; resolves with {status, response}.
+export function push(channel, event, payload = {}, timeout = 5000) {
+  return new Promise((resolve, reject) => {
+    channel.push(event, payload, timeout)
+      .receive("ok", (response) => resolve({ status: "ok", response }))
+      .receive("error", (response) => resolve({ status: "error", response }))
+      .receive("timeout", () => reject(new Error(event + " timed out")));
+  });
+}
+
+// Resolves once predicate() is true; rejects after timeout ms.
+export async function waitFor(predicate, timeout = 5000, what = "condition") {
+  const deadline = Date.now() + timeout;
+  while (Date.now() < deadline) {
+    if (predicate()) return;
+    await sleep(10);
+  }
+  throw new Error("timed out waiting for " + what);
+}
+
+export function conv(name) {
+  return `${name}-${Math.floor(Math.random() * 1e9)}`;
+}
