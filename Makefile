@@ -11,14 +11,14 @@ PLIBS    = $(shell pkg-config --libs $(PKGS)) -lhttp_parser -lwslay -lm
 PREFIX  ?= /usr/local
 
 SRCS    := $(wildcard src/*.c)
-LIBSRCS := $(filter-out src/main.c src/lmodel.c,$(SRCS))
-OBJS     = $(patsubst src/%.c,build/obj/%.o,$(filter-out src/lmodel.c,$(SRCS)))
-AOBJS    = $(patsubst src/%.c,build/asan/obj/%.o,$(filter-out src/lmodel.c,$(SRCS)))
+DAEMON  := $(filter-out src/lmodel.c src/lplugin.c,$(SRCS))
+OBJS     = $(patsubst src/%.c,build/obj/%.o,$(DAEMON))
+AOBJS    = $(patsubst src/%.c,build/asan/obj/%.o,$(DAEMON))
 ASAN    := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined
 
 .PHONY: all asan run test clean install deps
 
-all: deps build/statusgw build/statusgw_model.so
+all: deps build/statusgw build/statusgw_model.so build/statusgw_plugin.so
 
 deps:
 ifneq ($(DEPS_OK),yes)
@@ -34,6 +34,11 @@ build/obj/%.o: src/%.c $(wildcard src/*.h) | build/obj
 # The model as a Lua module, so unit specs exercise the real C validation.
 build/statusgw_model.so: src/lmodel.c src/status.c src/log.c $(wildcard src/*.h) | build/obj
 	$(CC) $(WARN) $(CFLAGS) $(PCFLAGS) -fPIC -shared -o $@ src/lmodel.c src/status.c src/log.c $(PLIBS)
+
+# The plugin host as a Lua module: plugin specs run the real C host.
+PLUGIN_SRCS := src/lplugin.c src/plugin.c src/sandbox.c src/status.c src/config.c src/log.c
+build/statusgw_plugin.so: $(PLUGIN_SRCS) $(wildcard src/*.h) | build/obj
+	$(CC) $(WARN) $(CFLAGS) $(PCFLAGS) -fPIC -shared -o $@ $(PLUGIN_SRCS) $(PLIBS)
 
 asan: deps build/asan/statusgw
 

@@ -1,6 +1,8 @@
 #include "api.h"
 
 #include "log.h"
+#include "ingest.h"
+#include "plugin.h"
 #include "sse.h"
 #include "ws.h"
 
@@ -50,19 +52,13 @@ static json_t *parse_json(const char *s, size_t n, sg_error *err)
  * with err set. */
 static int publish(sg_server *s, json_t *obj, sg_publish_result *res, sg_error *err)
 {
-    sg_limits lim = {s->cfg->max_text, s->cfg->max_metadata};
-    sg_draft d;
-    if (sg_draft_from_json(obj, &lim, &d, err) < 0) return -1;
-    if (d.builder) {
-        sg_error_set(err, 400, "unknown_builder", "builder", "no plugin provides builder '%s'",
-                     d.builder);
-        return -1;
-    }
-    return sg_hub_publish(s->hub, &d, res, err);
+    return sg_ingest(s, obj, NULL, res, err);
 }
 
 static json_t *publish_reply(const sg_publish_result *res)
 {
+    if (res->dropped)
+        return json_pack("{s:b, s:s}", "dropped", 1, "dropped_by", res->dropped_by);
     json_t *o = json_pack("{s:s, s:I, s:s}", "conversation_id", res->conv->id, "seq",
                           (json_int_t)res->seq, "epoch", res->conv->epoch);
     if (res->duplicate) json_object_set_new(o, "duplicate", json_true());
@@ -318,6 +314,12 @@ void sg_api_handle(sg_conn *c, sg_req *r)
         if (get) handle_list(c, r); else method_not_allowed(c, "GET");
     } else if (strncmp(p, PREFIX_CONV, strlen(PREFIX_CONV)) == 0) {
         handle_conversation(c, r);
+    } else if (strcmp(p, "/admin/plugins") == 0) {
+        if (get) sg_http_json(c, 200, sg_plugins_admin(c->srv->plugins), NULL);
+        else method_not_allowed(c, "GET");
+    } else if (strcmp(p, "/admin/reload") == 0) {
+        if (post) sg_http_json(c, 200, sg_server_reload(c->srv, "admin"), NULL);
+        else method_not_allowed(c, "POST");
     } else {
         sg_error_set(&err, 404, "not_found", NULL, "no such endpoint: %.200s", p);
         sg_http_error(c, &err);

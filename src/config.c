@@ -1,6 +1,7 @@
 #include "config.h"
 
 #include "log.h"
+#include "sandbox.h"
 
 #include <lauxlib.h>
 #include <lualib.h>
@@ -40,6 +41,10 @@ static const struct int_key int_keys[] = {
     IK("shutdown_timeout_ms", shutdown_timeout_ms, 0, 600000),
     IK("ws_idle_timeout_s", ws_idle_s, 1, 86400),
     SK("ws_max_message_bytes", ws_max_message, 128, 1 << 24),
+    SK("plugin_memory_bytes", plugin_memory, 65536, 1LL << 32),
+    IK("plugin_max_instructions", plugin_instructions, 1000, 2000000000),
+    IK("plugin_timeout_ms", plugin_timeout_ms, 1, 60000),
+    IK("plugin_max_failures", plugin_max_failures, 1, 1000000),
 };
 
 /* Tables that later modules read from the same file. */
@@ -71,6 +76,10 @@ static void defaults(sg_config *c)
     c->shutdown_timeout_ms = SG_DEFAULT_SHUTDOWN_TIMEOUT_MS;
     c->ws_idle_s = SG_DEFAULT_WS_IDLE_S;
     c->ws_max_message = SG_DEFAULT_WS_MAX_MESSAGE;
+    c->plugin_memory = SG_DEFAULT_PLUGIN_MEMORY;
+    c->plugin_instructions = SG_DEFAULT_PLUGIN_INSTRUCTIONS;
+    c->plugin_timeout_ms = SG_DEFAULT_PLUGIN_TIMEOUT_MS;
+    c->plugin_max_failures = SG_DEFAULT_PLUGIN_MAX_FAILURES;
 }
 
 int sg_config_set_listen(sg_config *c, const char *addr)
@@ -183,12 +192,21 @@ static int apply_key(sg_config *c, lua_State *L, const char *key, char *err, siz
         return 0;
     }
     if (strcmp(key, "categories") == 0) return load_categories(c, L, err, errlen);
+    json_t **sections[] = {&c->plugins, &c->webhooks, &c->security};
     for (int i = 0; table_keys[i]; i++) {
         if (strcmp(key, table_keys[i]) != 0) continue;
         if (!lua_istable(L, -1)) {
             snprintf(err, errlen, "%s must be a table", key);
             return -1;
         }
+        char why[200];
+        json_t *j = sg_lua_to_json(L, -1, why, sizeof(why));
+        if (!j) {
+            snprintf(err, errlen, "%s: %s", key, why);
+            return -1;
+        }
+        json_decref(*sections[i]);
+        *sections[i] = j;
         return 0;
     }
     snprintf(err, errlen, "unknown key '%s'", key);
@@ -247,5 +265,8 @@ void sg_config_free(sg_config *c)
     }
     free(c->extra_categories);
     free(c->extra_descriptions);
+    json_decref(c->plugins);
+    json_decref(c->webhooks);
+    json_decref(c->security);
     memset(c, 0, sizeof(*c));
 }

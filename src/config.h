@@ -3,6 +3,7 @@
 #ifndef SG_CONFIG_H
 #define SG_CONFIG_H
 
+#include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -27,6 +28,12 @@
 #define SG_DEFAULT_SHUTDOWN_TIMEOUT_MS 5000
 #define SG_DEFAULT_WS_IDLE_S 60
 #define SG_DEFAULT_WS_MAX_MESSAGE 65536
+
+#define SG_DEFAULT_PLUGIN_MEMORY (16 * 1024 * 1024)
+#define SG_DEFAULT_PLUGIN_INSTRUCTIONS 1000000
+#define SG_DEFAULT_PLUGIN_TIMEOUT_MS 50
+#define SG_DEFAULT_PLUGIN_MAX_FAILURES 5
+#define SG_DEFAULT_EMIT_QUEUE 10000
 
 #define SG_MAX_CATEGORIES 64 /* category sets are 64-bit masks */
 #define SG_MAX_CONV_ID 128
@@ -57,6 +64,14 @@ typedef struct sg_config {
     int shutdown_timeout_ms;
     int ws_idle_s;
     size_t ws_max_message;
+    size_t plugin_memory;
+    int plugin_instructions;
+    int plugin_timeout_ms;
+    int plugin_max_failures;
+    /* sections other modules read, as JSON (owned; NULL when absent) */
+    json_t *plugins;  /* plugins.<name> = config passed to init() */
+    json_t *webhooks;
+    json_t *security;
     /* extra categories: names and descriptions, owned */
     char **extra_categories;
     char **extra_descriptions;

@@ -1,5 +1,7 @@
 #include "filter.h"
 
+#include "plugin.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,7 +22,16 @@ struct sg_filter {
     int n;
     json_t *spec; /* normalized */
     char *key;
+    char *plugin;       /* a plugin subscriber filter, or NULL */
+    json_t *plugin_args;
 };
+
+static struct sg_plugins *plugins;
+
+void sg_filter_set_plugins(struct sg_plugins *pm)
+{
+    plugins = pm;
+}
 
 static void filter_free(sg_filter *f)
 {
@@ -30,6 +41,8 @@ static void filter_free(sg_filter *f)
     }
     free(f->conds);
     json_decref(f->spec);
+    json_decref(f->plugin_args);
+    free(f->plugin);
     free(f->key);
     free(f);
 }
@@ -112,8 +125,25 @@ sg_filter *sg_filter_parse(json_t *spec, char *err, size_t errlen)
     f->mask = sg_category_all();
     const char *k;
     json_t *v;
+    json_t *name = json_object_get(spec, "name");
+    if (name) {
+        json_t *args = json_object_get(spec, "args");
+        if (!json_is_string(name) || !sg_plugins_has_subscriber_filter(plugins, json_string_value(name))) {
+            snprintf(err, errlen, "no plugin provides a subscriber filter named %s%.60s%s",
+                     json_is_string(name) ? "'" : "", json_is_string(name) ? json_string_value(name) : "(not a string)",
+                     json_is_string(name) ? "'" : "");
+            goto fail;
+        }
+        if (args && !json_is_object(args)) {
+            snprintf(err, errlen, "filter args must be an object");
+            goto fail;
+        }
+        f->plugin = strdup(json_string_value(name));
+        f->plugin_args = args ? json_incref(args) : json_object();
+    }
     json_object_foreach(spec, k, v)
     {
+        if (f->plugin && (strcmp(k, "name") == 0 || strcmp(k, "args") == 0)) continue;
         if (strcmp(k, "categories") == 0) {
             if (!json_is_array(v)) {
                 snprintf(err, errlen, "filter categories must be a list of names");
@@ -214,9 +244,11 @@ int sg_filter_match(const sg_filter *f, const sg_update *u, json_t **decoded)
 {
     if (!f) return 1;
     if (!(f->mask & (1ULL << u->category))) return 0;
-    if (f->n == 0) return 1;
+    if (f->n == 0 && !f->plugin) return 1;
     if (!*decoded) *decoded = json_loadb(u->json, u->json_len, 0, NULL);
     if (!*decoded) return 0;
+    if (f->plugin && !sg_plugins_subscriber_filter(plugins, f->plugin, f->plugin_args, *decoded))
+        return 0;
     json_t *md = json_object_get(*decoded, "metadata");
     for (int i = 0; i < f->n; i++) {
         const cond *c = &f->conds[i];

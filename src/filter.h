@@ -7,7 +7,10 @@
  *    "metadata": {"tool": "search_code", "duration_ms": {"gte": 1000}}}
  *
  * A plain value means equality; an object holds operators eq, ne, gt, gte,
- * lt, lte, contains, exists. Every condition must hold. */
+ * lt, lte, contains, exists. Every condition must hold.
+ *
+ * A filter with a "name" runs that plugin subscriber filter instead, with
+ * "args": {"name": "slow", "args": {"min_ms": 1000}}. */
 #ifndef SG_FILTER_H
 #define SG_FILTER_H
 
@@ -17,6 +20,10 @@
 #include "status.h"
 
 typedef struct sg_filter sg_filter;
+struct sg_plugins;
+
+/* The plugin host that named filters run in (NULL: none). */
+void sg_filter_set_plugins(struct sg_plugins *pm);
 
 /* Parse a filter object; NULL with a sentence in err when it is invalid.
  * An empty object or null parses to NULL with err[0] == 0 (no filter). */

@@ -18,6 +18,8 @@
 
 typedef struct sg_server sg_server;
 typedef struct sg_conn sg_conn;
+struct sg_plugins;
+struct sg_ingest_queue;
 
 typedef struct sg_header {
     char *name; /* lower-cased */
@@ -72,6 +74,8 @@ struct sg_server {
     const sg_config *cfg;
     sg_hub *hub;
     sg_store *store;
+    struct sg_plugins *plugins;
+    struct sg_ingest_queue *ingest;
     struct evconnlistener *listener;
     sg_conn *conns;
     int n_conns;
@@ -95,6 +99,8 @@ int sg_server_start(sg_server *s, char *err, size_t errlen);
 /* Stop accepting, flush, say goodbye to every client; the loop exits once
  * every connection is gone or the shutdown timeout passes. */
 void sg_server_shutdown(sg_server *s, const char *why);
+/* Reload plugins (SIGHUP, POST /admin/reload); returns the report. */
+json_t *sg_server_reload(sg_server *s, const char *why);
 /* Close every connection and free server resources. */
 void sg_server_stop(sg_server *s);
 

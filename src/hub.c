@@ -25,6 +25,8 @@ struct sg_hub {
     struct event *cleanup_ev;
     sg_conv wildcard;
     int pending; /* queued updates over all conversations */
+    void (*on_forget)(void *arg, const char *id);
+    void *on_forget_arg;
     sg_hub_stats stats;
 };
 
@@ -176,6 +178,7 @@ static void idem_clear(sg_conv *c)
 static void conv_free(sg_hub *h, sg_conv *c)
 {
     conv_flush(h, c);
+    if (h->on_forget) h->on_forget(h->on_forget_arg, c->id);
     lru_unlink(h, c);
     sg_dict_del(h->convs, c->id, c->id_len);
     h->store->ops->close(c->hist, 1);
@@ -291,6 +294,19 @@ static void idem_remember(sg_hub *h, sg_conv *c, const char *key, uint64_t seq)
     c->idem_tail = e;
 }
 
+uint64_t sg_hub_seen(sg_hub *h, const char *id, size_t len, const char *key)
+{
+    sg_conv *c = sg_dict_get(h->convs, id, len);
+    struct idem *e = c ? idem_find(h, c, key) : NULL;
+    return e ? e->seq : 0;
+}
+
+void sg_hub_on_forget(sg_hub *h, void (*fn)(void *arg, const char *id), void *arg)
+{
+    h->on_forget = fn;
+    h->on_forget_arg = arg;
+}
+
 /* ---- publish ---- */
 
 int sg_hub_publish(sg_hub *h, const sg_draft *d, sg_publish_result *res, sg_error *err)
@@ -299,6 +315,7 @@ int sg_hub_publish(sg_hub *h, const sg_draft *d, sg_publish_result *res, sg_erro
     if (c && d->idempotency_key) {
         struct idem *e = idem_find(h, c, d->idempotency_key);
         if (e) {
+            memset(res, 0, sizeof(*res));
             res->seq = e->seq;
             res->duplicate = 1;
             res->conv = c;
@@ -340,9 +357,10 @@ int sg_hub_publish(sg_hub *h, const sg_draft *d, sg_publish_result *res, sg_erro
         c->in_flush_list = 1;
         if (!event_pending(h->flush_ev, EV_TIMEOUT, NULL)) arm_flush_timer(h);
     }
+    memset(res, 0, sizeof(*res));
     res->seq = u->seq;
-    res->duplicate = 0;
     res->conv = c;
+    res->update = u;
     if (c->nq >= h->cfg->batch_size) conv_flush(h, c);
     return 0;
 }

@@ -94,6 +94,9 @@ typedef struct sg_publish_result {
     uint64_t seq;
     int duplicate;
     const sg_conv *conv;
+    const sg_update *update; /* borrowed; NULL for a duplicate */
+    int dropped;             /* an ingest filter dropped it */
+    char dropped_by[64];
 } sg_publish_result;
 
 /* Sequence, store and queue one validated update. Returns 0 and fills res,
@@ -111,6 +114,13 @@ void sg_hub_subscribe(sg_hub *h, sg_conv *c, sg_sub *s, const sg_sub_class *cls,
  * flushes (status:*). It has no history and is never listed. */
 sg_conv *sg_hub_wildcard(sg_hub *h);
 void sg_hub_unsubscribe(sg_hub *h, sg_sub *s);
+
+/* The first seq published with idempotency_key to conversation id within
+ * the window, or 0. */
+uint64_t sg_hub_seen(sg_hub *h, const char *id, size_t len, const char *key);
+
+/* Call fn(arg, conversation id) whenever a conversation is forgotten. */
+void sg_hub_on_forget(sg_hub *h, void (*fn)(void *arg, const char *id), void *arg);
 
 /* Flush every queued update now (shutdown). */
 void sg_hub_flush_all(sg_hub *h);

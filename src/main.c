@@ -2,6 +2,8 @@
 #include "config.h"
 #include "http.h"
 #include "hub.h"
+#include "ingest.h"
+#include "plugin.h"
 #include "log.h"
 #include "status.h"
 #include "store.h"
@@ -20,8 +22,48 @@ static void usage(FILE *f)
                "                [--version]\n");
 }
 
+static void forget_conversation(void *arg, const char *id)
+{
+    sg_plugins_forget(arg, id);
+}
+
+/* statusgw check-plugin FILE: load it in the sandbox and say what it
+ * provides, or where it fails. */
+static int check_plugin(const char *path, const char *config_path)
+{
+    sg_config cfg;
+    char err[600];
+    if (sg_config_load(&cfg, config_path, err, sizeof(err)) < 0) {
+        fprintf(stderr, "statusgw: bad config: %s\n", err);
+        sg_config_free(&cfg);
+        return 2;
+    }
+    sg_categories_init(&cfg, err, sizeof(err));
+    json_t *d = sg_plugin_check(path, &cfg, err, sizeof(err));
+    int rc = 0;
+    if (!d) {
+        fprintf(stderr, "%s\n", err);
+        rc = 1;
+    } else {
+        char *s = json_dumps(d, JSON_INDENT(2));
+        printf("%s\n", s);
+        free(s);
+        json_decref(d);
+    }
+    sg_categories_free();
+    sg_config_free(&cfg);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc >= 2 && strcmp(argv[1], "check-plugin") == 0) {
+        if (argc < 3) {
+            fprintf(stderr, "usage: statusgw check-plugin FILE [--config FILE]\n");
+            return 2;
+        }
+        return check_plugin(argv[2], argc >= 5 && strcmp(argv[3], "--config") == 0 ? argv[4] : NULL);
+    }
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},   {"listen", required_argument, NULL, 'l'},
         {"plugins", required_argument, NULL, 'p'},  {"log-level", required_argument, NULL, 'L'},
@@ -86,11 +128,15 @@ int main(int argc, char **argv)
     srv.base = event_base_new();
     srv.store = sg_store_memory_new(cfg.history_size);
     srv.hub = srv.base && srv.store ? sg_hub_new(srv.base, &cfg, srv.store) : NULL;
-    if (!srv.hub) {
+    srv.plugins = sg_plugins_new(cfg.plugins_dir, &cfg, srv.base, sg_ingest_emit, &srv);
+    if (!srv.hub || !srv.plugins || sg_ingest_init(&srv) < 0) {
         fprintf(stderr, "statusgw: out of memory at start\n");
         rc = 1;
         goto done;
     }
+    sg_hub_on_forget(srv.hub, forget_conversation, srv.plugins);
+    sg_filter_set_plugins(srv.plugins);
+    json_decref(sg_server_reload(&srv, "start"));
     if (sg_server_start(&srv, err, sizeof(err)) < 0) {
         sg_log(SG_LOG_ERROR, "listen_failed", "reason=%s", sg_log_q(err));
         fprintf(stderr, "statusgw: %s\n", err);
@@ -106,7 +152,9 @@ int main(int argc, char **argv)
     sg_log(SG_LOG_INFO, "stopped", "requests=%llu", (unsigned long long)srv.requests);
 done:
     sg_server_stop(&srv);
+    sg_ingest_free(&srv);
     sg_hub_free(srv.hub);
+    sg_plugins_free(srv.plugins);
     if (srv.store) srv.store->ops->free(srv.store);
     if (srv.base) event_base_free(srv.base);
     sg_categories_free();

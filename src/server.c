@@ -1,6 +1,7 @@
 /* The listener, signals and the shutdown sequence. */
 #include "http.h"
 #include "log.h"
+#include "plugin.h"
 
 #include <errno.h>
 #include <netdb.h>
@@ -26,6 +27,16 @@ static void on_shutdown_timeout(evutil_socket_t fd, short what, void *arg)
     sg_server *s = arg;
     sg_log(SG_LOG_WARN, "shutdown_timeout", "connections_left=%d", s->n_conns);
     event_base_loopexit(s->base, NULL);
+}
+
+json_t *sg_server_reload(sg_server *s, const char *why)
+{
+    json_t *report = sg_plugins_reload(s->plugins);
+    sg_log(SG_LOG_INFO, "plugins_reloaded", "trigger=%s loaded=%zu failed=%zu removed=%zu", why,
+           json_array_size(json_object_get(report, "loaded")),
+           json_array_size(json_object_get(report, "failed")),
+           json_array_size(json_object_get(report, "removed")));
+    return report;
 }
 
 void sg_server_shutdown(sg_server *s, const char *why)
@@ -60,7 +71,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     sg_server *s = arg;
     if (sig == SIGHUP) {
-        sg_log(SG_LOG_INFO, "sighup", "action=reload");
+        json_decref(sg_server_reload(s, "SIGHUP"));
         return;
     }
     if (s->shutting_down) {

@@ -1,0 +1,68 @@
+-- rate_limit.lua: a token bucket per conversation and category; updates
+-- over the limit are dropped (the producer's answer says so) and counted.
+--
+-- Configuration (plugins.rate_limit in etc/statusgw.lua):
+--   rate   = 50                   -- updates per second, per conversation and category
+--   burst  = 100                  -- bucket size
+--   categories = { progress = { rate = 10, burst = 20 } }  -- per-category overrides
+--   exempt = { "error", "summary" }  -- never limited
+
+local P = { name = "rate_limit", priority = 50 }
+
+local rate, burst = 50, 100
+local overrides = {}
+local exempt = { error = true, summary = true }
+local buckets = {}   -- "conversation\0category" -> { tokens, last_ms }
+local nbuckets = 0
+local dropped = 0
+
+function P.init(config)
+  rate = config.rate or rate
+  burst = config.burst or burst
+  overrides = config.categories or overrides
+  if config.exempt then
+    exempt = {}
+    for _, c in ipairs(config.exempt) do exempt[c] = true end
+  end
+end
+
+-- Forget buckets that have refilled: they hold no information.
+local function prune(now)
+  for k, b in pairs(buckets) do
+    local o = overrides[k:match("%z(.*)$")] or {}
+    if b.tokens + (now - b.last) * (o.rate or rate) / 1000 >= (o.burst or burst) then
+      buckets[k] = nil
+      nbuckets = nbuckets - 1
+    end
+  end
+end
+
+function P.filter(update)
+  local cat = update.category
+  if exempt[cat] then return nil end
+  local o = overrides[cat] or {}
+  local r, b = o.rate or rate, o.burst or burst
+  local now = statusgw.now_ms()
+  local key = (update.conversation_id or "system") .. "\0" .. cat
+  local bucket = buckets[key]
+  if not bucket then
+    if nbuckets >= 50000 then prune(now) end
+    bucket = { tokens = b, last = now }
+    buckets[key] = bucket
+    nbuckets = nbuckets + 1
+  end
+  bucket.tokens = math.min(b, bucket.tokens + (now - bucket.last) * r / 1000)
+  bucket.last = now
+  if bucket.tokens < 1 then
+    dropped = dropped + 1
+    if dropped % 100 == 1 then
+      statusgw.log("warn", string.format("rate limit: dropped=%d conversation=%s category=%s",
+        dropped, update.conversation_id or "system", cat))
+    end
+    return false
+  end
+  bucket.tokens = bucket.tokens - 1
+  return nil
+end
+
+return P

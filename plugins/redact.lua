@@ -1,0 +1,84 @@
+-- redact.lua: masks secrets before an update is stored or delivered.
+--
+-- Masks bearer tokens, common API key shapes (OpenAI/Anthropic "sk-...",
+-- GitHub "ghp_...", AWS "AKIA...", Slack "xox?-..."), "api_key=..." style
+-- assignments, and the values of metadata keys that name secrets, in the
+-- text and in every metadata string.
+--
+-- Configuration (plugins.redact in etc/statusgw.lua):
+--   patterns    = { "%d%d%d%-%d%d%-%d%d%d%d" }  -- extra Lua patterns to mask
+--   keys        = { "ssn" }                      -- extra secret key names
+--   replacement = "[REDACTED]"
+
+local P = { name = "redact", priority = 10 }
+
+local replacement = "[REDACTED]"
+local patterns = {}
+local secret_keys = {
+  password = true, passwd = true, secret = true, token = true, api_key = true,
+  apikey = true, authorization = true, access_token = true, refresh_token = true,
+  client_secret = true, private_key = true,
+}
+
+-- Each rule: a Lua pattern and what replaces a match.
+local rules = {
+  { "([Bb]earer%s+)[%w%-%._~%+/]+=*", "%1" },
+  { "sk%-[%w%-_]+[%w]", "" },
+  { "ghp_%w+", "" },
+  { "AKIA%u%u%u%u%u%u%u%u%u%u%u%u%u%u%u%u", "" },
+  { "xox[abpr]%-[%w%-]+", "" },
+  { "([Aa][Pp][Ii][_%-]?[Kk][Ee][Yy]%s*[=:]%s*)[^%s,;&\"']+", "%1" },
+}
+
+function P.init(config)
+  replacement = config.replacement or replacement
+  for _, p in ipairs(config.patterns or {}) do patterns[#patterns + 1] = p end
+  for _, k in ipairs(config.keys or {}) do secret_keys[string.lower(k)] = true end
+end
+
+local function mask(s)
+  local changed = false
+  for _, r in ipairs(rules) do
+    local n
+    s, n = s:gsub(r[1], r[2] .. replacement)
+    changed = changed or n > 0
+  end
+  for _, p in ipairs(patterns) do
+    local n
+    s, n = s:gsub(p, replacement)
+    changed = changed or n > 0
+  end
+  return s, changed
+end
+
+-- Mask strings in a metadata table, recursively; true when anything changed.
+local function mask_table(t)
+  local changed = false
+  for k, v in pairs(t) do
+    if type(k) == "string" and secret_keys[string.lower(k)] and v ~= replacement then
+      t[k] = replacement
+      changed = true
+    elseif type(v) == "string" then
+      local s, c = mask(v)
+      if c then t[k] = s; changed = true end
+    elseif type(v) == "table" then
+      changed = mask_table(v) or changed
+    end
+  end
+  return changed
+end
+
+function P.filter(update)
+  local changed = false
+  if type(update.text) == "string" then
+    local s, c = mask(update.text)
+    if c then update.text = s; changed = true end
+  end
+  if type(update.metadata) == "table" then
+    changed = mask_table(update.metadata) or changed
+  end
+  if changed then return update end
+  return nil -- unchanged: the gateway keeps the original as it is
+end
+
+return P

@@ -1,0 +1,37 @@
+-- Run plugins in the gateway's real C host (build/statusgw_plugin.so),
+-- from a temporary directory holding the files a spec names.
+local sgp = require("statusgw_plugin")
+
+local M = {}
+
+local function sh(cmd)
+  local p = io.popen(cmd)
+  local out = p:read("a")
+  p:close()
+  return (out:gsub("%s+$", ""))
+end
+
+M.tmpdir = function() return sh("mktemp -d") end
+
+function M.write(dir, name, src)
+  local f = assert(io.open(dir .. "/" .. name, "w"))
+  f:write(src)
+  f:close()
+end
+
+-- host({ "plugins/builders.lua", ["x.lua"] = "source" }, config) -> host, report, dir
+function M.host(files, config)
+  local dir = M.tmpdir()
+  for k, v in pairs(files) do
+    if type(k) == "number" then
+      os.execute(string.format("cp %q %q", v, dir))
+    else
+      M.write(dir, k, v)
+    end
+  end
+  local h, report = sgp.host(dir, config or {})
+  return h, report, dir
+end
+
+M.check = sgp.check
+return M

@@ -1,0 +1,220 @@
+-- The plugin host itself: sandbox, limits, faults, ordering, reload, API.
+local ph = require("plugin_host")
+
+local function upd(t) t.category = t.category or "info"; t.text = t.text or "x"; return t end
+
+local function counters(host, name)
+  for _, p in ipairs(host:admin().plugins) do
+    if p.name == name then return p.counters, p end
+  end
+end
+
+describe("plugin sandbox", function()
+  it("offers no files, programs, bytecode, modules or reflection", function()
+    local host = ph.host({ ["probe.lua"] = [[
+      local P = {}
+      function P.filter(u)
+        u.text = table.concat({ tostring(io), tostring(require), tostring(load), tostring(loadfile),
+          tostring(dofile), tostring(debug), tostring(package), tostring(string.dump),
+          tostring(os.execute), tostring(os.getenv), tostring(collectgarbage),
+          type(os.time()), type(os.clock()), type(os.date("!%Y")) }, ",")
+        return u
+      end
+      return P
+    ]] })
+    local keep, u = host:filter(upd({}))
+    assert.is_true(keep)
+    assert.equal("nil,nil,nil,nil,nil,nil,nil,nil,nil,nil,nil,number,number,string", u.text)
+  end)
+
+  it("refuses precompiled chunks", function()
+    local host, report = ph.host({ ["bin.lua"] = "\27Lua\84\0 compiled" })
+    assert.equal(0, #report.loaded)
+    assert.matches("binary", report.failed[1].error)
+  end)
+
+  it("gives plugins json encode/decode/null, now_ms and log", function()
+    local host = ph.host({ ["api.lua"] = [[
+      local P = {}
+      function P.filter(u)
+        local t = statusgw.json.decode('{"a":[1,2,{"b":null}],"c":"d"}')
+        assert(t.a[3].b == statusgw.json.null)
+        statusgw.log("info", "hello from a plugin")
+        u.metadata = { roundtrip = statusgw.json.encode({ x = 1 }), now = statusgw.now_ms() > 1700000000000 }
+        return u
+      end
+      return P
+    ]] })
+    local _, u = host:filter(upd({}))
+    assert.equal('{"x":1}', u.metadata.roundtrip)
+    assert.is_true(u.metadata.now)
+  end)
+end)
+
+describe("plugin faults", function()
+  local faults = {
+    loops = "local P = {} function P.filter(u) while true do end end return P",
+    swallows = [[local P = {} function P.filter(u)
+      while true do pcall(function() while true do end end) end end return P]],
+    throws = "local P = {} function P.filter(u) error('boom') end return P",
+    eats = [[local P = {} function P.filter(u) local t = {} local i = 0
+      while true do i = i + 1 t[i] = string.rep('x', 1000) .. i end end return P]],
+    eats_in_pcall = [[local P = {} function P.filter(u)
+      for _ = 1, 100 do pcall(function() local t = {} for i = 1, 1e9 do t[i] = {} end end) end
+      u.text = 'survived'; return u end return P]],
+    garbage = "local P = {} function P.filter(u) return 42 end return P",
+    bad_update = "local P = {} function P.filter(u) u.category = 'nope' return u end return P",
+    cyclic = "local P = {} function P.filter(u) u.metadata = {} u.metadata.self = u.metadata return u end return P",
+  }
+  local kinds = { loops = "timeouts", swallows = "timeouts", throws = "errors", eats = "out_of_memory",
+    eats_in_pcall = "out_of_memory", garbage = "errors", bad_update = "errors", cyclic = "errors" }
+  for name, src in pairs(faults) do
+    it("costs only the call when a filter " .. name .. ": the update passes unchanged", function()
+      local host = ph.host({ [name .. ".lua"] = src }, { plugin_max_instructions = 2000000, plugin_memory_bytes = 4 * 1024 * 1024, plugin_timeout_ms = 200 })
+      local keep, u = host:filter(upd({ conversation_id = "c", text = "original" }))
+      assert.is_true(keep)
+      assert.equal("original", u.text)
+      local c = counters(host, name)
+      assert.equal(1, c[kinds[name]], name .. " should count as " .. kinds[name])
+      assert.equal(1, c.calls)
+      -- and the plugin still works for the next call
+      keep = host:filter(upd({ text = "next" }))
+      assert.is_true(keep)
+    end)
+  end
+
+  it("disables a plugin after consecutive failures, until the next reload", function()
+    local host = ph.host({ ["throws.lua"] = "local P = {} function P.filter(u) error('boom') end return P" }, { plugin_max_failures = 3 })
+    for _ = 1, 5 do host:filter(upd({})) end
+    local c, p = counters(host, "throws")
+    assert.equal(3, c.calls)
+    assert.equal("disabled", p.state)
+    assert.matches("boom", p.last_error)
+    host:reload()
+    local _, p2 = counters(host, "throws")
+    assert.equal("active", p2.state)
+  end)
+
+  it("applies failure_policy drop", function()
+    local host = ph.host({ ["strict.lua"] = "local P = { failure_policy = 'drop' } function P.filter(u) error('no') end return P" })
+    local keep, by = host:filter(upd({}))
+    assert.is_false(keep)
+    assert.equal("strict", by)
+  end)
+
+  it("reports a plugin that fails to load with file and line, and loads the others", function()
+    local host, report = ph.host({ "plugins/builders.lua", ["broken.lua"] = "local P = {}\nfunction P.filter(u)\n  return u +\nend\nreturn P" })
+    assert.same({ "builders" }, report.loaded)
+    assert.equal(1, #report.failed)
+    assert.matches("broken.lua:4:", report.failed[1].error)
+    assert.equal("ok", (host:build("llm", { model = "m" }, {})))
+  end)
+
+  it("reports an init that throws", function()
+    local _, report = ph.host({ ["initfail.lua"] = "local P = {}\nfunction P.init(c) error('missing key: url') end\nreturn P" })
+    assert.matches("initfail.lua:2: missing key: url %(in init%)", report.failed[1].error)
+  end)
+
+  it("keeps the previous version when a reload has a syntax error", function()
+    local host, _, dir = ph.host({ ["tag.lua"] = "local P = {} function P.filter(u) u.text = 'v1' return u end return P" })
+    assert.equal("v1", select(2, host:filter(upd({}))).text)
+    ph.write(dir, "tag.lua", "local P = {} function P.filter(u) u.text = 'v2' return u end return P")
+    host:reload()
+    assert.equal("v2", select(2, host:filter(upd({}))).text)
+    ph.write(dir, "tag.lua", "local P = {} function P.filter(u) u.text = 'v3' return u en return P")
+    local report = host:reload()
+    assert.equal(1, #report.failed)
+    assert.is_true(report.failed[1].previous_version_kept)
+    assert.equal("v2", select(2, host:filter(upd({}))).text)
+  end)
+
+  it("unloads a plugin whose file is gone", function()
+    local host, _, dir = ph.host({ ["gone.lua"] = "local P = {} function P.filter(u) return false end return P" })
+    assert.is_false((host:filter(upd({}))))
+    os.remove(dir .. "/gone.lua")
+    local report = host:reload()
+    assert.same({ "gone" }, report.removed)
+    assert.is_true((host:filter(upd({}))))
+  end)
+end)
+
+describe("plugin pipeline", function()
+  it("runs filters lowest priority first", function()
+    local host = ph.host({
+      ["a.lua"] = "local P = { priority = 20 } function P.filter(u) u.text = u.text .. 'a' return u end return P",
+      ["b.lua"] = "local P = { priority = 10 } function P.filter(u) u.text = u.text .. 'b' return u end return P",
+      ["c.lua"] = "local P = { priority = 30 } function P.filter(u) u.text = u.text .. 'c' return u end return P",
+    })
+    assert.equal("xbac", select(2, host:filter(upd({ text = "x" }))).text)
+  end)
+
+  it("stops at the first filter that drops", function()
+    local host = ph.host({
+      ["drop.lua"] = "local P = { priority = 1 } function P.filter(u) if u.text == 'spam' then return false end end return P",
+      ["count.lua"] = "local P = { priority = 2 } local n = 0 function P.filter(u) n = n + 1 u.text = tostring(n) return u end return P",
+    })
+    local keep, by = host:filter(upd({ text = "spam" }))
+    assert.is_false(keep); assert.equal("drop", by)
+    assert.equal("1", select(2, host:filter(upd({ text = "ham" }))).text)
+  end)
+
+  it("runs subscriber filters with their args", function()
+    local host = ph.host({ ["slow.lua"] = [[
+      local P = {}
+      P.subscriber_filters = { slow = function(u, args) return (u.metadata.duration_ms or 0) >= args.min_ms end }
+      return P ]] })
+    assert.is_true(host:subscriber_filter("slow", { metadata = { duration_ms = 1500 } }, { min_ms = 1000 }))
+    assert.is_false(host:subscriber_filter("slow", { metadata = { duration_ms = 10 } }, { min_ms = 1000 }))
+  end)
+
+  it("validates what a plugin emits", function()
+    local host = ph.host({ ["emitter.lua"] = [[
+      local P = {}
+      P.aggregator = { interval_ms = 1000,
+        observe = function(s, u) s.seen = true end,
+        summarize = function(s, conv)
+          local ok, err = statusgw.emit({ conversation_id = conv, category = "bogus", text = "x" })
+          assert(ok == nil and err:match("invalid_category"))
+          return { text = "fine" }
+        end }
+      return P ]] })
+    host:observe("c1", { conversation_id = "c1", category = "info", text = "x" })
+    local out = host:summarize()
+    assert.equal(1, #out)
+    assert.equal("fine", out[1].text)
+  end)
+
+  it("exposes webhook forwarders", function()
+    local host = ph.host({ ["fw.lua"] = [[
+      local P = {}
+      P.webhooks = { errors = {
+        match = function(u) return u.category == "error" end,
+        format = function(ups) return statusgw.json.encode({ n = #ups }), { ["X-Kind"] = "errors" } end } }
+      return P ]] })
+    assert.is_true(host:webhook_match("errors", { category = "error", text = "x" }))
+    assert.is_false(host:webhook_match("errors", { category = "info", text = "x" }))
+    local body, headers = host:webhook_format("errors", { { text = "a" }, { text = "b" } })
+    assert.equal('{"n":2}', body)
+    assert.equal("errors", headers["X-Kind"])
+  end)
+end)
+
+describe("check-plugin", function()
+  it("lists what a plugin provides", function()
+    local d = ph.check("plugins/builders.lua")
+    assert.equal("builders", d.name)
+    table.sort(d.provides.builders)
+    assert.same({ "error", "llm", "progress", "timing", "tool", "workflow" }, d.provides.builders)
+    assert.is_false(d.provides.filter)
+    d = ph.check("plugins/summary.lua")
+    assert.equal(5000, d.provides.aggregator.interval_ms)
+  end)
+
+  it("gives file:line for a broken plugin", function()
+    local dir = ph.tmpdir()
+    ph.write(dir, "bad.lua", "local P = {}\n\nP.filter = function(u) return u..end\nreturn P\n")
+    local d, err = ph.check(dir .. "/bad.lua")
+    assert.is_nil(d)
+    assert.matches("bad.lua:3:", err)
+  end)
+end)

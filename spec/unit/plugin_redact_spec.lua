@@ -1,0 +1,54 @@
+-- plugins/redact.lua, run in the real plugin host.
+local ph = require("plugin_host")
+
+describe("redact plugin", function()
+  local host
+  setup(function()
+    host = ph.host({ "plugins/redact.lua" }, { plugins = { redact = { patterns = { "%d%d%d%-%d%d%-%d%d%d%d" }, keys = { "ssn" } } } })
+  end)
+
+  local function filtered(u)
+    u.category = u.category or "info"
+    local keep, out = host:filter(u)
+    assert.is_true(keep)
+    return out
+  end
+
+  it("masks bearer tokens in text", function()
+    local u = filtered({ text = "calling with Authorization: Bearer eyJhbGciOi.abc-def_123" })
+    assert.equal("calling with Authorization: Bearer [REDACTED]", u.text)
+  end)
+
+  it("masks API keys of common shapes", function()
+    local u = filtered({ text = "key sk-proj-abcdef1234567890 and ghp_abcdefABCDEF123456 and AKIAABCDEFGHIJKLMNOP" })
+    assert.is_nil(u.text:find("sk%-proj"))
+    assert.is_nil(u.text:find("ghp_abc"))
+    assert.is_nil(u.text:find("AKIAABCD"))
+    assert.equal(3, select(2, u.text:gsub("%[REDACTED%]", "")))
+  end)
+
+  it("masks api_key assignments", function()
+    local u = filtered({ text = "GET /v1?api_key=abc123&x=1" })
+    assert.equal("GET /v1?api_key=[REDACTED]&x=1", u.text)
+  end)
+
+  it("masks configured patterns", function()
+    assert.equal("ssn [REDACTED] on file", filtered({ text = "ssn 123-45-6789 on file" }).text)
+  end)
+
+  it("masks secrets in metadata, nested, by value and by key name", function()
+    local u = filtered({ text = "ok", metadata = { headers = { authorization = "Basic Zm9vOmJhcg==" },
+      params = { password = "hunter2", q = "use sk-live-abcdefghijkl" }, ssn = "x", tool = "search" } })
+    assert.equal("[REDACTED]", u.metadata.headers.authorization)
+    assert.equal("[REDACTED]", u.metadata.params.password)
+    assert.equal("use [REDACTED]", u.metadata.params.q)
+    assert.equal("[REDACTED]", u.metadata.ssn)
+    assert.equal("search", u.metadata.tool)
+  end)
+
+  it("leaves clean updates alone", function()
+    local u = filtered({ conversation_id = "c1", text = "Executing search_code", metadata = { tool = "search_code" } })
+    assert.equal("Executing search_code", u.text)
+    assert.equal("search_code", u.metadata.tool)
+  end)
+end)

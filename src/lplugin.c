@@ -1,0 +1,260 @@
+/* statusgw_plugin: the plugin host's C code as a Lua module, so plugin
+ * specs run plugins exactly as the gateway does (same sandbox, limits,
+ * JSON conversion, builder merge rules aside). */
+#include "config.h"
+#include "plugin.h"
+#include "sandbox.h"
+#include "status.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define HOST_MT "statusgw.plugin_host"
+
+typedef struct host {
+    sg_config cfg;
+    sg_plugins *pm;
+    json_t *emitted;
+} host;
+
+static int on_emit(void *arg, json_t *u, const char *plugin, char *err, size_t errlen)
+{
+    host *h = arg;
+    sg_limits lim = {h->cfg.max_text, h->cfg.max_metadata};
+    sg_draft d;
+    sg_error e;
+    if (sg_draft_from_json(u, &lim, &d, &e) < 0) {
+        snprintf(err, errlen, "emit: %s (%s)", e.message, e.code);
+        return -1;
+    }
+    json_t *copy = json_deep_copy(u);
+    json_object_set_new(copy, "__plugin", json_string(plugin));
+    json_array_append_new(h->emitted, copy);
+    return 0;
+}
+
+static json_t *arg_json(lua_State *L, int idx)
+{
+    if (lua_isnoneornil(L, idx)) return NULL;
+    char err[200];
+    json_t *j = sg_lua_to_json(L, idx, err, sizeof(err));
+    if (!j) luaL_error(L, "argument %d: %s", idx, err);
+    return j;
+}
+
+static void push_or_nil(lua_State *L, json_t *j)
+{
+    if (j) sg_lua_push_json(L, j); else lua_pushnil(L);
+}
+
+/* host(dir, {plugins = {...}, plugin_max_instructions = N, ...}) */
+static int l_host(lua_State *L)
+{
+    const char *dir = luaL_checkstring(L, 1);
+    host *h = lua_newuserdatauv(L, sizeof(*h), 0);
+    memset(h, 0, sizeof(*h));
+    luaL_setmetatable(L, HOST_MT);
+    char err[200];
+    sg_config_load(&h->cfg, NULL, err, sizeof(err));
+    if (lua_istable(L, 2)) {
+        lua_getfield(L, 2, "plugins");
+        if (lua_istable(L, -1)) h->cfg.plugins = sg_lua_to_json(L, -1, err, sizeof(err));
+        lua_pop(L, 1);
+        struct { const char *k; void *p; int sz; } ints[] = {
+            {"plugin_max_instructions", &h->cfg.plugin_instructions, 0},
+            {"plugin_timeout_ms", &h->cfg.plugin_timeout_ms, 0},
+            {"plugin_max_failures", &h->cfg.plugin_max_failures, 0},
+            {"plugin_memory_bytes", &h->cfg.plugin_memory, 1}};
+        for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) {
+            if (lua_getfield(L, 2, ints[i].k) == LUA_TNUMBER) {
+                if (ints[i].sz) *(size_t *)ints[i].p = (size_t)lua_tointeger(L, -1);
+                else *(int *)ints[i].p = (int)lua_tointeger(L, -1);
+            }
+            lua_pop(L, 1);
+        }
+    }
+    h->emitted = json_array();
+    h->pm = sg_plugins_new(dir, &h->cfg, NULL, on_emit, h);
+    json_t *report = sg_plugins_reload(h->pm);
+    sg_lua_push_json(L, report);
+    json_decref(report);
+    return 2; /* host, load report */
+}
+
+static host *check_host(lua_State *L)
+{
+    return luaL_checkudata(L, 1, HOST_MT);
+}
+
+static int l_gc(lua_State *L)
+{
+    host *h = check_host(L);
+    sg_plugins_free(h->pm);
+    h->pm = NULL;
+    json_decref(h->emitted);
+    h->emitted = NULL;
+    sg_config_free(&h->cfg);
+    return 0;
+}
+
+static int l_reload(lua_State *L)
+{
+    host *h = check_host(L);
+    json_t *r = sg_plugins_reload(h->pm);
+    sg_lua_push_json(L, r);
+    json_decref(r);
+    return 1;
+}
+
+/* build(name, args, update) -> "ok"|"failed"|"unknown", metadata, text */
+static int l_build(lua_State *L)
+{
+    host *h = check_host(L);
+    const char *name = luaL_checkstring(L, 2);
+    json_t *args = arg_json(L, 3), *upd = arg_json(L, 4);
+    if (!upd) upd = json_object();
+    json_t *md, *text;
+    int rc = sg_plugins_build(h->pm, name, args, upd, &md, &text);
+    lua_pushstring(L, rc == SG_BUILD_OK ? "ok" : rc == SG_BUILD_FAILED ? "failed" : "unknown");
+    push_or_nil(L, md);
+    push_or_nil(L, text);
+    json_decref(args);
+    json_decref(upd);
+    json_decref(md);
+    json_decref(text);
+    return 3;
+}
+
+/* filter(update) -> true, update | false, dropped_by */
+static int l_filter(lua_State *L)
+{
+    host *h = check_host(L);
+    json_t *u = arg_json(L, 2);
+    const char *by = NULL;
+    int keep = sg_plugins_filter(h->pm, &u, NULL, &by);
+    lua_pushboolean(L, keep);
+    if (keep) sg_lua_push_json(L, u); else lua_pushstring(L, by);
+    json_decref(u);
+    return 2;
+}
+
+static int l_subscriber_filter(lua_State *L)
+{
+    host *h = check_host(L);
+    const char *name = luaL_checkstring(L, 2);
+    json_t *u = arg_json(L, 3), *args = arg_json(L, 4);
+    lua_pushboolean(L, sg_plugins_subscriber_filter(h->pm, name, args, u));
+    json_decref(u);
+    json_decref(args);
+    return 1;
+}
+
+static int l_observe(lua_State *L)
+{
+    host *h = check_host(L);
+    const char *conv = luaL_checkstring(L, 2);
+    json_t *u = arg_json(L, 3);
+    sg_plugins_observe(h->pm, conv, u, NULL);
+    json_decref(u);
+    return 0;
+}
+
+static int l_forget(lua_State *L)
+{
+    host *h = check_host(L);
+    sg_plugins_forget(h->pm, luaL_checkstring(L, 2));
+    return 0;
+}
+
+/* summarize() -> the updates emitted so far (and clears them) */
+static int l_summarize(lua_State *L)
+{
+    host *h = check_host(L);
+    sg_plugins_summarize(h->pm);
+    sg_lua_push_json(L, h->emitted);
+    json_array_clear(h->emitted);
+    return 1;
+}
+
+static int l_webhook_match(lua_State *L)
+{
+    host *h = check_host(L);
+    json_t *u = arg_json(L, 3);
+    lua_pushboolean(L, sg_plugins_webhook_match(h->pm, luaL_checkstring(L, 2), u));
+    json_decref(u);
+    return 1;
+}
+
+static int l_webhook_format(lua_State *L)
+{
+    host *h = check_host(L);
+    json_t *ups = arg_json(L, 3);
+    char *body;
+    json_t *headers;
+    if (sg_plugins_webhook_format(h->pm, luaL_checkstring(L, 2), ups, &body, &headers) < 0) {
+        json_decref(ups);
+        lua_pushnil(L);
+        return 1;
+    }
+    lua_pushstring(L, body);
+    sg_lua_push_json(L, headers);
+    free(body);
+    json_decref(headers);
+    json_decref(ups);
+    return 2;
+}
+
+static int l_admin(lua_State *L)
+{
+    host *h = check_host(L);
+    json_t *a = sg_plugins_admin(h->pm);
+    sg_lua_push_json(L, a);
+    json_decref(a);
+    return 1;
+}
+
+/* check(path) -> description | nil, "file:line: message" */
+static int l_check(lua_State *L)
+{
+    sg_config cfg;
+    char err[600];
+    sg_config_load(&cfg, NULL, err, sizeof(err));
+    json_t *d = sg_plugin_check(luaL_checkstring(L, 1), &cfg, err, sizeof(err));
+    sg_config_free(&cfg);
+    if (!d) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    sg_lua_push_json(L, d);
+    json_decref(d);
+    return 1;
+}
+
+int luaopen_statusgw_plugin(lua_State *L)
+{
+    char err[128];
+    sg_categories_init(NULL, err, sizeof(err));
+    static const luaL_Reg methods[] = {{"reload", l_reload},
+                                       {"build", l_build},
+                                       {"filter", l_filter},
+                                       {"subscriber_filter", l_subscriber_filter},
+                                       {"observe", l_observe},
+                                       {"forget", l_forget},
+                                       {"summarize", l_summarize},
+                                       {"webhook_match", l_webhook_match},
+                                       {"webhook_format", l_webhook_format},
+                                       {"admin", l_admin},
+                                       {NULL, NULL}};
+    luaL_newmetatable(L, HOST_MT);
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    static const luaL_Reg fns[] = {{"host", l_host}, {"check", l_check}, {NULL, NULL}};
+    luaL_newlib(L, fns);
+    return 1;
+}

@@ -1,0 +1,877 @@
+#include "plugin.h"
+
+#include "log.h"
+
+#include <dirent.h>
+#include <lauxlib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#define SG_MIN_AGGREGATOR_MS 10
+
+struct sg_plugin {
+    sg_plugins *pm;
+    char *name;
+    char *path;
+    int priority;
+    int drop_on_failure; /* failure_policy = "drop" */
+    sg_sandbox *sb;
+    int ref;        /* the plugin table */
+    int filter_ref; /* P.filter, LUA_NOREF when none */
+    json_t *builders, *subscriber_filters, *webhooks; /* names, for lookups */
+    int agg_interval_ms; /* 0: no aggregator */
+    int states_ref, dirty_ref;
+    struct event *agg_ev;
+    int disabled;
+    int consecutive_failures;
+    uint64_t calls, errors, timeouts, ooms, time_ns;
+    char last_error[512];
+    int64_t last_error_ms;
+    int64_t loaded_ms;
+};
+
+struct sg_plugins {
+    char *dir;
+    const sg_config *cfg;
+    struct event_base *base;
+    sg_emit_fn emit;
+    void *emit_arg;
+    sg_plugin **list; /* by priority, then name */
+    int n;
+    json_t *failed; /* files that have no running version: [{"file","error"}] */
+    json_t *last_reload;
+};
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- calls and their accounting ---- */
+
+static void record_failure(sg_plugin *p, int status, const char *what, const char *why)
+{
+    if (status == SG_SB_TIMEOUT) p->timeouts++;
+    else if (status == SG_SB_OOM) p->ooms++;
+    else p->errors++;
+    p->consecutive_failures++;
+    snprintf(p->last_error, sizeof(p->last_error), "%s: %s", what, why);
+    p->last_error_ms = wall_ms();
+    uint64_t total = p->errors + p->timeouts + p->ooms;
+    if (total <= 10 || total % 1000 == 0)
+        sg_log(SG_LOG_WARN, "plugin_error", "plugin=%s call=%s kind=%s failures=%llu error=%s",
+               p->name, what, sg_sandbox_status_name(status), (unsigned long long)total,
+               sg_log_q(why));
+    int max = p->pm ? p->pm->cfg->plugin_max_failures : SG_DEFAULT_PLUGIN_MAX_FAILURES;
+    if (!p->disabled && p->consecutive_failures >= max) {
+        p->disabled = 1;
+        if (p->agg_ev) event_del(p->agg_ev);
+        sg_log(SG_LOG_ERROR, "plugin_disabled",
+               "plugin=%s consecutive_failures=%d reason=%s until=reload", p->name,
+               p->consecutive_failures, sg_log_q(p->last_error));
+    }
+}
+
+/* Call the function under the arguments on the stack, with accounting.
+ * Returns the sandbox status; results are on the stack only on SG_SB_OK. */
+static int call(sg_plugin *p, int nargs, int nresults, const char *what)
+{
+    uint64_t t0 = now_ns();
+    int st = sg_sandbox_call(p->sb, nargs, nresults);
+    p->calls++;
+    p->time_ns += now_ns() - t0;
+    if (st == SG_SB_OK)
+        p->consecutive_failures = 0;
+    else
+        record_failure(p, st, what, sg_sandbox_error(p->sb));
+    return st;
+}
+
+/* A call that returned something unusable counts as an error. */
+static void garbage(sg_plugin *p, const char *what, const char *why)
+{
+    p->consecutive_failures--; /* call() reset it on success; count this one */
+    if (p->consecutive_failures < 0) p->consecutive_failures = 0;
+    record_failure(p, SG_SB_ERROR, what, why);
+}
+
+/* Push P[field][name] (or P[field] when name is NULL); returns its type. */
+static int push_field(sg_plugin *p, const char *field, const char *name)
+{
+    lua_State *L = sg_sandbox_state(p->sb);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref);
+    int t = lua_getfield(L, -1, field);
+    lua_remove(L, -2);
+    if (name) {
+        if (t != LUA_TTABLE) {
+            lua_pop(L, 1);
+            lua_pushnil(L);
+            return LUA_TNIL;
+        }
+        t = lua_getfield(L, -1, name);
+        lua_remove(L, -2);
+    }
+    return t;
+}
+
+/* ---- loading ---- */
+
+static json_t *names_of(lua_State *L, int idx, const char *field, char *err, size_t errlen,
+                        int want_table_values)
+{
+    json_t *names = json_array();
+    if (lua_getfield(L, idx, field) == LUA_TNIL) {
+        lua_pop(L, 1);
+        return names;
+    }
+    if (!lua_istable(L, -1)) {
+        snprintf(err, errlen, "%s must be a table of name = %s", field,
+                 want_table_values ? "{…}" : "function");
+        lua_pop(L, 1);
+        json_decref(names);
+        return NULL;
+    }
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        int ok = lua_type(L, -2) == LUA_TSTRING &&
+                 (want_table_values ? lua_istable(L, -1) : lua_isfunction(L, -1));
+        if (!ok) {
+            snprintf(err, errlen, "%s: every entry must be name = %s", field,
+                     want_table_values ? "{match = function, format = function}" : "function");
+            lua_pop(L, 3);
+            json_decref(names);
+            return NULL;
+        }
+        json_array_append_new(names, json_string(lua_tostring(L, -2)));
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return names;
+}
+
+static void plugin_free(sg_plugin *p)
+{
+    if (!p) return;
+    if (p->agg_ev) event_free(p->agg_ev);
+    sg_sandbox_free(p->sb);
+    json_decref(p->builders);
+    json_decref(p->subscriber_filters);
+    json_decref(p->webhooks);
+    free(p->name);
+    free(p->path);
+    free(p);
+}
+
+static void on_aggregate(evutil_socket_t fd, short what, void *arg);
+
+static int emit_trampoline(void *arg, json_t *u, const char *plugin, char *err, size_t errlen)
+{
+    sg_plugins *pm = arg;
+    if (!pm || !pm->emit) {
+        snprintf(err, errlen, "emit is not available here");
+        return -1;
+    }
+    return pm->emit(pm->emit_arg, u, plugin, err, errlen);
+}
+
+/* Load one file into a fresh sandbox and run its init. NULL with
+ * "file:line: message" in err on any failure. */
+static sg_plugin *plugin_load(sg_plugins *pm, const char *path, const sg_config *cfg, char *err,
+                              size_t errlen)
+{
+    sg_plugin *p = calloc(1, sizeof(*p));
+    if (!p) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        return NULL;
+    }
+    p->pm = pm;
+    p->path = strdup(path);
+    p->ref = p->filter_ref = p->states_ref = p->dirty_ref = LUA_NOREF;
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    p->name = strndup(base, strcspn(base, "."));
+    sg_sandbox_limits lim = {cfg->plugin_memory, cfg->plugin_instructions, cfg->plugin_timeout_ms};
+    p->sb = sg_sandbox_new(p->name, &lim, emit_trampoline, pm);
+    if (!p->sb) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        goto fail;
+    }
+    lua_State *L = sg_sandbox_state(p->sb);
+    char why[400];
+    if (sg_sandbox_load(p->sb, path, why, sizeof(why)) != SG_SB_OK) {
+        snprintf(err, errlen, "%s", why);
+        goto fail;
+    }
+    if (!lua_istable(L, -1)) {
+        snprintf(err, errlen, "%s: must return a table (local P = {...} ... return P)", base);
+        lua_pop(L, 1);
+        goto fail;
+    }
+    int P = lua_gettop(L);
+    if (lua_getfield(L, P, "name") == LUA_TSTRING) {
+        free(p->name);
+        p->name = strdup(lua_tostring(L, -1));
+    } else if (!lua_isnil(L, -1)) {
+        snprintf(err, errlen, "%s: name must be a string", base);
+        goto fail_pop;
+    }
+    lua_pop(L, 1);
+    for (const char *c = p->name; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_' || *c == '-')) {
+            snprintf(err, errlen, "%s: name '%s' must be [a-z0-9_-]", base, p->name);
+            goto fail_pop;
+        }
+    /* init(config) with plugins.<name> from the config file, before
+     * reading what the plugin provides, so init can shape it */
+    if (lua_getfield(L, P, "init") == LUA_TFUNCTION) {
+        json_t *conf = cfg->plugins ? json_object_get(cfg->plugins, p->name) : NULL;
+        if (conf)
+            sg_lua_push_json(L, conf);
+        else
+            lua_newtable(L);
+        if (sg_sandbox_call(p->sb, 1, 0) != SG_SB_OK) {
+            snprintf(err, errlen, "%s (in init)", sg_sandbox_error(p->sb));
+            goto fail_pop;
+        }
+    } else {
+        lua_pop(L, 1);
+    }
+    p->priority = 100;
+    if (lua_getfield(L, P, "priority") != LUA_TNIL) {
+        if (!lua_isinteger(L, -1)) {
+            snprintf(err, errlen, "%s: priority must be an integer", base);
+            goto fail_pop2;
+        }
+        p->priority = (int)lua_tointeger(L, -1);
+    }
+    lua_pop(L, 1);
+    if (lua_getfield(L, P, "failure_policy") != LUA_TNIL) {
+        const char *fp = lua_tostring(L, -1);
+        if (!fp || (strcmp(fp, "pass") != 0 && strcmp(fp, "drop") != 0)) {
+            snprintf(err, errlen, "%s: failure_policy must be \"pass\" or \"drop\"", base);
+            goto fail_pop2;
+        }
+        p->drop_on_failure = fp[0] == 'd';
+    }
+    lua_pop(L, 1);
+    if (!(p->builders = names_of(L, P, "builders", why, sizeof(why), 0)) ||
+        !(p->subscriber_filters = names_of(L, P, "subscriber_filters", why, sizeof(why), 0)) ||
+        !(p->webhooks = names_of(L, P, "webhooks", why, sizeof(why), 1))) {
+        snprintf(err, errlen, "%s: %s", base, why);
+        goto fail_pop;
+    }
+    int t = lua_getfield(L, P, "filter");
+    if (t != LUA_TNIL && t != LUA_TFUNCTION) {
+        snprintf(err, errlen, "%s: filter must be a function", base);
+        goto fail_pop2;
+    }
+    p->filter_ref = t == LUA_TFUNCTION ? luaL_ref(L, LUA_REGISTRYINDEX) : (lua_pop(L, 1), LUA_NOREF);
+    t = lua_getfield(L, P, "aggregator");
+    if (t == LUA_TTABLE) {
+        lua_getfield(L, -1, "interval_ms");
+        lua_getfield(L, -2, "observe");
+        lua_getfield(L, -3, "summarize");
+        if (!lua_isinteger(L, -3) || lua_tointeger(L, -3) < SG_MIN_AGGREGATOR_MS ||
+            !lua_isfunction(L, -2) || !lua_isfunction(L, -1)) {
+            snprintf(err, errlen,
+                     "%s: aggregator needs interval_ms (>= %d), observe and summarize functions",
+                     base, SG_MIN_AGGREGATOR_MS);
+            lua_pop(L, 4);
+            goto fail_pop;
+        }
+        p->agg_interval_ms = (int)lua_tointeger(L, -3);
+        lua_pop(L, 3);
+        lua_newtable(L);
+        p->states_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        lua_newtable(L);
+        p->dirty_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    } else if (t != LUA_TNIL) {
+        snprintf(err, errlen, "%s: aggregator must be a table", base);
+        goto fail_pop2;
+    }
+    lua_pop(L, 1);
+
+    p->ref = luaL_ref(L, LUA_REGISTRYINDEX); /* pops P */
+    p->loaded_ms = wall_ms();
+    return p;
+
+fail_pop2:
+    lua_pop(L, 1);
+fail_pop:
+    lua_settop(L, 0);
+fail:
+    plugin_free(p);
+    return NULL;
+}
+
+static json_t *describe(const sg_plugin *p)
+{
+    json_t *prov = json_pack("{s:O, s:b, s:O, s:O}", "builders", p->builders, "filter",
+                             p->filter_ref != LUA_NOREF, "subscriber_filters",
+                             p->subscriber_filters, "webhooks", p->webhooks);
+    if (p->agg_interval_ms)
+        json_object_set_new(prov, "aggregator", json_pack("{s:i}", "interval_ms", p->agg_interval_ms));
+    else
+        json_object_set_new(prov, "aggregator", json_null());
+    return json_pack("{s:s, s:s, s:i, s:s, s:o}", "name", p->name, "file", p->path, "priority",
+                     p->priority, "failure_policy", p->drop_on_failure ? "drop" : "pass",
+                     "provides", prov);
+}
+
+json_t *sg_plugin_check(const char *path, const sg_config *cfg, char *err, size_t errlen)
+{
+    sg_plugin *p = plugin_load(NULL, path, cfg, err, errlen);
+    if (!p) return NULL;
+    json_t *d = describe(p);
+    plugin_free(p);
+    return d;
+}
+
+/* ---- the host ---- */
+
+sg_plugins *sg_plugins_new(const char *dir, const sg_config *cfg, struct event_base *base,
+                           sg_emit_fn emit, void *emit_arg)
+{
+    sg_plugins *pm = calloc(1, sizeof(*pm));
+    if (!pm) return NULL;
+    pm->dir = strdup(dir);
+    pm->cfg = cfg;
+    pm->base = base;
+    pm->emit = emit;
+    pm->emit_arg = emit_arg;
+    pm->failed = json_array();
+    return pm;
+}
+
+void sg_plugins_free(sg_plugins *pm)
+{
+    if (!pm) return;
+    for (int i = 0; i < pm->n; i++)
+        plugin_free(pm->list[i]);
+    free(pm->list);
+    free(pm->dir);
+    json_decref(pm->failed);
+    json_decref(pm->last_reload);
+    free(pm);
+}
+
+int sg_plugins_count(const sg_plugins *pm)
+{
+    return pm ? pm->n : 0;
+}
+
+static int by_priority(const void *a, const void *b)
+{
+    const sg_plugin *x = *(sg_plugin *const *)a, *y = *(sg_plugin *const *)b;
+    if (x->priority != y->priority) return x->priority < y->priority ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
+static int by_name(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void start_timer(sg_plugins *pm, sg_plugin *p)
+{
+    if (!pm->base || !p->agg_interval_ms) return;
+    p->agg_ev = event_new(pm->base, -1, EV_PERSIST, on_aggregate, p);
+    struct timeval tv = {p->agg_interval_ms / 1000, (p->agg_interval_ms % 1000) * 1000};
+    event_add(p->agg_ev, &tv);
+}
+
+json_t *sg_plugins_reload(sg_plugins *pm)
+{
+    json_t *loaded = json_array(), *failed = json_array(), *removed = json_array();
+    char **files = NULL;
+    int nf = 0;
+    DIR *d = opendir(pm->dir);
+    if (!d) {
+        json_array_append_new(failed, json_pack("{s:s, s:s}", "file", pm->dir, "error",
+                                                "cannot open the plugins directory"));
+    } else {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            size_t n = strlen(e->d_name);
+            if (n < 5 || strcmp(e->d_name + n - 4, ".lua") != 0 || e->d_name[0] == '.') continue;
+            files = realloc(files, sizeof(char *) * (nf + 1));
+            size_t pl = strlen(pm->dir) + n + 2;
+            files[nf] = malloc(pl);
+            snprintf(files[nf++], pl, "%s/%s", pm->dir, e->d_name);
+        }
+        closedir(d);
+        qsort(files, nf, sizeof(char *), by_name);
+    }
+
+    sg_plugin **next = calloc(nf + pm->n + 1, sizeof(sg_plugin *));
+    int nn = 0;
+    char *kept = calloc(pm->n + 1, 1); /* old plugins carried over */
+    for (int i = 0; i < nf; i++) {
+        char err[600];
+        sg_plugin *p = plugin_load(pm, files[i], pm->cfg, err, sizeof(err));
+        int old = -1;
+        for (int j = 0; j < pm->n; j++)
+            if (strcmp(pm->list[j]->path, files[i]) == 0) old = j;
+        for (int j = 0; p && j < nn; j++)
+            if (strcmp(next[j]->name, p->name) == 0) {
+                snprintf(err, sizeof(err), "%s: name '%s' is already used by %s", files[i],
+                         p->name, next[j]->path);
+                plugin_free(p);
+                p = NULL;
+            }
+        if (p) {
+            next[nn++] = p;
+            json_array_append_new(loaded, json_string(p->name));
+            sg_log(SG_LOG_INFO, "plugin_loaded", "plugin=%s file=%s priority=%d replaced=%d",
+                   p->name, sg_log_q(files[i]), p->priority, old >= 0);
+        } else {
+            json_array_append_new(failed, json_pack("{s:s, s:s, s:b}", "file", files[i], "error",
+                                                    err, "previous_version_kept", old >= 0));
+            sg_log(SG_LOG_ERROR, "plugin_load_failed", "file=%s kept_previous=%d error=%s",
+                   sg_log_q(files[i]), old >= 0, sg_log_q(err));
+            if (old >= 0) {
+                next[nn++] = pm->list[old];
+                kept[old] = 1;
+                snprintf(pm->list[old]->last_error, sizeof(pm->list[old]->last_error),
+                         "reload: %.480s", err);
+            }
+        }
+        free(files[i]);
+    }
+    free(files);
+    for (int j = 0; j < pm->n; j++) {
+        if (kept[j]) continue;
+        int still = 0;
+        for (int k = 0; k < nn; k++)
+            still |= strcmp(next[k]->path, pm->list[j]->path) == 0;
+        if (!still) {
+            json_array_append_new(removed, json_string(pm->list[j]->name));
+            sg_log(SG_LOG_INFO, "plugin_removed", "plugin=%s", pm->list[j]->name);
+        }
+        plugin_free(pm->list[j]);
+    }
+    free(kept);
+    free(pm->list);
+    pm->list = next;
+    pm->n = nn;
+    qsort(pm->list, nn, sizeof(sg_plugin *), by_priority);
+    for (int i = 0; i < nn; i++)
+        if (!pm->list[i]->agg_ev && !pm->list[i]->disabled) start_timer(pm, pm->list[i]);
+    json_decref(pm->failed);
+    pm->failed = json_incref(failed);
+    json_t *report = json_pack("{s:o, s:o, s:o}", "loaded", loaded, "failed", failed, "removed",
+                               removed);
+    json_decref(pm->last_reload);
+    pm->last_reload = json_deep_copy(report);
+    json_object_set_new(pm->last_reload, "at_ms", json_integer(wall_ms()));
+    return report;
+}
+
+/* ---- builders ---- */
+
+static sg_plugin *find_named(const sg_plugins *pm, size_t off, const char *name)
+{
+    for (int i = 0; pm && i < pm->n; i++) {
+        json_t *names = *(json_t **)((char *)pm->list[i] + off);
+        size_t k;
+        json_t *v;
+        json_array_foreach(names, k, v) if (strcmp(json_string_value(v), name) == 0) return pm->list[i];
+    }
+    return NULL;
+}
+
+int sg_plugins_build(sg_plugins *pm, const char *name, json_t *args, json_t *update,
+                     json_t **metadata, json_t **text)
+{
+    *metadata = *text = NULL;
+    sg_plugin *p = find_named(pm, offsetof(sg_plugin, builders), name);
+    if (!p) return SG_BUILD_UNKNOWN;
+    if (p->disabled) return SG_BUILD_FAILED;
+    lua_State *L = sg_sandbox_state(p->sb);
+    if (push_field(p, "builders", name) != LUA_TFUNCTION) {
+        lua_pop(L, 1);
+        garbage(p, name, "the builder is no longer a function");
+        return SG_BUILD_FAILED;
+    }
+    if (args) sg_lua_push_json(L, args); else lua_newtable(L);
+    sg_lua_push_json(L, update);
+    if (call(p, 2, 2, name) != SG_SB_OK) return SG_BUILD_FAILED;
+    char why[200];
+    int rc = SG_BUILD_OK;
+    if (!lua_istable(L, -2)) {
+        garbage(p, name, "a builder must return a metadata table");
+        rc = SG_BUILD_FAILED;
+    } else if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING) {
+        garbage(p, name, "a builder's second result must be a text string or nil");
+        rc = SG_BUILD_FAILED;
+    } else {
+        *metadata = sg_lua_to_json(L, -2, why, sizeof(why));
+        if (!*metadata || !json_is_object(*metadata)) {
+            if (*metadata) snprintf(why, sizeof(why), "metadata must be a table of named keys");
+            json_decref(*metadata);
+            *metadata = NULL;
+            garbage(p, name, why);
+            rc = SG_BUILD_FAILED;
+        } else if (lua_type(L, -1) == LUA_TSTRING) {
+            size_t n;
+            const char *s = lua_tolstring(L, -1, &n);
+            *text = json_stringn(s, n);
+            if (!*text) {
+                json_decref(*metadata);
+                *metadata = NULL;
+                garbage(p, name, "the text is not valid UTF-8");
+                rc = SG_BUILD_FAILED;
+            }
+        }
+    }
+    lua_pop(L, 2);
+    return rc;
+}
+
+/* ---- ingest filters ---- */
+
+int sg_plugins_have_filters(const sg_plugins *pm)
+{
+    for (int i = 0; pm && i < pm->n; i++)
+        if (pm->list[i]->filter_ref != LUA_NOREF && !pm->list[i]->disabled) return 1;
+    return 0;
+}
+
+int sg_plugins_filter(sg_plugins *pm, json_t **update, const char *skip, const char **dropped_by)
+{
+    sg_limits lim = {pm->cfg->max_text, pm->cfg->max_metadata};
+    for (int i = 0; i < pm->n; i++) {
+        sg_plugin *p = pm->list[i];
+        if (p->filter_ref == LUA_NOREF || p->disabled || (skip && strcmp(skip, p->name) == 0))
+            continue;
+        lua_State *L = sg_sandbox_state(p->sb);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, p->filter_ref);
+        sg_lua_push_json(L, *update);
+        if (call(p, 1, 1, "filter") != SG_SB_OK) {
+            if (p->drop_on_failure) {
+                *dropped_by = p->name;
+                return 0;
+            }
+            continue;
+        }
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            continue;
+        }
+        if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {
+            lua_pop(L, 1);
+            *dropped_by = p->name;
+            return 0;
+        }
+        char why[240];
+        json_t *repl = lua_istable(L, -1) ? sg_lua_to_json(L, -1, why, sizeof(why)) : NULL;
+        if (!lua_istable(L, -1))
+            snprintf(why, sizeof(why), "a filter returns nil, false or an update table, not a %s",
+                     luaL_typename(L, -1));
+        lua_pop(L, 1);
+        sg_draft d;
+        sg_error e;
+        if (repl && json_is_object(repl)) {
+            json_object_del(repl, "builder");
+            json_object_del(repl, "args");
+            json_object_del(repl, "seq");
+            json_object_del(repl, "timestamp");
+            json_t *ik = json_object_get(*update, "idempotency_key");
+            if (ik) json_object_set(repl, "idempotency_key", ik); else json_object_del(repl, "idempotency_key");
+        }
+        if (!repl || sg_draft_from_json(repl, &lim, &d, &e) < 0) {
+            if (repl) snprintf(why, sizeof(why), "the returned update is invalid: %s", e.message);
+            json_decref(repl);
+            garbage(p, "filter", why);
+            if (p->drop_on_failure) {
+                *dropped_by = p->name;
+                return 0;
+            }
+            continue;
+        }
+        json_decref(*update);
+        *update = repl;
+    }
+    return 1;
+}
+
+/* ---- subscriber filters ---- */
+
+int sg_plugins_has_subscriber_filter(const sg_plugins *pm, const char *name)
+{
+    return find_named(pm, offsetof(sg_plugin, subscriber_filters), name) != NULL;
+}
+
+int sg_plugins_subscriber_filter(sg_plugins *pm, const char *name, json_t *args, json_t *update)
+{
+    sg_plugin *p = find_named(pm, offsetof(sg_plugin, subscriber_filters), name);
+    if (!p || p->disabled) return p ? !p->drop_on_failure : 1;
+    lua_State *L = sg_sandbox_state(p->sb);
+    if (push_field(p, "subscriber_filters", name) != LUA_TFUNCTION) {
+        lua_pop(L, 1);
+        return !p->drop_on_failure;
+    }
+    sg_lua_push_json(L, update);
+    if (args) sg_lua_push_json(L, args); else lua_newtable(L);
+    if (call(p, 2, 1, name) != SG_SB_OK) return !p->drop_on_failure;
+    int pass = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return pass;
+}
+
+/* ---- aggregators ---- */
+
+int sg_plugins_have_aggregators(const sg_plugins *pm)
+{
+    for (int i = 0; pm && i < pm->n; i++)
+        if (pm->list[i]->agg_interval_ms && !pm->list[i]->disabled) return 1;
+    return 0;
+}
+
+static int pm_emit_ok(sg_plugin *p, json_t *u, char *err, size_t errlen)
+{
+    return emit_trampoline(p->pm, u, p->name, err, errlen) == 0;
+}
+
+/* Ask p's summarize for conv's summary and emit it. */
+static void summarize_one(sg_plugin *p, const char *conv)
+{
+    lua_State *L = sg_sandbox_state(p->sb);
+    if (push_field(p, "aggregator", NULL) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        return;
+    }
+    lua_getfield(L, -1, "summarize");
+    lua_remove(L, -2);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, p->states_ref);
+    if (lua_getfield(L, -1, conv) != LUA_TTABLE) {
+        lua_pop(L, 3);
+        return;
+    }
+    lua_remove(L, -2);
+    lua_pushstring(L, conv);
+    if (call(p, 2, 1, "summarize") != SG_SB_OK) return;
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    char why[240];
+    json_t *s = lua_istable(L, -1) ? sg_lua_to_json(L, -1, why, sizeof(why)) : NULL;
+    if (!lua_istable(L, -1)) snprintf(why, sizeof(why), "summarize returns nil or {text=…, metadata=…}");
+    lua_pop(L, 1);
+    json_t *text = json_object_get(s, "text");
+    if (!s || !json_is_object(s) || !json_is_string(text)) {
+        json_decref(s);
+        garbage(p, "summarize", s ? "a summary needs a text string" : why);
+        return;
+    }
+    json_t *md = json_object_get(s, "metadata");
+    json_t *u = json_pack("{s:s, s:s, s:O, s:s}", "conversation_id", conv, "category", "summary",
+                          "text", text, "source", p->name);
+    if (md && json_is_object(md)) json_object_set(u, "metadata", md);
+    char err[240];
+    if (!pm_emit_ok(p, u, err, sizeof(err))) garbage(p, "summarize", err);
+    json_decref(u);
+    json_decref(s);
+}
+
+/* Summaries for every conversation p observed since its last round. */
+static void summarize_dirty(sg_plugin *p)
+{
+    if (p->disabled || !p->agg_interval_ms) return;
+    lua_State *L = sg_sandbox_state(p->sb);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, p->dirty_ref);
+    size_t n = 0, cap = 16;
+    char **convs = malloc(sizeof(char *) * cap);
+    lua_pushnil(L);
+    while (convs && lua_next(L, -2)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING) continue;
+        if (n == cap) {
+            char **g = realloc(convs, sizeof(char *) * (cap *= 2));
+            if (!g) break;
+            convs = g;
+        }
+        convs[n++] = strdup(lua_tostring(L, -1));
+    }
+    lua_settop(L, 0);
+    lua_newtable(L);
+    lua_rawseti(L, LUA_REGISTRYINDEX, p->dirty_ref);
+    for (size_t i = 0; i < n; i++) {
+        if (!p->disabled) summarize_one(p, convs[i]);
+        free(convs[i]);
+    }
+    free(convs);
+}
+
+static void on_aggregate(evutil_socket_t fd, short what, void *arg)
+{
+    summarize_dirty(arg);
+}
+
+void sg_plugins_summarize(sg_plugins *pm)
+{
+    for (int i = 0; pm && i < pm->n; i++)
+        summarize_dirty(pm->list[i]);
+}
+
+void sg_plugins_observe(sg_plugins *pm, const char *conv, json_t *update, const char *skip)
+{
+    const char *cat = json_string_value(json_object_get(update, "category"));
+    if (cat && strcmp(cat, "summary") == 0) return; /* aggregators never see summaries */
+    for (int i = 0; i < pm->n; i++) {
+        sg_plugin *p = pm->list[i];
+        if (!p->agg_interval_ms || p->disabled || (skip && strcmp(skip, p->name) == 0)) continue;
+        lua_State *L = sg_sandbox_state(p->sb);
+        if (push_field(p, "aggregator", NULL) != LUA_TTABLE) {
+            lua_pop(L, 1);
+            continue;
+        }
+        lua_getfield(L, -1, "observe");
+        lua_remove(L, -2);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, p->states_ref);
+        if (lua_getfield(L, -1, conv) != LUA_TTABLE) {
+            lua_pop(L, 1);
+            lua_newtable(L);
+            lua_pushvalue(L, -1);
+            lua_setfield(L, -3, conv);
+        }
+        lua_remove(L, -2);
+        sg_lua_push_json(L, update);
+        if (call(p, 2, 1, "observe") != SG_SB_OK) continue;
+        int now = lua_toboolean(L, -1) && lua_isboolean(L, -1);
+        lua_pop(L, 1);
+        if (now) {
+            summarize_one(p, conv);
+        } else {
+            lua_rawgeti(L, LUA_REGISTRYINDEX, p->dirty_ref);
+            lua_pushboolean(L, 1);
+            lua_setfield(L, -2, conv);
+            lua_pop(L, 1);
+        }
+    }
+}
+
+void sg_plugins_forget(sg_plugins *pm, const char *conv)
+{
+    for (int i = 0; pm && i < pm->n; i++) {
+        sg_plugin *p = pm->list[i];
+        if (!p->agg_interval_ms) continue;
+        lua_State *L = sg_sandbox_state(p->sb);
+        int refs[2] = {p->states_ref, p->dirty_ref};
+        for (int k = 0; k < 2; k++) {
+            lua_rawgeti(L, LUA_REGISTRYINDEX, refs[k]);
+            lua_pushnil(L);
+            lua_setfield(L, -2, conv);
+            lua_pop(L, 1);
+        }
+    }
+}
+
+/* ---- webhook forwarders ---- */
+
+int sg_plugins_has_webhook(const sg_plugins *pm, const char *name)
+{
+    return find_named(pm, offsetof(sg_plugin, webhooks), name) != NULL;
+}
+
+/* Push P.webhooks[name][fn]; NULL when the plugin or function is gone. */
+static sg_plugin *push_webhook_fn(sg_plugins *pm, const char *name, const char *fn)
+{
+    sg_plugin *p = find_named(pm, offsetof(sg_plugin, webhooks), name);
+    if (!p || p->disabled) return NULL;
+    lua_State *L = sg_sandbox_state(p->sb);
+    if (push_field(p, "webhooks", name) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        return NULL;
+    }
+    int t = lua_getfield(L, -1, fn);
+    lua_remove(L, -2);
+    if (t != LUA_TFUNCTION) {
+        lua_pop(L, 1);
+        return NULL;
+    }
+    return p;
+}
+
+int sg_plugins_webhook_match(sg_plugins *pm, const char *name, json_t *update)
+{
+    sg_plugin *p = push_webhook_fn(pm, name, "match");
+    if (!p) return 0;
+    lua_State *L = sg_sandbox_state(p->sb);
+    sg_lua_push_json(L, update);
+    if (call(p, 1, 1, "webhook match") != SG_SB_OK) return 0;
+    int m = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return m;
+}
+
+int sg_plugins_webhook_format(sg_plugins *pm, const char *name, json_t *updates, char **body,
+                              json_t **headers)
+{
+    *body = NULL;
+    *headers = NULL;
+    sg_plugin *p = push_webhook_fn(pm, name, "format");
+    if (!p) return -1;
+    lua_State *L = sg_sandbox_state(p->sb);
+    sg_lua_push_json(L, updates);
+    if (call(p, 1, 2, "webhook format") != SG_SB_OK) return -1;
+    char why[200] = "format returns a body string and an optional headers table";
+    if (lua_type(L, -2) == LUA_TSTRING && (lua_isnil(L, -1) || lua_istable(L, -1))) {
+        *body = strdup(lua_tostring(L, -2));
+        *headers = lua_istable(L, -1) ? sg_lua_to_json(L, -1, why, sizeof(why)) : json_object();
+        if (*headers && !json_is_object(*headers)) {
+            json_decref(*headers);
+            *headers = NULL;
+        }
+    }
+    lua_pop(L, 2);
+    if (!*body || !*headers) {
+        free(*body);
+        *body = NULL;
+        json_decref(*headers);
+        *headers = NULL;
+        garbage(p, "webhook format", why);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- admin ---- */
+
+json_t *sg_plugins_admin(const sg_plugins *pm)
+{
+    json_t *arr = json_array();
+    for (int i = 0; pm && i < pm->n; i++) {
+        const sg_plugin *p = pm->list[i];
+        json_t *d = describe(p);
+        char ts[25];
+        sg_format_ts(p->loaded_ms, ts);
+        json_object_set_new(d, "state", json_string(p->disabled ? "disabled" : "active"));
+        json_object_set_new(d, "loaded_at", json_string(ts));
+        json_object_set_new(
+            d, "counters",
+            json_pack("{s:I, s:I, s:I, s:I, s:f, s:I, s:i}", "calls", (json_int_t)p->calls,
+                      "errors", (json_int_t)p->errors, "timeouts", (json_int_t)p->timeouts,
+                      "out_of_memory", (json_int_t)p->ooms, "time_ms", p->time_ns / 1e6,
+                      "memory_bytes", (json_int_t)sg_sandbox_memory(p->sb),
+                      "consecutive_failures", p->consecutive_failures));
+        json_object_set_new(d, "last_error", p->last_error[0] ? json_string(p->last_error) : json_null());
+        json_array_append_new(arr, d);
+    }
+    return json_pack("{s:s, s:o, s:O, s:O}", "directory", pm ? pm->dir : "", "plugins", arr,
+                     "failed", pm && pm->failed ? pm->failed : json_null(), "last_reload",
+                     pm && pm->last_reload ? pm->last_reload : json_null());
+}

@@ -1,0 +1,72 @@
+/* The plugin host (DESIGN §5): every *.lua file in the plugins directory,
+ * each in its own sandbox, loaded in priority order, reloaded file by file
+ * without dropping anything that works. */
+#ifndef SG_PLUGIN_H
+#define SG_PLUGIN_H
+
+#include <event2/event.h>
+#include <jansson.h>
+
+#include "config.h"
+#include "sandbox.h"
+#include "status.h"
+
+typedef struct sg_plugin sg_plugin;
+typedef struct sg_plugins sg_plugins;
+
+/* A host for the plugins in dir. base runs aggregator timers (NULL: none;
+ * summaries then come only from sg_plugins_summarize). emit publishes
+ * what plugins emit. cfg must outlive the host. */
+sg_plugins *sg_plugins_new(const char *dir, const sg_config *cfg, struct event_base *base,
+                           sg_emit_fn emit, void *emit_arg);
+void sg_plugins_free(sg_plugins *pm);
+
+/* Load every plugin (first call) or reload each file whose new version
+ * loads and inits; a file that fails keeps its previous version. Returns a
+ * report {"loaded":[…], "failed":[{"file","error"}], "removed":[…]}. */
+json_t *sg_plugins_reload(sg_plugins *pm);
+int sg_plugins_count(const sg_plugins *pm);
+
+enum { SG_BUILD_OK, SG_BUILD_FAILED, SG_BUILD_UNKNOWN };
+
+/* Run builder `name` with (args, update). On SG_BUILD_OK, *metadata is a
+ * new object and *text a new string or NULL. */
+int sg_plugins_build(sg_plugins *pm, const char *name, json_t *args, json_t *update,
+                     json_t **metadata, json_t **text);
+
+/* Run the ingest filters in priority order, skipping plugin `skip` (the
+ * emitter of this update). Returns 1 to keep (*update may have been
+ * replaced) or 0 to drop, with the dropping plugin's name in *dropped_by. */
+int sg_plugins_filter(sg_plugins *pm, json_t **update, const char *skip,
+                      const char **dropped_by);
+int sg_plugins_have_filters(const sg_plugins *pm);
+
+/* Subscriber filters, by name. */
+int sg_plugins_has_subscriber_filter(const sg_plugins *pm, const char *name);
+/* 1 when the update should be delivered. */
+int sg_plugins_subscriber_filter(sg_plugins *pm, const char *name, json_t *args, json_t *update);
+
+/* Aggregators. */
+int sg_plugins_have_aggregators(const sg_plugins *pm);
+void sg_plugins_observe(sg_plugins *pm, const char *conv, json_t *update, const char *skip);
+void sg_plugins_forget(sg_plugins *pm, const char *conv);
+/* Ask every aggregator for the summaries due now (the timers do this). */
+void sg_plugins_summarize(sg_plugins *pm);
+
+/* Webhook forwarders, by name: match(update) and format(updates). */
+int sg_plugins_has_webhook(const sg_plugins *pm, const char *name);
+/* 1 when the forwarder selects the update; 0 otherwise or on failure. */
+int sg_plugins_webhook_match(sg_plugins *pm, const char *name, json_t *update);
+/* Format a batch: a new body string and headers object (either may be
+ * NULL on failure). Returns 0 or -1. */
+int sg_plugins_webhook_format(sg_plugins *pm, const char *name, json_t *updates, char **body,
+                              json_t **headers);
+
+/* State and counters of every plugin, for GET /admin/plugins. */
+json_t *sg_plugins_admin(const sg_plugins *pm);
+
+/* Load one file on its own (statusgw check-plugin): a description of what
+ * it provides, or NULL with "file:line: message" in err. */
+json_t *sg_plugin_check(const char *path, const sg_config *cfg, char *err, size_t errlen);
+
+#endif

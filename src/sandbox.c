@@ -1,0 +1,483 @@
+#include "sandbox.h"
+
+#include "log.h"
+
+#include <lauxlib.h>
+#include <lualib.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define HOOK_EVERY 1000  /* instructions between hook calls */
+#define JSON_MAX_DEPTH 64
+
+enum { ABORT_NONE, ABORT_TIMEOUT, ABORT_OOM };
+
+struct sg_sandbox {
+    lua_State *L;
+    char *name;
+    sg_sandbox_limits lim;
+    size_t mem;
+    int in_call;
+    int abort;
+    long steps;
+    uint64_t deadline_ns;
+    sg_emit_fn emit;
+    void *emit_arg;
+    char error[512];
+};
+
+static char null_sentinel; /* statusgw.json.null is a light userdata to this */
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
+}
+
+/* ---- limits ---- */
+
+static void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    sg_sandbox *sb = ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize == 0) {
+        sb->mem -= old;
+        free(ptr);
+        return NULL;
+    }
+    /* the cap holds inside calls; what the host pushes between calls is
+     * small, and a refusal there would be an unprotected error */
+    if (sb->in_call && nsize > old && sb->mem + (nsize - old) > sb->lim.memory) {
+        sb->abort = ABORT_OOM;
+        return NULL;
+    }
+    void *n = realloc(ptr, nsize);
+    if (!n) return NULL;
+    sb->mem = sb->mem - old + nsize;
+    return n;
+}
+
+static sg_sandbox *from_state(lua_State *L)
+{
+    void *ud;
+    lua_getallocf(L, &ud);
+    return ud;
+}
+
+/* Runs every HOOK_EVERY instructions. Once a call is over budget it
+ * raises on every instruction, so a pcall inside the plugin cannot catch
+ * its way out. */
+static void sb_hook(lua_State *L, lua_Debug *ar)
+{
+    sg_sandbox *sb = from_state(L);
+    if (!sb->in_call) return;
+    if (!sb->abort) {
+        sb->steps += HOOK_EVERY;
+        if (sb->steps > sb->lim.instructions || now_ns() > sb->deadline_ns)
+            sb->abort = ABORT_TIMEOUT;
+    }
+    if (sb->abort) {
+        lua_sethook(L, sb_hook, LUA_MASKCOUNT, 1);
+        luaL_error(L, sb->abort == ABORT_OOM ? "memory limit exceeded"
+                                             : "instruction or time budget exceeded");
+    }
+}
+
+const char *sg_sandbox_status_name(int status)
+{
+    switch (status) {
+    case SG_SB_OK: return "ok";
+    case SG_SB_TIMEOUT: return "timeout";
+    case SG_SB_OOM: return "out_of_memory";
+    default: return "error";
+    }
+}
+
+int sg_sandbox_call(sg_sandbox *sb, int nargs, int nresults)
+{
+    lua_State *L = sb->L;
+    sb->in_call = 1;
+    sb->abort = ABORT_NONE;
+    sb->steps = 0;
+    sb->deadline_ns = now_ns() + (uint64_t)sb->lim.timeout_ms * 1000000ULL;
+    int rc = lua_pcall(L, nargs, nresults, 0);
+    sb->in_call = 0;
+    int status = SG_SB_OK;
+    if (sb->abort == ABORT_OOM || rc == LUA_ERRMEM)
+        status = SG_SB_OOM;
+    else if (sb->abort == ABORT_TIMEOUT)
+        status = SG_SB_TIMEOUT;
+    else if (rc != LUA_OK)
+        status = SG_SB_ERROR;
+    if (status != SG_SB_OK) {
+        if (rc != LUA_OK) {
+            const char *m = lua_tostring(L, -1);
+            snprintf(sb->error, sizeof(sb->error), "%s",
+                     status == SG_SB_OOM ? "memory limit exceeded"
+                     : status == SG_SB_TIMEOUT ? "instruction or time budget exceeded"
+                     : m ? m : "error object is not a string");
+            lua_pop(L, 1);
+        } else {
+            /* it caught the overrun itself and returned: the result is void */
+            snprintf(sb->error, sizeof(sb->error), "%s",
+                     status == SG_SB_OOM ? "memory limit exceeded"
+                                         : "instruction or time budget exceeded");
+            lua_pop(L, nresults == LUA_MULTRET ? 0 : nresults);
+        }
+        lua_gc(L, LUA_GCCOLLECT);
+    }
+    lua_sethook(L, sb_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    return status;
+}
+
+const char *sg_sandbox_error(const sg_sandbox *sb)
+{
+    return sb->error;
+}
+
+size_t sg_sandbox_memory(const sg_sandbox *sb)
+{
+    return sb->mem;
+}
+
+lua_State *sg_sandbox_state(sg_sandbox *sb)
+{
+    return sb->L;
+}
+
+/* ---- JSON ---- */
+
+static void push_json(lua_State *L, json_t *v, int depth)
+{
+    if (depth > JSON_MAX_DEPTH || !lua_checkstack(L, 4)) {
+        lua_pushnil(L);
+        return;
+    }
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: {
+        lua_createtable(L, 0, (int)json_object_size(v));
+        const char *k;
+        json_t *x;
+        json_object_foreach(v, k, x)
+        {
+            push_json(L, x, depth + 1);
+            lua_setfield(L, -2, k);
+        }
+        break;
+    }
+    case JSON_ARRAY: {
+        lua_createtable(L, (int)json_array_size(v), 0);
+        size_t i;
+        json_t *x;
+        json_array_foreach(v, i, x)
+        {
+            push_json(L, x, depth + 1);
+            lua_rawseti(L, -2, (lua_Integer)i + 1);
+        }
+        break;
+    }
+    case JSON_STRING: lua_pushlstring(L, json_string_value(v), json_string_length(v)); break;
+    case JSON_INTEGER: lua_pushinteger(L, json_integer_value(v)); break;
+    case JSON_REAL: lua_pushnumber(L, json_real_value(v)); break;
+    case JSON_TRUE: lua_pushboolean(L, 1); break;
+    case JSON_FALSE: lua_pushboolean(L, 0); break;
+    default: lua_pushlightuserdata(L, &null_sentinel); break;
+    }
+}
+
+void sg_lua_push_json(lua_State *L, json_t *v)
+{
+    push_json(L, v, 0);
+}
+
+static json_t *to_json(lua_State *L, int idx, int depth, char *err, size_t errlen)
+{
+    idx = lua_absindex(L, idx);
+    if (depth > JSON_MAX_DEPTH) {
+        snprintf(err, errlen, "nested deeper than %d levels (a cycle?)", JSON_MAX_DEPTH);
+        return NULL;
+    }
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL: return json_null();
+    case LUA_TBOOLEAN: return json_boolean(lua_toboolean(L, idx));
+    case LUA_TNUMBER:
+        if (lua_isinteger(L, idx)) return json_integer(lua_tointeger(L, idx));
+        if (!isfinite(lua_tonumber(L, idx))) {
+            snprintf(err, errlen, "NaN and infinity have no JSON form");
+            return NULL;
+        }
+        return json_real(lua_tonumber(L, idx));
+    case LUA_TSTRING: {
+        size_t n;
+        const char *s = lua_tolstring(L, idx, &n);
+        json_t *j = json_stringn(s, n);
+        if (!j) snprintf(err, errlen, "a string is not valid UTF-8");
+        return j;
+    }
+    case LUA_TLIGHTUSERDATA:
+        if (lua_touserdata(L, idx) == &null_sentinel) return json_null();
+        break;
+    case LUA_TTABLE: {
+        if (!lua_checkstack(L, 4)) {
+            snprintf(err, errlen, "too deep");
+            return NULL;
+        }
+        lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
+        size_t count = 0;
+        int string_keys = 0;
+        lua_pushnil(L);
+        while (lua_next(L, idx)) {
+            count++;
+            if (lua_type(L, -2) == LUA_TSTRING) string_keys = 1;
+            lua_pop(L, 1);
+        }
+        if (n > 0 && (size_t)n == count && !string_keys) {
+            json_t *a = json_array();
+            for (lua_Integer i = 1; i <= n; i++) {
+                lua_rawgeti(L, idx, i);
+                json_t *x = to_json(L, -1, depth + 1, err, errlen);
+                lua_pop(L, 1);
+                if (!x) {
+                    json_decref(a);
+                    return NULL;
+                }
+                json_array_append_new(a, x);
+            }
+            return a;
+        }
+        json_t *o = json_object();
+        lua_pushnil(L);
+        while (lua_next(L, idx)) {
+            if (lua_type(L, -2) != LUA_TSTRING) {
+                snprintf(err, errlen, "a table mixes list items and named keys");
+                lua_pop(L, 2);
+                json_decref(o);
+                return NULL;
+            }
+            json_t *x = to_json(L, -1, depth + 1, err, errlen);
+            if (!x) {
+                lua_pop(L, 2);
+                json_decref(o);
+                return NULL;
+            }
+            json_object_set_new(o, lua_tostring(L, -2), x);
+            lua_pop(L, 1);
+        }
+        return o;
+    }
+    default: break;
+    }
+    snprintf(err, errlen, "a %s has no JSON form", luaL_typename(L, idx));
+    return NULL;
+}
+
+json_t *sg_lua_to_json(lua_State *L, int idx, char *err, size_t errlen)
+{
+    return to_json(L, idx, 0, err, errlen);
+}
+
+/* ---- host API ---- */
+
+static int api_log(lua_State *L)
+{
+    sg_sandbox *sb = from_state(L);
+    const char *level = luaL_checkstring(L, 1);
+    const char *msg = luaL_checkstring(L, 2);
+    int lv = sg_log_parse_level(level);
+    if (lv < 0) return luaL_error(L, "log level must be debug, info, warn or error");
+    sg_log(lv, "plugin_log", "plugin=%s msg=%s", sb->name, sg_log_q(msg));
+    return 0;
+}
+
+static int api_print(lua_State *L)
+{
+    sg_sandbox *sb = from_state(L);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (int i = 1; i <= lua_gettop(L); i++) {
+        if (i > 1) luaL_addchar(&b, '\t');
+        luaL_addstring(&b, luaL_tolstring(L, i, NULL));
+        lua_pop(L, 1);
+    }
+    luaL_pushresult(&b);
+    sg_log(SG_LOG_INFO, "plugin_print", "plugin=%s msg=%s", sb->name, sg_log_q(lua_tostring(L, -1)));
+    return 0;
+}
+
+static int api_now_ms(lua_State *L)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    lua_pushinteger(L, (lua_Integer)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+    return 1;
+}
+
+static int api_json_encode(lua_State *L)
+{
+    char err[160];
+    luaL_checkany(L, 1);
+    json_t *j = sg_lua_to_json(L, 1, err, sizeof(err));
+    if (!j) return luaL_error(L, "json.encode: %s", err);
+    char *s = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
+    json_decref(j);
+    if (!s) return luaL_error(L, "json.encode: out of memory");
+    lua_pushstring(L, s);
+    free(s);
+    return 1;
+}
+
+static int api_json_decode(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    json_error_t je;
+    json_t *j = json_loadb(s, n, JSON_DECODE_ANY, &je);
+    if (!j) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "json.decode: %s at line %d column %d", je.text, je.line, je.column);
+        return 2;
+    }
+    sg_lua_push_json(L, j);
+    json_decref(j);
+    return 1;
+}
+
+static int api_emit(lua_State *L)
+{
+    sg_sandbox *sb = from_state(L);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    char err[240];
+    json_t *u = sg_lua_to_json(L, 1, err, sizeof(err));
+    if (!u) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "emit: %s", err);
+        return 2;
+    }
+    int rc = sb->emit ? sb->emit(sb->emit_arg, u, sb->name, err, sizeof(err)) : -1;
+    if (!sb->emit) snprintf(err, sizeof(err), "emit is not available here");
+    json_decref(u);
+    if (rc < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static void open_libs(lua_State *L)
+{
+    static const luaL_Reg libs[] = {{LUA_GNAME, luaopen_base},       {LUA_COLIBNAME, luaopen_coroutine},
+                                    {LUA_TABLIBNAME, luaopen_table}, {LUA_STRLIBNAME, luaopen_string},
+                                    {LUA_MATHLIBNAME, luaopen_math}, {LUA_UTF8LIBNAME, luaopen_utf8},
+                                    {LUA_OSLIBNAME, luaopen_os},     {NULL, NULL}};
+    for (const luaL_Reg *l = libs; l->func; l++) {
+        luaL_requiref(L, l->name, l->func, 1);
+        lua_pop(L, 1);
+    }
+    /* no files, programs, bytecode or reflection */
+    static const char *gone[] = {"dofile", "loadfile", "load", "require", "collectgarbage", NULL};
+    for (int i = 0; gone[i]; i++) {
+        lua_pushnil(L);
+        lua_setglobal(L, gone[i]);
+    }
+    lua_getglobal(L, "string");
+    lua_pushnil(L);
+    lua_setfield(L, -2, "dump");
+    lua_pop(L, 1);
+    /* os keeps time, clock and date only */
+    lua_createtable(L, 0, 3);
+    lua_getglobal(L, "os");
+    static const char *keep[] = {"time", "clock", "date", NULL};
+    for (int i = 0; keep[i]; i++) {
+        lua_getfield(L, -1, keep[i]);
+        lua_setfield(L, -3, keep[i]);
+    }
+    lua_pop(L, 1);
+    lua_setglobal(L, "os");
+    lua_pushcfunction(L, api_print);
+    lua_setglobal(L, "print");
+
+    lua_createtable(L, 0, 4);
+    static const luaL_Reg api[] = {{"log", api_log}, {"now_ms", api_now_ms}, {"emit", api_emit},
+                                   {NULL, NULL}};
+    luaL_setfuncs(L, api, 0);
+    lua_createtable(L, 0, 3);
+    lua_pushcfunction(L, api_json_encode);
+    lua_setfield(L, -2, "encode");
+    lua_pushcfunction(L, api_json_decode);
+    lua_setfield(L, -2, "decode");
+    lua_pushlightuserdata(L, &null_sentinel);
+    lua_setfield(L, -2, "null");
+    lua_setfield(L, -2, "json");
+    lua_setglobal(L, "statusgw");
+}
+
+sg_sandbox *sg_sandbox_new(const char *name, const sg_sandbox_limits *lim, sg_emit_fn emit,
+                           void *emit_arg)
+{
+    sg_sandbox *sb = calloc(1, sizeof(*sb));
+    if (!sb) return NULL;
+    sb->lim = *lim;
+    sb->name = strdup(name);
+    sb->emit = emit;
+    sb->emit_arg = emit_arg;
+    sb->L = lua_newstate(sb_alloc, sb);
+    if (!sb->L || !sb->name) {
+        sg_sandbox_free(sb);
+        return NULL;
+    }
+    open_libs(sb->L);
+    lua_sethook(sb->L, sb_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    return sb;
+}
+
+void sg_sandbox_free(sg_sandbox *sb)
+{
+    if (!sb) return;
+    if (sb->L) lua_close(sb->L);
+    free(sb->name);
+    free(sb);
+}
+
+int sg_sandbox_load(sg_sandbox *sb, const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "%s: cannot open", path);
+        return SG_SB_ERROR;
+    }
+    char *src = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (len + 4096 > cap) {
+            cap = cap ? cap * 2 : 8192;
+            char *n = realloc(src, cap);
+            if (!n) break;
+            src = n;
+        }
+        size_t r = fread(src + len, 1, cap - len, f);
+        len += r;
+        if (r == 0) break;
+    }
+    fclose(f);
+    char chunk[300];
+    const char *base = strrchr(path, '/');
+    snprintf(chunk, sizeof(chunk), "@%s", base ? base + 1 : path);
+    sb->in_call = 1; /* loading a huge file counts against the cap */
+    int rc = luaL_loadbufferx(sb->L, src ? src : "", len, chunk, "t");
+    sb->in_call = 0;
+    free(src);
+    if (rc != LUA_OK) {
+        snprintf(err, errlen, "%s", lua_tostring(sb->L, -1));
+        lua_pop(sb->L, 1);
+        return rc == LUA_ERRMEM ? SG_SB_OOM : SG_SB_ERROR;
+    }
+    int st = sg_sandbox_call(sb, 0, 1);
+    if (st != SG_SB_OK) snprintf(err, errlen, "%s", sb->error);
+    return st;
+}

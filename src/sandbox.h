@@ -1,0 +1,51 @@
+/* A Lua 5.4 state for one plugin: a counting allocator with a memory cap, a
+ * count hook enforcing an instruction budget and a wall-clock deadline per
+ * call (which an inner pcall cannot swallow), only safe libraries, source
+ * loaded in text mode, and the host API table `statusgw`. */
+#ifndef SG_SANDBOX_H
+#define SG_SANDBOX_H
+
+#include <jansson.h>
+#include <lua.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct sg_sandbox sg_sandbox;
+
+typedef struct sg_sandbox_limits {
+    size_t memory;        /* bytes the state may hold */
+    long instructions;    /* VM instructions per call */
+    int timeout_ms;       /* wall clock per call */
+} sg_sandbox_limits;
+
+enum sg_sb_status { SG_SB_OK = 0, SG_SB_ERROR, SG_SB_TIMEOUT, SG_SB_OOM };
+
+/* statusgw.emit(update): the host publishes it; returns 0 or -1 with err. */
+typedef int (*sg_emit_fn)(void *arg, json_t *update, const char *plugin, char *err,
+                          size_t errlen);
+
+/* A new sandbox; name labels its log lines. NULL when out of memory. */
+sg_sandbox *sg_sandbox_new(const char *name, const sg_sandbox_limits *lim, sg_emit_fn emit,
+                           void *emit_arg);
+void sg_sandbox_free(sg_sandbox *sb);
+lua_State *sg_sandbox_state(sg_sandbox *sb);
+
+/* Load a file (text only) and run it under the limits, leaving what it
+ * returns on the stack. On failure returns the status with "file:line:
+ * message" in err and nothing pushed. */
+int sg_sandbox_load(sg_sandbox *sb, const char *path, char *err, size_t errlen);
+
+/* lua_pcall under the limits. On failure the error message is popped into
+ * sg_sandbox_error(). */
+int sg_sandbox_call(sg_sandbox *sb, int nargs, int nresults);
+const char *sg_sandbox_error(const sg_sandbox *sb);
+size_t sg_sandbox_memory(const sg_sandbox *sb);
+const char *sg_sandbox_status_name(int status);
+
+/* JSON <-> Lua. Objects become tables with string keys, arrays sequences,
+ * null the statusgw.json.null sentinel. */
+void sg_lua_push_json(lua_State *L, json_t *v);
+/* NULL with a sentence in err (functions, cycles, NaN, mixed keys...). */
+json_t *sg_lua_to_json(lua_State *L, int idx, char *err, size_t errlen);
+
+#endif
