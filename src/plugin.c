@@ -412,7 +412,7 @@ json_t *sg_plugins_reload(sg_plugins *pm)
             snprintf(files[nf++], pl, "%s/%s", pm->dir, e->d_name);
         }
         closedir(d);
-        qsort(files, nf, sizeof(char *), by_name);
+        if (nf) qsort(files, nf, sizeof(char *), by_name);
     }
 
     sg_plugin **next = calloc(nf + pm->n + 1, sizeof(sg_plugin *));
@@ -466,7 +466,7 @@ json_t *sg_plugins_reload(sg_plugins *pm)
     free(pm->list);
     pm->list = next;
     pm->n = nn;
-    qsort(pm->list, nn, sizeof(sg_plugin *), by_priority);
+    if (nn) qsort(pm->list, nn, sizeof(sg_plugin *), by_priority);
     for (int i = 0; i < nn; i++)
         if (!pm->list[i]->agg_ev && !pm->list[i]->disabled) start_timer(pm, pm->list[i]);
     json_decref(pm->failed);

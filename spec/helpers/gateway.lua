@@ -58,6 +58,10 @@ M.read_file = read_file
 function M.start(opts)
   opts = opts or {}
   local dir = sh("mktemp -d"):gsub("%s+$", "")
+  if opts.plugins_dir == nil then -- no plugins unless a spec asks for them
+    os.execute("mkdir -p " .. dir .. "/plugins")
+    opts.plugins_dir = dir .. "/plugins"
+  end
   local cfg = {}
   for k, v in pairs(opts) do
     if k ~= "args" then cfg[#cfg + 1] = "  " .. k .. " = " .. lua_value(v) .. "," end

@@ -35,6 +35,10 @@ export async function start(config = {}, port) {
   port = port || (await freePort());
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "statusgw-"));
   const cfg = path.join(dir, "statusgw.lua");
+  if (config.plugins_dir === undefined) { // no plugins unless a spec asks for them
+    fs.mkdirSync(path.join(dir, "plugins"));
+    config = { ...config, plugins_dir: path.join(dir, "plugins") };
+  }
   fs.writeFileSync(cfg, "return {\n" + Object.entries(config).map(([k, v]) => `  ${k} = ${luaValue(v)},`).join("\n") + "\n}\n");
   const log = fs.openSync(path.join(dir, "statusgw.log"), "a");
   const proc = spawn(BIN, ["--config", cfg, "--listen", `127.0.0.1:${port}`], { stdio: ["ignore", "ignore", log] });

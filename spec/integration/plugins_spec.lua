@@ -1,0 +1,183 @@
+-- Plugins in the running daemon: builders on publish, live filters,
+-- aggregators, subscriber filters, reload, and faults that never stop
+-- delivery.
+local gw_ = require("gateway")
+local ws_ = require("rawws")
+local cjson = gw_.json
+
+local function tmpdir()
+  local p = io.popen("mktemp -d"); local d = p:read("l"); p:close(); return d
+end
+local function write(dir, name, src)
+  local f = assert(io.open(dir .. "/" .. name, "w")); f:write(src); f:close()
+end
+local function copy(dir, ...)
+  for _, f in ipairs({ ... }) do os.execute(string.format("cp plugins/%s %s/", f, dir)) end
+end
+
+describe("shipped plugins in the daemon", function()
+  local gw, dir
+  setup(function()
+    dir = tmpdir()
+    copy(dir, "builders.lua", "redact.lua", "rate_limit.lua", "summary.lua")
+    write(dir, "slow.lua", [[
+      local P = {}
+      P.subscriber_filters = { slow = function(u, args) return (u.metadata.duration_ms or 0) >= args.min_ms end }
+      return P ]])
+    gw = gw_.start({ plugins_dir = dir, flush_interval_ms = 20,
+      plugins = { rate_limit = { rate = 0.001, burst = 3, categories = {} }, summary = { interval_ms = 200 } } })
+  end)
+  teardown(function() gw_.stop(gw) end)
+
+  it("builds metadata on publish, with timestamp, and lets the producer's keys win except computed ones", function()
+    local st, r = gw_.publish(gw, { conversation_id = "b1", category = "tool", text = "Running search",
+      builder = "timing", args = { duration_ms = 1500 }, metadata = { duration_ms = 1, note = "mine" } })
+    assert.equal(202, st)
+    local _, h = gw_.request(gw, "GET", "/api/v1/conversations/b1/history")
+    local md = h.updates[1].metadata
+    assert.equal(1500, md.duration_ms)
+    assert.equal("1.5s", md.duration_human)
+    assert.equal("mine", md.note)
+    assert.matches("Z$", md.timestamp)
+    assert.equal(r.seq, h.updates[1].seq)
+  end)
+
+  it("uses a builder's new text", function()
+    gw_.publish(gw, { conversation_id = "b2", category = "progress", text = "Indexing", builder = "progress", args = { current = 1, total = 4 } })
+    local _, h = gw_.request(gw, "GET", "/api/v1/conversations/b2/history")
+    assert.equal("Indexing (25%)", h.updates[1].text)
+    assert.equal("1/4", h.updates[1].metadata.progress)
+  end)
+
+  it("answers 400 for an unknown builder", function()
+    local st, b = gw_.publish(gw, { conversation_id = "b3", category = "tool", text = "x", builder = "nope" })
+    assert.equal(400, st)
+    assert.equal("unknown_builder", b.error.code)
+  end)
+
+  it("redacts secrets before they are stored or delivered", function()
+    local s = assert(gw_.sse(gw, "/api/v1/conversations/r1/events"))
+    gw_.publish(gw, { conversation_id = "r1", category = "tool", text = "curl -H 'Authorization: Bearer abc.def.ghi'", metadata = { password = "hunter2" } })
+    local ev = s:updates(1)[1]
+    assert.equal("curl -H 'Authorization: Bearer [REDACTED]'", ev.json.text)
+    assert.equal("[REDACTED]", ev.json.metadata.password)
+    s:close()
+  end)
+
+  it("tells the producer when the rate limit drops an update", function()
+    local dropped
+    for i = 1, 5 do
+      local st, b = gw_.publish(gw, { conversation_id = "rl", category = "planning", text = tostring(i) })
+      assert.equal(202, st)
+      if b.dropped then dropped = b end
+    end
+    assert.is_table(dropped)
+    assert.equal("rate_limit", dropped.dropped_by)
+    local _, h = gw_.request(gw, "GET", "/api/v1/conversations/rl/history")
+    assert.equal(3, #h.updates)
+  end)
+
+  it("emits aggregator summaries on the conversation", function()
+    local s = assert(gw_.sse(gw, "/api/v1/conversations/agg/events?categories=summary"))
+    gw_.publish(gw, { conversation_id = "agg", category = "tool", text = "a", metadata = { tool = "t", duration_ms = 10 } })
+    gw_.publish(gw, { conversation_id = "agg", category = "error", text = "bad" })
+    local ev = s:updates(1, 5)[1]
+    assert.equal("summary", ev.json.category)
+    assert.equal("summary", ev.json.source)
+    assert.equal(2, ev.json.metadata.total)
+    assert.equal(1, ev.json.metadata.errors)
+    s:close()
+  end)
+
+  it("runs a plugin subscriber filter named in a Phoenix join", function()
+    local ws = assert(ws_.open(gw))
+    ws:send_json({ "1", "1", "status:sf", "phx_join", { categories = { "*" }, filter = { name = "slow", args = { min_ms = 1000 } } } })
+    local reply = ws:read_msg()
+    assert.equal("ok", reply[5].status)
+    gw_.publish(gw, { conversation_id = "sf", category = "tool", text = "fast", metadata = { duration_ms = 5 } })
+    gw_.publish(gw, { conversation_id = "sf", category = "tool", text = "slow", metadata = { duration_ms = 5000 } })
+    local m = ws:read_msg()
+    assert.equal("slow", m[5].text)
+    ws:send_json({ "2", "2", "status:sf2", "phx_join", { filter = { name = "nope" } } })
+    m = ws:read_msg()
+    assert.equal("error", m[5].status)
+    assert.equal("invalid_filter", m[5].response.reason)
+    ws:close()
+  end)
+
+  it("shows plugins and their counters on /admin/plugins", function()
+    local st, a = gw_.request(gw, "GET", "/admin/plugins")
+    assert.equal(200, st)
+    local names = {}
+    for _, p in ipairs(a.plugins) do names[p.name] = p end
+    assert.is_table(names.builders); assert.is_table(names.redact)
+    assert.is_true(names.redact.counters.calls > 0)
+    assert.equal("active", names.redact.state)
+    -- lowest priority first
+    assert.equal("redact", a.plugins[1].name)
+  end)
+end)
+
+describe("plugin faults in the daemon", function()
+  local gw, dir
+  setup(function()
+    dir = tmpdir()
+    write(dir, "a_loops.lua", "local P = { priority = 1 } function P.filter(u) if u.text == 'loop' then while true do end end end return P")
+    write(dir, "b_throws.lua", "local P = { priority = 2 } function P.filter(u) if u.text == 'throw' then error('thrown on purpose') end end return P")
+    write(dir, "c_eats.lua", "local P = { priority = 3 } function P.filter(u) if u.text == 'eat' then local t = {} for i = 1, 1e9 do t[i] = string.rep('m', 100000) .. i end end end return P")
+    write(dir, "d_garbage.lua", "local P = { priority = 4 } function P.filter(u) if u.text == 'garbage' then return { category = 12 } end end return P")
+    write(dir, "e_broken.lua", "local P = {\nfunction P.filter(u) end\nreturn P")
+    write(dir, "f_tag.lua", "local P = { priority = 9 } function P.filter(u) u.metadata = u.metadata or {} u.metadata.tag = 'v1' return u end return P")
+    gw = gw_.start({ plugins_dir = dir, flush_interval_ms = 20, plugin_memory_bytes = 8 * 1024 * 1024, plugin_max_failures = 1000 })
+  end)
+  teardown(function() gw_.stop(gw) end)
+
+  it("keeps delivering to a live subscriber through loops, throws, runaway memory and garbage", function()
+    local s = assert(gw_.sse(gw, "/api/v1/conversations/faults/events"))
+    local texts = { "ok1", "loop", "throw", "eat", "garbage", "ok2" }
+    for _, t in ipairs(texts) do
+      local st = gw_.publish(gw, { conversation_id = "faults", category = "info", text = t })
+      assert.equal(202, st)
+    end
+    local evs = s:updates(#texts)
+    assert.equal(#texts, #evs)
+    for i, t in ipairs(texts) do
+      assert.equal(t, evs[i].json.text)
+      assert.equal("v1", evs[i].json.metadata.tag)
+    end
+    local _, a = gw_.request(gw, "GET", "/admin/plugins")
+    local by = {}
+    for _, p in ipairs(a.plugins) do by[p.name] = p.counters end
+    assert.equal(1, by.a_loops.timeouts)
+    assert.equal(1, by.b_throws.errors)
+    assert.equal(1, by.c_eats.out_of_memory)
+    assert.equal(1, by.d_garbage.errors)
+    assert.equal(1, #a.failed)
+    assert.matches("e_broken.lua:2:", a.failed[1].error)
+    assert.matches("event=plugin_error plugin=b_throws", gw_.log_text(gw))
+    s:close()
+  end)
+
+  it("reloads on POST /admin/reload and SIGHUP, keeping the old version when the new one is broken", function()
+    local s = assert(gw_.sse(gw, "/api/v1/conversations/reload/events"))
+    write(dir, "f_tag.lua", "local P = { priority = 9 } function P.filter(u) u.metadata = u.metadata or {} u.metadata.tag = 'v2' return u end return P")
+    local st, report = gw_.request(gw, "POST", "/admin/reload")
+    assert.equal(200, st)
+    local loaded = table.concat(report.loaded, ",")
+    assert.matches("f_tag", loaded)
+    gw_.publish(gw, { conversation_id = "reload", category = "info", text = "after v2" })
+    assert.equal("v2", s:updates(1)[1].json.metadata.tag)
+
+    write(dir, "f_tag.lua", "local P = { priority = 9 } function P.filter(u) u.metadata.tag = 'v3' return u en return P")
+    gw_.signal(gw, "HUP")
+    gw_.sleep(0.3)
+    gw_.publish(gw, { conversation_id = "reload", category = "info", text = "after broken v3" })
+    assert.equal("v2", s:updates(1)[1].json.metadata.tag) -- the old version kept running
+    assert.matches("event=plugin_load_failed file=\"[^\"]*f_tag.lua\" kept_previous=1", gw_.log_text(gw))
+    assert.matches("trigger=SIGHUP", gw_.log_text(gw))
+    -- the stream never dropped
+    gw_.publish(gw, { conversation_id = "reload", category = "info", text = "still here" })
+    assert.equal("still here", s:updates(1)[1].json.text)
+    s:close()
+  end)
+end)
