@@ -16,7 +16,7 @@ OBJS     = $(patsubst src/%.c,build/obj/%.o,$(DAEMON))
 AOBJS    = $(patsubst src/%.c,build/asan/obj/%.o,$(DAEMON))
 ASAN    := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined
 
-.PHONY: all asan run test clean install deps
+.PHONY: all asan run test clean install deps bench bench-tools
 
 all: deps build/statusgw build/statusgw_model.so build/statusgw_plugin.so
 
@@ -50,6 +50,15 @@ build/asan/obj/%.o: src/%.c $(wildcard src/*.h) | build/asan/obj
 
 build/obj build/asan/obj:
 	@mkdir -p $@
+
+# The load generator (contrib/loadgen) and the benchmarks (scripts/bench).
+bench-tools: build/loadgen
+
+build/loadgen: contrib/loadgen/loadgen.c | build/obj
+	$(CC) -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -O2 -o $@ $< $(shell pkg-config --libs libevent)
+
+bench: all bench-tools
+	scripts/bench
 
 run: all
 	./build/statusgw --config etc/statusgw.lua

@@ -64,7 +64,8 @@ int sg_ingest(sg_server *s, json_t *obj, const char *emitted_by, sg_publish_resu
         if (seq) /* a retry: the hub answers with the first seq */
             return sg_hub_publish(s->hub, &d, res, err);
     }
-    json_t *w = json_deep_copy(obj);
+    /* the builder edits a copy; filters hand back new objects */
+    json_t *w = d.builder ? json_deep_copy(obj) : json_incref(obj);
     if (d.builder) {
         json_t *md = NULL, *text = NULL;
         int rc = pm ? sg_plugins_build(pm, d.builder, d.args, w, &md, &text) : SG_BUILD_UNKNOWN;
@@ -93,13 +94,14 @@ int sg_ingest(sg_server *s, json_t *obj, const char *emitted_by, sg_publish_resu
     }
     if (filters) {
         const char *by = NULL;
-        if (!sg_plugins_filter(pm, &w, emitted_by, &by)) {
+        int changed;
+        if (!sg_plugins_filter(pm, &w, emitted_by, &by, &changed)) {
             res->dropped = 1;
             snprintf(res->dropped_by, sizeof(res->dropped_by), "%s", by ? by : "?");
             json_decref(w);
             return 0;
         }
-        if (sg_draft_from_json(w, &lim, &d, err) < 0) { /* filters return valid updates */
+        if (changed && sg_draft_from_json(w, &lim, &d, err) < 0) { /* already validated */
             json_decref(w);
             return -1;
         }

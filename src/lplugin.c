@@ -133,7 +133,8 @@ static int l_filter(lua_State *L)
     host *h = check_host(L);
     json_t *u = arg_json(L, 2);
     const char *by = NULL;
-    int keep = sg_plugins_filter(h->pm, &u, NULL, &by);
+    int changed;
+    int keep = sg_plugins_filter(h->pm, &u, NULL, &by, &changed);
     lua_pushboolean(L, keep);
     if (keep) sg_lua_push_json(L, u); else lua_pushstring(L, by);
     json_decref(u);

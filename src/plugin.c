@@ -549,8 +549,10 @@ int sg_plugins_have_filters(const sg_plugins *pm)
     return 0;
 }
 
-int sg_plugins_filter(sg_plugins *pm, json_t **update, const char *skip, const char **dropped_by)
+int sg_plugins_filter(sg_plugins *pm, json_t **update, const char *skip, const char **dropped_by,
+                      int *changed)
 {
+    *changed = 0;
     sg_limits lim = {pm->cfg->max_text, pm->cfg->max_metadata};
     for (int i = 0; i < pm->n; i++) {
         sg_plugin *p = pm->list[i];
@@ -603,6 +605,7 @@ int sg_plugins_filter(sg_plugins *pm, json_t **update, const char *skip, const c
         }
         json_decref(*update);
         *update = repl;
+        *changed = 1;
     }
     return 1;
 }

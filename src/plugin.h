@@ -36,9 +36,10 @@ int sg_plugins_build(sg_plugins *pm, const char *name, json_t *args, json_t *upd
 
 /* Run the ingest filters in priority order, skipping plugin `skip` (the
  * emitter of this update). Returns 1 to keep (*update may have been
- * replaced) or 0 to drop, with the dropping plugin's name in *dropped_by. */
+ * replaced, and then *changed is set; a replacement is already validated)
+ * or 0 to drop, with the dropping plugin's name in *dropped_by. */
 int sg_plugins_filter(sg_plugins *pm, json_t **update, const char *skip,
-                      const char **dropped_by);
+                      const char **dropped_by, int *changed);
 int sg_plugins_have_filters(const sg_plugins *pm);
 
 /* Subscriber filters, by name. */

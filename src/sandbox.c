@@ -5,12 +5,15 @@
 #include <lauxlib.h>
 #include <lualib.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
 #include <time.h>
 
 #define HOOK_EVERY 1000  /* instructions between hook calls */
+#define WATCHDOG_US 2000 /* how often a running call is looked at */
 #define JSON_MAX_DEPTH 64
 
 enum { ABORT_NONE, ABORT_TIMEOUT, ABORT_OOM };
@@ -21,6 +24,7 @@ struct sg_sandbox {
     sg_sandbox_limits lim;
     size_t mem;
     int in_call;
+    volatile sig_atomic_t hooked; /* the count hook is on for this call */
     int abort;
     long steps;
     uint64_t deadline_ns;
@@ -31,6 +35,9 @@ struct sg_sandbox {
 
 static char null_sentinel; /* statusgw.json.null is a light userdata to this */
 
+/* The sandbox whose call is running, for the watchdog. */
+static sg_sandbox *volatile running;
+
 static uint64_t now_ns(void)
 {
     struct timespec ts;
@@ -38,7 +45,41 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
 }
 
-/* ---- limits ---- */
+/* ---- limits ----
+ *
+ * A count hook makes Lua 5.4 trace every instruction, which would triple
+ * the cost of a typical plugin call. So calls run without one, and a
+ * watchdog signal every WATCHDOG_US turns the hook on for a call that is
+ * still running (lua_sethook is safe in a signal handler; lua.c stops
+ * scripts on Ctrl-C the same way). From then on the hook enforces the
+ * instruction budget and the deadline. Plugins get no coroutines, so
+ * every call runs on the state's main thread, which the hook covers. */
+
+static void sb_hook(lua_State *L, lua_Debug *ar);
+
+static void watchdog(int sig)
+{
+    sg_sandbox *sb = running;
+    if (sb && !sb->hooked) {
+        sb->hooked = 1;
+        lua_sethook(sb->L, sb_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    }
+}
+
+static void start_watchdog(void)
+{
+    static int started;
+    if (started) return;
+    started = 1;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = watchdog;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGALRM, &sa, NULL);
+    struct itimerval it = {{0, WATCHDOG_US}, {0, WATCHDOG_US}};
+    setitimer(ITIMER_REAL, &it, NULL);
+}
 
 static void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
@@ -53,6 +94,10 @@ static void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
      * small, and a refusal there would be an unprotected error */
     if (sb->in_call && nsize > old && sb->mem + (nsize - old) > sb->lim.memory) {
         sb->abort = ABORT_OOM;
+        if (!sb->hooked) { /* so that a pcall in the plugin cannot carry on */
+            sb->hooked = 1;
+            lua_sethook(sb->L, sb_hook, LUA_MASKCOUNT, 1);
+        }
         return NULL;
     }
     void *n = realloc(ptr, nsize);
@@ -103,8 +148,11 @@ int sg_sandbox_call(sg_sandbox *sb, int nargs, int nresults)
     sb->in_call = 1;
     sb->abort = ABORT_NONE;
     sb->steps = 0;
+    sb->hooked = 0;
     sb->deadline_ns = now_ns() + (uint64_t)sb->lim.timeout_ms * 1000000ULL;
+    running = sb;
     int rc = lua_pcall(L, nargs, nresults, 0);
+    running = NULL;
     sb->in_call = 0;
     int status = SG_SB_OK;
     if (sb->abort == ABORT_OOM || rc == LUA_ERRMEM)
@@ -130,7 +178,10 @@ int sg_sandbox_call(sg_sandbox *sb, int nargs, int nresults)
         }
         lua_gc(L, LUA_GCCOLLECT);
     }
-    lua_sethook(L, sb_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    if (sb->hooked) {
+        lua_sethook(L, NULL, 0, 0);
+        sb->hooked = 0;
+    }
     return status;
 }
 
@@ -371,7 +422,7 @@ static int api_emit(lua_State *L)
 
 static void open_libs(lua_State *L)
 {
-    static const luaL_Reg libs[] = {{LUA_GNAME, luaopen_base},       {LUA_COLIBNAME, luaopen_coroutine},
+    static const luaL_Reg libs[] = {{LUA_GNAME, luaopen_base},
                                     {LUA_TABLIBNAME, luaopen_table}, {LUA_STRLIBNAME, luaopen_string},
                                     {LUA_MATHLIBNAME, luaopen_math}, {LUA_UTF8LIBNAME, luaopen_utf8},
                                     {LUA_OSLIBNAME, luaopen_os},     {NULL, NULL}};
@@ -432,7 +483,7 @@ sg_sandbox *sg_sandbox_new(const char *name, const sg_sandbox_limits *lim, sg_em
         return NULL;
     }
     open_libs(sb->L);
-    lua_sethook(sb->L, sb_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    start_watchdog();
     return sb;
 }
 

@@ -1,0 +1,569 @@
+/* loadgen: a load generator for statusgw (and, for comparison, nginx with
+ * nchan) on libevent. It opens a swarm of WebSocket subscribers (Phoenix
+ * joins for statusgw, plain sockets for nchan; masked frames, pings
+ * answered) and HTTP keep-alive publishers at a fixed or maximal rate,
+ * single or bulk. Every update carries its send time, so each delivery is
+ * a latency sample; updates inside batch frames count one by one.
+ *
+ *   loadgen --target statusgw|nchan --port 4000 --subscribers 5000 \
+ *           --conversations 1 --publishers 1 --rate 0 --bulk 1 --duration 10
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <arpa/inet.h>
+
+enum { T_STATUSGW, T_NCHAN };
+
+static struct {
+    int target;
+    const char *host;
+    int port;
+    int subscribers, conversations, publishers, bulk, pipeline;
+    double rate, duration, warmup, connect_timeout;
+    int batch_join;
+    const char *json_path;
+    const char *label;
+    int builder; /* publish with "builder":"tool" and args */
+} opt = {T_STATUSGW, "127.0.0.1", 4000, 0, 1, 1, 1, 1, 0, 10, 1, 30, 0, NULL, "", 0};
+
+#define BUILDER_FIELDS ",\"builder\":\"tool\",\"args\":{\"tool_name\":\"search_code\",\"params\":{\"query\":\"where is the retry loop in http.c\",\"limit\":10}}"
+
+static struct event_base *base;
+static struct sockaddr_in addr;
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
+}
+
+/* ---- results ---- */
+
+static struct {
+    int subs_connected, subs_failed, subs_closed;
+    uint64_t published, acked, rejected;
+    uint64_t received, received_measured;
+    uint64_t *lat; /* microseconds, a reservoir */
+    size_t nlat, caplat;
+    uint64_t lat_max;
+    int measuring;
+    uint64_t t_start, t_end;
+    uint64_t acked_in_window, received_in_window;
+} R;
+
+static void sample(uint64_t sent_ns, uint64_t now)
+{
+    R.received++;
+    if (!R.measuring) return;
+    R.received_in_window++;
+    uint64_t us = now > sent_ns ? (now - sent_ns) / 1000 : 0;
+    if (us > R.lat_max) R.lat_max = us;
+    if (R.nlat < R.caplat) {
+        R.lat[R.nlat++] = us;
+    } else { /* reservoir sampling keeps the distribution honest */
+        uint64_t j = (uint64_t)random() % (R.received_in_window);
+        if (j < R.caplat) R.lat[j] = us;
+    }
+}
+
+/* Scan delivered bytes for every "t=<ns>" marker: one per update. */
+static void scan_markers(const char *p, size_t n)
+{
+    uint64_t now = mono_ns();
+    const char *end = p + n;
+    while (p < end) {
+        const char *m = memmem(p, end - p, "t=", 2);
+        if (!m) break;
+        m += 2;
+        uint64_t v = 0;
+        int digits = 0;
+        while (m < end && *m >= '0' && *m <= '9') {
+            v = v * 10 + (*m - '0');
+            m++;
+            digits++;
+        }
+        if (digits >= 6) sample(v, now);
+        p = m;
+    }
+}
+
+/* ---- WebSocket subscribers ---- */
+
+typedef struct sub {
+    struct bufferevent *bev;
+    int conv;
+    int upgraded;
+    int joined;
+    struct evbuffer *msg; /* a fragmented message being assembled */
+} sub;
+
+static sub *subs;
+static int subs_pending;
+
+static void ws_send(struct bufferevent *bev, int opcode, const char *data, size_t len)
+{
+    uint8_t h[14];
+    size_t hl = 2;
+    h[0] = 0x80 | opcode;
+    if (len < 126) {
+        h[1] = 0x80 | len;
+    } else {
+        h[1] = 0x80 | 126;
+        h[2] = len >> 8;
+        h[3] = len & 0xff;
+        hl = 4;
+    }
+    uint8_t key[4] = {0x37, 0xfa, 0x21, 0x3d};
+    memcpy(h + hl, key, 4);
+    hl += 4;
+    struct evbuffer *out = bufferevent_get_output(bev);
+    evbuffer_add(out, h, hl);
+    char tmp[len ? len : 1];
+    for (size_t i = 0; i < len; i++)
+        tmp[i] = data[i] ^ key[i & 3];
+    evbuffer_add(out, tmp, len);
+}
+
+static void sub_join(sub *s)
+{
+    char j[256];
+    int n = snprintf(j, sizeof(j), "[\"1\",\"1\",\"status:bench-%d\",\"phx_join\",{\"categories\":[\"*\"]%s}]",
+                     s->conv, opt.batch_join ? ",\"batch\":true" : "");
+    ws_send(s->bev, 1, j, n);
+}
+
+static void sub_ready(sub *s)
+{
+    if (s->joined) return;
+    s->joined = 1;
+    R.subs_connected++;
+    subs_pending--;
+}
+
+static void sub_read(struct bufferevent *bev, void *arg)
+{
+    sub *s = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    if (!s->upgraded) {
+        struct evbuffer_ptr e = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+        if (e.pos < 0) return;
+        char line[16];
+        evbuffer_copyout(in, line, sizeof(line));
+        evbuffer_drain(in, e.pos + 4);
+        if (memcmp(line, "HTTP/1.1 101", 12) != 0) {
+            R.subs_failed++;
+            subs_pending--;
+            bufferevent_free(bev);
+            s->bev = NULL;
+            return;
+        }
+        s->upgraded = 1;
+        if (opt.target == T_STATUSGW) sub_join(s); else sub_ready(s);
+    }
+    for (;;) {
+        size_t avail = evbuffer_get_length(in);
+        if (avail < 2) return;
+        uint8_t h[10];
+        evbuffer_copyout(in, h, avail < 10 ? avail : 10);
+        size_t hl = 2;
+        uint64_t len = h[1] & 0x7f;
+        if (len == 126) {
+            if (avail < 4) return;
+            len = ((uint64_t)h[2] << 8) | h[3];
+            hl = 4;
+        } else if (len == 127) {
+            if (avail < 10) return;
+            len = 0;
+            for (int i = 0; i < 8; i++)
+                len = (len << 8) | h[2 + i];
+            hl = 10;
+        }
+        if (avail < hl + len) return;
+        evbuffer_drain(in, hl);
+        int op = h[0] & 0x0f, fin = h[0] & 0x80;
+        if (op == 9) { /* ping */
+            char p[126];
+            evbuffer_remove(in, p, len);
+            ws_send(bev, 0xA, p, len);
+            continue;
+        }
+        if (op == 8) {
+            evbuffer_drain(in, len);
+            R.subs_closed++;
+            bufferevent_free(bev);
+            s->bev = NULL;
+            return;
+        }
+        if (!s->msg) s->msg = evbuffer_new();
+        evbuffer_remove_buffer(in, s->msg, len);
+        if (!fin) continue;
+        size_t ml = evbuffer_get_length(s->msg);
+        const char *m = (const char *)evbuffer_pullup(s->msg, -1);
+        if (!s->joined && opt.target == T_STATUSGW) {
+            if (ml && memmem(m, ml, "phx_reply", 9)) {
+                if (memmem(m, ml, "\"ok\"", 4)) sub_ready(s);
+                else { R.subs_failed++; subs_pending--; }
+            }
+        } else if (ml) {
+            scan_markers(m, ml);
+        }
+        evbuffer_drain(s->msg, ml);
+    }
+}
+
+static void sub_event(struct bufferevent *bev, short what, void *arg)
+{
+    sub *s = arg;
+    if (what & BEV_EVENT_CONNECTED) {
+        int one = 1;
+        setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        char path[128];
+        if (opt.target == T_STATUSGW)
+            snprintf(path, sizeof(path), "/socket/websocket?vsn=2.0.0");
+        else
+            snprintf(path, sizeof(path), "/sub/bench-%d", s->conv);
+        evbuffer_add_printf(bufferevent_get_output(bev),
+                            "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                            path, opt.host);
+        return;
+    }
+    if (!s->joined) {
+        R.subs_failed++;
+        subs_pending--;
+    } else {
+        R.subs_closed++;
+    }
+    bufferevent_free(bev);
+    s->bev = NULL;
+}
+
+static void heartbeat(evutil_socket_t fd, short w, void *arg)
+{
+    static const char hb[] = "[null,\"hb\",\"phoenix\",\"heartbeat\",{}]";
+    for (int i = 0; i < opt.subscribers; i++)
+        if (subs[i].bev && subs[i].joined) {
+            if (opt.target == T_STATUSGW) ws_send(subs[i].bev, 1, hb, sizeof(hb) - 1);
+            else ws_send(subs[i].bev, 9, "", 0);
+        }
+}
+
+/* ---- HTTP publishers ---- */
+
+typedef struct pub {
+    struct bufferevent *bev;
+    int inflight;
+    uint64_t seq;
+    int id;
+} pub;
+
+static pub *pubs;
+static int publishing;
+static double budget; /* updates we may send now (rate mode) */
+
+static void pub_send(pub *p)
+{
+    struct evbuffer *out = bufferevent_get_output(p->bev);
+    char body[64 * 1024];
+    size_t n = 0;
+    uint64_t now = mono_ns();
+    int conv = (int)((p->seq * (uint64_t)opt.publishers + p->id) % (uint64_t)opt.conversations);
+    p->seq++;
+    if (opt.target == T_NCHAN) {
+        n = snprintf(body, sizeof(body), "{\"category\":\"tool\",\"text\":\"t=%llu\"}", (unsigned long long)now);
+        evbuffer_add_printf(out, "POST /pub?id=bench-%d HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                                 "Content-Length: %zu\r\n\r\n", conv, opt.host, n);
+    } else if (opt.bulk <= 1) {
+        n = snprintf(body, sizeof(body),
+                     "{\"conversation_id\":\"bench-%d\",\"category\":\"tool\",\"text\":\"t=%llu\"%s}", conv,
+                     (unsigned long long)now, opt.builder ? BUILDER_FIELDS : "");
+        evbuffer_add_printf(out, "POST /api/v1/status HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                                 "Content-Length: %zu\r\n\r\n", opt.host, n);
+    } else {
+        body[n++] = '[';
+        for (int i = 0; i < opt.bulk && n < sizeof(body) - 200; i++) {
+            int c = (conv + i) % opt.conversations;
+            n += snprintf(body + n, sizeof(body) - n,
+                          "%s{\"conversation_id\":\"bench-%d\",\"category\":\"tool\",\"text\":\"t=%llu\"%s}",
+                          i ? "," : "", c, (unsigned long long)now, opt.builder ? BUILDER_FIELDS : "");
+        }
+        body[n++] = ']';
+        evbuffer_add_printf(out, "POST /api/v1/status/bulk HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                                 "Content-Length: %zu\r\n\r\n", opt.host, n);
+    }
+    evbuffer_add(out, body, n);
+    p->inflight++;
+    R.published += opt.target == T_STATUSGW && opt.bulk > 1 ? (uint64_t)opt.bulk : 1;
+}
+
+static void pub_fill(pub *p)
+{
+    while (publishing && p->bev && p->inflight < opt.pipeline) {
+        if (opt.rate > 0) {
+            double per = opt.bulk > 1 ? opt.bulk : 1;
+            if (budget < per) return;
+            budget -= per;
+        }
+        pub_send(p);
+    }
+}
+
+static void pub_read(struct bufferevent *bev, void *arg)
+{
+    pub *p = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    for (;;) {
+        struct evbuffer_ptr e = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+        if (e.pos < 0) break;
+        char head[1024];
+        size_t hl = e.pos + 4 < (ssize_t)sizeof(head) - 1 ? (size_t)e.pos + 4 : sizeof(head) - 1;
+        evbuffer_copyout(in, head, hl);
+        head[hl] = 0;
+        const char *cl = strcasestr(head, "content-length:");
+        size_t blen = cl ? strtoul(cl + 15, NULL, 10) : 0;
+        if (evbuffer_get_length(in) < (size_t)e.pos + 4 + blen) break;
+        int status = atoi(head + 9);
+        char body[512];
+        evbuffer_drain(in, e.pos + 4);
+        size_t take = blen < sizeof(body) - 1 ? blen : sizeof(body) - 1;
+        evbuffer_copyout(in, body, take);
+        body[take] = 0;
+        evbuffer_drain(in, blen);
+        p->inflight--;
+        uint64_t n = 1;
+        if (opt.target == T_STATUSGW && opt.bulk > 1) {
+            const char *a = strstr(body, "\"accepted\":");
+            n = a ? strtoull(a + 11, NULL, 10) : 0;
+            R.rejected += opt.bulk - n;
+        }
+        if (status >= 200 && status < 300) {
+            R.acked += n;
+            if (R.measuring) R.acked_in_window += n;
+        } else {
+            R.rejected += n;
+        }
+    }
+    pub_fill(p);
+}
+
+static void pub_event(struct bufferevent *bev, short what, void *arg)
+{
+    pub *p = arg;
+    if (what & BEV_EVENT_CONNECTED) {
+        int one = 1;
+        setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        pub_fill(p);
+        return;
+    }
+    fprintf(stderr, "loadgen: publisher %d lost its connection\n", p->id);
+    bufferevent_free(bev);
+    p->bev = NULL;
+}
+
+static void rate_tick(evutil_socket_t fd, short w, void *arg)
+{
+    static uint64_t last;
+    uint64_t now = mono_ns();
+    if (last) budget += opt.rate * (now - last) / 1e9;
+    if (budget > opt.rate * 0.05 + 200) budget = opt.rate * 0.05 + 200; /* no bursts after stalls */
+    last = now;
+    for (int i = 0; i < opt.publishers; i++)
+        pub_fill(&pubs[i]);
+}
+
+/* ---- phases ---- */
+
+static struct event *tick_ev, *hb_ev, *phase_ev;
+static int phase; /* 0 connecting, 1 warmup, 2 measuring, 3 draining */
+
+static struct bufferevent *dial(void *arg, bufferevent_data_cb rd, bufferevent_event_cb ev)
+{
+    struct bufferevent *b = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    bufferevent_setcb(b, rd, NULL, ev, arg);
+    bufferevent_enable(b, EV_READ | EV_WRITE);
+    if (bufferevent_socket_connect(b, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+        bufferevent_free(b);
+        return NULL;
+    }
+    return b;
+}
+
+static void start_publishers(void)
+{
+    publishing = 1;
+    for (int i = 0; i < opt.publishers; i++) {
+        pubs[i].id = i;
+        pubs[i].bev = dial(&pubs[i], pub_read, pub_event);
+    }
+    if (opt.rate > 0) {
+        tick_ev = event_new(base, -1, EV_PERSIST, rate_tick, NULL);
+        struct timeval tv = {0, 1000};
+        event_add(tick_ev, &tv);
+    }
+}
+
+static void set_phase_timer(double s)
+{
+    struct timeval tv = {(time_t)s, (suseconds_t)((s - (time_t)s) * 1e6)};
+    evtimer_add(phase_ev, &tv);
+}
+
+static uint64_t cpu_start_us;
+static uint64_t cpu_us(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000 + ru.ru_utime.tv_usec + ru.ru_stime.tv_usec;
+}
+
+static void on_phase(evutil_socket_t fd, short w, void *arg)
+{
+    if (phase == 0) { /* connecting: wait until every subscriber answered */
+        static uint64_t started;
+        if (!started) started = mono_ns();
+        if (subs_pending > 0 && (mono_ns() - started) / 1e9 < opt.connect_timeout) {
+            set_phase_timer(0.05);
+            return;
+        }
+        phase = 1;
+        start_publishers();
+        set_phase_timer(opt.warmup);
+    } else if (phase == 1) {
+        phase = 2;
+        R.measuring = 1;
+        R.t_start = mono_ns();
+        cpu_start_us = cpu_us();
+        set_phase_timer(opt.duration);
+    } else if (phase == 2) {
+        phase = 3;
+        R.t_end = mono_ns();
+        R.measuring = 0;
+        publishing = 0;
+        set_phase_timer(1.0); /* let in-flight deliveries land */
+    } else {
+        event_base_loopexit(base, NULL);
+    }
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double pct(double p)
+{
+    if (!R.nlat) return 0;
+    size_t i = (size_t)(p * (R.nlat - 1));
+    return R.lat[i] / 1000.0;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option lo[] = {
+        {"target", 1, 0, 't'}, {"host", 1, 0, 'H'}, {"port", 1, 0, 'p'}, {"subscribers", 1, 0, 's'},
+        {"conversations", 1, 0, 'c'}, {"publishers", 1, 0, 'P'}, {"rate", 1, 0, 'r'}, {"bulk", 1, 0, 'b'},
+        {"duration", 1, 0, 'd'}, {"warmup", 1, 0, 'w'}, {"pipeline", 1, 0, 'l'}, {"batch-join", 0, 0, 'B'},
+        {"json", 1, 0, 'j'}, {"builder", 0, 0, 'U'}, {"label", 1, 0, 'L'}, {"connect-timeout", 1, 0, 'T'}, {0, 0, 0, 0}};
+    int o;
+    while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        switch (o) {
+        case 't': opt.target = strcmp(optarg, "nchan") == 0 ? T_NCHAN : T_STATUSGW; break;
+        case 'H': opt.host = optarg; break;
+        case 'p': opt.port = atoi(optarg); break;
+        case 's': opt.subscribers = atoi(optarg); break;
+        case 'c': opt.conversations = atoi(optarg) > 0 ? atoi(optarg) : 1; break;
+        case 'P': opt.publishers = atoi(optarg); break;
+        case 'r': opt.rate = atof(optarg); break;
+        case 'b': opt.bulk = atoi(optarg); break;
+        case 'd': opt.duration = atof(optarg); break;
+        case 'w': opt.warmup = atof(optarg); break;
+        case 'l': opt.pipeline = atoi(optarg) > 0 ? atoi(optarg) : 1; break;
+        case 'B': opt.batch_join = 1; break;
+        case 'j': opt.json_path = optarg; break;
+        case 'U': opt.builder = 1; break;
+        case 'L': opt.label = optarg; break;
+        case 'T': opt.connect_timeout = atof(optarg); break;
+        default:
+            fprintf(stderr, "usage: loadgen [--target statusgw|nchan] [--port N] [--subscribers N] "
+                            "[--conversations N] [--publishers N] [--rate N] [--bulk N] [--pipeline N] "
+                            "[--duration S] [--warmup S] [--batch-join] [--json FILE] [--label L]\n");
+            return 2;
+        }
+    }
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(opt.port);
+    inet_pton(AF_INET, opt.host, &addr.sin_addr);
+    base = event_base_new();
+    R.caplat = 1000000;
+    R.lat = malloc(sizeof(uint64_t) * R.caplat);
+    subs = calloc(opt.subscribers + 1, sizeof(sub));
+    pubs = calloc(opt.publishers + 1, sizeof(pub));
+    subs_pending = opt.subscribers;
+    for (int i = 0; i < opt.subscribers; i++) {
+        subs[i].conv = i % opt.conversations;
+        subs[i].bev = dial(&subs[i], sub_read, sub_event);
+        if (!subs[i].bev) { R.subs_failed++; subs_pending--; }
+    }
+    hb_ev = event_new(base, -1, EV_PERSIST, heartbeat, NULL);
+    struct timeval hb = {20, 0};
+    event_add(hb_ev, &hb);
+    phase_ev = evtimer_new(base, on_phase, NULL);
+    set_phase_timer(0.01);
+    uint64_t cpu0 = cpu_us();
+    (void)cpu0;
+    event_base_dispatch(base);
+
+    double secs = (R.t_end - R.t_start) / 1e9;
+    uint64_t cpu = cpu_us() - cpu_start_us;
+    qsort(R.lat, R.nlat, sizeof(uint64_t), cmp_u64);
+    int per_conv_subs = opt.subscribers / opt.conversations;
+    double expected = (double)R.acked * per_conv_subs;
+    double loss = expected > 0 ? 1.0 - (double)R.received / expected : 0;
+    if (loss < 0) loss = 0;
+    double busy = secs > 0 ? cpu / 1e6 / secs : 0;
+    printf("%-28s %s\n", "target", opt.target == T_NCHAN ? "nchan" : "statusgw");
+    printf("%-28s %d connected, %d failed, %d closed\n", "subscribers", R.subs_connected, R.subs_failed, R.subs_closed);
+    printf("%-28s %llu acked, %llu rejected (%.0f/s in window)\n", "publishes",
+           (unsigned long long)R.acked, (unsigned long long)R.rejected, secs > 0 ? R.acked_in_window / secs : 0);
+    printf("%-28s %llu of %.0f expected (loss %.4f%%)\n", "deliveries", (unsigned long long)R.received, expected, loss * 100);
+    printf("%-28s %.0f/s\n", "deliveries in window", secs > 0 ? R.received_in_window / secs : 0);
+    printf("%-28s p50 %.2f  p90 %.2f  p99 %.2f  max %.2f\n", "latency ms", pct(0.5), pct(0.9), pct(0.99), R.lat_max / 1000.0);
+    printf("%-28s %.2f cores%s\n", "loadgen cpu", busy, busy > 0.9 ? "  (loadgen is the bottleneck: split it across processes)" : "");
+    if (opt.json_path) {
+        FILE *f = strcmp(opt.json_path, "-") == 0 ? stdout : fopen(opt.json_path, "w");
+        if (f) {
+            fprintf(f, "{\"label\":\"%s\",\"target\":\"%s\",\"subscribers_connected\":%d,\"subscribers_failed\":%d,"
+                       "\"subscribers_closed\":%d,\"published\":%llu,\"acked\":%llu,\"rejected\":%llu,"
+                       "\"publishes_per_s\":%.1f,\"expected\":%.0f,\"received\":%llu,\"loss\":%.6f,"
+                       "\"deliveries_per_s\":%.1f,\"latency_ms\":{\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,\"max\":%.3f},"
+                       "\"loadgen_cpu_cores\":%.3f,\"window_s\":%.3f}\n",
+                    opt.label, opt.target == T_NCHAN ? "nchan" : "statusgw", R.subs_connected, R.subs_failed,
+                    R.subs_closed, (unsigned long long)R.published, (unsigned long long)R.acked,
+                    (unsigned long long)R.rejected, secs > 0 ? R.acked_in_window / secs : 0, expected,
+                    (unsigned long long)R.received, loss, secs > 0 ? R.received_in_window / secs : 0, pct(0.5),
+                    pct(0.9), pct(0.99), R.lat_max / 1000.0, busy, secs);
+            if (f != stdout) fclose(f);
+        }
+    }
+    return R.subs_failed > 0 ? 1 : 0;
+}
