@@ -4,6 +4,7 @@
 #include "ingest.h"
 #include "plugin.h"
 #include "sse.h"
+#include "webhook.h"
 #include "ws.h"
 
 #include <event2/buffer.h>
@@ -284,6 +285,33 @@ static void handle_conversation(sg_conn *c, sg_req *r)
     }
 }
 
+/* POST /admin/webhooks/{name}/redeliver */
+static void handle_redeliver(sg_conn *c, sg_req *r)
+{
+    char name[128];
+    const char *rest = r->path + 16;
+    const char *slash = strchr(rest, '/');
+    sg_error err;
+    if (!slash || strcmp(slash, "/redeliver") != 0 || (size_t)(slash - rest) >= sizeof(name)) {
+        sg_error_set(&err, 404, "not_found", NULL, "no such endpoint: %.200s", r->path);
+        sg_http_error(c, &err);
+        return;
+    }
+    if (r->method != HTTP_POST) {
+        method_not_allowed(c, "POST");
+        return;
+    }
+    memcpy(name, rest, slash - rest);
+    name[slash - rest] = 0;
+    int n = sg_webhooks_redeliver(c->srv->webhooks, name);
+    if (n < 0) {
+        sg_error_set(&err, 404, "webhook_not_found", NULL, "no webhook endpoint named '%s'", name);
+        sg_http_error(c, &err);
+        return;
+    }
+    sg_http_json(c, 200, json_pack("{s:s, s:i}", "endpoint", name, "requeued", n), NULL);
+}
+
 void sg_api_handle(sg_conn *c, sg_req *r)
 {
     const char *p = r->path ? r->path : "/";
@@ -317,6 +345,11 @@ void sg_api_handle(sg_conn *c, sg_req *r)
     } else if (strcmp(p, "/admin/plugins") == 0) {
         if (get) sg_http_json(c, 200, sg_plugins_admin(c->srv->plugins), NULL);
         else method_not_allowed(c, "GET");
+    } else if (strcmp(p, "/admin/webhooks") == 0) {
+        if (get) sg_http_json(c, 200, sg_webhooks_admin(c->srv->webhooks), NULL);
+        else method_not_allowed(c, "GET");
+    } else if (strncmp(p, "/admin/webhooks/", 16) == 0) {
+        handle_redeliver(c, r);
     } else if (strcmp(p, "/admin/reload") == 0) {
         if (post) sg_http_json(c, 200, sg_server_reload(c->srv, "admin"), NULL);
         else method_not_allowed(c, "POST");

@@ -281,7 +281,6 @@ void sg_http_reap(sg_conn *c)
     bufferevent_free(c->bev);
     c->bev = NULL;
     free(c);
-    if (s->shutting_down && s->n_conns == 0) event_base_loopexit(s->base, NULL);
 }
 
 static void on_reap(evutil_socket_t fd, short what, void *arg)

@@ -20,6 +20,7 @@ typedef struct sg_server sg_server;
 typedef struct sg_conn sg_conn;
 struct sg_plugins;
 struct sg_ingest_queue;
+struct sg_webhooks;
 
 typedef struct sg_header {
     char *name; /* lower-cased */
@@ -76,6 +77,7 @@ struct sg_server {
     sg_store *store;
     struct sg_plugins *plugins;
     struct sg_ingest_queue *ingest;
+    struct sg_webhooks *webhooks;
     struct evconnlistener *listener;
     sg_conn *conns;
     int n_conns;
@@ -84,6 +86,7 @@ struct sg_server {
     struct event *heartbeat_ev; /* SSE comments */
     struct event *sigint_ev, *sigterm_ev, *sighup_ev;
     struct event *shutdown_timer;
+    struct event *shutdown_check; /* exits the loop once nothing is left */
     int shutting_down;
     int64_t started_ms;
     uint64_t requests;

@@ -2,6 +2,7 @@
 
 #include "log.h"
 #include "plugin.h"
+#include "webhook.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -57,7 +58,11 @@ int sg_ingest(sg_server *s, json_t *obj, const char *emitted_by, sg_publish_resu
     if (sg_draft_from_json(obj, &lim, &d, err) < 0) return -1;
     sg_plugins *pm = s->plugins;
     int filters = sg_plugins_have_filters(pm), aggregators = sg_plugins_have_aggregators(pm);
-    if (!d.builder && !filters && !aggregators) return sg_hub_publish(s->hub, &d, res, err);
+    if (!d.builder && !filters && !aggregators) {
+        int rc = sg_hub_publish(s->hub, &d, res, err);
+        if (rc == 0 && res->update) sg_webhooks_offer(s->webhooks, res->conv->id, res->update);
+        return rc;
+    }
 
     if (d.idempotency_key) {
         uint64_t seq = sg_hub_seen(s->hub, d.conv_id, d.conv_len, d.idempotency_key);
@@ -107,6 +112,7 @@ int sg_ingest(sg_server *s, json_t *obj, const char *emitted_by, sg_publish_resu
         }
     }
     int rc = sg_hub_publish(s->hub, &d, res, err);
+    if (rc == 0 && res->update) sg_webhooks_offer(s->webhooks, res->conv->id, res->update);
     if (rc == 0 && aggregators && res->update) {
         json_t *full = json_loadb(res->update->json, res->update->json_len, 0, NULL);
         if (full) sg_plugins_observe(pm, res->conv->id, full, emitted_by);

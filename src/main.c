@@ -4,6 +4,7 @@
 #include "hub.h"
 #include "ingest.h"
 #include "plugin.h"
+#include "webhook.h"
 #include "log.h"
 #include "status.h"
 #include "store.h"
@@ -117,6 +118,12 @@ int main(int argc, char **argv)
         return 2;
     }
     if (check_only) {
+        if (sg_webhooks_check(&cfg, err, sizeof(err)) < 0) {
+            fprintf(stderr, "statusgw: bad config: %s\n", err);
+            sg_categories_free();
+            sg_config_free(&cfg);
+            return 2;
+        }
         printf("statusgw: config %s is valid\n", config_path ? config_path : "(defaults)");
         sg_config_free(&cfg);
         return 0;
@@ -137,6 +144,12 @@ int main(int argc, char **argv)
     sg_hub_on_forget(srv.hub, forget_conversation, srv.plugins);
     sg_filter_set_plugins(srv.plugins);
     json_decref(sg_server_reload(&srv, "start"));
+    srv.webhooks = sg_webhooks_new(srv.base, &cfg, srv.plugins, err, sizeof(err));
+    if (!srv.webhooks) {
+        fprintf(stderr, "statusgw: bad config: %s\n", err);
+        rc = 2;
+        goto done;
+    }
     if (sg_server_start(&srv, err, sizeof(err)) < 0) {
         sg_log(SG_LOG_ERROR, "listen_failed", "reason=%s", sg_log_q(err));
         fprintf(stderr, "statusgw: %s\n", err);
@@ -152,6 +165,7 @@ int main(int argc, char **argv)
     sg_log(SG_LOG_INFO, "stopped", "requests=%llu", (unsigned long long)srv.requests);
 done:
     sg_server_stop(&srv);
+    sg_webhooks_free(srv.webhooks);
     sg_ingest_free(&srv);
     sg_hub_free(srv.hub);
     sg_plugins_free(srv.plugins);

@@ -2,6 +2,7 @@
 #include "http.h"
 #include "log.h"
 #include "plugin.h"
+#include "webhook.h"
 
 #include <errno.h>
 #include <netdb.h>
@@ -39,6 +40,14 @@ json_t *sg_server_reload(sg_server *s, const char *why)
     return report;
 }
 
+/* While stopping: leave the loop once no client and no webhook attempt is
+ * left. */
+static void on_shutdown_check(evutil_socket_t fd, short what, void *arg)
+{
+    sg_server *s = arg;
+    if (s->n_conns == 0 && sg_webhooks_in_flight(s->webhooks) == 0) event_base_loopexit(s->base, NULL);
+}
+
 void sg_server_shutdown(sg_server *s, const char *why)
 {
     if (s->shutting_down) return;
@@ -50,6 +59,7 @@ void sg_server_shutdown(sg_server *s, const char *why)
         s->listener = NULL;
     }
     sg_hub_flush_all(s->hub);
+    sg_webhooks_flush(s->webhooks); /* in-flight attempts get the timeout; the rest is kept */
     for (sg_conn *c = s->conns; c; c = c->next) {
         if (c->killed) continue;
         if (c->proto && c->proto->on_shutdown)
@@ -57,10 +67,9 @@ void sg_server_shutdown(sg_server *s, const char *why)
         else
             sg_conn_close_after_write(c);
     }
-    if (s->n_conns == 0) {
-        event_base_loopexit(s->base, NULL);
-        return;
-    }
+    s->shutdown_check = event_new(s->base, -1, EV_PERSIST, on_shutdown_check, s);
+    struct timeval tick = {0, 20000};
+    event_add(s->shutdown_check, &tick);
     s->shutdown_timer = evtimer_new(s->base, on_shutdown_timeout, s);
     struct timeval tv = {s->cfg->shutdown_timeout_ms / 1000,
                          (s->cfg->shutdown_timeout_ms % 1000) * 1000};
@@ -156,4 +165,5 @@ void sg_server_stop(sg_server *s)
     free_event(&s->sigterm_ev);
     free_event(&s->sighup_ev);
     free_event(&s->shutdown_timer);
+    free_event(&s->shutdown_check);
 }

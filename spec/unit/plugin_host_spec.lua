@@ -218,3 +218,36 @@ describe("check-plugin", function()
     assert.matches("bad.lua:3:", err)
   end)
 end)
+
+describe("webhook_formats plugin", function()
+  local host
+  setup(function() host = ph.host({ "plugins/webhook_formats.lua" }) end)
+  local ups = {
+    { conversation_id = "c1", seq = 1, category = "tool", text = "Executing search_code", metadata = {}, timestamp = "t" },
+    { conversation_id = "c1", seq = 2, category = "error", text = "timeout", metadata = { error_type = "timeout" }, timestamp = "t", source = "svc" },
+  }
+
+  it("formats a generic JSON batch", function()
+    local body = host:webhook_format("json_batch", ups)
+    local b = require("cjson").decode(body)
+    assert.equal("status.batch", b.type)
+    assert.equal(2, b.count)
+    assert.equal("timeout", b.updates[2].text)
+  end)
+
+  it("formats a chat message, one line per update", function()
+    local b = require("cjson").decode((host:webhook_format("chat", ups)))
+    assert.equal(":wrench: [c1] tool: Executing search_code\n:red_circle: [c1] error: timeout", b.text)
+  end)
+
+  it("selects errors for the monitoring forwarder and formats events", function()
+    assert.is_false(host:webhook_match("errors", ups[1]))
+    assert.is_true(host:webhook_match("errors", ups[2]))
+    local body, headers = host:webhook_format("errors", { ups[2] })
+    local b = require("cjson").decode(body)
+    assert.equal("error", b.events[1].level)
+    assert.equal("timeout", b.events[1].error_type)
+    assert.equal("svc", b.events[1].tags.source)
+    assert.equal("errors", headers["X-Statusgw-Kind"])
+  end)
+end)
