@@ -65,6 +65,40 @@ return {
   -- On SIGTERM, how long to wait for clients to take what was flushed.
   shutdown_timeout_ms = 5000,
 
+  -- Plugins: per-call limits, and each plugin's own configuration
+  -- (plugins.<name> is passed to its init).
+  plugin_memory_bytes = 16777216,
+  plugin_max_instructions = 1000000,
+  plugin_timeout_ms = 50,
+  plugin_max_failures = 5,
+  plugins = {
+    -- redact = { patterns = { "%d%d%d%-%d%d%-%d%d%d%d" }, keys = { "ssn" } },
+    -- rate_limit = { rate = 50, burst = 100, exempt = { "error", "summary" } },
+    -- summary = { interval_ms = 5000 },
+  },
+
+  -- Webhooks (Standard Webhooks: webhook-id, webhook-timestamp,
+  -- webhook-signature "v1,<HMAC-SHA256>" for every secret).
+  webhooks = {
+    -- retry schedule in seconds: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h
+    -- retry_schedule_s = { 0, 5, 300, 1800, 7200, 18000, 36000, 36000 },
+    -- dead_letter_file = "statusgw-dead-letters.jsonl",
+    endpoints = {
+      -- {
+      --   name = "monitoring",                      -- used in /admin/webhooks
+      --   url = "https://alerts.example.com/hooks/statusgw",
+      --   secrets = { "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" },  -- several while rotating
+      --   categories = { "error" },                 -- default: every category
+      --   conversations = "prod-*",                 -- glob; default: every conversation
+      --   forwarder = "errors",                     -- a plugin's webhooks entry (match + format)
+      --   batch_size = 50, batch_delay_ms = 1000,   -- send at 50 updates or after 1 s
+      --   timeout_ms = 10000, concurrency = 2,      -- per attempt; attempts at once
+      --   max_queue = 10000,                        -- past it updates go to the dead-letter file
+      --   headers = { ["X-Team"] = "ops" },
+      -- },
+    },
+  },
+
   -- Categories beyond engine, tool, workflow, progress, error, info,
   -- planning and summary, as name = "description".
   categories = {

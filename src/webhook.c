@@ -724,7 +724,7 @@ static int parse_all(sg_webhooks *wh, const sg_config *cfg, struct sg_plugins *p
         wh->dead_letters = strdup(json_string_value(dl));
     }
     json_t *eps = json_object_get(sec, "endpoints");
-    if (!eps) return 0;
+    if (!eps || (json_is_object(eps) && json_object_size(eps) == 0)) return 0; /* {} is an empty list */
     if (!json_is_array(eps)) {
         snprintf(err, errlen, "webhooks: endpoints must be a list of { name = ..., url = ..., secret = ... }");
         return -1;
