@@ -2,6 +2,7 @@
 
 #include "log.h"
 #include "ingest.h"
+#include "security.h"
 #include "plugin.h"
 #include "sse.h"
 #include "webhook.h"
@@ -51,8 +52,14 @@ static json_t *parse_json(const char *s, size_t n, sg_error *err)
 
 /* Validate and publish one update object. Returns 0 and fills res, or -1
  * with err set. */
-static int publish(sg_server *s, json_t *obj, sg_publish_result *res, sg_error *err)
+/* Publish one update for the producer holding key (NULL: open mode). */
+static int publish(sg_server *s, sg_api_key *key, json_t *obj, sg_publish_result *res, sg_error *err)
 {
+    if (key) {
+        json_t *cid = json_object_get(obj, "conversation_id");
+        const char *conv = json_is_string(cid) ? json_string_value(cid) : "system";
+        if (sg_security_may_publish(key, conv, err) < 0) return -1;
+    }
     return sg_ingest(s, obj, NULL, res, err);
 }
 
@@ -75,20 +82,25 @@ static void handle_publish(sg_conn *c, sg_req *r)
         sg_http_error(c, &err);
         return;
     }
+    sg_api_key *key;
+    if (sg_security_publisher(c->srv->security, sg_req_header(r, "authorization"), &key, &err) < 0) {
+        sg_http_error(c, &err);
+        return;
+    }
     json_t *obj = parse_json(r->body, r->body_len, &err);
     sg_publish_result res;
-    if (!obj || publish(c->srv, obj, &res, &err) < 0)
+    if (!obj || publish(c->srv, key, obj, &res, &err) < 0)
         sg_http_error(c, &err);
     else
         sg_http_json(c, 202, publish_reply(&res), NULL);
     json_decref(obj);
 }
 
-static json_t *item_result(sg_server *s, json_t *obj, int *accepted)
+static json_t *item_result(sg_server *s, sg_api_key *key, json_t *obj, int *accepted)
 {
     sg_error err;
     sg_publish_result res;
-    if (publish(s, obj, &res, &err) < 0) return sg_error_json(&err);
+    if (publish(s, key, obj, &res, &err) < 0) return sg_error_json(&err);
     (*accepted)++;
     return publish_reply(&res);
 }
@@ -96,6 +108,11 @@ static json_t *item_result(sg_server *s, json_t *obj, int *accepted)
 static void handle_bulk(sg_conn *c, sg_req *r)
 {
     sg_error err;
+    sg_api_key *key;
+    if (sg_security_publisher(c->srv->security, sg_req_header(r, "authorization"), &key, &err) < 0) {
+        sg_http_error(c, &err);
+        return;
+    }
     int ndjson = ctype_is(r, "application/x-ndjson");
     if (!ndjson && !ctype_is(r, "application/json")) {
         sg_error_set(&err, 415, "unsupported_media_type", NULL,
@@ -167,7 +184,7 @@ static void handle_bulk(sg_conn *c, sg_req *r)
         json_t *perr = json_array_get(parse_errors, i);
         json_array_append_new(results, perr && !json_is_null(perr)
                                            ? json_incref(perr)
-                                           : item_result(c->srv, json_array_get(items, i),
+                                           : item_result(c->srv, key, json_array_get(items, i),
                                                          &accepted));
     }
     json_decref(items);
@@ -193,8 +210,56 @@ static int query_uint(sg_req *r, const char *name, unsigned long long def,
     return 0;
 }
 
+/* Operators' reads (conversation list, stats): an API key or the admin
+ * key, unless nothing is configured. */
+static int may_read_all(sg_conn *c, sg_req *r)
+{
+    sg_security *sec = c->srv->security;
+    if (sg_security_open(sec)) return 1;
+    const char *auth = sg_req_header(r, "authorization");
+    sg_api_key *key;
+    sg_error err;
+    if (sg_security_has_api_keys(sec) && sg_security_publisher(sec, auth, &key, &err) == 0) return 1;
+    if (sg_security_admin(sec, auth, c->peer, &err) == 0) return 1;
+    sg_error_set(&err, 401, "unauthorized", NULL, "send an API key or the admin key as Authorization: Bearer …");
+    sg_http_error(c, &err);
+    return 0;
+}
+
+/* A conversation's history: a subscriber token that may read it, an API
+ * key whose pattern covers it, or the admin key. */
+static int may_read(sg_conn *c, sg_req *r, const char *conv)
+{
+    sg_security *sec = c->srv->security;
+    if (sg_security_open(sec)) return 1;
+    const char *auth = sg_req_header(r, "authorization");
+    char tok[4096] = "";
+    if (sg_bearer(auth, tok, sizeof(tok)) < 0) sg_req_query(r, "token", tok, sizeof(tok));
+    sg_api_key *key;
+    sg_error err, ignored;
+    if (sg_security_has_api_keys(sec) && sg_security_publisher(sec, auth, &key, &ignored) == 0) {
+        if (sg_security_may_publish(key, conv, &err) == 0 || err.status == 429) return 1;
+        sg_http_error(c, &err);
+        return 0;
+    }
+    if (sg_security_admin(sec, auth, c->peer, &ignored) == 0) return 1;
+    sg_claims cl;
+    if (sg_security_subscriber(sec, tok, &cl, &err) < 0) {
+        sg_http_error(c, &err);
+        return 0;
+    }
+    int ok = sg_claims_allow(&cl, conv);
+    sg_claims_clear(&cl);
+    if (!ok) {
+        sg_error_set(&err, 403, "forbidden", NULL, "the token does not cover conversation '%s'", conv);
+        sg_http_error(c, &err);
+    }
+    return ok;
+}
+
 static void handle_list(sg_conn *c, sg_req *r)
 {
+    if (!may_read_all(c, r)) return;
     sg_error err;
     unsigned long long limit;
     if (query_uint(r, "limit", 1000, &limit, &err) < 0) {
@@ -245,6 +310,7 @@ static void handle_history(sg_conn *c, sg_req *r, const char *id)
         sg_http_error(c, &err);
         return;
     }
+    if (!may_read(c, r, id)) return;
     sg_conv *cv = sg_hub_conv(c->srv->hub, id, strlen(id), 0, &err);
     if (!cv) {
         sg_http_error(c, &err);
@@ -327,8 +393,25 @@ void sg_api_handle(sg_conn *c, sg_req *r)
                      json_pack("{s:s}", "status", ready ? "ready" : "shutting_down"), NULL);
         return;
     }
+    const char *origin = sg_req_header(r, "origin");
+    if (origin && sg_security_has_origins(c->srv->security) &&
+        sg_security_origin_ok(c->srv->security, origin))
+        r->cors_origin = strdup(origin);
+    if (r->method == HTTP_OPTIONS) { /* CORS preflight */
+        sg_http_respond(c, 204, NULL, NULL, 0,
+                        r->cors_origin ? "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
+                                         "Access-Control-Allow-Headers: Authorization, Content-Type, "
+                                         "Last-Event-ID\r\nAccess-Control-Max-Age: 600\r\n"
+                                       : "Allow: GET, POST, OPTIONS\r\n");
+        return;
+    }
     if (c->srv->shutting_down) {
         sg_error_set(&err, 503, "shutting_down", NULL, "the gateway is shutting down");
+        sg_http_error(c, &err);
+        return;
+    }
+    if (strncmp(p, "/admin/", 7) == 0 &&
+        sg_security_admin(c->srv->security, sg_req_header(r, "authorization"), c->peer, &err) < 0) {
         sg_http_error(c, &err);
         return;
     }

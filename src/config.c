@@ -45,6 +45,9 @@ static const struct int_key int_keys[] = {
     IK("plugin_max_instructions", plugin_instructions, 1000, 2000000000),
     IK("plugin_timeout_ms", plugin_timeout_ms, 1, 60000),
     IK("plugin_max_failures", plugin_max_failures, 1, 1000000),
+    IK("max_connections", max_connections, 1, 10000000),
+    IK("max_connections_per_ip", max_connections_per_ip, 0, 10000000),
+    IK("max_channels_per_socket", max_channels_per_socket, 1, 100000),
 };
 
 /* Tables that later modules read from the same file. */
@@ -80,6 +83,9 @@ static void defaults(sg_config *c)
     c->plugin_instructions = SG_DEFAULT_PLUGIN_INSTRUCTIONS;
     c->plugin_timeout_ms = SG_DEFAULT_PLUGIN_TIMEOUT_MS;
     c->plugin_max_failures = SG_DEFAULT_PLUGIN_MAX_FAILURES;
+    c->max_connections = SG_DEFAULT_MAX_CONNECTIONS;
+    c->max_connections_per_ip = SG_DEFAULT_MAX_CONNECTIONS_PER_IP;
+    c->max_channels_per_socket = SG_DEFAULT_MAX_CHANNELS;
 }
 
 int sg_config_set_listen(sg_config *c, const char *addr)

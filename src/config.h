@@ -34,6 +34,9 @@
 #define SG_DEFAULT_PLUGIN_TIMEOUT_MS 50
 #define SG_DEFAULT_PLUGIN_MAX_FAILURES 5
 #define SG_DEFAULT_EMIT_QUEUE 10000
+#define SG_DEFAULT_MAX_CONNECTIONS 16384
+#define SG_DEFAULT_MAX_CONNECTIONS_PER_IP 0 /* 0: no per-address limit */
+#define SG_DEFAULT_MAX_CHANNELS 100
 
 #define SG_MAX_CATEGORIES 64 /* category sets are 64-bit masks */
 #define SG_MAX_CONV_ID 128
@@ -68,6 +71,9 @@ typedef struct sg_config {
     int plugin_instructions;
     int plugin_timeout_ms;
     int plugin_max_failures;
+    int max_connections;
+    int max_connections_per_ip;
+    int max_channels_per_socket;
     /* sections other modules read, as JSON (owned; NULL when absent) */
     json_t *plugins;  /* plugins.<name> = config passed to init() */
     json_t *webhooks;

@@ -1,10 +1,13 @@
 #include "http.h"
 
 #include "api.h"
+#include "dict.h"
 #include "log.h"
 
 #include <ctype.h>
 #include <limits.h>
+#include <stdint.h>
+#include <sys/socket.h>
 #include <event2/buffer.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +24,7 @@ static void req_reset(sg_req *r)
         free(r->headers[i].value);
     }
     free(r->body);
+    free(r->cors_origin);
     memset(r, 0, sizeof(*r));
 }
 
@@ -239,10 +243,14 @@ void sg_http_respond(sg_conn *c, int status, const char *ctype, const char *body
     int keep = c->req.keep_alive && !c->srv->shutting_down;
     evbuffer_add_printf(out,
                         "HTTP/1.1 %d %s\r\nServer: statusgw\r\nContent-Length: %zu\r\n"
-                        "%s%s%s%s%s\r\n",
+                        "%s%s%s%s%s",
                         status, sg_http_reason(status), len, ctype ? "Content-Type: " : "",
                         ctype ? ctype : "", ctype ? "\r\n" : "",
                         keep ? "" : "Connection: close\r\n", extra ? extra : "");
+    if (c->req.cors_origin)
+        evbuffer_add_printf(out, "Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n",
+                            c->req.cors_origin);
+    evbuffer_add(out, "\r\n", 2);
     if (len) evbuffer_add(out, body, len);
     if (!keep) sg_conn_close_after_write(c);
 }
@@ -277,6 +285,13 @@ void sg_http_reap(sg_conn *c)
     if (c->prev) c->prev->next = c->next; else s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     s->n_conns--;
+    if (s->per_ip) {
+        intptr_t n = (intptr_t)sg_dict_get(s->per_ip, c->peer, strlen(c->peer));
+        if (n <= 1)
+            sg_dict_del(s->per_ip, c->peer, strlen(c->peer));
+        else
+            sg_dict_set(s->per_ip, c->peer, strlen(c->peer), (void *)(n - 1));
+    }
     req_reset(&c->req);
     bufferevent_free(c->bev);
     c->bev = NULL;
@@ -417,8 +432,48 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 }
 
 /* A new connection from the listener. */
+/* Answer a connection over a limit in one write and close it. */
+static void refuse_connection(evutil_socket_t fd, int status, const char *code, const char *msg)
+{
+    char buf[512];
+    char body[300];
+    int bl = snprintf(body, sizeof(body), "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n", code, msg);
+    int n = snprintf(buf, sizeof(buf),
+                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                     "Retry-After: 1\r\nConnection: close\r\n\r\n%s",
+                     status, sg_http_reason(status), bl, body);
+    if (send(fd, buf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) { /* best effort */
+    }
+    evutil_closesocket(fd);
+}
+
 void sg_http_accept(sg_server *s, evutil_socket_t fd, struct sockaddr *sa, int salen)
 {
+    char peer[64];
+    evutil_inet_ntop(sa->sa_family,
+                     sa->sa_family == AF_INET6 ? (void *)&((struct sockaddr_in6 *)sa)->sin6_addr
+                                               : (void *)&((struct sockaddr_in *)sa)->sin_addr,
+                     peer, sizeof(peer));
+    if (s->n_conns >= s->cfg->max_connections) {
+        s->refused_connections++;
+        sg_log(SG_LOG_WARN, "connection_refused", "peer=%s reason=max_connections limit=%d", peer,
+               s->cfg->max_connections);
+        refuse_connection(fd, 503, "too_many_connections", "the gateway is at its connection limit");
+        return;
+    }
+    intptr_t mine = 0;
+    if (s->cfg->max_connections_per_ip > 0) {
+        if (!s->per_ip) s->per_ip = sg_dict_new();
+        mine = (intptr_t)sg_dict_get(s->per_ip, peer, strlen(peer));
+        if (mine >= s->cfg->max_connections_per_ip) {
+            s->refused_per_ip++;
+            sg_log(SG_LOG_WARN, "connection_refused", "peer=%s reason=max_connections_per_ip limit=%d",
+                   peer, s->cfg->max_connections_per_ip);
+            refuse_connection(fd, 429, "too_many_connections_from_address",
+                              "this address has too many connections open");
+            return;
+        }
+    }
     sg_conn *c = calloc(1, sizeof(*c));
     struct bufferevent *bev = c ? bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE) : NULL;
     if (!bev) {
@@ -431,10 +486,8 @@ void sg_http_accept(sg_server *s, evutil_socket_t fd, struct sockaddr *sa, int s
     c->bev = bev;
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
-    evutil_inet_ntop(sa->sa_family,
-                     sa->sa_family == AF_INET6 ? (void *)&((struct sockaddr_in6 *)sa)->sin6_addr
-                                               : (void *)&((struct sockaddr_in *)sa)->sin_addr,
-                     c->peer, sizeof(c->peer));
+    memcpy(c->peer, peer, sizeof(c->peer));
+    if (s->per_ip) sg_dict_set(s->per_ip, peer, strlen(peer), (void *)(mine + 1));
     c->next = s->conns;
     if (s->conns) s->conns->prev = c;
     s->conns = c;

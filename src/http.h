@@ -21,6 +21,8 @@ typedef struct sg_conn sg_conn;
 struct sg_plugins;
 struct sg_ingest_queue;
 struct sg_webhooks;
+struct sg_security;
+struct sg_dict;
 
 typedef struct sg_header {
     char *name; /* lower-cased */
@@ -40,6 +42,7 @@ typedef struct sg_req {
     char *body;
     size_t body_len, body_cap;
     int keep_alive;
+    char *cors_origin; /* echoed in Access-Control-Allow-Origin, or NULL */
 } sg_req;
 
 enum sg_conn_mode { SG_CONN_HTTP, SG_CONN_SSE, SG_CONN_WS };
@@ -78,6 +81,9 @@ struct sg_server {
     struct sg_plugins *plugins;
     struct sg_ingest_queue *ingest;
     struct sg_webhooks *webhooks;
+    struct sg_security *security;
+    struct sg_dict *per_ip; /* peer address -> open connections (int in the pointer) */
+    uint64_t refused_connections, refused_per_ip;
     struct evconnlistener *listener;
     sg_conn *conns;
     int n_conns;

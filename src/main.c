@@ -2,8 +2,10 @@
 #include "config.h"
 #include "http.h"
 #include "hub.h"
+#include "dict.h"
 #include "ingest.h"
 #include "plugin.h"
+#include "security.h"
 #include "webhook.h"
 #include "log.h"
 #include "status.h"
@@ -117,7 +119,15 @@ int main(int argc, char **argv)
         sg_config_free(&cfg);
         return 2;
     }
+    sg_security *sec = sg_security_new(&cfg, err, sizeof(err));
+    if (!sec) {
+        fprintf(stderr, "statusgw: bad config: %s\n", err);
+        sg_categories_free();
+        sg_config_free(&cfg);
+        return 2;
+    }
     if (check_only) {
+        sg_security_free(sec);
         if (sg_webhooks_check(&cfg, err, sizeof(err)) < 0) {
             fprintf(stderr, "statusgw: bad config: %s\n", err);
             sg_categories_free();
@@ -129,9 +139,28 @@ int main(int argc, char **argv)
         return 0;
     }
 
+    if (sg_security_open(sec)) {
+        /* nothing to check credentials against: stay where only this host reaches */
+        if (strcmp(cfg.listen_host, "127.0.0.1") != 0 && strcmp(cfg.listen_host, "::1") != 0 &&
+            strcmp(cfg.listen_host, "localhost") != 0) {
+            sg_log(SG_LOG_WARN, "insecure_listen_refused",
+                   "requested=%s:%d listen=127.0.0.1:%d reason=\"no api_keys or jwt_secret configured\"",
+                   cfg.listen_host, cfg.listen_port, cfg.listen_port);
+            free(cfg.listen_host);
+            cfg.listen_host = strdup("127.0.0.1");
+        }
+        sg_log(SG_LOG_WARN, "open_mode",
+               "auth=none listen=loopback msg=\"set security.api_keys and security.jwt_secret to expose the gateway\"");
+    } else {
+        if (!sg_security_has_api_keys(sec))
+            sg_log(SG_LOG_WARN, "open_publishing", "msg=\"no security.api_keys: anyone who reaches the port may publish\"");
+        if (!sg_security_has_jwt(sec))
+            sg_log(SG_LOG_WARN, "open_subscribing", "msg=\"no security.jwt_secret: anyone who reaches the port may subscribe\"");
+    }
     int rc = 0;
     sg_server srv = {0};
     srv.cfg = &cfg;
+    srv.security = sec;
     srv.base = event_base_new();
     srv.store = sg_store_memory_new(cfg.history_size);
     srv.hub = srv.base && srv.store ? sg_hub_new(srv.base, &cfg, srv.store) : NULL;
@@ -169,6 +198,8 @@ done:
     sg_ingest_free(&srv);
     sg_hub_free(srv.hub);
     sg_plugins_free(srv.plugins);
+    sg_security_free(srv.security);
+    sg_dict_free(srv.per_ip);
     if (srv.store) srv.store->ops->free(srv.store);
     if (srv.base) event_base_free(srv.base);
     sg_categories_free();

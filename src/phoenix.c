@@ -9,7 +9,6 @@
 #define PHX_MAX_LISTED_CATEGORIES 10 /* per join or change request */
 #define PHX_RATE_LIMIT 30            /* category / filter changes ... */
 #define PHX_RATE_WINDOW_MS 60000     /* ... per this window */
-#define PHX_MAX_CHANNELS 100         /* topics joined on one socket */
 
 enum { V_BATCH = 1, V_WILDCARD = 2 };
 
@@ -313,10 +312,15 @@ static void handle_join(sg_phx *p, json_t *jr, json_t *ref, const char *topic, j
                         "conversation ids are 1-128 characters of [A-Za-z0-9._:@-]"));
         return;
     }
+    if (!sg_ws_may_join(p->ws, id)) {
+        sg_log(SG_LOG_INFO, "join_unauthorized", "peer=%s topic=%s", sg_ws_peer(p->ws), sg_log_q(topic));
+        reply_error(p, jr, ref, topic, "unauthorized");
+        return;
+    }
     phx_chan *old = find_chan(p, topic);
-    if (!old && p->n_chans >= PHX_MAX_CHANNELS) {
-        reply(p, jr, ref, topic, 0,
-              json_pack("{s:s, s:i}", "reason", "too_many_channels", "max", PHX_MAX_CHANNELS));
+    int max = srv->cfg->max_channels_per_socket;
+    if (!old && p->n_chans >= max) {
+        reply(p, jr, ref, topic, 0, json_pack("{s:s, s:i}", "reason", "too_many_channels", "max", max));
         return;
     }
 

@@ -2,6 +2,7 @@
 
 #include "log.h"
 #include "phoenix.h"
+#include "security.h"
 
 #include <ctype.h>
 #include <event2/buffer.h>
@@ -22,6 +23,7 @@ struct sg_ws {
     sg_phx *phx;
     int close_sent; /* a close frame is out: nothing more may be written */
     char *token;
+    sg_claims claims;
 };
 
 sg_server *sg_ws_server(const sg_ws *ws)
@@ -37,6 +39,11 @@ const char *sg_ws_peer(const sg_ws *ws)
 const char *sg_ws_token(const sg_ws *ws)
 {
     return ws->token;
+}
+
+int sg_ws_may_join(const sg_ws *ws, const char *conv)
+{
+    return sg_claims_allow(&ws->claims, conv);
 }
 
 size_t sg_ws_text_header(uint8_t *h, size_t len)
@@ -174,6 +181,7 @@ static void ws_on_close(sg_conn *c)
     if (!ws) return;
     sg_phx_free(ws->phx);
     wslay_event_context_free(ws->ctx);
+    sg_claims_clear(&ws->claims);
     free(ws->token);
     free(ws);
     c->proto_data = NULL;
@@ -302,6 +310,11 @@ void sg_ws_upgrade(sg_conn *c, sg_req *r)
                NULL);
         return;
     }
+    if (!sg_security_origin_ok(c->srv->security, sg_req_header(r, "origin"))) {
+        sg_security_stats_of(c->srv->security)->origin_denied++;
+        refuse(c, 403, "origin_not_allowed", "this Origin is not in security.allowed_origins", NULL);
+        return;
+    }
 
     sg_ws *ws = calloc(1, sizeof(*ws));
     if (!ws) {
@@ -314,10 +327,18 @@ void sg_ws_upgrade(sg_conn *c, sg_req *r)
         ws->token = strdup(tok);
     else
         ws->token = subprotocol_token(protocols);
+    sg_error aerr;
+    if (sg_security_subscriber(c->srv->security, ws->token, &ws->claims, &aerr) < 0) {
+        free(ws->token);
+        free(ws);
+        refuse(c, 401, aerr.code, aerr.message, NULL);
+        return;
+    }
 
     static const struct wslay_event_callbacks cbs = {on_recv, on_send, NULL, NULL, NULL, NULL,
                                                      on_msg};
     if (wslay_event_context_server_init(&ws->ctx, &cbs, ws) != 0) {
+        sg_claims_clear(&ws->claims);
         free(ws->token);
         free(ws);
         refuse(c, 503, "out_of_memory", "the gateway is out of memory", NULL);

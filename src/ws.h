@@ -44,5 +44,8 @@ sg_server *sg_ws_server(const sg_ws *ws);
 const char *sg_ws_peer(const sg_ws *ws);
 /* The bearer token the client offered (socket params or subprotocol). */
 const char *sg_ws_token(const sg_ws *ws);
+/* Whether the socket's token lets it join conversation conv ("*" and
+ * "system" included). */
+int sg_ws_may_join(const sg_ws *ws, const char *conv);
 
 #endif

@@ -31,7 +31,7 @@ function luaValue(v) {
 }
 
 // Start a gateway; resolves once /healthz answers. port: reuse one (restart).
-export async function start(config = {}, port) {
+export async function start(config = {}, port, { host = "127.0.0.1" } = {}) {
   port = port || (await freePort());
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "statusgw-"));
   const cfg = path.join(dir, "statusgw.lua");
@@ -41,7 +41,7 @@ export async function start(config = {}, port) {
   }
   fs.writeFileSync(cfg, "return {\n" + Object.entries(config).map(([k, v]) => `  ${k} = ${luaValue(v)},`).join("\n") + "\n}\n");
   const log = fs.openSync(path.join(dir, "statusgw.log"), "a");
-  const proc = spawn(BIN, ["--config", cfg, "--listen", `127.0.0.1:${port}`], { stdio: ["ignore", "ignore", log] });
+  const proc = spawn(BIN, ["--config", cfg, "--listen", `${host}:${port}`], { stdio: ["ignore", "ignore", log] });
   const exited = new Promise((resolve) => proc.on("exit", (code, signal) => resolve(code ?? signal)));
   const gw = { port, dir, proc, exited, url: `http://127.0.0.1:${port}`, config };
   const deadline = Date.now() + 10000;

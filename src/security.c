@@ -1,0 +1,347 @@
+#include "security.h"
+
+#include "hub.h"
+#include "log.h"
+
+#include <errno.h>
+#include <fnmatch.h>
+#include <jwt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+struct sg_api_key {
+    char *key;
+    char *name;
+    char *pattern; /* NULL: any conversation */
+    double rate, burst, tokens; /* rate 0: unlimited */
+    int64_t last_ms;
+};
+
+struct sg_security {
+    sg_api_key *keys;
+    int n_keys;
+    unsigned char *jwt_secret;
+    size_t jwt_secret_len;
+    int leeway_s;
+    char *admin_key;
+    char **origins;
+    int n_origins;
+    sg_security_stats stats;
+};
+
+static int ct_equal(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    unsigned char d = (unsigned char)(la != lb);
+    for (size_t i = 0; i < la && i < lb; i++)
+        d |= (unsigned char)(a[i] ^ b[i]);
+    return d == 0;
+}
+
+sg_security *sg_security_new(const sg_config *cfg, char *err, size_t errlen)
+{
+    sg_security *s = calloc(1, sizeof(*s));
+    s->leeway_s = 30;
+    json_t *sec = cfg->security;
+    if (!sec) return s;
+    const char *k;
+    json_t *v;
+    json_object_foreach(sec, k, v)
+    {
+        if (strcmp(k, "api_keys") == 0) {
+            if (json_is_object(v) && json_object_size(v) == 0) continue;
+            if (!json_is_array(v)) {
+                snprintf(err, errlen, "security.api_keys must be a list of keys or { key = ..., conversations = ..., rate = ... }");
+                goto fail;
+            }
+            s->keys = calloc(json_array_size(v) + 1, sizeof(sg_api_key));
+            size_t i;
+            json_t *e;
+            json_array_foreach(v, i, e)
+            {
+                sg_api_key *ak = &s->keys[s->n_keys++];
+                json_t *key = json_is_string(e) ? e : json_object_get(e, "key");
+                if (!json_is_string(key) || json_string_length(key) < 16) {
+                    snprintf(err, errlen, "security.api_keys[%zu]: a key must be a string of at least 16 characters", i + 1);
+                    goto fail;
+                }
+                ak->key = strdup(json_string_value(key));
+                json_t *name = json_object_get(e, "name"), *pat = json_object_get(e, "conversations");
+                json_t *rate = json_object_get(e, "rate"), *burst = json_object_get(e, "burst");
+                char def[32];
+                snprintf(def, sizeof(def), "key-%zu", i + 1);
+                ak->name = strdup(json_is_string(name) ? json_string_value(name) : def);
+                if (pat && !json_is_string(pat)) {
+                    snprintf(err, errlen, "security.api_keys[%zu]: conversations must be a glob pattern", i + 1);
+                    goto fail;
+                }
+                ak->pattern = pat ? strdup(json_string_value(pat)) : NULL;
+                if ((rate && (!json_is_number(rate) || json_number_value(rate) <= 0)) ||
+                    (burst && (!json_is_number(burst) || json_number_value(burst) < 1))) {
+                    snprintf(err, errlen, "security.api_keys[%zu]: rate must be > 0 and burst >= 1", i + 1);
+                    goto fail;
+                }
+                ak->rate = rate ? json_number_value(rate) : 0;
+                ak->burst = burst ? json_number_value(burst) : (ak->rate > 0 ? ak->rate * 2 : 0);
+                if (ak->burst < 1 && ak->rate > 0) ak->burst = 1;
+                ak->tokens = ak->burst;
+            }
+        } else if (strcmp(k, "jwt_secret") == 0) {
+            if (!json_is_string(v) || json_string_length(v) < 32) {
+                snprintf(err, errlen, "security.jwt_secret must be a string of at least 32 bytes");
+                goto fail;
+            }
+            s->jwt_secret_len = json_string_length(v);
+            s->jwt_secret = (unsigned char *)strdup(json_string_value(v));
+        } else if (strcmp(k, "jwt_leeway_s") == 0) {
+            if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 3600) {
+                snprintf(err, errlen, "security.jwt_leeway_s must be 0 to 3600");
+                goto fail;
+            }
+            s->leeway_s = (int)json_integer_value(v);
+        } else if (strcmp(k, "admin_key") == 0) {
+            if (!json_is_string(v) || json_string_length(v) < 16) {
+                snprintf(err, errlen, "security.admin_key must be a string of at least 16 characters");
+                goto fail;
+            }
+            s->admin_key = strdup(json_string_value(v));
+        } else if (strcmp(k, "allowed_origins") == 0) {
+            if (json_is_object(v) && json_object_size(v) == 0) continue;
+            if (!json_is_array(v)) {
+                snprintf(err, errlen, "security.allowed_origins must be a list like { \"https://app.example.com\" }");
+                goto fail;
+            }
+            s->origins = calloc(json_array_size(v) + 1, sizeof(char *));
+            size_t i;
+            json_t *o;
+            json_array_foreach(v, i, o)
+            {
+                if (!json_is_string(o)) {
+                    snprintf(err, errlen, "security.allowed_origins: every entry is a string");
+                    goto fail;
+                }
+                s->origins[s->n_origins++] = strdup(json_string_value(o));
+            }
+        } else {
+            snprintf(err, errlen, "security: unknown key '%s' (api_keys, jwt_secret, jwt_leeway_s, admin_key, allowed_origins)", k);
+            goto fail;
+        }
+    }
+    return s;
+fail:
+    sg_security_free(s);
+    return NULL;
+}
+
+void sg_security_free(sg_security *s)
+{
+    if (!s) return;
+    for (int i = 0; i < s->n_keys; i++) {
+        free(s->keys[i].key);
+        free(s->keys[i].name);
+        free(s->keys[i].pattern);
+    }
+    free(s->keys);
+    free(s->jwt_secret);
+    free(s->admin_key);
+    for (int i = 0; i < s->n_origins; i++)
+        free(s->origins[i]);
+    free(s->origins);
+    free(s);
+}
+
+int sg_security_open(const sg_security *s)
+{
+    return s->n_keys == 0 && !s->jwt_secret;
+}
+
+int sg_security_has_api_keys(const sg_security *s)
+{
+    return s->n_keys > 0;
+}
+
+int sg_security_has_jwt(const sg_security *s)
+{
+    return s->jwt_secret != NULL;
+}
+
+sg_security_stats *sg_security_stats_of(sg_security *s)
+{
+    return &s->stats;
+}
+
+int sg_bearer(const char *auth, char *out, size_t outlen)
+{
+    if (!auth || strncasecmp(auth, "Bearer ", 7) != 0) return -1;
+    const char *t = auth + 7;
+    while (*t == ' ')
+        t++;
+    size_t n = strcspn(t, " \t\r\n");
+    if (n == 0 || n >= outlen) return -1;
+    memcpy(out, t, n);
+    out[n] = 0;
+    return 0;
+}
+
+int sg_security_publisher(sg_security *s, const char *auth, sg_api_key **key, sg_error *err)
+{
+    *key = NULL;
+    if (s->n_keys == 0) return 0;
+    char tok[512];
+    if (sg_bearer(auth, tok, sizeof(tok)) < 0) {
+        s->stats.publisher_denied++;
+        sg_error_set(err, 401, "unauthorized", NULL, "send your API key as Authorization: Bearer <key>");
+        return -1;
+    }
+    for (int i = 0; i < s->n_keys; i++)
+        if (ct_equal(tok, s->keys[i].key)) {
+            *key = &s->keys[i];
+            return 0;
+        }
+    s->stats.publisher_denied++;
+    sg_error_set(err, 401, "unauthorized", NULL, "the API key is not valid");
+    return -1;
+}
+
+const char *sg_api_key_name(const sg_api_key *key)
+{
+    return key ? key->name : "-";
+}
+
+int sg_security_may_publish(sg_api_key *k, const char *conv, sg_error *err)
+{
+    if (!k) return 0;
+    if (k->pattern && fnmatch(k->pattern, conv, 0) != 0) {
+        sg_error_set(err, 403, "forbidden", "conversation_id",
+                     "the key '%s' may not publish to conversation '%s'", k->name, conv);
+        return -1;
+    }
+    if (k->rate > 0) {
+        int64_t now = sg_mono_ms();
+        if (k->last_ms) k->tokens += (now - k->last_ms) * k->rate / 1000.0;
+        if (k->tokens > k->burst) k->tokens = k->burst;
+        k->last_ms = now;
+        if (k->tokens < 1) {
+            sg_error_set(err, 429, "rate_limited", NULL, "the key '%s' is over its rate of %g updates/s",
+                         k->name, k->rate);
+            return -1;
+        }
+        k->tokens -= 1;
+    }
+    return 0;
+}
+
+static int loopback(const char *peer)
+{
+    return strncmp(peer, "127.", 4) == 0 || strcmp(peer, "::1") == 0;
+}
+
+int sg_security_admin(sg_security *s, const char *auth, const char *peer, sg_error *err)
+{
+    if (!s->admin_key) {
+        if (loopback(peer)) return 0;
+        s->stats.admin_denied++;
+        sg_error_set(err, 403, "forbidden", NULL,
+                     "admin endpoints answer loopback only until security.admin_key is set");
+        return -1;
+    }
+    char tok[512];
+    if (sg_bearer(auth, tok, sizeof(tok)) < 0 || !ct_equal(tok, s->admin_key)) {
+        s->stats.admin_denied++;
+        sg_error_set(err, 401, "unauthorized", NULL, "admin endpoints need Authorization: Bearer <admin key>");
+        return -1;
+    }
+    return 0;
+}
+
+int sg_security_subscriber(sg_security *s, const char *token, sg_claims *c, sg_error *err)
+{
+    memset(c, 0, sizeof(*c));
+    if (!s->jwt_secret) {
+        c->admin = 1; /* open: every conversation */
+        snprintf(c->sub, sizeof(c->sub), "anonymous");
+        return 0;
+    }
+    if (!token || !*token) {
+        s->stats.subscriber_denied++;
+        sg_error_set(err, 401, "unauthorized", "token", "a token is required (?token=… or Authorization: Bearer …)");
+        return -1;
+    }
+    jwt_t *jwt = NULL;
+    const char *why = NULL;
+    if (jwt_decode(&jwt, token, s->jwt_secret, (int)s->jwt_secret_len) != 0 || !jwt) {
+        why = "the token is malformed or its signature is wrong";
+    } else if (jwt_get_alg(jwt) != JWT_ALG_HS256) {
+        why = "the token must be signed with HS256";
+    } else {
+        errno = 0;
+        long exp = jwt_get_grant_int(jwt, "exp");
+        time_t now = time(NULL);
+        if (errno == ENOENT) {
+            why = "the token has no exp claim";
+        } else if (exp + s->leeway_s < now) {
+            why = "the token has expired";
+        } else {
+            errno = 0;
+            long nbf = jwt_get_grant_int(jwt, "nbf");
+            if (errno != ENOENT && nbf - s->leeway_s > now) why = "the token is not valid yet";
+        }
+    }
+    if (!why) {
+        const char *sub = jwt_get_grant(jwt, "sub");
+        snprintf(c->sub, sizeof(c->sub), "%s", sub ? sub : "-");
+        errno = 0;
+        c->admin = jwt_get_grant_bool(jwt, "admin") == 1;
+        char *convs = jwt_get_grants_json(jwt, "conversations");
+        json_t *arr = convs ? json_loads(convs, 0, NULL) : NULL;
+        free(convs);
+        if (arr && !json_is_array(arr)) {
+            json_decref(arr);
+            arr = NULL;
+        }
+        c->conversations = arr ? arr : json_array();
+    }
+    jwt_free(jwt);
+    if (why) {
+        s->stats.subscriber_denied++;
+        sg_error_set(err, 401, "unauthorized", "token", "%s", why);
+        return -1;
+    }
+    return 0;
+}
+
+int sg_claims_allow(const sg_claims *c, const char *conv)
+{
+    if (c->admin) return 1;
+    if (strcmp(conv, "*") == 0 || strcmp(conv, "system") == 0) return 0;
+    size_t i;
+    json_t *p;
+    json_array_foreach(c->conversations, i, p)
+    {
+        const char *pat = json_string_value(p);
+        if (pat && fnmatch(pat, conv, 0) == 0) return 1;
+    }
+    return 0;
+}
+
+void sg_claims_clear(sg_claims *c)
+{
+    json_decref(c->conversations);
+    c->conversations = NULL;
+}
+
+int sg_security_origin_ok(const sg_security *s, const char *origin)
+{
+    if (s->n_origins == 0 || !origin) return 1;
+    for (int i = 0; i < s->n_origins; i++)
+        if (strcmp(s->origins[i], "*") == 0 || strcasecmp(s->origins[i], origin) == 0) return 1;
+    return 0;
+}
+
+int sg_security_has_origins(const sg_security *s)
+{
+    return s->n_origins > 0;
+}

@@ -1,0 +1,68 @@
+/* Who may do what (DESIGN §7, issue "security"): publisher API keys with
+ * conversation patterns and rates, HS256 JWTs for subscribers whose claims
+ * name the conversations they may join, an admin key, and the Origin
+ * allow-list. With nothing configured everything is open and the gateway
+ * stays on loopback. */
+#ifndef SG_SECURITY_H
+#define SG_SECURITY_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "status.h"
+
+typedef struct sg_security sg_security;
+typedef struct sg_api_key sg_api_key;
+
+typedef struct sg_claims {
+    char sub[128];
+    json_t *conversations; /* array of ids and glob patterns; NULL: all (open mode) */
+    int admin;
+} sg_claims;
+
+/* Parse cfg->security. NULL with a sentence in err when it is invalid. */
+sg_security *sg_security_new(const sg_config *cfg, char *err, size_t errlen);
+void sg_security_free(sg_security *s);
+
+/* Nothing configured: publishers and subscribers need no credentials. */
+int sg_security_open(const sg_security *s);
+int sg_security_has_api_keys(const sg_security *s);
+int sg_security_has_jwt(const sg_security *s);
+
+/* The bearer token of an "Authorization: Bearer …" value, copied into out;
+ * -1 when there is none. */
+int sg_bearer(const char *authorization, char *out, size_t outlen);
+
+/* A publisher's key from its Authorization header. 0 with *key set (NULL
+ * when no keys are configured), or -1 with err (401). */
+int sg_security_publisher(sg_security *s, const char *authorization, sg_api_key **key, sg_error *err);
+/* May this key publish to conv now? -1 with err 403 (pattern) or 429
+ * (rate; one token taken otherwise). */
+int sg_security_may_publish(sg_api_key *key, const char *conv, sg_error *err);
+const char *sg_api_key_name(const sg_api_key *key);
+
+/* Admin endpoints: the admin key, or, when none is configured, a loopback
+ * peer. -1 with err 401/403. */
+int sg_security_admin(sg_security *s, const char *authorization, const char *peer, sg_error *err);
+
+/* Verify a subscriber token (NULL or "" when none was sent). 0 with claims
+ * filled (open mode: all allowed), or -1 with err 401. The caller frees
+ * claims with sg_claims_clear. */
+int sg_security_subscriber(sg_security *s, const char *token, sg_claims *claims, sg_error *err);
+/* May these claims read topic conv ("*" and "system" need admin)? */
+int sg_claims_allow(const sg_claims *c, const char *conv);
+void sg_claims_clear(sg_claims *c);
+
+/* Origin allow-list for WebSocket, SSE and CORS: 1 when origin (NULL when
+ * the request had none) may proceed. */
+int sg_security_origin_ok(const sg_security *s, const char *origin);
+/* Whether an allow-list is configured (CORS headers are sent then). */
+int sg_security_has_origins(const sg_security *s);
+
+typedef struct sg_security_stats {
+    uint64_t publisher_denied, subscriber_denied, admin_denied, origin_denied, rate_limited;
+} sg_security_stats;
+sg_security_stats *sg_security_stats_of(sg_security *s);
+
+#endif
