@@ -99,6 +99,33 @@ return {
     },
   },
 
+  -- Connection limits. max_connections_per_ip = 0 means no per-address limit.
+  max_connections = 16384,
+  max_connections_per_ip = 0,
+  max_channels_per_socket = 100,
+
+  -- Who may do what. With neither api_keys nor jwt_secret set, everything is
+  -- open and the gateway binds loopback only (and says so in its log).
+  security = {
+    -- Publishers send Authorization: Bearer <key>; a key may be limited to
+    -- a conversation pattern (glob) and a rate (updates/s, token bucket).
+    api_keys = {
+      -- { key = "pk_live_change_me_0123456789", name = "tool-executor", conversations = "conv-*", rate = 200, burst = 400 },
+    },
+    -- Subscribers present HS256 JWTs (?token=, phoenix.js authToken, or
+    -- Authorization for SSE) with exp, sub, conversations = {"conv-*", …}
+    -- and admin = true for status:* and status:system.
+    -- jwt_secret = "at least 32 bytes of secret, change me",
+    -- jwt_leeway_s = 30,
+    -- /admin/* needs Authorization: Bearer <admin_key> (without one: loopback only).
+    -- admin_key = "admin_change_me_0123456789",
+    -- Browser origins allowed to open WebSockets and event streams, and to
+    -- call the HTTP API (CORS). Empty: any origin.
+    allowed_origins = {
+      -- "https://app.example.com",
+    },
+  },
+
   -- Categories beyond engine, tool, workflow, progress, error, info,
   -- planning and summary, as name = "description".
   categories = {

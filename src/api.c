@@ -2,6 +2,7 @@
 
 #include "log.h"
 #include "ingest.h"
+#include "metrics.h"
 #include "security.h"
 #include "plugin.h"
 #include "sse.h"
@@ -55,12 +56,25 @@ static json_t *parse_json(const char *s, size_t n, sg_error *err)
 /* Publish one update for the producer holding key (NULL: open mode). */
 static int publish(sg_server *s, sg_api_key *key, json_t *obj, sg_publish_result *res, sg_error *err)
 {
+    sg_metrics_received(1);
+    int rc = 0;
     if (key) {
         json_t *cid = json_object_get(obj, "conversation_id");
         const char *conv = json_is_string(cid) ? json_string_value(cid) : "system";
-        if (sg_security_may_publish(key, conv, err) < 0) return -1;
+        rc = sg_security_may_publish(key, conv, err);
     }
-    return sg_ingest(s, obj, NULL, res, err);
+    if (rc == 0) rc = sg_ingest(s, obj, NULL, res, err);
+    if (rc < 0) sg_metrics_rejected(err->code);
+    else if (res->dropped) sg_metrics_dropped();
+    return rc;
+}
+
+/* A publish refused as a whole request (auth, media type, JSON). */
+static void refuse_publish(sg_conn *c, const sg_error *err)
+{
+    sg_metrics_received(1);
+    sg_metrics_rejected(err->code);
+    sg_http_error(c, err);
 }
 
 static json_t *publish_reply(const sg_publish_result *res)
@@ -79,17 +93,19 @@ static void handle_publish(sg_conn *c, sg_req *r)
     if (!ctype_is(r, "application/json")) {
         sg_error_set(&err, 415, "unsupported_media_type", NULL,
                      "send the update as Content-Type: application/json");
-        sg_http_error(c, &err);
+        refuse_publish(c, &err);
         return;
     }
     sg_api_key *key;
     if (sg_security_publisher(c->srv->security, sg_req_header(r, "authorization"), &key, &err) < 0) {
-        sg_http_error(c, &err);
+        refuse_publish(c, &err);
         return;
     }
     json_t *obj = parse_json(r->body, r->body_len, &err);
     sg_publish_result res;
-    if (!obj || publish(c->srv, key, obj, &res, &err) < 0)
+    if (!obj)
+        refuse_publish(c, &err);
+    else if (publish(c->srv, key, obj, &res, &err) < 0)
         sg_http_error(c, &err);
     else
         sg_http_json(c, 202, publish_reply(&res), NULL);
@@ -425,6 +441,20 @@ void sg_api_handle(sg_conn *c, sg_req *r)
         if (get) handle_list(c, r); else method_not_allowed(c, "GET");
     } else if (strncmp(p, PREFIX_CONV, strlen(PREFIX_CONV)) == 0) {
         handle_conversation(c, r);
+    } else if (strcmp(p, "/metrics") == 0) {
+        if (!get) {
+            method_not_allowed(c, "GET");
+            return;
+        }
+        struct evbuffer *b = evbuffer_new();
+        sg_metrics_render(c->srv, b);
+        size_t len = evbuffer_get_length(b);
+        sg_http_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8",
+                        (const char *)evbuffer_pullup(b, -1), len, NULL);
+        evbuffer_free(b);
+    } else if (strcmp(p, "/api/v1/stats") == 0) {
+        if (!get) method_not_allowed(c, "GET");
+        else if (may_read_all(c, r)) sg_http_json(c, 200, sg_stats_json(c->srv), NULL);
     } else if (strcmp(p, "/admin/plugins") == 0) {
         if (get) sg_http_json(c, 200, sg_plugins_admin(c->srv->plugins), NULL);
         else method_not_allowed(c, "GET");

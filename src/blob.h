@@ -8,7 +8,8 @@
 
 typedef struct sg_blob {
     int refcnt;
-    size_t len; /* bytes used */
+    int n_updates; /* updates the frame carries, for delivery counts */
+    size_t len;    /* bytes used */
     size_t cap;
     char data[];
 } sg_blob;
@@ -19,6 +20,7 @@ static inline sg_blob *sg_blob_new(size_t cap)
     sg_blob *b = malloc(sizeof(*b) + cap);
     if (!b) return NULL;
     b->refcnt = 1;
+    b->n_updates = 0;
     b->len = 0;
     b->cap = cap;
     return b;

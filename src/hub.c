@@ -118,6 +118,24 @@ static void deliver_group(sg_group *g, sg_conv *c, sg_update **ups, int n, json_
     sg_blob_unref(b);
 }
 
+const double sg_batch_bounds[SG_BATCH_BUCKETS - 1] = {1, 2, 5, 10, 20, 50, 100};
+const double sg_latency_bounds[SG_LATENCY_BUCKETS - 1] = {.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1};
+
+static void observe(uint64_t *hist, const double *bounds, int nb, double v)
+{
+    int i = 0;
+    while (i < nb - 1 && v > bounds[i])
+        i++;
+    hist[i]++;
+}
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
+}
+
 /* Hand every queued update of c to its subscribers, oldest first. */
 static void conv_flush(sg_hub *h, sg_conv *c)
 {
@@ -133,7 +151,14 @@ static void conv_flush(sg_hub *h, sg_conv *c)
     for (int i = 0; i < n; i++)
         json_decref(decoded[i]);
     c->flushed_seq = c->queue[n - 1]->seq;
+    uint64_t now = mono_ns();
+    observe(h->stats.batch_hist, sg_batch_bounds, SG_BATCH_BUCKETS, n);
+    h->stats.batch_sum += n;
     for (int i = 0; i < n; i++) {
+        double lat = (now - c->queue[i]->recv_ns) / 1e9;
+        observe(h->stats.latency_hist, sg_latency_bounds, SG_LATENCY_BUCKETS, lat);
+        h->stats.latency_sum += lat;
+        h->stats.latency_count++;
         sg_update_unref(c->queue[i]);
         c->queue[i] = NULL;
     }
@@ -341,6 +366,16 @@ int sg_hub_publish(sg_hub *h, const sg_draft *d, sg_publish_result *res, sg_erro
     c->last_seq = u->seq;
     c->published++;
     h->stats.published++;
+    int64_t sec = sg_mono_ms() / 1000;
+    int slot = (int)(sec % SG_RATE_WINDOW_S);
+    if (h->stats.sec_stamp[slot] != sec) {
+        h->stats.sec_stamp[slot] = sec;
+        h->stats.sec_total[slot] = h->stats.sec_errors[slot] = 0;
+    }
+    h->stats.sec_total[slot]++;
+    static int error_category = -1;
+    if (error_category < 0) error_category = sg_category_index("error", 5);
+    if (u->category == error_category) h->stats.sec_errors[slot]++;
     h->stats.per_category[u->category]++;
     h->store->ops->append(c->hist, u, NULL, NULL);
     if (d->idempotency_key) idem_remember(h, c, d->idempotency_key, u->seq);
@@ -448,6 +483,17 @@ int sg_hub_pending(const sg_hub *h)
 const sg_hub_stats *sg_hub_get_stats(const sg_hub *h)
 {
     return &h->stats;
+}
+
+void sg_hub_rate(const sg_hub *h, int seconds, uint64_t *total, uint64_t *errors)
+{
+    int64_t now = sg_mono_ms() / 1000;
+    *total = *errors = 0;
+    for (int i = 0; i < SG_RATE_WINDOW_S; i++)
+        if (h->stats.sec_stamp[i] > now - seconds && h->stats.sec_stamp[i] <= now) {
+            *total += h->stats.sec_total[i];
+            *errors += h->stats.sec_errors[i];
+        }
 }
 
 void sg_hub_history(sg_hub *h, sg_conv *c, uint64_t since, uint64_t upto, size_t limit,

@@ -73,7 +73,19 @@ struct sg_conv {
     struct idem *idem_head, *idem_tail;
 };
 
+#define SG_BATCH_BUCKETS 8   /* 1 2 5 10 20 50 100 +Inf */
+#define SG_LATENCY_BUCKETS 11 /* .001 .0025 .005 .01 .025 .05 .1 .25 .5 1 +Inf seconds */
+#define SG_RATE_WINDOW_S 300
+
 typedef struct sg_hub_stats {
+    uint64_t batch_hist[SG_BATCH_BUCKETS];
+    uint64_t batch_sum;
+    uint64_t latency_hist[SG_LATENCY_BUCKETS];
+    double latency_sum;
+    uint64_t latency_count;
+    /* per-second publish counts over the last SG_RATE_WINDOW_S seconds */
+    uint32_t sec_total[SG_RATE_WINDOW_S], sec_errors[SG_RATE_WINDOW_S];
+    int64_t sec_stamp[SG_RATE_WINDOW_S];
     uint64_t published;
     uint64_t duplicates;
     uint64_t flushes;
@@ -131,6 +143,10 @@ sg_conv *sg_hub_next(sg_conv *c);
 size_t sg_hub_count(const sg_hub *h);
 int sg_hub_pending(const sg_hub *h);
 const sg_hub_stats *sg_hub_get_stats(const sg_hub *h);
+extern const double sg_batch_bounds[SG_BATCH_BUCKETS - 1];
+extern const double sg_latency_bounds[SG_LATENCY_BUCKETS - 1];
+/* Publishes and error-category publishes over the last `seconds`. */
+void sg_hub_rate(const sg_hub *h, int seconds, uint64_t *total, uint64_t *errors);
 
 /* Read history through the store; see sg_store_ops.range. */
 void sg_hub_history(sg_hub *h, sg_conv *c, uint64_t since, uint64_t upto, size_t limit,

@@ -110,6 +110,7 @@ static sg_blob *phx_encode(const sg_group *g, const sg_conv *c, sg_update **ups,
         }
         memcpy(p, "]}]", 3);
         b->len = p + 3 - b->data;
+        b->n_updates = (int)n;
         return b;
     }
     int pl = snprintf(pre, sizeof(pre), "[null,null,\"%s\",\"status_update\",", topic);
@@ -131,6 +132,7 @@ static sg_blob *phx_encode(const sg_group *g, const sg_conv *c, sg_update **ups,
         *p++ = ']';
     }
     b->len = p - b->data;
+    b->n_updates = (int)n;
     return b;
 }
 
@@ -140,7 +142,7 @@ static void phx_deliver(sg_sub *s, sg_blob *b)
     if (sg_ws_send_shared(ch->phx->ws, b) < 0)
         s->dead = 1;
     else
-        ch->phx->srv->delivered_ws++;
+        ch->phx->srv->delivered_ws += b->n_updates;
 }
 
 static const sg_sub_class phx_class = {"websocket", phx_encode, phx_deliver};

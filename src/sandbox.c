@@ -25,6 +25,7 @@ struct sg_sandbox {
     size_t mem;
     int in_call;
     volatile sig_atomic_t hooked; /* the count hook is on for this call */
+    int watched;                  /* counted in live_sandboxes */
     int abort;
     long steps;
     uint64_t deadline_ns;
@@ -66,11 +67,13 @@ static void watchdog(int sig)
     }
 }
 
+static int live_sandboxes;
+
+/* The watchdog runs while any sandbox exists, and stops with the last one
+ * (the plugin host can live in a Lua module that is unloaded later). */
 static void start_watchdog(void)
 {
-    static int started;
-    if (started) return;
-    started = 1;
+    if (live_sandboxes++ > 0) return;
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = watchdog;
@@ -79,6 +82,14 @@ static void start_watchdog(void)
     sigaction(SIGALRM, &sa, NULL);
     struct itimerval it = {{0, WATCHDOG_US}, {0, WATCHDOG_US}};
     setitimer(ITIMER_REAL, &it, NULL);
+}
+
+static void stop_watchdog(void)
+{
+    if (--live_sandboxes > 0) return;
+    struct itimerval off = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_REAL, &off, NULL);
+    signal(SIGALRM, SIG_DFL);
 }
 
 static void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
@@ -484,6 +495,7 @@ sg_sandbox *sg_sandbox_new(const char *name, const sg_sandbox_limits *lim, sg_em
     }
     open_libs(sb->L);
     start_watchdog();
+    sb->watched = 1;
     return sb;
 }
 
@@ -491,6 +503,7 @@ void sg_sandbox_free(sg_sandbox *sb)
 {
     if (!sb) return;
     if (sb->L) lua_close(sb->L);
+    if (sb->watched) stop_watchdog();
     free(sb->name);
     free(sb);
 }

@@ -38,6 +38,7 @@ static sg_blob *sse_encode(const sg_group *g, const sg_conv *c, sg_update **ups,
     if (!b) return NULL;
     for (size_t i = 0; i < n; i++)
         b->len += frame_write(b->data + b->len, c, ups[i]);
+    b->n_updates = (int)n;
     return b;
 }
 
@@ -55,7 +56,7 @@ static void sse_deliver(sg_sub *s, sg_blob *b)
         return;
     }
     sg_blob_append(out, b);
-    c->srv->delivered_sse++;
+    c->srv->delivered_sse += b->n_updates;
 }
 
 static const sg_sub_class sse_class = {"sse", sse_encode, sse_deliver};
