@@ -5,8 +5,11 @@
 #include "log.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <limits.h>
 #include <stdint.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <event2/buffer.h>
 #include <stdio.h>
@@ -320,12 +323,34 @@ void sg_conn_kill(sg_conn *c)
     event_active(c->srv->reap_ev, EV_TIMEOUT, 0);
 }
 
+void sg_conn_kick(sg_conn *c)
+{
+    if (c->killed || c->mode == SG_CONN_HTTP) return;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    if (evbuffer_get_length(out) > 0 && !c->write_armed) {
+        int n = evbuffer_write(out, bufferevent_getfd(c->bev));
+        int e = errno;
+        if (n < 0 && e != EAGAIN && e != EWOULDBLOCK && e != EINTR) {
+            sg_conn_kill(c); /* the peer is gone */
+            return;
+        }
+        if (evbuffer_get_length(out) > 0) {
+            c->write_armed = 1;
+            bufferevent_enable(c->bev, EV_WRITE);
+        }
+    }
+    if (c->closing && evbuffer_get_length(out) == 0) sg_conn_kill(c);
+}
+
 void sg_conn_close_after_write(sg_conn *c)
 {
     if (c->closing) return;
     c->closing = 1;
     bufferevent_disable(c->bev, EV_READ);
-    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) sg_conn_kill(c);
+    if (c->mode != SG_CONN_HTTP)
+        sg_conn_kick(c);
+    else if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+        sg_conn_kill(c);
 }
 
 void sg_conn_take(sg_conn *c, int mode, const sg_conn_proto *p, void *data)
@@ -333,6 +358,10 @@ void sg_conn_take(sg_conn *c, int mode, const sg_conn_proto *p, void *data)
     c->mode = mode;
     c->proto = p;
     c->proto_data = data;
+    /* from now on writes go out through sg_conn_kick */
+    bufferevent_disable(c->bev, EV_WRITE);
+    c->write_armed = 0;
+    sg_conn_kick(c);
 }
 
 static void reject(sg_conn *c, int status, const char *detail)
@@ -407,6 +436,10 @@ static void on_write(struct bufferevent *bev, void *arg)
 {
     sg_conn *c = arg;
     if (c->killed) return;
+    if (c->write_armed) { /* the leftover is out: back to writing at once */
+        c->write_armed = 0;
+        bufferevent_disable(bev, EV_WRITE);
+    }
     if (c->closing) {
         sg_conn_kill(c);
         return;
@@ -482,6 +515,9 @@ void sg_http_accept(sg_server *s, evutil_socket_t fd, struct sockaddr *sa, int s
         sg_log(SG_LOG_ERROR, "accept_failed", "reason=out_of_memory");
         return;
     }
+    /* pushes are small and latency matters: no Nagle delay */
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     c->srv = s;
     c->bev = bev;
     http_parser_init(&c->parser, HTTP_REQUEST);

@@ -65,6 +65,7 @@ struct sg_conn {
     int killed;   /* on the reap list */
     int reject;   /* HTTP status to answer when parsing stopped, 0 if none */
     int read_paused;
+    int write_armed; /* subscriber modes: the bufferevent writes a leftover */
     sg_req req;
     const sg_conn_proto *proto;
     void *proto_data;
@@ -135,6 +136,10 @@ int sg_req_query(const sg_req *r, const char *name, char *out, size_t outlen);
 /* Adopt an accepted socket as a new HTTP connection. */
 void sg_http_accept(sg_server *s, evutil_socket_t fd, struct sockaddr *sa, int salen);
 
+/* Subscriber connections write at once: one writev per flush, no EV_WRITE
+ * round trip through epoll. What the socket does not take is left to the
+ * bufferevent. Call after adding output to an SSE or WebSocket connection. */
+void sg_conn_kick(sg_conn *c);
 /* Close once pending output is written; reads stop now. */
 void sg_conn_close_after_write(sg_conn *c);
 /* Close now (deferred to the next loop turn, so callers on the stack stay

@@ -96,7 +96,10 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
     sg_server *s = arg;
     for (sg_conn *c = s->conns; c; c = c->next)
         if (c->mode == SG_CONN_SSE && !c->killed && !c->closing)
+        {
             evbuffer_add(bufferevent_get_output(c->bev), ":\n\n", 3);
+            sg_conn_kick(c);
+        }
 }
 
 int sg_server_start(sg_server *s, char *err, size_t errlen)

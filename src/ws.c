@@ -77,6 +77,7 @@ int sg_ws_send_text(sg_ws *ws, const char *data, size_t len)
     struct evbuffer *out = bufferevent_get_output(ws->conn->bev);
     evbuffer_add(out, h, sg_ws_text_header(h, len));
     evbuffer_add(out, data, len);
+    sg_conn_kick(ws->conn);
     return 0;
 }
 
@@ -94,6 +95,7 @@ int sg_ws_send_shared(sg_ws *ws, sg_blob *b)
         return -1;
     }
     sg_blob_append(out, b);
+    sg_conn_kick(c);
     return 0;
 }
 
@@ -172,6 +174,8 @@ static void ws_on_read(sg_conn *c)
     if (wslay_event_get_close_sent(ws->ctx)) {
         ws->close_sent = 1;
         sg_conn_close_after_write(c);
+    } else {
+        sg_conn_kick(c);
     }
 }
 

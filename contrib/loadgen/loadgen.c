@@ -37,7 +37,8 @@ static struct {
     const char *json_path;
     const char *label;
     int builder; /* publish with "builder":"tool" and args */
-} opt = {T_STATUSGW, "127.0.0.1", 4000, 0, 1, 1, 1, 1, 0, 10, 1, 30, 0, NULL, "", 0};
+    const char *ready_file; /* written once every subscriber has answered */
+} opt = {T_STATUSGW, "127.0.0.1", 4000, 0, 1, 1, 1, 1, 0, 10, 1, 30, 0, NULL, "", 0, NULL};
 
 #define BUILDER_FIELDS ",\"builder\":\"tool\",\"args\":{\"tool_name\":\"search_code\",\"params\":{\"query\":\"where is the retry loop in http.c\",\"limit\":10}}"
 
@@ -174,55 +175,58 @@ static void sub_read(struct bufferevent *bev, void *arg)
         s->upgraded = 1;
         if (opt.target == T_STATUSGW) sub_join(s); else sub_ready(s);
     }
-    for (;;) {
-        size_t avail = evbuffer_get_length(in);
-        if (avail < 2) return;
-        uint8_t h[10];
-        evbuffer_copyout(in, h, avail < 10 ? avail : 10);
-        size_t hl = 2;
+    /* parse frames in place over one contiguous view, drain once */
+    size_t avail = evbuffer_get_length(in);
+    if (avail < 2) return;
+    const uint8_t *buf = evbuffer_pullup(in, -1);
+    size_t off = 0;
+    while (avail - off >= 2) {
+        const uint8_t *h = buf + off;
+        size_t left = avail - off, hl = 2;
         uint64_t len = h[1] & 0x7f;
         if (len == 126) {
-            if (avail < 4) return;
+            if (left < 4) break;
             len = ((uint64_t)h[2] << 8) | h[3];
             hl = 4;
         } else if (len == 127) {
-            if (avail < 10) return;
+            if (left < 10) break;
             len = 0;
             for (int i = 0; i < 8; i++)
                 len = (len << 8) | h[2 + i];
             hl = 10;
         }
-        if (avail < hl + len) return;
-        evbuffer_drain(in, hl);
+        if (left < hl + len) break;
+        const char *payload = (const char *)h + hl;
         int op = h[0] & 0x0f, fin = h[0] & 0x80;
+        off += hl + len;
         if (op == 9) { /* ping */
-            char p[126];
-            evbuffer_remove(in, p, len);
-            ws_send(bev, 0xA, p, len);
+            ws_send(bev, 0xA, payload, len);
             continue;
         }
         if (op == 8) {
-            evbuffer_drain(in, len);
             R.subs_closed++;
             bufferevent_free(bev);
             s->bev = NULL;
             return;
         }
-        if (!s->msg) s->msg = evbuffer_new();
-        evbuffer_remove_buffer(in, s->msg, len);
-        if (!fin) continue;
-        size_t ml = evbuffer_get_length(s->msg);
-        const char *m = (const char *)evbuffer_pullup(s->msg, -1);
+        if (!fin || (s->msg && evbuffer_get_length(s->msg))) { /* fragments: assemble */
+            if (!s->msg) s->msg = evbuffer_new();
+            evbuffer_add(s->msg, payload, len);
+            if (!fin) continue;
+            len = evbuffer_get_length(s->msg);
+            payload = (const char *)evbuffer_pullup(s->msg, -1);
+        }
         if (!s->joined && opt.target == T_STATUSGW) {
-            if (ml && memmem(m, ml, "phx_reply", 9)) {
-                if (memmem(m, ml, "\"ok\"", 4)) sub_ready(s);
+            if (len && memmem(payload, len, "phx_reply", 9)) {
+                if (memmem(payload, len, "\"ok\"", 4)) sub_ready(s);
                 else { R.subs_failed++; subs_pending--; }
             }
-        } else if (ml) {
-            scan_markers(m, ml);
+        } else if (len) {
+            scan_markers(payload, len);
         }
-        evbuffer_drain(s->msg, ml);
+        if (s->msg) evbuffer_drain(s->msg, evbuffer_get_length(s->msg));
     }
+    evbuffer_drain(in, off);
 }
 
 static void sub_event(struct bufferevent *bev, short what, void *arg)
@@ -360,6 +364,9 @@ static void pub_read(struct bufferevent *bev, void *arg)
     pub_fill(p);
 }
 
+static struct bufferevent *dial(void *arg, bufferevent_data_cb rd, bufferevent_event_cb ev);
+static void pub_read(struct bufferevent *bev, void *arg);
+
 static void pub_event(struct bufferevent *bev, short what, void *arg)
 {
     pub *p = arg;
@@ -369,9 +376,14 @@ static void pub_event(struct bufferevent *bev, short what, void *arg)
         pub_fill(p);
         return;
     }
-    fprintf(stderr, "loadgen: publisher %d lost its connection\n", p->id);
+    /* a server may end keep-alive connections (nginx's keepalive_requests):
+     * requests in flight are lost, the publisher dials again */
     bufferevent_free(bev);
     p->bev = NULL;
+    p->inflight = 0;
+    if (publishing) {
+        p->bev = dial(p, pub_read, pub_event);
+    }
 }
 
 static void rate_tick(evutil_socket_t fd, short w, void *arg)
@@ -440,6 +452,13 @@ static void on_phase(evutil_socket_t fd, short w, void *arg)
             return;
         }
         phase = 1;
+        if (opt.ready_file) {
+            FILE *f = fopen(opt.ready_file, "w");
+            if (f) {
+                fprintf(f, "%d\n", R.subs_connected);
+                fclose(f);
+            }
+        }
         start_publishers();
         set_phase_timer(opt.warmup);
     } else if (phase == 1) {
@@ -478,7 +497,7 @@ int main(int argc, char **argv)
         {"target", 1, 0, 't'}, {"host", 1, 0, 'H'}, {"port", 1, 0, 'p'}, {"subscribers", 1, 0, 's'},
         {"conversations", 1, 0, 'c'}, {"publishers", 1, 0, 'P'}, {"rate", 1, 0, 'r'}, {"bulk", 1, 0, 'b'},
         {"duration", 1, 0, 'd'}, {"warmup", 1, 0, 'w'}, {"pipeline", 1, 0, 'l'}, {"batch-join", 0, 0, 'B'},
-        {"json", 1, 0, 'j'}, {"builder", 0, 0, 'U'}, {"label", 1, 0, 'L'}, {"connect-timeout", 1, 0, 'T'}, {0, 0, 0, 0}};
+        {"json", 1, 0, 'j'}, {"builder", 0, 0, 'U'}, {"ready-file", 1, 0, 'R'}, {"label", 1, 0, 'L'}, {"connect-timeout", 1, 0, 'T'}, {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (o) {
@@ -496,6 +515,7 @@ int main(int argc, char **argv)
         case 'B': opt.batch_join = 1; break;
         case 'j': opt.json_path = optarg; break;
         case 'U': opt.builder = 1; break;
+        case 'R': opt.ready_file = optarg; break;
         case 'L': opt.label = optarg; break;
         case 'T': opt.connect_timeout = atof(optarg); break;
         default:
