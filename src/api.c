@@ -103,12 +103,19 @@ static void handle_publish(sg_conn *c, sg_req *r)
     }
     json_t *obj = parse_json(r->body, r->body_len, &err);
     sg_publish_result res;
-    if (!obj)
+    if (!obj) {
         refuse_publish(c, &err);
-    else if (publish(c->srv, key, obj, &res, &err) < 0)
+    } else if (publish(c->srv, key, obj, &res, &err) < 0) {
         sg_http_error(c, &err);
-    else
+    } else if (!res.dropped) { /* the hot path: no JSON library for the reply */
+        char reply[SG_MAX_CONV_ID + 128];
+        int n = snprintf(reply, sizeof(reply), "{\"conversation_id\":\"%s\",\"seq\":%llu,\"epoch\":\"%s\"%s}\n",
+                         res.conv->id, (unsigned long long)res.seq, res.conv->epoch,
+                         res.duplicate ? ",\"duplicate\":true" : "");
+        sg_http_respond(c, 202, "application/json", reply, (size_t)n, NULL);
+    } else {
         sg_http_json(c, 202, publish_reply(&res), NULL);
+    }
     json_decref(obj);
 }
 

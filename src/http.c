@@ -18,27 +18,44 @@
 
 /* ---- request state ---- */
 
+/* Ready for the next request on the connection; buffers are kept. */
 static void req_reset(sg_req *r)
 {
-    free(r->url);
-    free(r->path);
-    for (int i = 0; i < r->n_headers; i++) {
-        free(r->headers[i].name);
-        free(r->headers[i].value);
-    }
-    free(r->body);
     free(r->cors_origin);
+    r->cors_origin = NULL;
+    r->url = r->path = r->query = NULL;
+    r->url_len = r->alen = r->header_bytes = r->body_len = 0;
+    r->n_headers = r->in_value = r->keep_alive = 0;
+}
+
+static void req_free(sg_req *r)
+{
+    req_reset(r);
+    free(r->arena);
+    free(r->body);
     memset(r, 0, sizeof(*r));
 }
 
-static int str_append(char **s, const char *at, size_t n)
+/* Room for n more bytes at r->arena + r->alen. */
+static int arena_reserve(sg_req *r, size_t n)
 {
-    size_t o = *s ? strlen(*s) : 0;
-    char *p = realloc(*s, o + n + 1);
-    if (!p) return -1;
-    memcpy(p + o, at, n);
-    p[o + n] = 0;
-    *s = p;
+    if (r->alen + n + 1 > r->acap) {
+        size_t cap = r->acap ? r->acap : 1024;
+        while (cap < r->alen + n + 1)
+            cap *= 2;
+        char *a = realloc(r->arena, cap);
+        if (!a) return -1;
+        r->arena = a;
+        r->acap = cap;
+    }
+    return 0;
+}
+
+static int arena_add(sg_req *r, const char *at, size_t n)
+{
+    if (arena_reserve(r, n) < 0) return -1;
+    memcpy(r->arena + r->alen, at, n);
+    r->alen += n;
     return 0;
 }
 
@@ -116,10 +133,11 @@ static int on_message_begin(http_parser *p)
     return 0;
 }
 
+/* The arena holds the URL, then name\0value\0 for each header. */
 static int on_url(http_parser *p, const char *at, size_t n)
 {
     sg_conn *c = CONN(p);
-    if (over_header_limit(c, n) || str_append(&c->req.url, at, n) < 0) return -1;
+    if (over_header_limit(c, n) || arena_add(&c->req, at, n) < 0) return -1;
     c->req.url_len += n;
     return 0;
 }
@@ -134,10 +152,13 @@ static int on_header_field(http_parser *p, const char *at, size_t n)
             c->reject = 431;
             return -1;
         }
+        if (arena_add(r, "", 1) < 0) return -1; /* ends the URL or the last value */
+        r->hoff[r->n_headers].name_off = r->alen;
+        r->hoff[r->n_headers].value_off = (size_t)-1;
         r->n_headers++;
         r->in_value = 0;
     }
-    return str_append(&r->headers[r->n_headers - 1].name, at, n);
+    return arena_add(r, at, n);
 }
 
 static int on_header_value(http_parser *p, const char *at, size_t n)
@@ -145,17 +166,37 @@ static int on_header_value(http_parser *p, const char *at, size_t n)
     sg_conn *c = CONN(p);
     sg_req *r = &c->req;
     if (over_header_limit(c, n)) return -1;
-    r->in_value = 1;
-    return str_append(&r->headers[r->n_headers - 1].value, at, n);
+    if (!r->in_value) {
+        if (arena_add(r, "", 1) < 0) return -1; /* ends the name */
+        r->hoff[r->n_headers - 1].value_off = r->alen;
+        r->in_value = 1;
+    }
+    return arena_add(r, at, n);
 }
 
 static int on_headers_complete(http_parser *p)
 {
     sg_conn *c = CONN(p);
     sg_req *r = &c->req;
+    if (r->n_headers > 0 && !r->in_value) { /* a name without a value */
+        if (arena_add(r, "", 1) < 0) return -1;
+        r->hoff[r->n_headers - 1].value_off = r->alen;
+    }
+    if (arena_add(r, "", 1) < 0) return -1;
+    size_t url_len = r->url_len;
+    const char *q0 = r->arena ? memchr(r->arena, '?', url_len) : NULL;
+    size_t pl = q0 ? (size_t)(q0 - r->arena) : url_len; /* arena may move below */
+    size_t path_off = r->alen;
+    if (arena_reserve(r, pl + 1) < 0) return -1; /* room for the decoded path */
+    r->alen += pl + 1;
+    r->url = url_len ? r->arena : "/";
+    r->path = r->arena + path_off;
+    pct_decode(r->url, pl, r->path, 0);
+    r->query = q0 ? r->arena + pl + 1 : "";
     for (int i = 0; i < r->n_headers; i++) {
-        if (!r->headers[i].value) r->headers[i].value = strdup("");
-        for (char *s = r->headers[i].name; s && *s; s++)
+        r->headers[i].name = r->arena + r->hoff[i].name_off;
+        r->headers[i].value = r->arena + r->hoff[i].value_off;
+        for (char *s = r->headers[i].name; *s; s++)
             *s = (char)tolower((unsigned char)*s);
     }
     if (p->content_length != ULLONG_MAX && p->content_length > c->srv->cfg->max_body) {
@@ -163,13 +204,6 @@ static int on_headers_complete(http_parser *p)
         return -1;
     }
     r->method = p->method;
-    const char *url = r->url ? r->url : "/";
-    const char *q = strchr(url, '?');
-    size_t pl = q ? (size_t)(q - url) : strlen(url);
-    r->path = malloc(pl + 1);
-    if (!r->path) return -1;
-    pct_decode(url, pl, r->path, 0);
-    r->query = q ? (char *)q + 1 : "";
     return 0;
 }
 
@@ -288,6 +322,7 @@ void sg_http_reap(sg_conn *c)
     if (c->prev) c->prev->next = c->next; else s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     s->n_conns--;
+    req_free(&c->req);
     if (s->per_ip) {
         intptr_t n = (intptr_t)sg_dict_get(s->per_ip, c->peer, strlen(c->peer));
         if (n <= 1)
@@ -295,7 +330,6 @@ void sg_http_reap(sg_conn *c)
         else
             sg_dict_set(s->per_ip, c->peer, strlen(c->peer), (void *)(n - 1));
     }
-    req_reset(&c->req);
     bufferevent_free(c->bev);
     c->bev = NULL;
     free(c);
@@ -325,12 +359,18 @@ void sg_conn_kill(sg_conn *c)
 
 void sg_conn_kick(sg_conn *c)
 {
-    if (c->killed || c->mode == SG_CONN_HTTP) return;
+    if (c->killed) return;
     struct evbuffer *out = bufferevent_get_output(c->bev);
     if (evbuffer_get_length(out) > 0 && !c->write_armed) {
+        /* bufferevent_socket keeps its output's start frozen outside its
+         * own write callback; thaw it for this write, as that callback does */
+        evbuffer_unfreeze(out, 1);
+        errno = 0;
         int n = evbuffer_write(out, bufferevent_getfd(c->bev));
         int e = errno;
+        evbuffer_freeze(out, 1);
         if (n < 0 && e != EAGAIN && e != EWOULDBLOCK && e != EINTR) {
+            sg_log(SG_LOG_DEBUG, "connection_write_failed", "peer=%s errno=%d", c->peer, e);
             sg_conn_kill(c); /* the peer is gone */
             return;
         }
@@ -347,10 +387,7 @@ void sg_conn_close_after_write(sg_conn *c)
     if (c->closing) return;
     c->closing = 1;
     bufferevent_disable(c->bev, EV_READ);
-    if (c->mode != SG_CONN_HTTP)
-        sg_conn_kick(c);
-    else if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
-        sg_conn_kill(c);
+    sg_conn_kick(c);
 }
 
 void sg_conn_take(sg_conn *c, int mode, const sg_conn_proto *p, void *data)
@@ -358,9 +395,6 @@ void sg_conn_take(sg_conn *c, int mode, const sg_conn_proto *p, void *data)
     c->mode = mode;
     c->proto = p;
     c->proto_data = data;
-    /* from now on writes go out through sg_conn_kick */
-    bufferevent_disable(c->bev, EV_WRITE);
-    c->write_armed = 0;
     sg_conn_kick(c);
 }
 
@@ -424,8 +458,10 @@ static void on_read(struct bufferevent *bev, void *arg)
 {
     sg_conn *c = arg;
     if (c->killed) return;
-    if (c->mode == SG_CONN_HTTP)
+    if (c->mode == SG_CONN_HTTP) {
         process_http(c);
+        sg_conn_kick(c); /* every pipelined response in one write */
+    }
     else if (c->proto && c->proto->on_read)
         c->proto->on_read(c);
     else
@@ -448,6 +484,7 @@ static void on_write(struct bufferevent *bev, void *arg)
         c->read_paused = 0;
         bufferevent_enable(bev, EV_READ);
         process_http(c);
+        sg_conn_kick(c);
     }
 }
 
@@ -459,8 +496,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         c->proto->on_idle(c);
         return;
     }
-    if (what & BEV_EVENT_TIMEOUT)
-        sg_log(SG_LOG_DEBUG, "connection_timeout", "peer=%s mode=%d", c->peer, c->mode);
+    sg_log(SG_LOG_DEBUG, "connection_closed", "peer=%s mode=%d what=0x%x", c->peer, c->mode, what);
     sg_conn_kill(c);
 }
 
@@ -531,5 +567,6 @@ void sg_http_accept(sg_server *s, evutil_socket_t fd, struct sockaddr *sa, int s
     bufferevent_setcb(bev, on_read, on_write, on_event, c);
     struct timeval idle = {s->cfg->http_idle_s, 0};
     bufferevent_set_timeouts(bev, &idle, NULL);
-    bufferevent_enable(bev, EV_READ | EV_WRITE);
+    /* writes go out at once through sg_conn_kick; EV_WRITE only for leftovers */
+    bufferevent_enable(bev, EV_READ);
 }

@@ -31,15 +31,22 @@ typedef struct sg_header {
 
 typedef struct sg_req {
     enum http_method method;
-    char *url;
+    char *url;   /* these point into arena once the headers are complete */
     size_t url_len;
-    char *path;  /* percent-decoded path, points into its own buffer */
+    char *path;  /* percent-decoded path */
     char *query; /* raw query string after '?', or "" */
     sg_header headers[SG_MAX_HEADERS];
     int n_headers;
     int in_value; /* last header callback was a value */
     size_t header_bytes;
-    char *body;
+    /* request line and headers, NUL-separated, kept across requests on a
+     * connection so a request allocates nothing */
+    char *arena;
+    size_t alen, acap;
+    struct {
+        size_t name_off, value_off;
+    } hoff[SG_MAX_HEADERS];
+    char *body; /* kept across requests too */
     size_t body_len, body_cap;
     int keep_alive;
     char *cors_origin; /* echoed in Access-Control-Allow-Origin, or NULL */
@@ -136,9 +143,10 @@ int sg_req_query(const sg_req *r, const char *name, char *out, size_t outlen);
 /* Adopt an accepted socket as a new HTTP connection. */
 void sg_http_accept(sg_server *s, evutil_socket_t fd, struct sockaddr *sa, int salen);
 
-/* Subscriber connections write at once: one writev per flush, no EV_WRITE
- * round trip through epoll. What the socket does not take is left to the
- * bufferevent. Call after adding output to an SSE or WebSocket connection. */
+/* Connections write at once: one writev per flush for a subscriber, one
+ * per batch of pipelined responses for HTTP, with no EV_WRITE round trip
+ * through epoll. What the socket does not take is left to the bufferevent.
+ * Call after adding output outside the read path. */
 void sg_conn_kick(sg_conn *c);
 /* Close once pending output is written; reads stop now. */
 void sg_conn_close_after_write(sg_conn *c);

@@ -301,12 +301,46 @@ static uint64_t mono_ns(void)
 
 #define ENC (JSON_COMPACT | JSON_ENCODE_ANY)
 
+/* Write s as a JSON string (quotes included) the way jansson does; out
+ * has room for 6 * n + 2 bytes. Returns the bytes written. */
+static size_t escape_json(const char *s, size_t n, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    char *p = out;
+    *p++ = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch >= 0x20 && ch != '"' && ch != '\\') {
+            *p++ = (char)ch;
+            continue;
+        }
+        *p++ = '\\';
+        switch (ch) {
+        case '"': *p++ = '"'; break;
+        case '\\': *p++ = '\\'; break;
+        case '\b': *p++ = 'b'; break;
+        case '\f': *p++ = 'f'; break;
+        case '\n': *p++ = 'n'; break;
+        case '\r': *p++ = 'r'; break;
+        case '\t': *p++ = 't'; break;
+        default:
+            *p++ = 'u';
+            *p++ = '0';
+            *p++ = '0';
+            *p++ = hex[ch >> 4];
+            *p++ = hex[ch & 15];
+        }
+    }
+    *p++ = '"';
+    return (size_t)(p - out);
+}
+
 sg_update *sg_update_new(const sg_draft *d, uint64_t seq, int64_t ts_ms)
 {
     static json_t *empty_text;
     if (!empty_text) empty_text = json_string("");
     json_t *text = d->text ? d->text : empty_text;
-    size_t tlen = json_dumpb(text, NULL, 0, ENC);
+    size_t tlen = 6 * json_string_length(text) + 2;
     size_t mlen = d->metadata ? json_dumpb(d->metadata, NULL, 0, ENC) : 2;
     size_t slen = d->source ? json_dumpb(d->source, NULL, 0, ENC) : 0;
     const char *cat = sg_category_name(d->category);
@@ -324,8 +358,9 @@ sg_update *sg_update_new(const sg_draft *d, uint64_t seq, int64_t ts_ms)
     char *p = u->json;
     p += sprintf(p, "{\"conversation_id\":\"%s\",\"seq\":%llu,\"category\":\"%s\",\"text\":",
                  d->conv_id, (unsigned long long)seq, cat);
-    p += json_dumpb(text, p, tlen, ENC);
-    p += sprintf(p, ",\"metadata\":");
+    p += escape_json(json_string_value(text), json_string_length(text), p);
+    memcpy(p, ",\"metadata\":", 12);
+    p += 12;
     if (d->metadata)
         p += json_dumpb(d->metadata, p, mlen, ENC);
     else

@@ -24,7 +24,7 @@ describe("shipped plugins in the daemon", function()
       local P = {}
       P.subscriber_filters = { slow = function(u, args) return (u.metadata.duration_ms or 0) >= args.min_ms end }
       return P ]])
-    gw = gw_.start({ plugins_dir = dir, flush_interval_ms = 20,
+    gw = gw_.start({ plugins_dir = dir, flush_interval_ms = 20, log_level = "debug",
       plugins = { rate_limit = { rate = 0.001, burst = 3, categories = {} }, summary = { interval_ms = 200 } } })
   end)
   teardown(function() gw_.stop(gw) end)
@@ -92,7 +92,8 @@ describe("shipped plugins in the daemon", function()
   it("runs a plugin subscriber filter named in a Phoenix join", function()
     local ws = assert(ws_.open(gw))
     ws:send_json({ "1", "1", "status:sf", "phx_join", { categories = { "*" }, filter = { name = "slow", args = { min_ms = 1000 } } } })
-    local reply = ws:read_msg()
+    local reply, err, f = ws:read_msg()
+    assert.is_table(reply, tostring(err) .. " " .. tostring(f and f.code) .. " " .. tostring(f and f.reason) .. gw_.log_text(gw):sub(-800))
     assert.equal("ok", reply[5].status)
     gw_.publish(gw, { conversation_id = "sf", category = "tool", text = "fast", metadata = { duration_ms = 5 } })
     gw_.publish(gw, { conversation_id = "sf", category = "tool", text = "slow", metadata = { duration_ms = 5000 } })
