@@ -18,7 +18,7 @@ ASAN    := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined
 
 .PHONY: all asan run test clean install deps bench bench-tools
 
-all: deps build/statusgw build/statusgw_model.so build/statusgw_plugin.so
+all: deps build/statusgw build/statusgw_model.so build/statusgw_plugin.so build/loadgen
 
 deps:
 ifneq ($(DEPS_OK),yes)

@@ -1,0 +1,46 @@
+-- A short run of the load generator against the real daemon, so the
+-- benchmark tool keeps working: a few subscribers, a few updates, counts exact.
+local gw_ = require("gateway")
+local cjson = gw_.json
+
+local function loadgen(gw, args)
+  local out = gw.dir .. "/loadgen.json"
+  local p = io.popen(string.format("build/loadgen --port %d --json %s %s 2>&1; echo rc=$?", gw.port, out, args))
+  local text = p:read("a")
+  p:close()
+  local f = assert(io.open(out), text)
+  local r = cjson.decode(f:read("a"))
+  f:close()
+  return r, text
+end
+
+describe("load generator smoke run", function()
+  local gw
+  setup(function() gw = gw_.start({ flush_interval_ms = 20 }) end)
+  teardown(function() gw_.stop(gw) end)
+
+  it("counts every delivery to Phoenix subscribers exactly", function()
+    local r, text = loadgen(gw, "--subscribers 6 --conversations 2 --publishers 1 --rate 100 --duration 1 --warmup 0.2")
+    assert.equal(6, r.subscribers_connected, text)
+    assert.equal(0, r.subscribers_failed)
+    assert.is_true(r.acked > 50)
+    assert.equal(r.acked * 3, r.expected)
+    assert.equal(r.expected, r.received)
+    assert.equal(0, r.loss)
+    assert.is_true(r.latency_ms.p99 > 0 and r.latency_ms.p99 < 1000)
+    assert.matches("deliveries", text)
+  end)
+
+  it("counts updates inside batch frames one by one", function()
+    local r = loadgen(gw, "--subscribers 3 --conversations 1 --publishers 2 --rate 200 --duration 1 --warmup 0.2 --batch-join")
+    assert.equal(3, r.subscribers_connected)
+    assert.equal(r.acked * 3, r.received)
+  end)
+
+  it("publishes in bulk and reports what was accepted", function()
+    local r = loadgen(gw, "--publishers 2 --conversations 10 --bulk 20 --rate 2000 --duration 0.5 --warmup 0.1")
+    assert.is_true(r.acked >= 100)
+    assert.equal(0, r.rejected)
+    assert.equal(r.published, r.acked)
+  end)
+end)
