@@ -119,8 +119,8 @@ int sg_req_query(const sg_req *r, const char *name, char *out, size_t outlen)
 
 static int over_header_limit(sg_conn *c, size_t n)
 {
-    c->req.header_bytes += n;
-    if (c->req.header_bytes > c->srv->cfg->max_header) {
+    c->req->header_bytes += n;
+    if (c->req->header_bytes > c->srv->cfg->max_header) {
         c->reject = 431;
         return 1;
     }
@@ -129,7 +129,7 @@ static int over_header_limit(sg_conn *c, size_t n)
 
 static int on_message_begin(http_parser *p)
 {
-    req_reset(&CONN(p)->req);
+    req_reset(CONN(p)->req);
     return 0;
 }
 
@@ -137,15 +137,15 @@ static int on_message_begin(http_parser *p)
 static int on_url(http_parser *p, const char *at, size_t n)
 {
     sg_conn *c = CONN(p);
-    if (over_header_limit(c, n) || arena_add(&c->req, at, n) < 0) return -1;
-    c->req.url_len += n;
+    if (over_header_limit(c, n) || arena_add(c->req, at, n) < 0) return -1;
+    c->req->url_len += n;
     return 0;
 }
 
 static int on_header_field(http_parser *p, const char *at, size_t n)
 {
     sg_conn *c = CONN(p);
-    sg_req *r = &c->req;
+    sg_req *r = c->req;
     if (over_header_limit(c, n)) return -1;
     if (r->n_headers == 0 || r->in_value) {
         if (r->n_headers == SG_MAX_HEADERS) {
@@ -164,7 +164,7 @@ static int on_header_field(http_parser *p, const char *at, size_t n)
 static int on_header_value(http_parser *p, const char *at, size_t n)
 {
     sg_conn *c = CONN(p);
-    sg_req *r = &c->req;
+    sg_req *r = c->req;
     if (over_header_limit(c, n)) return -1;
     if (!r->in_value) {
         if (arena_add(r, "", 1) < 0) return -1; /* ends the name */
@@ -177,7 +177,7 @@ static int on_header_value(http_parser *p, const char *at, size_t n)
 static int on_headers_complete(http_parser *p)
 {
     sg_conn *c = CONN(p);
-    sg_req *r = &c->req;
+    sg_req *r = c->req;
     if (r->n_headers > 0 && !r->in_value) { /* a name without a value */
         if (arena_add(r, "", 1) < 0) return -1;
         r->hoff[r->n_headers - 1].value_off = r->alen;
@@ -210,7 +210,7 @@ static int on_headers_complete(http_parser *p)
 static int on_body(http_parser *p, const char *at, size_t n)
 {
     sg_conn *c = CONN(p);
-    sg_req *r = &c->req;
+    sg_req *r = c->req;
     if (r->body_len + n > c->srv->cfg->max_body) {
         c->reject = 413;
         return -1;
@@ -233,7 +233,7 @@ static int on_body(http_parser *p, const char *at, size_t n)
 static int on_message_complete(http_parser *p)
 {
     sg_conn *c = CONN(p);
-    c->req.keep_alive = http_should_keep_alive(p) && !p->upgrade;
+    c->req->keep_alive = http_should_keep_alive(p) && !p->upgrade;
     http_parser_pause(p, 1); /* dispatch outside the parser */
     return 0;
 }
@@ -277,16 +277,16 @@ void sg_http_respond(sg_conn *c, int status, const char *ctype, const char *body
                      const char *extra)
 {
     struct evbuffer *out = bufferevent_get_output(c->bev);
-    int keep = c->req.keep_alive && !c->srv->shutting_down;
+    int keep = c->req->keep_alive && !c->srv->shutting_down;
     evbuffer_add_printf(out,
                         "HTTP/1.1 %d %s\r\nServer: statusgw\r\nContent-Length: %zu\r\n"
                         "%s%s%s%s%s",
                         status, sg_http_reason(status), len, ctype ? "Content-Type: " : "",
                         ctype ? ctype : "", ctype ? "\r\n" : "",
                         keep ? "" : "Connection: close\r\n", extra ? extra : "");
-    if (c->req.cors_origin)
+    if (c->req->cors_origin)
         evbuffer_add_printf(out, "Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n",
-                            c->req.cors_origin);
+                            c->req->cors_origin);
     evbuffer_add(out, "\r\n", 2);
     if (len) evbuffer_add(out, body, len);
     if (!keep) sg_conn_close_after_write(c);
@@ -322,7 +322,9 @@ void sg_http_reap(sg_conn *c)
     if (c->prev) c->prev->next = c->next; else s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     s->n_conns--;
-    req_free(&c->req);
+    if (c->req) req_free(c->req);
+    free(c->req);
+    c->req = NULL;
     if (s->per_ip) {
         intptr_t n = (intptr_t)sg_dict_get(s->per_ip, c->peer, strlen(c->peer));
         if (n <= 1)
@@ -405,7 +407,7 @@ static void reject(sg_conn *c, int status, const char *detail)
                        : status == 431 ? "headers_too_large"
                                        : "bad_request";
     sg_error_set(&e, status, code, NULL, "%s", detail);
-    c->req.keep_alive = 0;
+    c->req->keep_alive = 0;
     sg_http_error(c, &e);
     sg_conn_close_after_write(c);
 }
@@ -431,11 +433,16 @@ static void process_http(sg_conn *c)
             http_parser_pause(&c->parser, 0);
             c->srv->requests++;
             int upgraded = c->parser.upgrade;
-            sg_api_handle(c, &c->req);
-            if (c->mode == SG_CONN_HTTP) {
-                if (upgraded && !c->closing) sg_conn_close_after_write(c);
-                req_reset(&c->req);
+            sg_api_handle(c, c->req);
+            if (c->mode != SG_CONN_HTTP) {
+                /* a subscriber: request state is dead weight from here on */
+                req_free(c->req);
+                free(c->req);
+                c->req = NULL;
+                break;
             }
+            if (upgraded && !c->closing) sg_conn_close_after_write(c);
+            req_reset(c->req);
             continue;
         }
         if (e != HPE_OK) {
@@ -544,8 +551,10 @@ void sg_http_accept(sg_server *s, evutil_socket_t fd, struct sockaddr *sa, int s
         }
     }
     sg_conn *c = calloc(1, sizeof(*c));
-    struct bufferevent *bev = c ? bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE) : NULL;
+    if (c) c->req = calloc(1, sizeof(sg_req));
+    struct bufferevent *bev = c && c->req ? bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE) : NULL;
     if (!bev) {
+        if (c) free(c->req);
         free(c);
         evutil_closesocket(fd);
         sg_log(SG_LOG_ERROR, "accept_failed", "reason=out_of_memory");

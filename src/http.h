@@ -72,8 +72,8 @@ struct sg_conn {
     int killed;   /* on the reap list */
     int reject;   /* HTTP status to answer when parsing stopped, 0 if none */
     int read_paused;
-    int write_armed; /* subscriber modes: the bufferevent writes a leftover */
-    sg_req req;
+    int write_armed; /* the bufferevent writes a leftover */
+    sg_req *req;     /* HTTP mode only: freed when a transport takes over */
     const sg_conn_proto *proto;
     void *proto_data;
     sg_conn *prev, *next;   /* all connections */

@@ -22,6 +22,8 @@ struct sg_ws {
     wslay_event_context_ptr ctx;
     sg_phx *phx;
     int close_sent; /* a close frame is out: nothing more may be written */
+    size_t feed;        /* bytes of whole frames wslay may take now */
+    int in_fragmented;  /* a message continues in frames still to come */
     char *token;
     sg_claims claims;
 };
@@ -112,8 +114,10 @@ void sg_ws_close(sg_ws *ws, int code, const char *reason)
     memcpy(f + 4, reason, rl);
     evbuffer_add(bufferevent_get_output(ws->conn->bev), f, 4 + rl);
     ws->close_sent = 1;
-    wslay_event_shutdown_read(ws->ctx);
-    wslay_event_shutdown_write(ws->ctx);
+    if (ws->ctx) {
+        wslay_event_shutdown_read(ws->ctx);
+        wslay_event_shutdown_write(ws->ctx);
+    }
     struct timeval grace = {WS_CLOSE_GRACE_S, 0};
     bufferevent_set_timeouts(ws->conn->bev, NULL, &grace);
     sg_conn_close_after_write(ws->conn);
@@ -125,7 +129,9 @@ static ssize_t on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
                        void *arg)
 {
     sg_ws *ws = arg;
-    int n = evbuffer_remove(bufferevent_get_input(ws->conn->bev), buf, len);
+    if (len > ws->feed) len = ws->feed;
+    int n = len ? evbuffer_remove(bufferevent_get_input(ws->conn->bev), buf, len) : 0;
+    if (n > 0) ws->feed -= (size_t)n;
     if (n <= 0) {
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
@@ -155,27 +161,80 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
     /* pings are answered by wslay; closes are echoed by wslay */
 }
 
+static const struct wslay_event_callbacks wslay_cbs = {on_recv, on_send, NULL, NULL, NULL, NULL,
+                                                       on_msg};
+
+/* How many bytes at the start of in form whole frames, following whether a
+ * fragmented message is left open. A frame announcing more than the message
+ * limit counts as whole, so wslay sees it and closes with 1009. */
+static size_t whole_frames(sg_ws *ws, struct evbuffer *in)
+{
+    size_t avail = evbuffer_get_length(in), off = 0;
+    const uint8_t *b = evbuffer_pullup(in, avail < 65536 + 14 ? -1 : 65536 + 14);
+    size_t seen = avail < 65536 + 14 ? avail : 65536 + 14;
+    while (seen - off >= 2) {
+        const uint8_t *h = b + off;
+        size_t hl = 2;
+        uint64_t len = h[1] & 0x7f;
+        if (len == 126) {
+            if (seen - off < 4) break;
+            len = ((uint64_t)h[2] << 8) | h[3];
+            hl = 4;
+        } else if (len == 127) {
+            if (seen - off < 10) break;
+            len = 0;
+            for (int i = 0; i < 8; i++)
+                len = (len << 8) | h[2 + i];
+            hl = 10;
+        }
+        if (h[1] & 0x80) hl += 4;
+        if (len > ws->conn->srv->cfg->ws_max_message) return avail; /* let wslay refuse it */
+        if (seen - off < hl + len) break;
+        int op = h[0] & 0x0f, fin = h[0] & 0x80;
+        if (op == 1 || op == 2 || op == 0) ws->in_fragmented = !fin;
+        off += hl + len;
+    }
+    return off;
+}
+
 static void ws_on_read(sg_conn *c)
 {
     sg_ws *ws = c->proto_data;
+    struct evbuffer *in = bufferevent_get_input(c->bev);
     if (!ws || ws->close_sent) {
-        evbuffer_drain(bufferevent_get_input(c->bev), evbuffer_get_length(bufferevent_get_input(c->bev)));
+        evbuffer_drain(in, evbuffer_get_length(in));
         return;
     }
-    int r = wslay_event_recv(ws->ctx);
-    if (ws->close_sent) return; /* we closed while handling a message */
-    if (r < 0) {
-        /* a frame-level error (bad control frame, bad length): wslay has
-         * queued a close without a code, where the client is owed 1002 */
-        sg_ws_close(ws, SG_WS_CLOSE_PROTOCOL, "protocol error");
-        return;
+    /* wslay's contexts hold 8 KiB of buffers; an idle socket needs none, so
+     * one exists only while frames are being read */
+    while ((ws->feed = whole_frames(ws, in)) > 0) {
+        if (!ws->ctx) {
+            if (wslay_event_context_server_init(&ws->ctx, &wslay_cbs, ws) != 0) {
+                sg_conn_kill(c);
+                return;
+            }
+            wslay_event_config_set_max_recv_msg_length(ws->ctx, c->srv->cfg->ws_max_message);
+        }
+        int r = wslay_event_recv(ws->ctx);
+        if (ws->close_sent) return; /* we closed while handling a message */
+        if (r < 0) {
+            /* a frame-level error (bad control frame, bad length): wslay has
+             * queued a close without a code, where the client is owed 1002 */
+            sg_ws_close(ws, SG_WS_CLOSE_PROTOCOL, "protocol error");
+            return;
+        }
+        if (wslay_event_want_write(ws->ctx)) wslay_event_send(ws->ctx);
+        if (wslay_event_get_close_sent(ws->ctx)) {
+            ws->close_sent = 1;
+            sg_conn_close_after_write(c);
+            return;
+        }
+        if (!wslay_event_get_read_enabled(ws->ctx)) break;
     }
-    if (wslay_event_want_write(ws->ctx)) wslay_event_send(ws->ctx);
-    if (wslay_event_get_close_sent(ws->ctx)) {
-        ws->close_sent = 1;
-        sg_conn_close_after_write(c);
-    } else {
-        sg_conn_kick(c);
+    sg_conn_kick(c);
+    if (ws->ctx && !ws->in_fragmented && !wslay_event_want_write(ws->ctx)) {
+        wslay_event_context_free(ws->ctx);
+        ws->ctx = NULL;
     }
 }
 
@@ -184,7 +243,7 @@ static void ws_on_close(sg_conn *c)
     sg_ws *ws = c->proto_data;
     if (!ws) return;
     sg_phx_free(ws->phx);
-    wslay_event_context_free(ws->ctx);
+    if (ws->ctx) wslay_event_context_free(ws->ctx);
     sg_claims_clear(&ws->claims);
     free(ws->token);
     free(ws);
@@ -276,7 +335,7 @@ static void refuse(sg_conn *c, int status, const char *code, const char *msg, co
 {
     sg_error e;
     sg_error_set(&e, status, code, NULL, "%s", msg);
-    c->req.keep_alive = 0;
+    c->req->keep_alive = 0;
     sg_http_json(c, status, sg_error_json(&e), extra);
 }
 
@@ -339,16 +398,6 @@ void sg_ws_upgrade(sg_conn *c, sg_req *r)
         return;
     }
 
-    static const struct wslay_event_callbacks cbs = {on_recv, on_send, NULL, NULL, NULL, NULL,
-                                                     on_msg};
-    if (wslay_event_context_server_init(&ws->ctx, &cbs, ws) != 0) {
-        sg_claims_clear(&ws->claims);
-        free(ws->token);
-        free(ws);
-        refuse(c, 503, "out_of_memory", "the gateway is out of memory", NULL);
-        return;
-    }
-    wslay_event_config_set_max_recv_msg_length(ws->ctx, c->srv->cfg->ws_max_message);
 
     char buf[64];
     unsigned char sha[SHA_DIGEST_LENGTH];
