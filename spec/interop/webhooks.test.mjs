@@ -49,6 +49,7 @@ describe("webhooks", () => {
     const ep = (name, p, extra = {}) => ({ name, url: url(p), secrets: [SECRET, OLD_SECRET], conversations: `${name}-*`, batch_size: 5, batch_delay_ms: 100, ...extra });
     gw = await g.start({
       flush_interval_ms: 20,
+      shutdown_timeout_ms: 1000,
       plugins_dir: dir,
       webhooks: {
         dead_letter_file: path.join(dir, "dead.jsonl"),
@@ -68,9 +69,16 @@ describe("webhooks", () => {
     });
   });
   after(async () => {
-    for (const res of rx.hanging) res.destroy();
+    // the hanging receiver still holds an attempt: the stop gives it the
+    // shutdown deadline, then keeps it in the dead-letter file for redelivery
     assert.equal(await g.stop(gw), 0);
+    for (const res of rx.hanging) res.destroy();
     rx.server.close();
+    const lines = fs.readFileSync(path.join(dir, "dead.jsonl"), "utf8").trim().split("\n").map(JSON.parse);
+    const kept = lines.filter((l) => l.endpoint === "hang");
+    assert.ok(kept.length >= 1, "the in-flight batch was kept");
+    assert.match(kept[0].reason, /gateway stopped before delivery/);
+    assert.match(kept[0].body, /hang-1/);
   });
 
   const admin = async () => (await (await fetch(`${gw.url}/admin/webhooks`)).json()).endpoints.reduce((a, e) => ({ ...a, [e.name]: e }), {});
