@@ -168,25 +168,19 @@ void sg_metrics_render(sg_server *s, struct evbuffer *o)
 
     json_t *wa = sg_webhooks_admin(s->webhooks);
     json_t *eps = json_object_get(wa, "endpoints");
-    family(o, "statusgw_webhook_updates_total", "counter", "Webhook outcomes, in updates, by endpoint.");
-    json_array_foreach(eps, i, p)
-    {
-        const char *n = label(json_string_value(json_object_get(p, "name")));
-        evbuffer_add_printf(o, "statusgw_webhook_updates_total{endpoint=\"%s\",outcome=\"delivered\"} %lld\n", n,
-                            (long long)json_integer_value(json_object_get(p, "delivered")));
-        evbuffer_add_printf(o, "statusgw_webhook_updates_total{endpoint=\"%s\",outcome=\"dead_lettered\"} %lld\n", n,
-                            (long long)json_integer_value(json_object_get(p, "dead_lettered")));
-    }
-    family(o, "statusgw_webhook_attempts_total", "counter", "Webhook attempts, by endpoint and outcome.");
-    json_array_foreach(eps, i, p)
-    {
-        const char *n = label(json_string_value(json_object_get(p, "name")));
-        evbuffer_add_printf(o, "statusgw_webhook_attempts_total{endpoint=\"%s\",outcome=\"delivered\"} %lld\n", n,
-                            (long long)json_integer_value(json_object_get(p, "delivered_batches")));
-        evbuffer_add_printf(o, "statusgw_webhook_attempts_total{endpoint=\"%s\",outcome=\"failed\"} %lld\n", n,
-                            (long long)json_integer_value(json_object_get(p, "failed")));
-        evbuffer_add_printf(o, "statusgw_webhook_attempts_total{endpoint=\"%s\",outcome=\"retried\"} %lld\n", n,
-                            (long long)json_integer_value(json_object_get(p, "retried")));
+    /* metric family, outcome label, field of the admin document */
+    static const char *wc[][3] = {{"statusgw_webhook_updates_total", "delivered", "delivered"},
+                                  {"statusgw_webhook_updates_total", "dead_lettered", "dead_lettered"},
+                                  {"statusgw_webhook_attempts_total", "delivered", "delivered_batches"},
+                                  {"statusgw_webhook_attempts_total", "failed", "failed"},
+                                  {"statusgw_webhook_attempts_total", "retried", "retried"}};
+    for (int k = 0; k < 5; k++) {
+        if (k == 0) family(o, wc[k][0], "counter", "Webhook outcomes, in updates, by endpoint.");
+        if (k == 2) family(o, wc[k][0], "counter", "Webhook attempts, by endpoint and outcome.");
+        json_array_foreach(eps, i, p)
+            evbuffer_add_printf(o, "%s{endpoint=\"%s\",outcome=\"%s\"} %lld\n", wc[k][0],
+                                label(json_string_value(json_object_get(p, "name"))), wc[k][1],
+                                (long long)json_integer_value(json_object_get(p, wc[k][2])));
     }
     family(o, "statusgw_webhook_queue_depth", "gauge", "Updates queued for an endpoint.");
     json_array_foreach(eps, i, p)

@@ -143,8 +143,8 @@ function Conn:send_raw(s) assert(self.sock:send(s)) end
 
 function Conn:close() self.sock:close() end
 
--- Read one response: status, headers (lower-case names), body.
-function Conn:read_response()
+-- Read a response's status line and headers (lower-case names).
+function Conn:read_head()
   local line, err = self.sock:receive("*l")
   if not line then return nil, err end
   local status = tonumber(line:match("^HTTP/1%.1 (%d%d%d)"))
@@ -155,6 +155,13 @@ function Conn:read_response()
     local k, v = h:match("^([^:]+):%s*(.*)$")
     headers[k:lower()] = v
   end
+  return status, headers
+end
+
+-- Read one response: status, headers (lower-case names), body.
+function Conn:read_response()
+  local status, headers = self:read_head()
+  if not status then return nil, headers end
   local body = ""
   local n = tonumber(headers["content-length"] or "0")
   if n > 0 then body = assert(self.sock:receive(n)) end
@@ -201,15 +208,8 @@ Stream.__index = Stream
 function M.sse(gw, path, headers)
   local c = M.connect(gw)
   c:send_raw(build_request("GET", path, nil, headers))
-  local line = assert(c.sock:receive("*l"))
-  local status = tonumber(line:match("^HTTP/1%.1 (%d%d%d)"))
-  local h = {}
-  while true do
-    local l = assert(c.sock:receive("*l"))
-    if l == "" then break end
-    local k, v = l:match("^([^:]+):%s*(.*)$")
-    h[k:lower()] = v
-  end
+  local status, h = c:read_head()
+  assert(status, h)
   if status ~= 200 then
     local body = c.sock:receive(tonumber(h["content-length"] or 0))
     c:close()

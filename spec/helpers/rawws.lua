@@ -19,15 +19,8 @@ function M.open(gw, path, extra)
   }
   for k, v in pairs(extra or {}) do headers[k] = v end
   c:send_raw(gw_.build_request("GET", path or "/socket/websocket?vsn=2.0.0", nil, headers))
-  local line = assert(c.sock:receive("*l"))
-  local status = tonumber(line:match("^HTTP/1%.1 (%d%d%d)"))
-  local h = {}
-  while true do
-    local l = assert(c.sock:receive("*l"))
-    if l == "" then break end
-    local k, v = l:match("^([^:]+):%s*(.*)$")
-    h[k:lower()] = v
-  end
+  local status, h = c:read_head()
+  assert(status, h)
   if status ~= 101 then
     local body = h["content-length"] and c.sock:receive(tonumber(h["content-length"])) or ""
     c:close()
