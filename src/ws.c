@@ -169,9 +169,11 @@ static const struct wslay_event_callbacks wslay_cbs = {on_recv, on_send, NULL, N
  * limit counts as whole, so wslay sees it and closes with 1009. */
 static size_t whole_frames(sg_ws *ws, struct evbuffer *in)
 {
+    /* a whole frame is at most the message limit plus its header */
+    size_t look = ws->conn->srv->cfg->ws_max_message + 14;
     size_t avail = evbuffer_get_length(in), off = 0;
-    const uint8_t *b = evbuffer_pullup(in, avail < 65536 + 14 ? -1 : 65536 + 14);
-    size_t seen = avail < 65536 + 14 ? avail : 65536 + 14;
+    size_t seen = avail < look ? avail : look;
+    const uint8_t *b = evbuffer_pullup(in, (ev_ssize_t)seen);
     while (seen - off >= 2) {
         const uint8_t *h = b + off;
         size_t hl = 2;
