@@ -367,11 +367,6 @@ void sg_plugins_free(sg_plugins *pm)
     free(pm);
 }
 
-int sg_plugins_count(const sg_plugins *pm)
-{
-    return pm ? pm->n : 0;
-}
-
 static int by_priority(const void *a, const void *b)
 {
     const sg_plugin *x = *(sg_plugin *const *)a, *y = *(sg_plugin *const *)b;

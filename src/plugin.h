@@ -25,7 +25,6 @@ void sg_plugins_free(sg_plugins *pm);
  * loads and inits; a file that fails keeps its previous version. Returns a
  * report {"loaded":[…], "failed":[{"file","error"}], "removed":[…]}. */
 json_t *sg_plugins_reload(sg_plugins *pm);
-int sg_plugins_count(const sg_plugins *pm);
 
 enum { SG_BUILD_OK, SG_BUILD_FAILED, SG_BUILD_UNKNOWN };
 

@@ -206,11 +206,6 @@ int sg_security_publisher(sg_security *s, const char *auth, sg_api_key **key, sg
     return -1;
 }
 
-const char *sg_api_key_name(const sg_api_key *key)
-{
-    return key ? key->name : "-";
-}
-
 int sg_security_may_publish(sg_api_key *k, const char *conv, sg_error *err)
 {
     if (!k) return 0;

@@ -40,7 +40,6 @@ int sg_security_publisher(sg_security *s, const char *authorization, sg_api_key 
 /* May this key publish to conv now? -1 with err 403 (pattern) or 429
  * (rate; one token taken otherwise). */
 int sg_security_may_publish(sg_api_key *key, const char *conv, sg_error *err);
-const char *sg_api_key_name(const sg_api_key *key);
 
 /* Admin endpoints: the admin key, or, when none is configured, a loopback
  * peer. -1 with err 401/403. */

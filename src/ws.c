@@ -38,11 +38,6 @@ const char *sg_ws_peer(const sg_ws *ws)
     return ws->conn->peer;
 }
 
-const char *sg_ws_token(const sg_ws *ws)
-{
-    return ws->token;
-}
-
 int sg_ws_may_join(const sg_ws *ws, const char *conv)
 {
     return sg_claims_allow(&ws->claims, conv);

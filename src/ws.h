@@ -42,8 +42,6 @@ size_t sg_ws_text_header(uint8_t *h, size_t len);
 
 sg_server *sg_ws_server(const sg_ws *ws);
 const char *sg_ws_peer(const sg_ws *ws);
-/* The bearer token the client offered (socket params or subprotocol). */
-const char *sg_ws_token(const sg_ws *ws);
 /* Whether the socket's token lets it join conversation conv ("*" and
  * "system" included). */
 int sg_ws_may_join(const sg_ws *ws, const char *conv);
