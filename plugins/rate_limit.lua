@@ -12,7 +12,7 @@ local P = { name = "rate_limit", priority = 50 }
 local rate, burst = 50, 100
 local overrides = {}
 local exempt = { error = true, summary = true }
-local buckets = {}   -- "conversation\0category" -> { tokens, last_ms }
+local buckets = {}   -- conversation -> category -> { tokens, last }
 local nbuckets = 0
 local dropped = 0
 
@@ -28,12 +28,15 @@ end
 
 -- Forget buckets that have refilled: they hold no information.
 local function prune(now)
-  for k, b in pairs(buckets) do
-    local o = overrides[k:match("%z(.*)$")] or {}
-    if b.tokens + (now - b.last) * (o.rate or rate) / 1000 >= (o.burst or burst) then
-      buckets[k] = nil
-      nbuckets = nbuckets - 1
+  for conv, cats in pairs(buckets) do
+    for cat, b in pairs(cats) do
+      local o = overrides[cat] or {}
+      if b.tokens + (now - b.last) * (o.rate or rate) / 1000 >= (o.burst or burst) then
+        cats[cat] = nil
+        nbuckets = nbuckets - 1
+      end
     end
+    if next(cats) == nil then buckets[conv] = nil end
   end
 end
 
@@ -43,12 +46,15 @@ function P.filter(update)
   local o = overrides[cat] or {}
   local r, b = o.rate or rate, o.burst or burst
   local now = statusgw.now_ms()
-  local key = (update.conversation_id or "system") .. "\0" .. cat
-  local bucket = buckets[key]
+  local conv = update.conversation_id or "system"
+  local cats = buckets[conv]
+  local bucket = cats and cats[cat]
   if not bucket then
     if nbuckets >= 50000 then prune(now) end
+    cats = buckets[conv] or {}
+    buckets[conv] = cats
     bucket = { tokens = b, last = now }
-    buckets[key] = bucket
+    cats[cat] = bucket
     nbuckets = nbuckets + 1
   end
   bucket.tokens = math.min(b, bucket.tokens + (now - bucket.last) * r / 1000)

@@ -64,11 +64,17 @@ local function mask(s)
   return s, changed
 end
 
+-- Whether a key names a secret (most keys are lower-case already).
+local function secret_key(k)
+  if type(k) ~= "string" then return false end
+  return secret_keys[k] or (k:find("%u") ~= nil and secret_keys[string.lower(k)]) or false
+end
+
 -- Mask strings in a metadata table, recursively; true when anything changed.
 local function mask_table(t)
   local changed = false
   for k, v in pairs(t) do
-    if type(k) == "string" and secret_keys[string.lower(k)] and v ~= replacement then
+    if secret_key(k) and v ~= replacement then
       t[k] = replacement
       changed = true
     elseif type(v) == "string" then

@@ -341,13 +341,27 @@ sg_update *sg_update_new(const sg_draft *d, uint64_t seq, int64_t ts_ms)
     if (!empty_text) empty_text = json_string("");
     json_t *text = d->text ? d->text : empty_text;
     size_t tlen = 6 * json_string_length(text) + 2;
-    size_t mlen = d->metadata ? json_dumpb(d->metadata, NULL, 0, ENC) : 2;
+    /* encode the metadata once, into a stack buffer when it fits */
+    char mstack[4096];
+    char *mbuf = mstack;
+    size_t mlen = 2;
+    if (d->metadata) {
+        mlen = json_dumpb(d->metadata, mstack, sizeof(mstack), ENC);
+        if (mlen > sizeof(mstack)) {
+            mbuf = malloc(mlen);
+            if (!mbuf) return NULL;
+            json_dumpb(d->metadata, mbuf, mlen, ENC);
+        }
+    }
     size_t slen = d->source ? json_dumpb(d->source, NULL, 0, ENC) : 0;
     const char *cat = sg_category_name(d->category);
     size_t cap = 160 + d->conv_len + strlen(cat) + tlen + mlen + slen;
 
     sg_update *u = malloc(sizeof(*u) + cap);
-    if (!u) return NULL;
+    if (!u) {
+        if (mbuf != mstack) free(mbuf);
+        return NULL;
+    }
     u->refcnt = 1;
     u->category = d->category;
     u->seq = seq;
@@ -361,10 +375,14 @@ sg_update *sg_update_new(const sg_draft *d, uint64_t seq, int64_t ts_ms)
     p += escape_json(json_string_value(text), json_string_length(text), p);
     memcpy(p, ",\"metadata\":", 12);
     p += 12;
-    if (d->metadata)
-        p += json_dumpb(d->metadata, p, mlen, ENC);
-    else
-        p += sprintf(p, "{}");
+    if (d->metadata) {
+        memcpy(p, mbuf, mlen);
+        p += mlen;
+        if (mbuf != mstack) free(mbuf);
+    } else {
+        memcpy(p, "{}", 2);
+        p += 2;
+    }
     char ts[25];
     sg_format_ts(ts_ms, ts);
     p += sprintf(p, ",\"timestamp\":\"%s\"", ts);
