@@ -576,6 +576,9 @@ void sg_http_accept(sg_server *s, evutil_socket_t fd, struct sockaddr *sa, int s
     bufferevent_setcb(bev, on_read, on_write, on_event, c);
     struct timeval idle = {s->cfg->http_idle_s, 0};
     bufferevent_set_timeouts(bev, &idle, NULL);
-    /* writes go out at once through sg_conn_kick; EV_WRITE only for leftovers */
+    /* writes go out at once through sg_conn_kick; EV_WRITE only for
+     * leftovers. bufferevent_socket_new enables EV_WRITE, which would add
+     * and delete the write event (two epoll_ctl calls) around every write */
+    bufferevent_disable(bev, EV_WRITE);
     bufferevent_enable(bev, EV_READ);
 }
