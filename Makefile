@@ -32,11 +32,11 @@ build/obj/%.o: src/%.c $(wildcard src/*.h) | build/obj
 	$(CC) $(WARN) $(CFLAGS) $(PCFLAGS) -MMD -c -o $@ $<
 
 # The model as a Lua module, so unit specs exercise the real C validation.
-build/statusgw_model.so: src/lmodel.c src/status.c src/log.c $(wildcard src/*.h) | build/obj
-	$(CC) $(WARN) $(CFLAGS) $(PCFLAGS) -fPIC -shared -o $@ src/lmodel.c src/status.c src/log.c $(PLIBS)
+build/statusgw_model.so: src/lmodel.c src/status.c src/jtext.c src/log.c $(wildcard src/*.h) | build/obj
+	$(CC) $(WARN) $(CFLAGS) $(PCFLAGS) -fPIC -shared -o $@ src/lmodel.c src/status.c src/jtext.c src/log.c $(PLIBS)
 
 # The plugin host as a Lua module: plugin specs run the real C host.
-PLUGIN_SRCS := src/lplugin.c src/plugin.c src/sandbox.c src/status.c src/config.c src/log.c
+PLUGIN_SRCS := src/lplugin.c src/plugin.c src/sandbox.c src/status.c src/jtext.c src/config.c src/log.c
 build/statusgw_plugin.so: $(PLUGIN_SRCS) $(wildcard src/*.h) | build/obj
 	$(CC) $(WARN) $(CFLAGS) $(PCFLAGS) -fPIC -shared -o $@ $(PLUGIN_SRCS) $(PLIBS)
 

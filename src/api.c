@@ -2,6 +2,7 @@
 
 #include "log.h"
 #include "ingest.h"
+#include "jtext.h"
 #include "metrics.h"
 #include "security.h"
 #include "plugin.h"
@@ -33,43 +34,24 @@ static void method_not_allowed(sg_conn *c, const char *allow)
     sg_http_json(c, 405, sg_error_json(&e), extra);
 }
 
-/* Parse a JSON text; NULL with err set (invalid_json / invalid_utf8). */
-static json_t *parse_json(const char *s, size_t n, sg_error *err)
-{
-    if (n == 0) {
-        sg_error_set(err, 400, "invalid_json", NULL, "the request body is empty");
-        return NULL;
-    }
-    json_error_t je;
-    json_t *v = json_loadb(s, n, JSON_REJECT_DUPLICATES, &je);
-    if (v) return v;
-    if (json_error_code(&je) == json_error_invalid_utf8)
-        sg_error_set(err, 400, "invalid_utf8", NULL, "the body is not valid UTF-8: %s", je.text);
-    else
-        sg_error_set(err, 400, "invalid_json", NULL, "malformed JSON at line %d column %d: %s",
-                     je.line, je.column, je.text);
-    return NULL;
-}
-
-/* Validate and publish one update object. Returns 0 and fills res, or -1
- * with err set. */
-/* Publish one update for the producer holding key (NULL: open mode). */
-static int publish(sg_server *s, sg_api_key *key, json_t *obj, sg_publish_result *res, sg_error *err)
+/* Parse, validate and publish one update's JSON text for the producer
+ * holding key (NULL: open mode). Returns 0 and fills res, or -1 with err. */
+static int publish(sg_server *s, sg_api_key *key, const char *json, size_t n,
+                   sg_publish_result *res, sg_error *err)
 {
     sg_metrics_received(1);
-    int rc = 0;
-    if (key) {
-        json_t *cid = json_object_get(obj, "conversation_id");
-        const char *conv = json_is_string(cid) ? json_string_value(cid) : "system";
-        rc = sg_security_may_publish(key, conv, err);
-    }
-    if (rc == 0) rc = sg_ingest(s, obj, NULL, res, err);
+    sg_limits lim = {s->cfg->max_text, s->cfg->max_metadata};
+    sg_draft d;
+    int rc = sg_draft_parse(json, n, &lim, &d, err);
+    if (rc == 0 && key) rc = sg_security_may_publish(key, d.conv_id, err);
+    if (rc == 0) rc = sg_ingest(s, &d, NULL, res, err);
+    sg_draft_free(&d);
     if (rc < 0) sg_metrics_rejected(err->code);
     else if (res->dropped) sg_metrics_dropped();
     return rc;
 }
 
-/* A publish refused as a whole request (auth, media type, JSON). */
+/* A publish refused as a whole request (auth, media type). */
 static void refuse_publish(sg_conn *c, const sg_error *err)
 {
     sg_metrics_received(1);
@@ -77,15 +59,36 @@ static void refuse_publish(sg_conn *c, const sg_error *err)
     sg_http_error(c, err);
 }
 
-static json_t *publish_reply(const sg_publish_result *res)
+/* The answer to one accepted publish, as JSON text into out (room for
+ * REPLY_MAX bytes). Returns its length. */
+static size_t publish_reply(const sg_publish_result *res, char *out)
 {
-    if (res->dropped)
-        return json_pack("{s:b, s:s}", "dropped", 1, "dropped_by", res->dropped_by);
-    json_t *o = json_pack("{s:s, s:I, s:s}", "conversation_id", res->conv->id, "seq",
-                          (json_int_t)res->seq, "epoch", res->conv->epoch);
-    if (res->duplicate) json_object_set_new(o, "duplicate", json_true());
-    return o;
+    char *p = out;
+#define PUT(lit) (memcpy(p, lit, sizeof(lit) - 1), p += sizeof(lit) - 1)
+    if (res->dropped) {
+        PUT("{\"dropped\":true,\"dropped_by\":");
+        p += sg_json_escape(res->dropped_by, strnlen(res->dropped_by, sizeof(res->dropped_by)), p);
+        PUT("}");
+        return (size_t)(p - out);
+    }
+    PUT("{\"conversation_id\":\"");
+    size_t n = strlen(res->conv->id);
+    memcpy(p, res->conv->id, n);
+    p += n;
+    PUT("\",\"seq\":");
+    p += sg_fmt_int((long long)res->seq, p);
+    PUT(",\"epoch\":\"");
+    n = strlen(res->conv->epoch);
+    memcpy(p, res->conv->epoch, n);
+    p += n;
+    PUT("\"");
+    if (res->duplicate) PUT(",\"duplicate\":true");
+    PUT("}");
+#undef PUT
+    return (size_t)(p - out);
 }
+
+#define REPLY_MAX (SG_MAX_CONV_ID + 448) /* conv id, epoch, or a plugin name escaped */
 
 static void handle_publish(sg_conn *c, sg_req *r)
 {
@@ -101,31 +104,71 @@ static void handle_publish(sg_conn *c, sg_req *r)
         refuse_publish(c, &err);
         return;
     }
-    json_t *obj = parse_json(r->body, r->body_len, &err);
     sg_publish_result res;
-    if (!obj) {
-        refuse_publish(c, &err);
-    } else if (publish(c->srv, key, obj, &res, &err) < 0) {
+    if (publish(c->srv, key, r->body ? r->body : "", r->body_len, &res, &err) < 0) {
         sg_http_error(c, &err);
-    } else if (!res.dropped) { /* the hot path: no JSON library for the reply */
-        char reply[SG_MAX_CONV_ID + 128];
-        int n = snprintf(reply, sizeof(reply), "{\"conversation_id\":\"%s\",\"seq\":%llu,\"epoch\":\"%s\"%s}\n",
-                         res.conv->id, (unsigned long long)res.seq, res.conv->epoch,
-                         res.duplicate ? ",\"duplicate\":true" : "");
-        sg_http_respond(c, 202, "application/json", reply, (size_t)n, NULL);
-    } else {
-        sg_http_json(c, 202, publish_reply(&res), NULL);
+        return;
     }
-    json_decref(obj);
+    char reply[REPLY_MAX + 1];
+    size_t n = publish_reply(&res, reply);
+    reply[n++] = '\n';
+    sg_http_respond(c, 202, "application/json", reply, n, NULL);
 }
 
-static json_t *item_result(sg_server *s, sg_api_key *key, json_t *obj, int *accepted)
+/* The end of the value that starts at p, in canonical JSON text. */
+static const char *skip_value(const char *p, const char *end)
 {
-    sg_error err;
-    sg_publish_result res;
-    if (publish(s, key, obj, &res, &err) < 0) return sg_error_json(&err);
-    (*accepted)++;
-    return publish_reply(&res);
+    int depth = 0;
+    while (p < end) {
+        char ch = *p;
+        if (ch == '"') {
+            for (p++; p < end && *p != '"'; p++)
+                if (*p == '\\') p++;
+            p++;
+            if (depth == 0) return p;
+            continue;
+        }
+        if (ch == '{' || ch == '[') depth++;
+        else if (ch == '}' || ch == ']') {
+            if (depth == 0) return p;
+            if (--depth == 0) return p + 1;
+        } else if (ch == ',' && depth == 0) return p;
+        p++;
+    }
+    return end;
+}
+
+typedef struct span {
+    const char *s;
+    size_t n;
+    int line; /* NDJSON: its line number */
+} span;
+
+typedef struct obuf {
+    char *s;
+    size_t n, cap;
+} obuf;
+
+static char *ob_room(obuf *b, size_t k)
+{
+    if (b->n + k > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 4096;
+        while (cap < b->n + k)
+            cap *= 2;
+        char *s = realloc(b->s, cap);
+        if (!s) return NULL;
+        b->s = s;
+        b->cap = cap;
+    }
+    return b->s + b->n;
+}
+
+static void ob_put(obuf *b, const char *s, size_t k)
+{
+    char *o = ob_room(b, k);
+    if (!o) return;
+    memcpy(o, s, k);
+    b->n += k;
 }
 
 static void handle_bulk(sg_conn *c, sg_req *r)
@@ -144,77 +187,105 @@ static void handle_bulk(sg_conn *c, sg_req *r)
         sg_http_error(c, &err);
         return;
     }
-    json_t *items = NULL;
-    json_t *parse_errors = NULL; /* NDJSON: per line, an error object or null */
+    int max = c->srv->cfg->max_bulk_items;
+    span *items = calloc((size_t)max + 1, sizeof(*items));
+    char *canon = NULL;
+    size_t n = 0;
+    const char *p = r->body ? r->body : "", *end = p + r->body_len;
+    if (!items) {
+        sg_error_set(&err, 503, "out_of_memory", NULL, "out of memory");
+        sg_http_error(c, &err);
+        return;
+    }
     if (ndjson) {
-        items = json_array();
-        parse_errors = json_array();
-        const char *p = r->body ? r->body : "", *end = p + r->body_len;
         int line = 0;
-        while (p < end) {
-            const char *nl = memchr(p, '\n', end - p);
+        while (p < end && n <= (size_t)max) {
+            const char *nl = memchr(p, '\n', (size_t)(end - p));
             const char *le = nl ? nl : end;
             line++;
             const char *q = p;
             while (q < le && (*q == ' ' || *q == '\t' || *q == '\r'))
                 q++;
-            if (q < le) {
-                json_t *v = parse_json(p, le - p, &err);
-                if (!v) {
-                    /* keep the slot: its result carries the parse error */
-                    char msg[sizeof(err.message)];
-                    snprintf(msg, sizeof(msg), "line %d: %.180s", line, err.message);
-                    snprintf(err.message, sizeof(err.message), "%s", msg);
-                }
-                json_array_append_new(items, v ? v : json_null());
-                json_array_append_new(parse_errors, v ? json_null() : sg_error_json(&err));
-            }
+            if (q < le) items[n++] = (span){p, (size_t)(le - p), line};
             p = nl ? nl + 1 : end;
         }
     } else {
-        items = parse_json(r->body, r->body_len, &err);
-        if (!items) {
+        /* the whole array is checked first: a malformed body publishes nothing */
+        sg_jtext j;
+        canon = malloc(r->body_len + 1);
+        if (canon) sg_jtext_init(&j, p, r->body_len, canon);
+        if (canon) sg_jtext_ws(&j);
+        if (!canon || r->body_len == 0 || sg_jtext_value(&j) < 0 || (sg_jtext_ws(&j), j.p != end)) {
+            if (!canon) sg_error_set(&err, 503, "out_of_memory", NULL, "out of memory");
+            else if (r->body_len == 0) sg_error_set(&err, 400, "invalid_json", NULL, "the request body is empty");
+            else if (j.utf8) sg_error_set(&err, 400, "invalid_utf8", NULL, "the body is not valid UTF-8: %s", j.err);
+            else sg_error_set(&err, 400, "invalid_json", NULL, "malformed JSON: %s",
+                              j.err[0] ? j.err : "data after the end of the value");
             sg_http_error(c, &err);
-            return;
+            goto out;
         }
-        if (!json_is_array(items)) {
-            json_decref(items);
-            sg_error_set(&err, 400, "invalid_body", NULL,
-                         "the bulk body must be a JSON array of updates");
+        if (canon[0] != '[') {
+            sg_error_set(&err, 400, "invalid_body", NULL, "the bulk body must be a JSON array of updates");
             sg_http_error(c, &err);
-            return;
+            goto out;
+        }
+        const char *q = canon + 1, *cend = j.o;
+        while (q < cend && *q != ']' && n <= (size_t)max) {
+            const char *e = skip_value(q, cend);
+            items[n++] = (span){q, (size_t)(e - q), 0};
+            q = e < cend && *e == ',' ? e + 1 : e;
         }
     }
-    size_t n = json_array_size(items);
-    if (n > (size_t)c->srv->cfg->max_bulk_items) {
-        json_decref(items);
-        json_decref(parse_errors);
-        sg_error_set(&err, 413, "too_many_items", NULL, "%zu updates in one request; the limit is %d",
-                     n, c->srv->cfg->max_bulk_items);
+    if (n > (size_t)max) {
+        sg_error_set(&err, 413, "too_many_items", NULL, "more than %d updates in one request", max);
         sg_http_error(c, &err);
-        return;
+        goto out;
     }
     if (n == 0) {
-        json_decref(items);
-        json_decref(parse_errors);
         sg_error_set(&err, 400, "empty_bulk", NULL, "the bulk request holds no updates");
         sg_http_error(c, &err);
-        return;
+        goto out;
     }
-    json_t *results = json_array();
+    /* the counts lead the answer but are known last: room is kept for them */
+    enum { HEAD = 64 };
+    obuf b = {0};
     int accepted = 0;
+    if (ob_room(&b, HEAD)) b.n = HEAD;
+    ob_put(&b, "\"results\":[", 11);
     for (size_t i = 0; i < n; i++) {
-        json_t *perr = json_array_get(parse_errors, i);
-        json_array_append_new(results, perr && !json_is_null(perr)
-                                           ? json_incref(perr)
-                                           : item_result(c->srv, key, json_array_get(items, i),
-                                                         &accepted));
+        sg_publish_result res;
+        if (i) ob_put(&b, ",", 1);
+        if (publish(c->srv, key, items[i].s, items[i].n, &res, &err) == 0) {
+            accepted++;
+            char *o = ob_room(&b, REPLY_MAX);
+            if (o) b.n += publish_reply(&res, o);
+            continue;
+        }
+        if (items[i].line && (strcmp(err.code, "invalid_json") == 0 || strcmp(err.code, "invalid_utf8") == 0)) {
+            char msg[sizeof(err.message)];
+            snprintf(msg, sizeof(msg), "line %d: %.180s", items[i].line, err.message);
+            snprintf(err.message, sizeof(err.message), "%s", msg);
+        }
+        json_t *ej = sg_error_json(&err);
+        char *es = json_dumps(ej, JSON_COMPACT);
+        if (es) ob_put(&b, es, strlen(es));
+        free(es);
+        json_decref(ej);
     }
-    json_decref(items);
-    json_decref(parse_errors);
-    sg_http_json(c, 202, json_pack("{s:i, s:i, s:o}", "accepted", accepted, "rejected",
-                                   (int)n - accepted, "results", results),
-                 NULL);
+    ob_put(&b, "]}\n", 3);
+    char head[HEAD];
+    int hn = snprintf(head, sizeof(head), "{\"accepted\":%d,\"rejected\":%d,", accepted, (int)n - accepted);
+    if (b.s) {
+        memcpy(b.s + HEAD - hn, head, (size_t)hn);
+        sg_http_respond(c, 202, "application/json", b.s + HEAD - hn, b.n - HEAD + (size_t)hn, NULL);
+    } else {
+        sg_error_set(&err, 503, "out_of_memory", NULL, "out of memory");
+        sg_http_error(c, &err);
+    }
+    free(b.s);
+out:
+    free(items);
+    free(canon);
 }
 
 static int query_uint(sg_req *r, const char *name, unsigned long long def,

@@ -6,10 +6,11 @@
 
 #include "http.h"
 
-/* Publish one update object (borrowed). emitted_by names the plugin that
+/* Publish one validated update. The builder and the filters may change the
+ * draft (the caller still frees it). emitted_by names the plugin that
  * emitted it (its own filter and aggregator skip it), or NULL. Returns 0
  * with res filled (res->dropped when a filter dropped it) or -1 with err. */
-int sg_ingest(sg_server *s, json_t *obj, const char *emitted_by, sg_publish_result *res,
+int sg_ingest(sg_server *s, sg_draft *d, const char *emitted_by, sg_publish_result *res,
               sg_error *err);
 
 /* statusgw.emit: validate now, publish on the next loop turn. */

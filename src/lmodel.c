@@ -13,20 +13,9 @@ static int l_validate(lua_State *L)
 {
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n);
-    json_error_t je;
-    json_t *obj = json_loadb(s, n, JSON_REJECT_DUPLICATES, &je);
-    if (!obj) {
-        lua_pushboolean(L, 0);
-        lua_pushstring(L, json_error_code(&je) == json_error_invalid_utf8 ? "invalid_utf8"
-                                                                           : "invalid_json");
-        lua_pushstring(L, je.text);
-        return 3;
-    }
     sg_draft d;
     sg_error e;
-    int rc = sg_draft_from_json(obj, &limits, &d, &e);
-    if (rc < 0) {
-        json_decref(obj);
+    if (sg_draft_parse(s, n, &limits, &d, &e) < 0) {
         lua_pushboolean(L, 0);
         lua_pushstring(L, e.code);
         lua_pushstring(L, e.message);
@@ -36,7 +25,7 @@ static int l_validate(lua_State *L)
     lua_pushboolean(L, 1);
     lua_pushstring(L, d.conv_id);
     lua_pushstring(L, sg_category_name(d.category));
-    json_decref(obj);
+    sg_draft_free(&d);
     return 3;
 }
 
@@ -47,17 +36,14 @@ static int l_encode(lua_State *L)
     const char *s = luaL_checklstring(L, 1, &n);
     lua_Integer seq = luaL_checkinteger(L, 2);
     lua_Integer ts = luaL_checkinteger(L, 3);
-    json_t *obj = json_loadb(s, n, 0, NULL);
     sg_draft d;
     sg_error e;
-    if (!obj || sg_draft_from_json(obj, &limits, &d, &e) < 0) {
-        json_decref(obj);
-        return luaL_error(L, "invalid update");
-    }
+    if (sg_draft_parse(s, n, &limits, &d, &e) < 0) return luaL_error(L, "invalid update: %s", e.message);
     sg_update *u = sg_update_new(&d, (uint64_t)seq, ts);
+    sg_draft_free(&d);
+    if (!u) return luaL_error(L, "out of memory");
     lua_pushlstring(L, u->json, u->json_len);
     sg_update_unref(u);
-    json_decref(obj);
     return 1;
 }
 

@@ -4,6 +4,7 @@
 #include "config.h"
 #include "plugin.h"
 #include "sandbox.h"
+#include "jtext.h"
 #include "status.h"
 
 #include <lauxlib.h>
@@ -29,6 +30,7 @@ static int on_emit(void *arg, json_t *u, const char *plugin, char *err, size_t e
         snprintf(err, errlen, "emit: %s (%s)", e.message, e.code);
         return -1;
     }
+    sg_draft_free(&d);
     json_t *copy = json_deep_copy(u);
     json_object_set_new(copy, "__plugin", json_string(plugin));
     json_array_append_new(h->emitted, copy);
@@ -44,10 +46,6 @@ static json_t *arg_json(lua_State *L, int idx)
     return j;
 }
 
-static void push_or_nil(lua_State *L, json_t *j)
-{
-    if (j) sg_lua_push_json(L, j); else lua_pushnil(L);
-}
 
 /* host(dir, {plugins = {...}, plugin_max_instructions = N, ...}) */
 static int l_host(lua_State *L)
@@ -108,22 +106,55 @@ static int l_reload(lua_State *L)
     return 1;
 }
 
-/* build(name, args, update) -> "ok"|"failed"|"unknown", metadata, text */
+/* A Lua value as JSON text (a new string), or a Lua error. */
+static char *arg_text(lua_State *L, int idx, size_t *len)
+{
+    char err[200];
+    char *s = sg_lua_to_json_text(L, idx, len, err, sizeof(err));
+    if (!s) luaL_error(L, "argument %d: %s", idx, err);
+    return s;
+}
+
+/* An update table as a validated draft, or a Lua error. */
+static void arg_draft(lua_State *L, host *h, int idx, sg_draft *d)
+{
+    size_t n;
+    char *s = arg_text(L, idx, &n);
+    sg_limits lim = {h->cfg.max_text, h->cfg.max_metadata};
+    sg_error e;
+    int rc = sg_draft_parse(s, n, &lim, d, &e);
+    free(s);
+    if (rc < 0) luaL_error(L, "argument %d is not a valid update: %s", idx, e.message);
+}
+
+/* build(name, args, update) -> "ok"|"failed"|"unknown", metadata, text.
+ * The update needs no category: "info" stands in. */
 static int l_build(lua_State *L)
 {
     host *h = check_host(L);
     const char *name = luaL_checkstring(L, 2);
-    json_t *args = arg_json(L, 3), *upd = arg_json(L, 4);
-    if (!upd) upd = json_object();
-    json_t *md, *text;
-    int rc = sg_plugins_build(h->pm, name, args, upd, &md, &text);
+    sg_draft d;
+    memset(&d, 0, sizeof(d));
+    memcpy(d.conv_id, "system", 7);
+    d.conv_len = 6;
+    d.category = sg_category_index("info", 4);
+    d.builder = name;
+    char *args = NULL, *own = NULL;
+    if (!lua_isnoneornil(L, 3)) d.args = args = arg_text(L, 3, &d.args_len);
+    if (lua_istable(L, 4)) {
+        if (lua_getfield(L, 4, "text") == LUA_TSTRING) d.text = lua_tolstring(L, -1, &d.text_len);
+        if (lua_getfield(L, 4, "metadata") == LUA_TTABLE) d.metadata = own = arg_text(L, -1, &d.metadata_len);
+    }
+    char *md, *text;
+    size_t mlen, tlen;
+    int rc = sg_plugins_build(h->pm, &d, &md, &mlen, &text, &tlen);
+    free(args);
+    free(own);
     lua_pushstring(L, rc == SG_BUILD_OK ? "ok" : rc == SG_BUILD_FAILED ? "failed" : "unknown");
-    push_or_nil(L, md);
-    push_or_nil(L, text);
-    json_decref(args);
-    json_decref(upd);
-    json_decref(md);
-    json_decref(text);
+    if (md) sg_lua_push_json_text(L, md, mlen); else lua_pushnil(L);
+    if (text) lua_pushlstring(L, text, tlen); else lua_pushnil(L);
+    free(md);
+    free(text);
     return 3;
 }
 
@@ -131,13 +162,13 @@ static int l_build(lua_State *L)
 static int l_filter(lua_State *L)
 {
     host *h = check_host(L);
-    json_t *u = arg_json(L, 2);
+    sg_draft d;
+    arg_draft(L, h, 2, &d);
     const char *by = NULL;
-    int changed;
-    int keep = sg_plugins_filter(h->pm, &u, NULL, &by, &changed);
+    int keep = sg_plugins_filter(h->pm, &d, NULL, &by);
     lua_pushboolean(L, keep);
-    if (keep) sg_lua_push_json(L, u); else lua_pushstring(L, by);
-    json_decref(u);
+    if (keep) sg_plugins_push_draft(L, &d); else lua_pushstring(L, by);
+    sg_draft_free(&d);
     return 2;
 }
 
@@ -156,9 +187,12 @@ static int l_observe(lua_State *L)
 {
     host *h = check_host(L);
     const char *conv = luaL_checkstring(L, 2);
-    json_t *u = arg_json(L, 3);
-    sg_plugins_observe(h->pm, conv, u, NULL);
-    json_decref(u);
+    sg_draft d;
+    arg_draft(L, h, 3, &d);
+    sg_update *u = sg_update_new(&d, 1, 0);
+    sg_draft_free(&d);
+    if (u) sg_plugins_observe(h->pm, conv, u, NULL);
+    sg_update_unref(u);
     return 0;
 }
 

@@ -1,5 +1,6 @@
 #include "plugin.h"
 
+#include "jtext.h"
 #include "log.h"
 
 #include <dirent.h>
@@ -487,51 +488,129 @@ static sg_plugin *find_named(const sg_plugins *pm, size_t off, const char *name)
     return NULL;
 }
 
-int sg_plugins_build(sg_plugins *pm, const char *name, json_t *args, json_t *update,
-                     json_t **metadata, json_t **text)
+void sg_plugins_push_draft(lua_State *L, const sg_draft *d)
+{
+    lua_createtable(L, 0, 6);
+    lua_pushlstring(L, d->conv_id, d->conv_len);
+    lua_setfield(L, -2, "conversation_id");
+    lua_pushstring(L, sg_category_name(d->category));
+    lua_setfield(L, -2, "category");
+    lua_pushlstring(L, d->text ? d->text : "", d->text_len);
+    lua_setfield(L, -2, "text");
+    if (d->metadata) {
+        sg_lua_push_json_text(L, d->metadata, d->metadata_len);
+        lua_setfield(L, -2, "metadata");
+    }
+    if (d->source) {
+        lua_pushlstring(L, d->source, d->source_len);
+        lua_setfield(L, -2, "source");
+    }
+    if (d->idempotency_key) {
+        lua_pushstring(L, d->idempotency_key);
+        lua_setfield(L, -2, "idempotency_key");
+    }
+}
+
+/* Keys a producer's own metadata cannot override: what builders compute. */
+static const char *computed_keys[] = {"duration_ms", "duration_human", "percentage", "progress",
+                                      NULL};
+
+static int is_computed(const char *k)
+{
+    for (int i = 0; computed_keys[i]; i++)
+        if (strcmp(k, computed_keys[i]) == 0) return 1;
+    return 0;
+}
+
+/* The built metadata table at the top of the stack gets a timestamp and
+ * the producer's own keys, except over computed ones (DESIGN §5). */
+static void merge_own(lua_State *L, const sg_draft *d)
+{
+    int md = lua_gettop(L);
+    if (lua_getfield(L, md, "timestamp") == LUA_TNIL) {
+        char ts[25];
+        sg_format_ts(wall_ms(), ts);
+        lua_pushlstring(L, ts, 24);
+        lua_setfield(L, md, "timestamp");
+    }
+    lua_pop(L, 1);
+    if (!d->metadata) return;
+    sg_lua_push_json_text(L, d->metadata, d->metadata_len);
+    int own = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, own)) {
+        const char *k = lua_tostring(L, -2);
+        int keep_built = 0;
+        if (is_computed(k)) {
+            keep_built = lua_getfield(L, md, k) != LUA_TNIL;
+            lua_pop(L, 1);
+        }
+        if (keep_built) {
+            lua_pop(L, 1);
+        } else {
+            lua_pushvalue(L, -2);
+            lua_insert(L, -2);
+            lua_rawset(L, md);
+        }
+    }
+    lua_pop(L, 1);
+}
+
+int sg_plugins_build(sg_plugins *pm, const sg_draft *d, char **metadata, size_t *mlen, char **text,
+                     size_t *tlen)
 {
     *metadata = *text = NULL;
-    sg_plugin *p = find_named(pm, offsetof(sg_plugin, builders), name);
+    *mlen = *tlen = 0;
+    sg_plugin *p = find_named(pm, offsetof(sg_plugin, builders), d->builder);
     if (!p) return SG_BUILD_UNKNOWN;
     if (p->disabled) return SG_BUILD_FAILED;
     lua_State *L = sg_sandbox_state(p->sb);
-    if (push_field(p, "builders", name) != LUA_TFUNCTION) {
+    if (push_field(p, "builders", d->builder) != LUA_TFUNCTION) {
         lua_pop(L, 1);
-        garbage(p, name, "the builder is no longer a function");
+        garbage(p, d->builder, "the builder is no longer a function");
         return SG_BUILD_FAILED;
     }
-    if (args) sg_lua_push_json(L, args); else lua_newtable(L);
-    sg_lua_push_json(L, update);
-    if (call(p, 2, 2, name) != SG_SB_OK) return SG_BUILD_FAILED;
+    if (d->args) sg_lua_push_json_text(L, d->args, d->args_len); else lua_newtable(L);
+    sg_plugins_push_draft(L, d);
+    if (call(p, 2, 2, d->builder) != SG_SB_OK) return SG_BUILD_FAILED;
     char why[200];
     int rc = SG_BUILD_OK;
     if (!lua_istable(L, -2)) {
-        garbage(p, name, "a builder must return a metadata table");
+        garbage(p, d->builder, "a builder must return a metadata table");
         rc = SG_BUILD_FAILED;
     } else if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING) {
-        garbage(p, name, "a builder's second result must be a text string or nil");
+        garbage(p, d->builder, "a builder's second result must be a text string or nil");
+        rc = SG_BUILD_FAILED;
+    } else if (lua_type(L, -1) == LUA_TSTRING &&
+               !sg_utf8_valid(lua_tostring(L, -1), lua_rawlen(L, -1))) {
+        garbage(p, d->builder, "the text is not valid UTF-8");
         rc = SG_BUILD_FAILED;
     } else {
-        *metadata = sg_lua_to_json(L, -2, why, sizeof(why));
-        if (!*metadata || !json_is_object(*metadata)) {
-            if (*metadata) snprintf(why, sizeof(why), "metadata must be a table of named keys");
-            json_decref(*metadata);
+        lua_pushvalue(L, -2);
+        merge_own(L, d);
+        *metadata = sg_lua_to_json_text(L, -1, mlen, why, sizeof(why));
+        lua_pop(L, 1);
+        if (*metadata && (*metadata)[0] != '{') {
+            snprintf(why, sizeof(why), "metadata must be a table of named keys");
+            free(*metadata);
             *metadata = NULL;
-            garbage(p, name, why);
+        }
+        if (!*metadata) {
+            garbage(p, d->builder, why);
             rc = SG_BUILD_FAILED;
         } else if (lua_type(L, -1) == LUA_TSTRING) {
-            size_t n;
-            const char *s = lua_tolstring(L, -1, &n);
-            *text = json_stringn(s, n);
-            if (!*text) {
-                json_decref(*metadata);
-                *metadata = NULL;
-                garbage(p, name, "the text is not valid UTF-8");
-                rc = SG_BUILD_FAILED;
-            }
+            const char *t = lua_tolstring(L, -1, tlen);
+            *text = malloc(*tlen + 1);
+            if (*text) memcpy(*text, t, *tlen + 1);
+            else rc = SG_BUILD_FAILED;
         }
     }
     lua_pop(L, 2);
+    if (rc != SG_BUILD_OK) {
+        free(*metadata);
+        free(*text);
+        *metadata = *text = NULL;
+    }
     return rc;
 }
 
@@ -544,10 +623,31 @@ int sg_plugins_have_filters(const sg_plugins *pm)
     return 0;
 }
 
-int sg_plugins_filter(sg_plugins *pm, json_t **update, const char *skip, const char **dropped_by,
-                      int *changed)
+/* A filter's replacement table (at the top of the stack) as a new draft:
+ * what only the gateway sets is removed, the idempotency key is the
+ * original's. 0, or -1 with why. */
+static int replacement(lua_State *L, const sg_draft *orig, const sg_limits *lim, sg_draft *out,
+                       char *why, size_t whylen)
 {
-    *changed = 0;
+    static const char *gateway_keys[] = {"builder", "args", "seq", "timestamp"};
+    for (size_t i = 0; i < sizeof(gateway_keys) / sizeof(gateway_keys[0]); i++) {
+        lua_pushnil(L);
+        lua_setfield(L, -2, gateway_keys[i]);
+    }
+    if (orig->idempotency_key) lua_pushstring(L, orig->idempotency_key); else lua_pushnil(L);
+    lua_setfield(L, -2, "idempotency_key");
+    size_t n;
+    char *text = sg_lua_to_json_text(L, -1, &n, why, whylen);
+    if (!text) return -1;
+    sg_error e;
+    int rc = sg_draft_parse(text, n, lim, out, &e);
+    free(text);
+    if (rc < 0) snprintf(why, whylen, "the returned update is invalid: %s", e.message);
+    return rc;
+}
+
+int sg_plugins_filter(sg_plugins *pm, sg_draft *d, const char *skip, const char **dropped_by)
+{
     sg_limits lim = {pm->cfg->max_text, pm->cfg->max_metadata};
     for (int i = 0; i < pm->n; i++) {
         sg_plugin *p = pm->list[i];
@@ -555,7 +655,7 @@ int sg_plugins_filter(sg_plugins *pm, json_t **update, const char *skip, const c
             continue;
         lua_State *L = sg_sandbox_state(p->sb);
         lua_rawgeti(L, LUA_REGISTRYINDEX, p->filter_ref);
-        sg_lua_push_json(L, *update);
+        sg_plugins_push_draft(L, d);
         if (call(p, 1, 1, "filter") != SG_SB_OK) {
             if (p->drop_on_failure) {
                 *dropped_by = p->name;
@@ -573,24 +673,15 @@ int sg_plugins_filter(sg_plugins *pm, json_t **update, const char *skip, const c
             return 0;
         }
         char why[240];
-        json_t *repl = lua_istable(L, -1) ? sg_lua_to_json(L, -1, why, sizeof(why)) : NULL;
-        if (!lua_istable(L, -1))
+        sg_draft nd;
+        int ok = lua_istable(L, -1);
+        if (!ok)
             snprintf(why, sizeof(why), "a filter returns nil, false or an update table, not a %s",
                      luaL_typename(L, -1));
+        else
+            ok = replacement(L, d, &lim, &nd, why, sizeof(why)) == 0;
         lua_pop(L, 1);
-        sg_draft d;
-        sg_error e;
-        if (repl && json_is_object(repl)) {
-            json_object_del(repl, "builder");
-            json_object_del(repl, "args");
-            json_object_del(repl, "seq");
-            json_object_del(repl, "timestamp");
-            json_t *ik = json_object_get(*update, "idempotency_key");
-            if (ik) json_object_set(repl, "idempotency_key", ik); else json_object_del(repl, "idempotency_key");
-        }
-        if (!repl || sg_draft_from_json(repl, &lim, &d, &e) < 0) {
-            if (repl) snprintf(why, sizeof(why), "the returned update is invalid: %s", e.message);
-            json_decref(repl);
+        if (!ok) {
             garbage(p, "filter", why);
             if (p->drop_on_failure) {
                 *dropped_by = p->name;
@@ -598,9 +689,8 @@ int sg_plugins_filter(sg_plugins *pm, json_t **update, const char *skip, const c
             }
             continue;
         }
-        json_decref(*update);
-        *update = repl;
-        *changed = 1;
+        sg_draft_free(d);
+        *d = nd;
     }
     return 1;
 }
@@ -725,10 +815,10 @@ void sg_plugins_summarize(sg_plugins *pm)
         summarize_dirty(pm->list[i]);
 }
 
-void sg_plugins_observe(sg_plugins *pm, const char *conv, json_t *update, const char *skip)
+void sg_plugins_observe(sg_plugins *pm, const char *conv, const sg_update *u, const char *skip)
 {
-    const char *cat = json_string_value(json_object_get(update, "category"));
-    if (cat && strcmp(cat, "summary") == 0) return; /* aggregators never see summaries */
+    if (strcmp(sg_category_name(u->category), "summary") == 0)
+        return; /* aggregators never see summaries */
     for (int i = 0; i < pm->n; i++) {
         sg_plugin *p = pm->list[i];
         if (!p->agg_interval_ms || p->disabled || (skip && strcmp(skip, p->name) == 0)) continue;
@@ -747,7 +837,7 @@ void sg_plugins_observe(sg_plugins *pm, const char *conv, json_t *update, const 
             lua_setfield(L, -3, conv);
         }
         lua_remove(L, -2);
-        sg_lua_push_json(L, update);
+        sg_lua_push_json_text(L, u->json, u->json_len);
         if (call(p, 2, 1, "observe") != SG_SB_OK) continue;
         int now = lua_toboolean(L, -1) && lua_isboolean(L, -1);
         lua_pop(L, 1);

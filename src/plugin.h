@@ -28,17 +28,20 @@ json_t *sg_plugins_reload(sg_plugins *pm);
 
 enum { SG_BUILD_OK, SG_BUILD_FAILED, SG_BUILD_UNKNOWN };
 
-/* Run builder `name` with (args, update). On SG_BUILD_OK, *metadata is a
- * new object and *text a new string or NULL. */
-int sg_plugins_build(sg_plugins *pm, const char *name, json_t *args, json_t *update,
-                     json_t **metadata, json_t **text);
+/* The update table plugins see, from a draft. */
+void sg_plugins_push_draft(lua_State *L, const sg_draft *d);
+
+/* Run the draft's builder with (args, update). On SG_BUILD_OK, *metadata
+ * is the built metadata merged with the producer's own (DESIGN §5) as new
+ * JSON text, and *text a new string or NULL. The caller frees both. */
+int sg_plugins_build(sg_plugins *pm, const sg_draft *d, char **metadata, size_t *mlen, char **text,
+                     size_t *tlen);
 
 /* Run the ingest filters in priority order, skipping plugin `skip` (the
- * emitter of this update). Returns 1 to keep (*update may have been
- * replaced, and then *changed is set; a replacement is already validated)
- * or 0 to drop, with the dropping plugin's name in *dropped_by. */
-int sg_plugins_filter(sg_plugins *pm, json_t **update, const char *skip,
-                      const char **dropped_by, int *changed);
+ * emitter of this update). Returns 1 to keep (a filter may have replaced
+ * the draft with a validated one) or 0 to drop, with the dropping
+ * plugin's name in *dropped_by. */
+int sg_plugins_filter(sg_plugins *pm, sg_draft *d, const char *skip, const char **dropped_by);
 int sg_plugins_have_filters(const sg_plugins *pm);
 
 /* Subscriber filters, by name. */
@@ -48,7 +51,7 @@ int sg_plugins_subscriber_filter(sg_plugins *pm, const char *name, json_t *args,
 
 /* Aggregators. */
 int sg_plugins_have_aggregators(const sg_plugins *pm);
-void sg_plugins_observe(sg_plugins *pm, const char *conv, json_t *update, const char *skip);
+void sg_plugins_observe(sg_plugins *pm, const char *conv, const sg_update *u, const char *skip);
 void sg_plugins_forget(sg_plugins *pm, const char *conv);
 /* Ask every aggregator for the summaries due now (the timers do this). */
 void sg_plugins_summarize(sg_plugins *pm);

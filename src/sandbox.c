@@ -1,5 +1,6 @@
 #include "sandbox.h"
 
+#include "jtext.h"
 #include "log.h"
 
 #include <lauxlib.h>
@@ -342,6 +343,239 @@ json_t *sg_lua_to_json(lua_State *L, int idx, char *err, size_t errlen)
     return to_json(L, idx, 0, err, errlen);
 }
 
+/* ---- JSON text <-> Lua, without a tree in between ---- */
+
+/* Push the value at *pp in JSON text that the scanner has already
+ * accepted (sg_jtext), so nothing here needs to report an error. */
+static void push_text(lua_State *L, const char **pp, const char *end, int depth)
+{
+    const char *p = *pp;
+    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+        p++;
+    if (p >= end || depth > JSON_MAX_DEPTH || !lua_checkstack(L, 4)) {
+        lua_pushnil(L);
+        *pp = end;
+        return;
+    }
+    switch (*p) {
+    case '{':
+    case '[': {
+        int obj = *p == '{';
+        lua_createtable(L, 0, 0);
+        lua_Integer i = 0;
+        p++;
+        for (;;) {
+            while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t' || *p == ','))
+                p++;
+            if (p >= end || *p == '}' || *p == ']') break;
+            if (obj) {
+                push_text(L, &p, end, depth + 1); /* the key */
+                while (p < end && *p != ':')
+                    p++;
+                p++;
+                push_text(L, &p, end, depth + 1);
+                lua_rawset(L, -3);
+            } else {
+                push_text(L, &p, end, depth + 1);
+                lua_rawseti(L, -2, ++i);
+            }
+        }
+        *pp = p < end ? p + 1 : end;
+        return;
+    }
+    case '"': {
+        const char *q = p + 1;
+        while (q < end && *q != '"' && *q != '\\')
+            q++;
+        if (q < end && *q == '"') { /* nothing escaped: the bytes as they are */
+            lua_pushlstring(L, p + 1, (size_t)(q - p - 1));
+            *pp = q + 1;
+            return;
+        }
+        sg_jtext j;
+        luaL_Buffer b;
+        char *out = luaL_buffinitsize(L, &b, (size_t)(end - p));
+        sg_jtext_init(&j, p, (size_t)(end - p), out);
+        if (sg_jtext_string(&j, 1) < 0) j.p = end, j.o = out;
+        luaL_pushresultsize(&b, (size_t)(j.o - out));
+        *pp = j.p;
+        return;
+    }
+    case 't': lua_pushboolean(L, 1); *pp = p + 4; return;
+    case 'f': lua_pushboolean(L, 0); *pp = p + 5; return;
+    case 'n': lua_pushlightuserdata(L, &null_sentinel); *pp = p + 4; return;
+    default: {
+        char tmp[136];
+        size_t n = 0;
+        int real = 0;
+        while (p + n < end && n < sizeof(tmp) - 1 && strchr("+-0123456789.eE", p[n]) && p[n]) {
+            if (p[n] == '.' || p[n] == 'e' || p[n] == 'E') real = 1;
+            tmp[n] = p[n];
+            n++;
+        }
+        tmp[n] = 0;
+        if (real) lua_pushnumber(L, strtod(tmp, NULL));
+        else lua_pushinteger(L, (lua_Integer)strtoll(tmp, NULL, 10));
+        *pp = p + (n ? n : 1);
+        return;
+    }
+    }
+}
+
+void sg_lua_push_json_text(lua_State *L, const char *s, size_t n)
+{
+    push_text(L, &s, s + n, 0);
+}
+
+typedef struct tbuf {
+    char *s;
+    size_t n, cap;
+    int oom;
+} tbuf;
+
+/* Room for k more bytes. */
+static char *tb_room(tbuf *b, size_t k)
+{
+    if (b->n + k > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->n + k)
+            cap *= 2;
+        char *s = realloc(b->s, cap);
+        if (!s) {
+            b->oom = 1;
+            return NULL;
+        }
+        b->s = s;
+        b->cap = cap;
+    }
+    return b->s + b->n;
+}
+
+static int tb_put(tbuf *b, const char *s, size_t k)
+{
+    char *o = tb_room(b, k);
+    if (!o) return -1;
+    memcpy(o, s, k);
+    b->n += k;
+    return 0;
+}
+
+static int tb_string(tbuf *b, const char *s, size_t k, char *err, size_t errlen)
+{
+    if (!sg_utf8_valid(s, k)) {
+        snprintf(err, errlen, "a string is not valid UTF-8");
+        return -1;
+    }
+    char *o = tb_room(b, 6 * k + 2);
+    if (!o) return -1;
+    b->n += sg_json_escape(s, k, o);
+    return 0;
+}
+
+static int to_text(lua_State *L, int idx, int depth, tbuf *b, char *err, size_t errlen)
+{
+    idx = lua_absindex(L, idx);
+    if (depth > JSON_MAX_DEPTH) {
+        snprintf(err, errlen, "nested deeper than %d levels (a cycle?)", JSON_MAX_DEPTH);
+        return -1;
+    }
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL: return tb_put(b, "null", 4);
+    case LUA_TBOOLEAN: return lua_toboolean(L, idx) ? tb_put(b, "true", 4) : tb_put(b, "false", 5);
+    case LUA_TNUMBER: {
+        char num[40];
+        size_t k;
+        if (lua_isinteger(L, idx)) {
+            k = sg_fmt_int((long long)lua_tointeger(L, idx), num);
+        } else {
+            double d = lua_tonumber(L, idx);
+            if (!isfinite(d)) {
+                snprintf(err, errlen, "NaN and infinity have no JSON form");
+                return -1;
+            }
+            k = (size_t)snprintf(num, sizeof(num), "%.17g", d);
+            if (!strpbrk(num, ".eE")) { /* a real stays a real, as jansson writes it */
+                memcpy(num + k, ".0", 3);
+                k += 2;
+            }
+        }
+        return tb_put(b, num, k);
+    }
+    case LUA_TSTRING: {
+        size_t k;
+        const char *s = lua_tolstring(L, idx, &k);
+        return tb_string(b, s, k, err, errlen);
+    }
+    case LUA_TLIGHTUSERDATA:
+        if (lua_touserdata(L, idx) == &null_sentinel) return tb_put(b, "null", 4);
+        break;
+    case LUA_TTABLE: {
+        if (!lua_checkstack(L, 4)) {
+            snprintf(err, errlen, "too deep");
+            return -1;
+        }
+        lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
+        size_t count = 0;
+        int string_keys = 0;
+        lua_pushnil(L);
+        while (lua_next(L, idx)) {
+            count++;
+            if (lua_type(L, -2) == LUA_TSTRING) string_keys = 1;
+            lua_pop(L, 1);
+        }
+        if (n > 0 && (size_t)n == count && !string_keys) {
+            if (tb_put(b, "[", 1) < 0) return -1;
+            for (lua_Integer i = 1; i <= n; i++) {
+                if (i > 1 && tb_put(b, ",", 1) < 0) return -1;
+                lua_rawgeti(L, idx, i);
+                int rc = to_text(L, -1, depth + 1, b, err, errlen);
+                lua_pop(L, 1);
+                if (rc < 0) return -1;
+            }
+            return tb_put(b, "]", 1);
+        }
+        if (tb_put(b, "{", 1) < 0) return -1;
+        int first = 1;
+        lua_pushnil(L);
+        while (lua_next(L, idx)) {
+            if (lua_type(L, -2) != LUA_TSTRING) {
+                snprintf(err, errlen, "a table mixes list items and named keys");
+                lua_pop(L, 2);
+                return -1;
+            }
+            size_t k;
+            const char *key = lua_tolstring(L, -2, &k);
+            if ((!first && tb_put(b, ",", 1) < 0) || tb_string(b, key, k, err, errlen) < 0 ||
+                tb_put(b, ":", 1) < 0 || to_text(L, -1, depth + 1, b, err, errlen) < 0) {
+                lua_pop(L, 2);
+                return -1;
+            }
+            first = 0;
+            lua_pop(L, 1);
+        }
+        return tb_put(b, "}", 1);
+    }
+    default: break;
+    }
+    snprintf(err, errlen, "a %s has no JSON form", luaL_typename(L, idx));
+    return -1;
+}
+
+char *sg_lua_to_json_text(lua_State *L, int idx, size_t *len, char *err, size_t errlen)
+{
+    tbuf b = {0};
+    int rc = to_text(L, idx, 0, &b, err, errlen);
+    if (rc == 0 && !tb_room(&b, 1)) rc = -1;
+    if (rc < 0) {
+        if (b.oom) snprintf(err, errlen, "out of memory");
+        free(b.s);
+        return NULL;
+    }
+    b.s[b.n] = 0;
+    *len = b.n;
+    return b.s;
+}
+
 /* ---- host API ---- */
 
 static int api_log(lua_State *L)
@@ -382,12 +616,10 @@ static int api_json_encode(lua_State *L)
 {
     char err[160];
     luaL_checkany(L, 1);
-    json_t *j = sg_lua_to_json(L, 1, err, sizeof(err));
-    if (!j) return luaL_error(L, "json.encode: %s", err);
-    char *s = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
-    json_decref(j);
-    if (!s) return luaL_error(L, "json.encode: out of memory");
-    lua_pushstring(L, s);
+    size_t n;
+    char *s = sg_lua_to_json_text(L, 1, &n, err, sizeof(err));
+    if (!s) return luaL_error(L, "json.encode: %s", err);
+    lua_pushlstring(L, s, n);
     free(s);
     return 1;
 }

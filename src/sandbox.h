@@ -48,4 +48,10 @@ void sg_lua_push_json(lua_State *L, json_t *v);
 /* NULL with a sentence in err (functions, cycles, NaN, mixed keys...). */
 json_t *sg_lua_to_json(lua_State *L, int idx, char *err, size_t errlen);
 
+/* The same with JSON text: push text the scanner (jtext.h) accepted, and
+ * encode a Lua value as compact JSON (a new string, NUL-terminated, its
+ * length in *len; NULL with a sentence in err). */
+void sg_lua_push_json_text(lua_State *L, const char *s, size_t n);
+char *sg_lua_to_json_text(lua_State *L, int idx, size_t *len, char *err, size_t errlen);
+
 #endif

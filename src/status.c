@@ -1,5 +1,7 @@
 #include "status.h"
 
+#include "jtext.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -146,85 +148,194 @@ json_t *sg_error_json(const sg_error *e)
 
 /* ---- validation ---- */
 
-static int opt_string(json_t *obj, const char *key, size_t max, json_t **out, sg_error *err)
+enum {
+    F_CONV, F_CATEGORY, F_TEXT, F_METADATA, F_SOURCE, F_IDEM, F_BUILDER, F_ARGS, F_COUNT
+};
+static const char *field_names[F_COUNT] = {"conversation_id", "category", "text", "metadata",
+                                           "source", "idempotency_key", "builder", "args"};
+
+/* What the scan found for one top-level field. */
+enum { V_ABSENT, V_NULL, V_STRING, V_OBJECT, V_OTHER };
+typedef struct field {
+    int kind;
+    const char *s; /* decoded string, or canonical object */
+    size_t n;
+} field;
+
+static int field_index(const char *k, size_t n)
 {
-    json_t *v = json_object_get(obj, key);
-    *out = NULL;
-    if (!v || json_is_null(v)) return 0;
-    if (!json_is_string(v)) {
-        sg_error_set(err, 400, "invalid_field", key, "%s must be a string", key);
-        return -1;
+    for (int i = 0; i < F_COUNT; i++)
+        if (strlen(field_names[i]) == n && memcmp(field_names[i], k, n) == 0) return i;
+    return -1;
+}
+
+static int syntax_error(const sg_jtext *j, sg_error *err)
+{
+    if (j->utf8) sg_error_set(err, 400, "invalid_utf8", NULL, "the body is not valid UTF-8: %s", j->err);
+    else sg_error_set(err, 400, "invalid_json", NULL, "malformed JSON: %s", j->err);
+    return -1;
+}
+
+/* Scan the top-level object into fields: strings decoded, objects
+ * canonical. An unknown key is remembered (the first) and the scan goes
+ * on, so that a syntax error anywhere wins over it, as it did with a
+ * parser that reads the whole body first. */
+static int scan_fields(sg_jtext *j, field *f, char *unknown, size_t unknown_len, int *not_object,
+                       sg_error *err)
+{
+    sg_jtext_ws(j);
+    if (j->p >= j->end || *j->p != '{') {
+        *not_object = 1;
+        if (sg_jtext_value(j) < 0) return syntax_error(j, err);
+    } else {
+        j->p++;
+        sg_jtext_ws(j);
+        int first = 1;
+        while (!(first && j->p < j->end && *j->p == '}')) {
+            first = 0;
+            if (j->p >= j->end || *j->p != '"') {
+                snprintf(j->err, sizeof(j->err), "expected a string key at byte %zu", (size_t)(j->p - j->start));
+                return syntax_error(j, err);
+            }
+            char *k = j->o;
+            if (sg_jtext_string(j, 1) < 0) return syntax_error(j, err);
+            size_t kn = (size_t)(j->o - k);
+            int fi = field_index(k, kn);
+            if (fi >= 0 && f[fi].kind != V_ABSENT) {
+                snprintf(j->err, sizeof(j->err), "duplicate key \"%s\"", field_names[fi]);
+                return syntax_error(j, err);
+            }
+            if (fi < 0 && !unknown[0]) snprintf(unknown, unknown_len, "%.*s", (int)(kn > 64 ? 64 : kn), k);
+            j->o = k; /* the key's bytes are not kept */
+            sg_jtext_ws(j);
+            if (j->p >= j->end || *j->p != ':') {
+                snprintf(j->err, sizeof(j->err), "expected ':' at byte %zu", (size_t)(j->p - j->start));
+                return syntax_error(j, err);
+            }
+            j->p++;
+            sg_jtext_ws(j);
+            char *v = j->o;
+            int kind;
+            if (j->p < j->end && *j->p == '"') {
+                if (sg_jtext_string(j, 1) < 0) return syntax_error(j, err);
+                *j->o++ = 0; /* decoded is at least 2 bytes shorter than its source */
+                kind = V_STRING;
+            } else {
+                char c = j->p < j->end ? *j->p : 0;
+                if (sg_jtext_value(j) < 0) return syntax_error(j, err);
+                kind = c == '{' ? V_OBJECT : c == 'n' ? V_NULL : V_OTHER;
+            }
+            if (fi >= 0) {
+                f[fi].kind = kind;
+                f[fi].s = v;
+                f[fi].n = (size_t)(j->o - v) - (kind == V_STRING);
+            }
+            sg_jtext_ws(j);
+            if (j->p < j->end && *j->p == ',') {
+                j->p++;
+                sg_jtext_ws(j);
+                if (j->p < j->end && *j->p == '}') {
+                    snprintf(j->err, sizeof(j->err), "expected a string key at byte %zu", (size_t)(j->p - j->start));
+                    return syntax_error(j, err);
+                }
+                continue;
+            }
+            if (j->p < j->end && *j->p == '}') break;
+            snprintf(j->err, sizeof(j->err), "expected ',' or '}' at byte %zu", (size_t)(j->p - j->start));
+            return syntax_error(j, err);
+        }
+        j->p++;
     }
-    size_t n = json_string_length(v);
-    if (n == 0 || n > max || memchr(json_string_value(v), 0, n)) {
-        sg_error_set(err, 400, "invalid_field", key,
-                     "%s must be 1 to %zu bytes without NUL", key, max);
-        return -1;
+    sg_jtext_ws(j);
+    if (j->p != j->end) {
+        snprintf(j->err, sizeof(j->err), "data after the end of the value at byte %zu", (size_t)(j->p - j->start));
+        return syntax_error(j, err);
     }
-    *out = v;
     return 0;
 }
 
-static const char *known_fields[] = {"conversation_id", "category", "text",
-                                     "metadata",        "source",   "idempotency_key",
-                                     "builder",         "args",     NULL};
-
-int sg_draft_from_json(json_t *obj, const sg_limits *lim, sg_draft *d, sg_error *err)
+static int opt_string(const field *f, int i, size_t max, const char **out, size_t *len, sg_error *err)
 {
-    memset(d, 0, sizeof(*d));
-    if (!json_is_object(obj)) {
+    const char *key = field_names[i];
+    *out = NULL;
+    if (f[i].kind == V_ABSENT || f[i].kind == V_NULL) return 0;
+    if (f[i].kind != V_STRING) {
+        sg_error_set(err, 400, "invalid_field", key, "%s must be a string", key);
+        return -1;
+    }
+    if (f[i].n == 0 || f[i].n > max) {
+        sg_error_set(err, 400, "invalid_field", key, "%s must be 1 to %zu bytes without NUL", key, max);
+        return -1;
+    }
+    *out = f[i].s;
+    if (len) *len = f[i].n;
+    return 0;
+}
+
+static int check_text(const char *s, size_t n, const sg_limits *lim, sg_error *err)
+{
+    if (n > lim->max_text) {
+        sg_error_set(err, 400, "text_too_long", "text", "text is %zu bytes; the limit is %zu", n, lim->max_text);
+        return -1;
+    }
+    if (memchr(s, 0, n)) {
+        sg_error_set(err, 400, "invalid_text", "text", "text must not contain NUL");
+        return -1;
+    }
+    return 0;
+}
+
+static int check_metadata_size(size_t n, const sg_limits *lim, sg_error *err)
+{
+    if (n <= lim->max_metadata) return 0;
+    sg_error_set(err, 400, "metadata_too_large", "metadata",
+                 "metadata is %zu bytes encoded; the limit is %zu", n, lim->max_metadata);
+    return -1;
+}
+
+static int validate(const field *f, const char *unknown, int not_object, const sg_limits *lim,
+                    sg_draft *d, sg_error *err)
+{
+    if (not_object) {
         sg_error_set(err, 400, "invalid_body", NULL, "a status update must be a JSON object");
         return -1;
     }
-    const char *key;
-    json_t *v;
-    json_object_foreach(obj, key, v)
-    {
-        int known = 0;
-        for (int i = 0; known_fields[i] && !known; i++)
-            known = strcmp(key, known_fields[i]) == 0;
-        if (!known) {
-            sg_error_set(err, 400, "unknown_field", NULL, "unknown field '%.64s'", key);
-            return -1;
-        }
+    if (unknown[0]) {
+        sg_error_set(err, 400, "unknown_field", NULL, "unknown field '%s'", unknown);
+        return -1;
     }
-
-    v = json_object_get(obj, "conversation_id");
-    if (!v || json_is_null(v)) {
+    const field *v = &f[F_CONV];
+    if (v->kind == V_ABSENT || v->kind == V_NULL) {
         memcpy(d->conv_id, "system", 7);
         d->conv_len = 6;
-    } else if (!json_is_string(v) ||
-               !sg_conv_id_valid(json_string_value(v), json_string_length(v))) {
+    } else if (v->kind != V_STRING || !sg_conv_id_valid(v->s, v->n)) {
         sg_error_set(err, 400, "invalid_conversation_id", "conversation_id",
                      "conversation_id must be 1-128 characters of [A-Za-z0-9._:@-]");
         return -1;
     } else {
-        d->conv_len = json_string_length(v);
-        memcpy(d->conv_id, json_string_value(v), d->conv_len + 1);
+        d->conv_len = v->n;
+        memcpy(d->conv_id, v->s, v->n);
+        d->conv_id[v->n] = 0;
     }
 
-    v = json_object_get(obj, "category");
-    if (!v || json_is_null(v)) {
+    v = &f[F_CATEGORY];
+    if (v->kind == V_ABSENT || v->kind == V_NULL) {
         sg_error_set(err, 400, "missing_category", "category", "category is required");
         return -1;
     }
-    if (!json_is_string(v) ||
-        (d->category = sg_category_index(json_string_value(v), json_string_length(v))) < 0) {
+    if (v->kind != V_STRING || (d->category = sg_category_index(v->s, v->n)) < 0) {
         char names[160];
         size_t o = 0;
         for (int i = 0; i < n_cats && o < sizeof(names) - 40; i++)
             o += snprintf(names + o, sizeof(names) - o, "%s%s", i ? ", " : "", cat_names[i]);
-        sg_error_set(err, 400, "invalid_category", "category",
-                     "category must be one of: %s", names);
+        sg_error_set(err, 400, "invalid_category", "category", "category must be one of: %s", names);
         return -1;
     }
 
-    json_t *b;
-    if (opt_string(obj, "builder", 64, &b, err) < 0) return -1;
-    d->builder = b ? json_string_value(b) : NULL;
-    v = json_object_get(obj, "args");
-    if (v && !json_is_null(v)) {
-        if (!json_is_object(v)) {
+    if (opt_string(f, F_BUILDER, 64, &d->builder, NULL, err) < 0) return -1;
+    v = &f[F_ARGS];
+    if (v->kind != V_ABSENT && v->kind != V_NULL) {
+        if (v->kind != V_OBJECT) {
             sg_error_set(err, 400, "invalid_field", "args", "args must be a JSON object");
             return -1;
         }
@@ -232,64 +343,151 @@ int sg_draft_from_json(json_t *obj, const sg_limits *lim, sg_draft *d, sg_error 
             sg_error_set(err, 400, "invalid_field", "args", "args needs a builder");
             return -1;
         }
-        d->args = v;
+        d->args = v->s;
+        d->args_len = v->n;
     }
 
-    v = json_object_get(obj, "text");
-    if (!v || json_is_null(v)) {
+    v = &f[F_TEXT];
+    if (v->kind == V_ABSENT || v->kind == V_NULL) {
         if (!d->builder) {
             sg_error_set(err, 400, "missing_text", "text", "text is required");
             return -1;
         }
-    } else if (!json_is_string(v)) {
+    } else if (v->kind != V_STRING) {
         sg_error_set(err, 400, "invalid_text", "text", "text must be a string");
         return -1;
-    } else if (json_string_length(v) > lim->max_text) {
-        sg_error_set(err, 400, "text_too_long", "text", "text is %zu bytes; the limit is %zu",
-                     json_string_length(v), lim->max_text);
-        return -1;
-    } else if (memchr(json_string_value(v), 0, json_string_length(v))) {
-        sg_error_set(err, 400, "invalid_text", "text", "text must not contain NUL");
-        return -1;
     } else {
-        d->text = v;
+        if (check_text(v->s, v->n, lim, err) < 0) return -1;
+        d->text = v->s;
+        d->text_len = v->n;
     }
 
-    v = json_object_get(obj, "metadata");
-    if (v && !json_is_null(v)) {
-        if (!json_is_object(v)) {
-            sg_error_set(err, 400, "invalid_metadata", "metadata",
-                         "metadata must be a JSON object");
+    v = &f[F_METADATA];
+    if (v->kind != V_ABSENT && v->kind != V_NULL) {
+        if (v->kind != V_OBJECT) {
+            sg_error_set(err, 400, "invalid_metadata", "metadata", "metadata must be a JSON object");
             return -1;
         }
-        size_t n = json_dumpb(v, NULL, 0, JSON_COMPACT);
-        if (n > lim->max_metadata) {
-            sg_error_set(err, 400, "metadata_too_large", "metadata",
-                         "metadata is %zu bytes encoded; the limit is %zu", n,
-                         lim->max_metadata);
-            return -1;
-        }
-        d->metadata = v;
+        if (check_metadata_size(v->n, lim, err) < 0) return -1;
+        d->metadata = v->s;
+        d->metadata_len = v->n;
     }
 
-    if (opt_string(obj, "source", 128, &d->source, err) < 0) return -1;
-    json_t *k;
-    if (opt_string(obj, "idempotency_key", 256, &k, err) < 0) return -1;
-    d->idempotency_key = k ? json_string_value(k) : NULL;
+    if (opt_string(f, F_SOURCE, 128, &d->source, &d->source_len, err) < 0) return -1;
+    return opt_string(f, F_IDEM, 256, &d->idempotency_key, NULL, err);
+}
+
+int sg_draft_parse(const char *json, size_t n, const sg_limits *lim, sg_draft *d, sg_error *err)
+{
+    memset(d, 0, sizeof(*d));
+    if (n == 0) {
+        sg_error_set(err, 400, "invalid_json", NULL, "the request body is empty");
+        return -1;
+    }
+    /* canonical and decoded forms are never longer than their source; +1
+     * for the NUL after a string value */
+    d->buf = malloc(n + 1);
+    if (!d->buf) {
+        sg_error_set(err, 503, "out_of_memory", NULL, "out of memory");
+        return -1;
+    }
+    sg_jtext j;
+    sg_jtext_init(&j, json, n, d->buf);
+    field f[F_COUNT];
+    memset(f, 0, sizeof(f));
+    char unknown[72] = "";
+    int not_object = 0;
+    if (scan_fields(&j, f, unknown, sizeof(unknown), &not_object, err) < 0 ||
+        validate(f, unknown, not_object, lim, d, err) < 0) {
+        sg_draft_free(d);
+        return -1;
+    }
+    return 0;
+}
+
+int sg_draft_from_json(json_t *obj, const sg_limits *lim, sg_draft *d, sg_error *err)
+{
+    char *s = json_dumps(obj, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!s) {
+        memset(d, 0, sizeof(*d));
+        sg_error_set(err, 400, "invalid_body", NULL, "a status update must be a JSON object");
+        return -1;
+    }
+    int rc = sg_draft_parse(s, strlen(s), lim, d, err);
+    free(s);
+    return rc;
+}
+
+void sg_draft_free(sg_draft *d)
+{
+    free(d->buf);
+    free(d->extra);
+    d->buf = d->extra = NULL;
+}
+
+int sg_draft_set_built(sg_draft *d, const char *metadata, size_t mlen, const char *text,
+                       size_t tlen, const sg_limits *lim, sg_error *err)
+{
+    if (check_metadata_size(mlen, lim, err) < 0) return -1;
+    if (text && check_text(text, tlen, lim, err) < 0) return -1;
+    char *x = malloc(mlen + (text ? tlen : 0) + 1);
+    if (!x) {
+        sg_error_set(err, 503, "out_of_memory", NULL, "out of memory");
+        return -1;
+    }
+    memcpy(x, metadata, mlen);
+    if (text) {
+        memcpy(x + mlen, text, tlen);
+        d->text = x + mlen;
+        d->text_len = tlen;
+    }
+    free(d->extra);
+    d->extra = x;
+    d->metadata = x;
+    d->metadata_len = mlen;
     return 0;
 }
 
 /* ---- encoding ---- */
 
+static void two(char *o, unsigned v)
+{
+    o[0] = (char)('0' + v / 10 % 10);
+    o[1] = (char)('0' + v % 10);
+}
+
 void sg_format_ts(int64_t ms, char *out)
 {
-    time_t s = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&s, &tm);
-    snprintf(out, 25, "%04u-%02u-%02uT%02u:%02u:%02u.%03uZ", (unsigned)(tm.tm_year + 1900) % 10000u,
-             (unsigned)(tm.tm_mon + 1) % 100u, (unsigned)tm.tm_mday % 100u,
-             (unsigned)tm.tm_hour % 100u, (unsigned)tm.tm_min % 100u, (unsigned)tm.tm_sec % 100u,
-             (unsigned)(ms % 1000) % 1000u);
+    /* the same second as last time needs no gmtime_r */
+    static int64_t last_s = -1;
+    static char last[20];
+    int64_t sec = ms / 1000;
+    if (sec != last_s) {
+        time_t t = (time_t)sec;
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        unsigned y = (unsigned)(tm.tm_year + 1900) % 10000u;
+        two(last, y / 100);
+        two(last + 2, y % 100);
+        last[4] = '-';
+        two(last + 5, (unsigned)tm.tm_mon + 1);
+        last[7] = '-';
+        two(last + 8, (unsigned)tm.tm_mday);
+        last[10] = 'T';
+        two(last + 11, (unsigned)tm.tm_hour);
+        last[13] = ':';
+        two(last + 14, (unsigned)tm.tm_min);
+        last[16] = ':';
+        two(last + 17, (unsigned)tm.tm_sec);
+        last[19] = '.';
+        last_s = sec;
+    }
+    memcpy(out, last, 20);
+    unsigned m = (unsigned)(ms % 1000);
+    out[20] = (char)('0' + m / 100);
+    two(out + 21, m % 100);
+    out[23] = 'Z';
+    out[24] = 0;
 }
 
 static uint64_t mono_ns(void)
@@ -299,69 +497,13 @@ static uint64_t mono_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
 }
 
-#define ENC (JSON_COMPACT | JSON_ENCODE_ANY)
-
-/* Write s as a JSON string (quotes included) the way jansson does; out
- * has room for 6 * n + 2 bytes. Returns the bytes written. */
-static size_t escape_json(const char *s, size_t n, char *out)
-{
-    static const char hex[] = "0123456789abcdef";
-    char *p = out;
-    *p++ = '"';
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (ch >= 0x20 && ch != '"' && ch != '\\') {
-            *p++ = (char)ch;
-            continue;
-        }
-        *p++ = '\\';
-        switch (ch) {
-        case '"': *p++ = '"'; break;
-        case '\\': *p++ = '\\'; break;
-        case '\b': *p++ = 'b'; break;
-        case '\f': *p++ = 'f'; break;
-        case '\n': *p++ = 'n'; break;
-        case '\r': *p++ = 'r'; break;
-        case '\t': *p++ = 't'; break;
-        default:
-            *p++ = 'u';
-            *p++ = '0';
-            *p++ = '0';
-            *p++ = hex[ch >> 4];
-            *p++ = hex[ch & 15];
-        }
-    }
-    *p++ = '"';
-    return (size_t)(p - out);
-}
-
 sg_update *sg_update_new(const sg_draft *d, uint64_t seq, int64_t ts_ms)
 {
-    static json_t *empty_text;
-    if (!empty_text) empty_text = json_string("");
-    json_t *text = d->text ? d->text : empty_text;
-    size_t tlen = 6 * json_string_length(text) + 2;
-    /* encode the metadata once, into a stack buffer when it fits */
-    char mstack[4096];
-    char *mbuf = mstack;
-    size_t mlen = 2;
-    if (d->metadata) {
-        mlen = json_dumpb(d->metadata, mstack, sizeof(mstack), ENC);
-        if (mlen > sizeof(mstack)) {
-            mbuf = malloc(mlen);
-            if (!mbuf) return NULL;
-            json_dumpb(d->metadata, mbuf, mlen, ENC);
-        }
-    }
-    size_t slen = d->source ? json_dumpb(d->source, NULL, 0, ENC) : 0;
     const char *cat = sg_category_name(d->category);
-    size_t cap = 160 + d->conv_len + strlen(cat) + tlen + mlen + slen;
-
+    size_t catlen = strlen(cat);
+    size_t cap = 160 + d->conv_len + catlen + 6 * d->text_len + d->metadata_len + 6 * d->source_len;
     sg_update *u = malloc(sizeof(*u) + cap);
-    if (!u) {
-        if (mbuf != mstack) free(mbuf);
-        return NULL;
-    }
+    if (!u) return NULL;
     u->refcnt = 1;
     u->category = d->category;
     u->seq = seq;
@@ -370,26 +512,33 @@ sg_update *sg_update_new(const sg_draft *d, uint64_t seq, int64_t ts_ms)
     u->json = (char *)(u + 1);
 
     char *p = u->json;
-    p += sprintf(p, "{\"conversation_id\":\"%s\",\"seq\":%llu,\"category\":\"%s\",\"text\":",
-                 d->conv_id, (unsigned long long)seq, cat);
-    p += escape_json(json_string_value(text), json_string_length(text), p);
-    memcpy(p, ",\"metadata\":", 12);
-    p += 12;
+#define PUT(lit) (memcpy(p, lit, sizeof(lit) - 1), p += sizeof(lit) - 1)
+    PUT("{\"conversation_id\":\"");
+    memcpy(p, d->conv_id, d->conv_len);
+    p += d->conv_len;
+    PUT("\",\"seq\":");
+    p += sg_fmt_int((long long)seq, p);
+    PUT(",\"category\":\"");
+    memcpy(p, cat, catlen);
+    p += catlen;
+    PUT("\",\"text\":");
+    p += sg_json_escape(d->text ? d->text : "", d->text_len, p);
+    PUT(",\"metadata\":");
     if (d->metadata) {
-        memcpy(p, mbuf, mlen);
-        p += mlen;
-        if (mbuf != mstack) free(mbuf);
+        memcpy(p, d->metadata, d->metadata_len);
+        p += d->metadata_len;
     } else {
-        memcpy(p, "{}", 2);
-        p += 2;
+        PUT("{}");
     }
-    char ts[25];
-    sg_format_ts(ts_ms, ts);
-    p += sprintf(p, ",\"timestamp\":\"%s\"", ts);
+    PUT(",\"timestamp\":\"");
+    sg_format_ts(ts_ms, p);
+    p += 24;
+    *p++ = '"';
     if (d->source) {
-        p += sprintf(p, ",\"source\":");
-        p += json_dumpb(d->source, p, slen, ENC);
+        PUT(",\"source\":");
+        p += sg_json_escape(d->source, d->source_len, p);
     }
+#undef PUT
     *p++ = '}';
     *p = 0;
     u->json_len = p - u->json;

@@ -47,16 +47,24 @@ json_t *sg_error_json(const sg_error *e);
 
 /* ---- a validated publish, before it has a seq ---- */
 
+/* Strings are decoded UTF-8 without NUL; metadata and args are canonical
+ * compact JSON objects (see jtext.h). Everything points into buf or
+ * extra, which the draft owns: release it with sg_draft_free. */
 typedef struct sg_draft {
     char conv_id[SG_MAX_CONV_ID + 1];
     size_t conv_len;
     int category;
-    json_t *text;     /* borrowed string */
-    json_t *metadata; /* borrowed object or NULL */
-    json_t *source;   /* borrowed string or NULL */
-    const char *idempotency_key;
-    const char *builder; /* borrowed, NULL when none */
-    json_t *args;        /* borrowed, NULL when none */
+    const char *text;            /* NULL when absent */
+    size_t text_len;
+    const char *metadata;        /* NULL when absent or null */
+    size_t metadata_len;
+    const char *source;          /* NULL when absent */
+    size_t source_len;
+    const char *idempotency_key; /* NUL-terminated, NULL when absent */
+    const char *builder;         /* NUL-terminated, NULL when absent */
+    const char *args;            /* NULL when absent */
+    size_t args_len;
+    char *buf, *extra;
 } sg_draft;
 
 typedef struct sg_limits {
@@ -64,9 +72,20 @@ typedef struct sg_limits {
     size_t max_metadata;
 } sg_limits;
 
-/* Validate one publish object. Fields borrow from `obj`, which must outlive
- * the draft. Returns 0, or -1 with `err` set (status 400). */
+/* Parse and validate one publish from its JSON text. Returns 0, or -1
+ * with `err` set (status 400: invalid_json / invalid_utf8 for the text,
+ * a field's code otherwise) and nothing to free. */
+int sg_draft_parse(const char *json, size_t n, const sg_limits *lim, sg_draft *d, sg_error *err);
+
+/* The same from a jansson object (what plugins emit). */
 int sg_draft_from_json(json_t *obj, const sg_limits *lim, sg_draft *d, sg_error *err);
+
+void sg_draft_free(sg_draft *d);
+
+/* Give the draft new metadata (canonical JSON text) and, when text is not
+ * NULL, a new text: copies both, and checks them against the limits. */
+int sg_draft_set_built(sg_draft *d, const char *metadata, size_t mlen, const char *text,
+                       size_t tlen, const sg_limits *lim, sg_error *err);
 
 /* ---- an update as delivered ---- */
 

@@ -37,10 +37,14 @@ static struct {
     const char *json_path;
     const char *label;
     int builder; /* publish with "builder":"tool" and args */
+    int metadata; /* publish the metadata that builder would make, directly */
     const char *ready_file; /* written once every subscriber has answered */
-} opt = {T_STATUSGW, "127.0.0.1", 4000, 0, 1, 1, 1, 1, 0, 10, 1, 30, 0, NULL, "", 0, NULL};
+} opt = {T_STATUSGW, "127.0.0.1", 4000, 0, 1, 1, 1, 1, 0, 10, 1, 30, 0, NULL, "", 0, 0, NULL};
 
 #define BUILDER_FIELDS ",\"builder\":\"tool\",\"args\":{\"tool_name\":\"search_code\",\"params\":{\"query\":\"where is the retry loop in http.c\",\"limit\":10}}"
+/* what the tool builder makes of BUILDER_FIELDS, for a no-plugin baseline */
+#define METADATA_FIELDS ",\"metadata\":{\"tool\":\"search_code\",\"params\":{\"query\":\"where is the retry loop in http.c\",\"limit\":10}}"
+#define EXTRA_FIELDS (opt.builder ? BUILDER_FIELDS : opt.metadata ? METADATA_FIELDS : "")
 
 static struct event_base *base;
 static struct sockaddr_in addr;
@@ -294,7 +298,7 @@ static void pub_send(pub *p)
     } else if (opt.bulk <= 1) {
         n = snprintf(body, sizeof(body),
                      "{\"conversation_id\":\"bench-%d\",\"category\":\"tool\",\"text\":\"t=%llu\"%s}", conv,
-                     (unsigned long long)now, opt.builder ? BUILDER_FIELDS : "");
+                     (unsigned long long)now, EXTRA_FIELDS);
         evbuffer_add_printf(out, "POST /api/v1/status HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
                                  "Content-Length: %zu\r\n\r\n", opt.host, n);
     } else {
@@ -303,7 +307,7 @@ static void pub_send(pub *p)
             int c = (conv + i) % opt.conversations;
             n += snprintf(body + n, sizeof(body) - n,
                           "%s{\"conversation_id\":\"bench-%d\",\"category\":\"tool\",\"text\":\"t=%llu\"%s}",
-                          i ? "," : "", c, (unsigned long long)now, opt.builder ? BUILDER_FIELDS : "");
+                          i ? "," : "", c, (unsigned long long)now, EXTRA_FIELDS);
         }
         body[n++] = ']';
         evbuffer_add_printf(out, "POST /api/v1/status/bulk HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
@@ -497,7 +501,7 @@ int main(int argc, char **argv)
         {"target", 1, 0, 't'}, {"host", 1, 0, 'H'}, {"port", 1, 0, 'p'}, {"subscribers", 1, 0, 's'},
         {"conversations", 1, 0, 'c'}, {"publishers", 1, 0, 'P'}, {"rate", 1, 0, 'r'}, {"bulk", 1, 0, 'b'},
         {"duration", 1, 0, 'd'}, {"warmup", 1, 0, 'w'}, {"pipeline", 1, 0, 'l'}, {"batch-join", 0, 0, 'B'},
-        {"json", 1, 0, 'j'}, {"builder", 0, 0, 'U'}, {"ready-file", 1, 0, 'R'}, {"label", 1, 0, 'L'}, {"connect-timeout", 1, 0, 'T'}, {0, 0, 0, 0}};
+        {"json", 1, 0, 'j'}, {"builder", 0, 0, 'U'}, {"metadata", 0, 0, 'M'}, {"ready-file", 1, 0, 'R'}, {"label", 1, 0, 'L'}, {"connect-timeout", 1, 0, 'T'}, {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (o) {
@@ -515,13 +519,14 @@ int main(int argc, char **argv)
         case 'B': opt.batch_join = 1; break;
         case 'j': opt.json_path = optarg; break;
         case 'U': opt.builder = 1; break;
+        case 'M': opt.metadata = 1; break;
         case 'R': opt.ready_file = optarg; break;
         case 'L': opt.label = optarg; break;
         case 'T': opt.connect_timeout = atof(optarg); break;
         default:
             fprintf(stderr, "usage: loadgen [--target statusgw|nchan] [--port N] [--subscribers N] "
                             "[--conversations N] [--publishers N] [--rate N] [--bulk N] [--pipeline N] "
-                            "[--duration S] [--warmup S] [--batch-join] [--json FILE] [--label L]\n");
+                            "[--duration S] [--warmup S] [--batch-join] [--builder | --metadata] [--json FILE] [--label L]\n");
             return 2;
         }
     }

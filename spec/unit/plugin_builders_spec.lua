@@ -2,8 +2,21 @@
 local ph = require("plugin_host")
 
 describe("builders plugin", function()
-  local host
-  setup(function() host = ph.host({ "plugins/builders.lua" }) end)
+  local raw_host
+  setup(function() raw_host = ph.host({ "plugins/builders.lua" }) end)
+
+  -- The host stamps every built metadata with a timestamp (DESIGN §5);
+  -- the assertions below are about what each builder computes.
+  local host = {
+    build = function(_, ...)
+      local st, md, text = raw_host:build(...)
+      if md then
+        assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ$", md.timestamp)
+        md.timestamp = nil
+      end
+      return st, md, text
+    end,
+  }
 
   it("builds llm metadata", function()
     local st, md = host:build("llm", { model = "gpt-4", provider = "openai" }, { text = "x" })

@@ -1,0 +1,47 @@
+/* JSON text without a tree. Publishes are parsed, validated and turned
+ * into their delivered form here, not through jansson: building and
+ * freeing a jansson tree for every update cost more than everything else
+ * the gateway does with it.
+ *
+ * The scanner is strict the way jansson with JSON_REJECT_DUPLICATES is:
+ * RFC 8259 grammar, UTF-8 only, no \u0000, no duplicate keys, integers in
+ * int64 range, finite reals. It writes the canonical compact form of what
+ * it reads (no whitespace; strings escaped as jansson escapes them;
+ * numbers as written), which is never longer than the input. */
+#ifndef SG_JTEXT_H
+#define SG_JTEXT_H
+
+#include <stddef.h>
+
+#define SG_JTEXT_MAX_DEPTH 64
+
+typedef struct sg_jtext {
+    const char *start, *p, *end; /* the input and the cursor */
+    char *o;                     /* output cursor: room for the input's length */
+    int depth;
+    int utf8;                    /* the error is about UTF-8 */
+    char err[120];
+} sg_jtext;
+
+void sg_jtext_init(sg_jtext *j, const char *s, size_t n, char *out);
+void sg_jtext_ws(sg_jtext *j);
+
+/* One value at the cursor, in canonical form to j->o. 0, or -1 with
+ * j->err set (and j->utf8 when the input is not UTF-8). */
+int sg_jtext_value(sg_jtext *j);
+
+/* The string at the cursor (which is at '"'). decode: its bytes to j->o,
+ * without quotes; otherwise its canonical form, quotes included. */
+int sg_jtext_string(sg_jtext *j, int decode);
+
+/* Whether s is valid UTF-8. */
+int sg_utf8_valid(const char *s, size_t n);
+
+/* s as a JSON string, quotes included, escaped as jansson does; out has
+ * room for 6 * n + 2 bytes. Returns the bytes written. */
+size_t sg_json_escape(const char *s, size_t n, char *out);
+
+/* The decimal digits of v into out (room for 21 bytes); returns their count. */
+size_t sg_fmt_int(long long v, char *out);
+
+#endif
