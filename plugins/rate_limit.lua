@@ -11,6 +11,7 @@ local P = { name = "rate_limit", priority = 50 }
 
 local rate, burst = 50, 100
 local overrides = {}
+local NONE = {}      -- a category without overrides
 local exempt = { error = true, summary = true }
 local buckets = {}   -- conversation -> category -> { tokens, last }
 local nbuckets = 0
@@ -30,7 +31,7 @@ end
 local function prune(now)
   for conv, cats in pairs(buckets) do
     for cat, b in pairs(cats) do
-      local o = overrides[cat] or {}
+      local o = overrides[cat] or NONE
       if b.tokens + (now - b.last) * (o.rate or rate) / 1000 >= (o.burst or burst) then
         cats[cat] = nil
         nbuckets = nbuckets - 1
@@ -43,7 +44,7 @@ end
 function P.filter(update)
   local cat = update.category
   if exempt[cat] then return nil end
-  local o = overrides[cat] or {}
+  local o = overrides[cat] or NONE
   local r, b = o.rate or rate, o.burst or burst
   local now = statusgw.now_ms()
   local conv = update.conversation_id or "system"

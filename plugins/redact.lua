@@ -30,22 +30,48 @@ local rules = {
   { "([Aa][Pp][Ii][_%-]?[Kk][Ee][Yy]%s*[=:]%s*)[^%s,;&\"']+", "%1" },
 }
 
+-- Lower-case plain-text probes. A string in which none of them occurs
+-- cannot match a rule, so most strings skip the pattern matching; an
+-- update whose whole JSON form holds no probe and no secret key name
+-- needs no walk over its strings at all.
+local probes = { "bearer", "sk-", "ghp_", "akia", "xox", "api" }
+local key_probes = {}
+
 function P.init(config)
   replacement = config.replacement or replacement
   for _, p in ipairs(config.patterns or {}) do patterns[#patterns + 1] = p end
   for _, k in ipairs(config.keys or {}) do secret_keys[string.lower(k)] = true end
+  -- a key name that holds a shorter probe ("access_token": "token") adds nothing
+  local function covered(k)
+    for _, p in ipairs(probes) do if k:find(p, 1, true) then return true end end
+    for other in pairs(secret_keys) do
+      if other ~= k and #other < #k and k:find(other, 1, true) then return true end
+    end
+    return false
+  end
+  for k in pairs(secret_keys) do
+    if not covered(k) then key_probes[#key_probes + 1] = k end
+  end
 end
 
--- Cheap plain-text probes: a string none of them occurs in (lower-cased)
--- cannot match a rule, so most strings skip the pattern matching.
-local probes = { "bearer", "sk-", "ghp_", "akia", "xox", "api" }
-
-local function may_hold_secret(s)
-  local l = string.lower(s)
-  for i = 1, #probes do
-    if string.find(l, probes[i], 1, true) then return true end
+local function has_probe(l, list)
+  for i = 1, #list do
+    if string.find(l, list[i], 1, true) then return true end
   end
   return false
+end
+
+local function may_hold_secret(s)
+  return has_probe(string.lower(s), probes)
+end
+
+-- The whole update at once, in its JSON form: false when it certainly
+-- holds nothing to mask. Configured patterns are arbitrary, so with any
+-- of them every update takes the full walk.
+local function may_need_masking(update)
+  if #patterns > 0 then return true end
+  local all = string.lower(statusgw.json.encode(update))
+  return has_probe(all, probes) or has_probe(all, key_probes)
 end
 
 local function mask(s)
@@ -88,6 +114,7 @@ local function mask_table(t)
 end
 
 function P.filter(update)
+  if not may_need_masking(update) then return nil end
   local changed = false
   if type(update.text) == "string" then
     local s, c = mask(update.text)

@@ -497,10 +497,6 @@ void sg_plugins_push_draft(lua_State *L, const sg_draft *d)
     lua_setfield(L, -2, "category");
     lua_pushlstring(L, d->text ? d->text : "", d->text_len);
     lua_setfield(L, -2, "text");
-    if (d->metadata) {
-        sg_lua_push_json_text(L, d->metadata, d->metadata_len);
-        lua_setfield(L, -2, "metadata");
-    }
     if (d->source) {
         lua_pushlstring(L, d->source, d->source_len);
         lua_setfield(L, -2, "source");
@@ -509,6 +505,7 @@ void sg_plugins_push_draft(lua_State *L, const sg_draft *d)
         lua_pushstring(L, d->idempotency_key);
         lua_setfield(L, -2, "idempotency_key");
     }
+    if (d->metadata) sg_lua_set_lazy_metadata(L, -1, d->metadata, d->metadata_len);
 }
 
 /* Keys a producer's own metadata cannot override: what builders compute. */

@@ -37,6 +37,8 @@ struct sg_sandbox {
 
 static char null_sentinel; /* statusgw.json.null is a light userdata to this */
 
+static void lazy_materialize(lua_State *L, int t);
+
 /* The sandbox whose call is running, for the watchdog. */
 static sg_sandbox *volatile running;
 
@@ -289,6 +291,7 @@ static json_t *to_json(lua_State *L, int idx, int depth, char *err, size_t errle
             snprintf(err, errlen, "too deep");
             return NULL;
         }
+        lazy_materialize(L, idx);
         lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
         size_t count = 0;
         int string_keys = 0;
@@ -361,7 +364,8 @@ static void push_text(lua_State *L, const char **pp, const char *end, int depth)
     case '{':
     case '[': {
         int obj = *p == '{';
-        lua_createtable(L, 0, 0);
+        /* sized for small objects and lists: growing a table rehashes it */
+        lua_createtable(L, obj ? 0 : 4, obj ? 4 : 0);
         lua_Integer i = 0;
         p++;
         for (;;) {
@@ -427,6 +431,103 @@ void sg_lua_push_json_text(lua_State *L, const char *s, size_t n)
     push_text(L, &s, s + n, 0);
 }
 
+/* ---- tables with a field decoded on first use ----
+ *
+ * An update's metadata reaches a plugin as its JSON text under a hidden
+ * key; the table's metatable decodes it the first time the plugin reads
+ * update.metadata, iterates the update with pairs, or encodes it. Most
+ * filters never look at the metadata, and building its tables was most
+ * of the cost of calling them. */
+
+static char lazy_text_key; /* t[&lazy_text_key]: the undecoded text */
+static char lazy_mt_key;   /* registry[&lazy_mt_key]: the metatable */
+
+/* Decode t.metadata from its hidden text, unless the plugin has set the
+ * field itself meanwhile. */
+static void lazy_materialize(lua_State *L, int t)
+{
+    t = lua_absindex(L, t);
+    if (lua_rawgetp(L, t, &lazy_text_key) != LUA_TSTRING) {
+        lua_pop(L, 1);
+        return;
+    }
+    size_t n;
+    const char *s = lua_tolstring(L, -1, &n);
+    lua_pushliteral(L, "metadata");
+    if (lua_rawget(L, t) == LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_pushliteral(L, "metadata");
+        push_text(L, &s, s + n, 0);
+        lua_rawset(L, t);
+    } else {
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    lua_rawsetp(L, t, &lazy_text_key);
+}
+
+static int is_metadata_key(lua_State *L, int idx)
+{
+    size_t n;
+    const char *k = lua_type(L, idx) == LUA_TSTRING ? lua_tolstring(L, idx, &n) : NULL;
+    return k && n == 8 && memcmp(k, "metadata", 8) == 0;
+}
+
+static int lazy_index(lua_State *L)
+{
+    if (!is_metadata_key(L, 2)) return 0;
+    lazy_materialize(L, 1);
+    lua_pushvalue(L, 2);
+    lua_rawget(L, 1);
+    return 1;
+}
+
+static int lazy_newindex(lua_State *L)
+{
+    if (is_metadata_key(L, 2)) { /* the plugin's value replaces the undecoded one */
+        lua_pushnil(L);
+        lua_rawsetp(L, 1, &lazy_text_key);
+    }
+    lua_settop(L, 3);
+    lua_rawset(L, 1);
+    return 0;
+}
+
+static int lazy_next(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 2);
+    if (lua_next(L, 1)) return 2;
+    lua_pushnil(L);
+    return 1;
+}
+
+static int lazy_pairs(lua_State *L)
+{
+    lazy_materialize(L, 1);
+    lua_pushcfunction(L, lazy_next);
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    return 3;
+}
+
+void sg_lua_set_lazy_metadata(lua_State *L, int t, const char *json, size_t n)
+{
+    t = lua_absindex(L, t);
+    lua_pushlstring(L, json, n);
+    lua_rawsetp(L, t, &lazy_text_key);
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &lazy_mt_key) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        static const luaL_Reg mt[] = {
+            {"__index", lazy_index}, {"__newindex", lazy_newindex}, {"__pairs", lazy_pairs}, {NULL, NULL}};
+        luaL_newlib(L, mt);
+        lua_pushvalue(L, -1);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &lazy_mt_key);
+    }
+    lua_setmetatable(L, t);
+}
+
 typedef struct tbuf {
     char *s;
     size_t n, cap;
@@ -472,6 +573,66 @@ static int tb_string(tbuf *b, const char *s, size_t k, char *err, size_t errlen)
     return 0;
 }
 
+static int to_text(lua_State *L, int idx, int depth, tbuf *b, char *err, size_t errlen);
+
+static int is_lazy_key(lua_State *L, int idx)
+{
+    return lua_type(L, idx) == LUA_TLIGHTUSERDATA && lua_touserdata(L, idx) == &lazy_text_key;
+}
+
+/* A table as a JSON array or object; lazy: metadata still as text. */
+static int table_text(lua_State *L, int idx, int depth, tbuf *b, const char *lazy, size_t lazy_n,
+                      char *err, size_t errlen)
+{
+    lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
+    size_t count = 0;
+    int string_keys = lazy != NULL;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (!is_lazy_key(L, -2)) count++;
+        if (lua_type(L, -2) == LUA_TSTRING) string_keys = 1;
+        lua_pop(L, 1);
+    }
+    if (n > 0 && (size_t)n == count && !string_keys) {
+        if (tb_put(b, "[", 1) < 0) return -1;
+        for (lua_Integer i = 1; i <= n; i++) {
+            if (i > 1 && tb_put(b, ",", 1) < 0) return -1;
+            lua_rawgeti(L, idx, i);
+            int rc = to_text(L, -1, depth + 1, b, err, errlen);
+            lua_pop(L, 1);
+            if (rc < 0) return -1;
+        }
+        return tb_put(b, "]", 1);
+    }
+    if (tb_put(b, "{", 1) < 0) return -1;
+    int first = 1;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (is_lazy_key(L, -2)) {
+            lua_pop(L, 1);
+            continue;
+        }
+        if (lua_type(L, -2) != LUA_TSTRING) {
+            snprintf(err, errlen, "a table mixes list items and named keys");
+            lua_pop(L, 2);
+            return -1;
+        }
+        size_t k;
+        const char *key = lua_tolstring(L, -2, &k);
+        if ((!first && tb_put(b, ",", 1) < 0) || tb_string(b, key, k, err, errlen) < 0 ||
+            tb_put(b, ":", 1) < 0 || to_text(L, -1, depth + 1, b, err, errlen) < 0) {
+            lua_pop(L, 2);
+            return -1;
+        }
+        first = 0;
+        lua_pop(L, 1);
+    }
+    if (lazy && ((!first && tb_put(b, ",", 1) < 0) || tb_put(b, "\"metadata\":", 11) < 0 ||
+                 tb_put(b, lazy, lazy_n) < 0))
+        return -1;
+    return tb_put(b, "}", 1);
+}
+
 static int to_text(lua_State *L, int idx, int depth, tbuf *b, char *err, size_t errlen)
 {
     idx = lua_absindex(L, idx);
@@ -514,46 +675,22 @@ static int to_text(lua_State *L, int idx, int depth, tbuf *b, char *err, size_t 
             snprintf(err, errlen, "too deep");
             return -1;
         }
-        lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
-        size_t count = 0;
-        int string_keys = 0;
-        lua_pushnil(L);
-        while (lua_next(L, idx)) {
-            count++;
-            if (lua_type(L, -2) == LUA_TSTRING) string_keys = 1;
+        /* an update whose metadata is still text: the text goes out as
+         * it is, with no decoding and encoding again */
+        const char *lazy = NULL;
+        size_t lazy_n = 0;
+        if (lua_rawgetp(L, idx, &lazy_text_key) == LUA_TSTRING) {
+            lua_pushliteral(L, "metadata");
+            if (lua_rawget(L, idx) == LUA_TNIL) lazy = lua_tolstring(L, -2, &lazy_n);
             lua_pop(L, 1);
         }
-        if (n > 0 && (size_t)n == count && !string_keys) {
-            if (tb_put(b, "[", 1) < 0) return -1;
-            for (lua_Integer i = 1; i <= n; i++) {
-                if (i > 1 && tb_put(b, ",", 1) < 0) return -1;
-                lua_rawgeti(L, idx, i);
-                int rc = to_text(L, -1, depth + 1, b, err, errlen);
-                lua_pop(L, 1);
-                if (rc < 0) return -1;
-            }
-            return tb_put(b, "]", 1);
-        }
-        if (tb_put(b, "{", 1) < 0) return -1;
-        int first = 1;
-        lua_pushnil(L);
-        while (lua_next(L, idx)) {
-            if (lua_type(L, -2) != LUA_TSTRING) {
-                snprintf(err, errlen, "a table mixes list items and named keys");
-                lua_pop(L, 2);
-                return -1;
-            }
-            size_t k;
-            const char *key = lua_tolstring(L, -2, &k);
-            if ((!first && tb_put(b, ",", 1) < 0) || tb_string(b, key, k, err, errlen) < 0 ||
-                tb_put(b, ":", 1) < 0 || to_text(L, -1, depth + 1, b, err, errlen) < 0) {
-                lua_pop(L, 2);
-                return -1;
-            }
-            first = 0;
+        if (!lazy) {
             lua_pop(L, 1);
+            lazy_materialize(L, idx);
         }
-        return tb_put(b, "}", 1);
+        int rc = table_text(L, idx, depth, b, lazy, lazy_n, err, errlen);
+        if (lazy) lua_pop(L, 1); /* the text, kept on the stack while in use */
+        return rc;
     }
     default: break;
     }
@@ -726,6 +863,9 @@ sg_sandbox *sg_sandbox_new(const char *name, const sg_sandbox_limits *lim, sg_em
         return NULL;
     }
     open_libs(sb->L);
+    /* plugin calls make short-lived tables (the update, its metadata, the
+     * result); the generational collector frees them young and cheaply */
+    lua_gc(sb->L, LUA_GCGEN, 0, 0);
     start_watchdog();
     sb->watched = 1;
     return sb;

@@ -54,4 +54,8 @@ json_t *sg_lua_to_json(lua_State *L, int idx, char *err, size_t errlen);
 void sg_lua_push_json_text(lua_State *L, const char *s, size_t n);
 char *sg_lua_to_json_text(lua_State *L, int idx, size_t *len, char *err, size_t errlen);
 
+/* Give the table at t a `metadata` field decoded from json on first use
+ * (reading it, pairs, or encoding the table). */
+void sg_lua_set_lazy_metadata(lua_State *L, int t, const char *json, size_t n);
+
 #endif

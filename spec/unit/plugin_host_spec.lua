@@ -51,6 +51,52 @@ describe("plugin sandbox", function()
   end)
 end)
 
+describe("the update a plugin sees", function()
+  -- Metadata reaches a plugin as text and is decoded on first use; every
+  -- way of looking at it must see the same table a plain decode would.
+  local md = { tool = "search", params = { q = "x", n = 2 }, list = { 1, 2, 3 } }
+
+  local function run(body)
+    local host = ph.host({ ["u.lua"] = "local P = {} function P.filter(u) " .. body .. " end return P" })
+    local keep, u = host:filter(upd({ metadata = md }))
+    assert.is_true(keep)
+    return u
+  end
+
+  it("reads metadata fields", function()
+    local u = run("u.text = u.metadata.tool .. u.metadata.params.q .. #u.metadata.list; return u")
+    assert.equal("searchx3", u.text)
+    assert.same(md, u.metadata)
+  end)
+
+  it("walks the update with pairs and meets metadata as a table", function()
+    local u = run([[local ks = {}
+      for k, v in pairs(u) do ks[#ks + 1] = k .. ":" .. type(v) end
+      table.sort(ks); u.text = table.concat(ks, ","); return u]])
+    assert.equal("category:string,conversation_id:string,metadata:table,text:string", u.text)
+  end)
+
+  it("encodes the whole update with its metadata", function()
+    local u = run("u.text = statusgw.json.encode(u); return u")
+    local back = require("cjson").decode(u.text)
+    assert.same(md, back.metadata)
+    assert.equal("x", back.text)
+  end)
+
+  it("replaces or removes metadata", function()
+    assert.same({ only = true }, run("u.metadata = { only = true }; return u").metadata)
+    local removed = run("u.metadata = nil; u.text = tostring(u.metadata); return u")
+    assert.equal("nil", removed.text)
+    assert.is_nil(removed.metadata)
+  end)
+
+  it("keeps metadata it never touched when it returns the update", function()
+    local u = run("u.text = 'changed'; return u")
+    assert.equal("changed", u.text)
+    assert.same(md, u.metadata)
+  end)
+end)
+
 describe("plugin faults", function()
   local faults = {
     loops = "local P = {} function P.filter(u) while true do end end return P",

@@ -52,3 +52,33 @@ describe("redact plugin", function()
     assert.equal("search_code", u.metadata.tool)
   end)
 end)
+
+describe("redact plugin without configured patterns", function()
+  -- Without patterns an update is first probed as a whole; these cover
+  -- that path: each secret must still be found through it.
+  local host
+  setup(function() host = ph.host({ "plugins/redact.lua" }) end)
+
+  local function filtered(u)
+    u.category = u.category or "info"
+    local keep, out = host:filter(u)
+    assert.is_true(keep)
+    return out
+  end
+
+  it("masks a secret in the text", function()
+    assert.equal("use [REDACTED] now", filtered({ text = "use sk-live-abcdefghijkl now" }).text)
+  end)
+
+  it("masks a secret in a nested metadata string and under a secret key name", function()
+    local u = filtered({ text = "ok", metadata = { a = { b = { c = "Bearer abc.def" } }, Password = "hunter2" } })
+    assert.equal("Bearer [REDACTED]", u.metadata.a.b.c)
+    assert.equal("[REDACTED]", u.metadata.Password)
+  end)
+
+  it("leaves an update without secrets as it is, metadata included", function()
+    local u = filtered({ text = "Running search_code", metadata = { tool = "search_code", params = { q = "retry loop", limit = 10 } } })
+    assert.equal("Running search_code", u.text)
+    assert.same({ tool = "search_code", params = { q = "retry loop", limit = 10 } }, u.metadata)
+  end)
+end)
