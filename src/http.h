@@ -73,6 +73,9 @@ struct sg_conn {
     int reject;   /* HTTP status to answer when parsing stopped, 0 if none */
     int read_paused;
     int write_armed; /* the bufferevent writes a leftover */
+    int reading;     /* rev is added */
+    struct event *rev; /* reads: our own, see on_readable */
+    struct timeval idle; /* read idle timeout; 0 s: none */
     sg_req *req;     /* HTTP mode only: freed when a transport takes over */
     const sg_conn_proto *proto;
     void *proto_data;
@@ -80,6 +83,9 @@ struct sg_conn {
     sg_conn *reap_next;
     char peer[64];
 };
+
+/* Close (or call proto->on_idle) after this long without input; NULL: never. */
+void sg_conn_set_idle(sg_conn *c, const struct timeval *idle);
 
 struct sg_server {
     struct event_base *base;

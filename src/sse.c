@@ -221,7 +221,7 @@ void sg_sse_start(sg_conn *c, sg_req *r, const char *conv_id)
     sg_conn_take(c, SG_CONN_SSE, &sse_proto, ss);
     sg_hub_subscribe(srv->hub, cv, &ss->sub, &sse_class, mask, 0, NULL, ss);
     srv->n_sse++;
-    bufferevent_set_timeouts(c->bev, NULL, NULL);
+    sg_conn_set_idle(c, NULL);
     sg_log(SG_LOG_DEBUG, "sse_subscribed", "peer=%s conversation=%s resume=%d since=%llu",
            c->peer, cv->id, resume, (unsigned long long)since);
 }

@@ -413,7 +413,7 @@ void sg_ws_upgrade(sg_conn *c, sg_req *r)
     sg_conn_take(c, SG_CONN_WS, &ws_proto, ws);
     c->srv->n_ws++;
     struct timeval idle = {c->srv->cfg->ws_idle_s, 0};
-    bufferevent_set_timeouts(c->bev, &idle, NULL);
+    sg_conn_set_idle(c, &idle);
     ws->phx = sg_phx_new(ws);
     sg_log(SG_LOG_DEBUG, "websocket_open", "peer=%s", c->peer);
 }
