@@ -20,8 +20,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <arpa/inet.h>
 
@@ -106,6 +108,78 @@ static void scan_markers(const char *p, size_t n)
     }
 }
 
+/* ---- connections ----
+ *
+ * Reads go through an event of our own and writes go out at once, as in
+ * the gateway: a bufferevent asks the kernel how much is readable (an
+ * ioctl) before each read, and adds and deletes its write event around
+ * each write, which would make the generator the bottleneck sooner. */
+
+typedef struct conn_io {
+    struct event *ev;
+    struct bufferevent *bev;
+    bufferevent_data_cb rd;
+    bufferevent_event_cb evcb;
+    void *arg;
+} conn_io;
+
+#define MAX_FD 65536
+static conn_io *ios[MAX_FD];
+
+static void io_readable(evutil_socket_t fd, short what, void *arg)
+{
+    conn_io *io = arg;
+    struct evbuffer *in = bufferevent_get_input(io->bev);
+    struct evbuffer_iovec v[2];
+    int nv = evbuffer_reserve_space(in, 65536, v, 2);
+    if (nv < 1) return;
+    struct iovec iov[2];
+    for (int i = 0; i < nv; i++) {
+        iov[i].iov_base = v[i].iov_base;
+        iov[i].iov_len = v[i].iov_len;
+    }
+    ssize_t n = readv(fd, iov, nv);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+    if (n <= 0) {
+        io->evcb(io->bev, (n == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR) | BEV_EVENT_READING, io->arg);
+        return;
+    }
+    size_t left = (size_t)n;
+    for (int i = 0; i < nv; i++) {
+        if (v[i].iov_len > left) v[i].iov_len = left;
+        left -= v[i].iov_len;
+    }
+    evbuffer_commit_space(in, v, nv);
+    io->rd(io->bev, io->arg); /* may free the connection */
+}
+
+static void conn_free(struct bufferevent *bev)
+{
+    evutil_socket_t fd = bufferevent_getfd(bev);
+    if (fd >= 0 && fd < MAX_FD && ios[fd]) {
+        event_free(ios[fd]->ev);
+        free(ios[fd]);
+        ios[fd] = NULL;
+    }
+    bufferevent_free(bev);
+}
+
+/* Write what the output holds now; the bufferevent takes a leftover. */
+static void flush_now(struct bufferevent *bev)
+{
+    struct evbuffer *out = bufferevent_get_output(bev);
+    if (!evbuffer_get_length(out)) return;
+    evbuffer_unfreeze(out, 1);
+    evbuffer_write(out, bufferevent_getfd(bev));
+    evbuffer_freeze(out, 1);
+    if (evbuffer_get_length(out)) bufferevent_enable(bev, EV_WRITE);
+}
+
+static void on_drained(struct bufferevent *bev, void *arg)
+{
+    bufferevent_disable(bev, EV_WRITE);
+}
+
 /* ---- WebSocket subscribers ---- */
 
 typedef struct sub {
@@ -141,6 +215,7 @@ static void ws_send(struct bufferevent *bev, int opcode, const char *data, size_
     for (size_t i = 0; i < len; i++)
         tmp[i] = data[i] ^ key[i & 3];
     evbuffer_add(out, tmp, len);
+    flush_now(bev);
 }
 
 static void sub_join(sub *s)
@@ -172,7 +247,7 @@ static void sub_read(struct bufferevent *bev, void *arg)
         if (memcmp(line, "HTTP/1.1 101", 12) != 0) {
             R.subs_failed++;
             subs_pending--;
-            bufferevent_free(bev);
+            conn_free(bev);
             s->bev = NULL;
             return;
         }
@@ -209,7 +284,7 @@ static void sub_read(struct bufferevent *bev, void *arg)
         }
         if (op == 8) {
             R.subs_closed++;
-            bufferevent_free(bev);
+            conn_free(bev);
             s->bev = NULL;
             return;
         }
@@ -248,6 +323,7 @@ static void sub_event(struct bufferevent *bev, short what, void *arg)
                             "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
                             path, opt.host);
+        flush_now(bev);
         return;
     }
     if (!s->joined) {
@@ -256,7 +332,7 @@ static void sub_event(struct bufferevent *bev, short what, void *arg)
     } else {
         R.subs_closed++;
     }
-    bufferevent_free(bev);
+    conn_free(bev);
     s->bev = NULL;
 }
 
@@ -328,33 +404,42 @@ static void pub_fill(pub *p)
         }
         pub_send(p);
     }
+    if (p->bev) flush_now(p->bev); /* every pipelined request in one write */
 }
 
+/* The value of header `name` (lower-case) in [h, end), or NULL. */
+static const char *header(const char *h, const char *end, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = h; p && p + n < end; p = memchr(p, '\n', (size_t)(end - p))) {
+        if (*p == '\n') p++;
+        if (p + n <= end && strncasecmp(p, name, n) == 0) return p + n;
+    }
+    return NULL;
+}
+
+/* Responses parsed in place over one contiguous view, drained once. */
 static void pub_read(struct bufferevent *bev, void *arg)
 {
     pub *p = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
-    for (;;) {
-        struct evbuffer_ptr e = evbuffer_search(in, "\r\n\r\n", 4, NULL);
-        if (e.pos < 0) break;
-        char head[1024];
-        size_t hl = e.pos + 4 < (ssize_t)sizeof(head) - 1 ? (size_t)e.pos + 4 : sizeof(head) - 1;
-        evbuffer_copyout(in, head, hl);
-        head[hl] = 0;
-        const char *cl = strcasestr(head, "content-length:");
-        size_t blen = cl ? strtoul(cl + 15, NULL, 10) : 0;
-        if (evbuffer_get_length(in) < (size_t)e.pos + 4 + blen) break;
-        int status = atoi(head + 9);
-        char body[512];
-        evbuffer_drain(in, e.pos + 4);
-        size_t take = blen < sizeof(body) - 1 ? blen : sizeof(body) - 1;
-        evbuffer_copyout(in, body, take);
-        body[take] = 0;
-        evbuffer_drain(in, blen);
+    size_t avail = evbuffer_get_length(in), off = 0;
+    if (!avail) return;
+    const char *buf = (const char *)evbuffer_pullup(in, -1);
+    while (off < avail) {
+        const char *h = buf + off, *end = buf + avail;
+        const char *e = memmem(h, (size_t)(end - h), "\r\n\r\n", 4);
+        if (!e) break;
+        const char *cl = header(h, e, "content-length:");
+        size_t blen = cl ? strtoul(cl, NULL, 10) : 0;
+        const char *body = e + 4;
+        if ((size_t)(end - body) < blen) break;
+        int status = (int)strtol(h + 9, NULL, 10);
+        off = (size_t)(body - buf) + blen;
         p->inflight--;
         uint64_t n = 1;
         if (opt.target == T_STATUSGW && opt.bulk > 1) {
-            const char *a = strstr(body, "\"accepted\":");
+            const char *a = memmem(body, blen, "\"accepted\":", 11);
             n = a ? strtoull(a + 11, NULL, 10) : 0;
             R.rejected += opt.bulk - n;
         }
@@ -365,6 +450,7 @@ static void pub_read(struct bufferevent *bev, void *arg)
             R.rejected += n;
         }
     }
+    evbuffer_drain(in, off);
     pub_fill(p);
 }
 
@@ -382,7 +468,7 @@ static void pub_event(struct bufferevent *bev, short what, void *arg)
     }
     /* a server may end keep-alive connections (nginx's keepalive_requests):
      * requests in flight are lost, the publisher dials again */
-    bufferevent_free(bev);
+    conn_free(bev);
     p->bev = NULL;
     p->inflight = 0;
     if (publishing) {
@@ -409,12 +495,27 @@ static int phase; /* 0 connecting, 1 warmup, 2 measuring, 3 draining */
 static struct bufferevent *dial(void *arg, bufferevent_data_cb rd, bufferevent_event_cb ev)
 {
     struct bufferevent *b = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
-    bufferevent_setcb(b, rd, NULL, ev, arg);
-    bufferevent_enable(b, EV_READ | EV_WRITE);
+    bufferevent_setcb(b, NULL, on_drained, ev, arg);
+    bufferevent_enable(b, EV_WRITE); /* for the connect */
     if (bufferevent_socket_connect(b, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
         bufferevent_free(b);
         return NULL;
     }
+    evutil_socket_t fd = bufferevent_getfd(b);
+    conn_io *io = fd >= 0 && fd < MAX_FD ? calloc(1, sizeof(*io)) : NULL;
+    if (!io) {
+        bufferevent_free(b);
+        return NULL;
+    }
+    io->bev = b;
+    io->rd = rd;
+    io->evcb = ev;
+    io->arg = arg;
+    io->ev = event_new(base, fd, EV_READ | EV_PERSIST, io_readable, io);
+    ios[fd] = io;
+    /* bufferevent_socket freezes its input's end outside its own reads */
+    evbuffer_unfreeze(bufferevent_get_input(b), 0);
+    event_add(io->ev, NULL);
     return b;
 }
 
