@@ -34,20 +34,29 @@ static void method_not_allowed(sg_conn *c, const char *allow)
     sg_http_json(c, 405, sg_error_json(&e), extra);
 }
 
-/* Parse, validate and publish one update's JSON text for the producer
- * holding key (NULL: open mode). Returns 0 and fills res, or -1 with err. */
+/* Publish one parsed update (parsed < 0: it failed to parse, err says
+ * why) for the producer holding key (NULL: open mode). Returns 0 and
+ * fills res, or -1 with err. */
+static int publish_draft(sg_server *s, sg_api_key *key, sg_draft *d, int parsed,
+                         sg_publish_result *res, sg_error *err)
+{
+    sg_metrics_received(1);
+    int rc = parsed;
+    if (rc == 0 && key) rc = sg_security_may_publish(key, d->conv_id, err);
+    if (rc == 0) rc = sg_ingest(s, d, NULL, res, err);
+    if (rc < 0) sg_metrics_rejected(err->code);
+    else if (res->dropped) sg_metrics_dropped();
+    return rc;
+}
+
+/* The same from the update's JSON text. */
 static int publish(sg_server *s, sg_api_key *key, const char *json, size_t n,
                    sg_publish_result *res, sg_error *err)
 {
-    sg_metrics_received(1);
     sg_limits lim = {s->cfg->max_text, s->cfg->max_metadata};
     sg_draft d;
-    int rc = sg_draft_parse(json, n, &lim, &d, err);
-    if (rc == 0 && key) rc = sg_security_may_publish(key, d.conv_id, err);
-    if (rc == 0) rc = sg_ingest(s, &d, NULL, res, err);
+    int rc = publish_draft(s, key, &d, sg_draft_parse(json, n, &lim, &d, err), res, err);
     sg_draft_free(&d);
-    if (rc < 0) sg_metrics_rejected(err->code);
-    else if (res->dropped) sg_metrics_dropped();
     return rc;
 }
 
@@ -105,7 +114,10 @@ static void handle_publish(sg_conn *c, sg_req *r)
         return;
     }
     sg_publish_result res;
-    if (publish(c->srv, key, r->body ? r->body : "", r->body_len, &res, &err) < 0) {
+    sg_clock_hold();
+    int rc = publish(c->srv, key, r->body ? r->body : "", r->body_len, &res, &err);
+    sg_clock_release();
+    if (rc < 0) {
         sg_http_error(c, &err);
         return;
     }
@@ -114,35 +126,6 @@ static void handle_publish(sg_conn *c, sg_req *r)
     reply[n++] = '\n';
     sg_http_respond(c, 202, "application/json", reply, n, NULL);
 }
-
-/* The end of the value that starts at p, in canonical JSON text. */
-static const char *skip_value(const char *p, const char *end)
-{
-    int depth = 0;
-    while (p < end) {
-        char ch = *p;
-        if (ch == '"') {
-            for (p++; p < end && *p != '"'; p++)
-                if (*p == '\\') p++;
-            p++;
-            if (depth == 0) return p;
-            continue;
-        }
-        if (ch == '{' || ch == '[') depth++;
-        else if (ch == '}' || ch == ']') {
-            if (depth == 0) return p;
-            if (--depth == 0) return p + 1;
-        } else if (ch == ',' && depth == 0) return p;
-        p++;
-    }
-    return end;
-}
-
-typedef struct span {
-    const char *s;
-    size_t n;
-    int line; /* NDJSON: its line number */
-} span;
 
 typedef struct obuf {
     char *s;
@@ -171,6 +154,75 @@ static void ob_put(obuf *b, const char *s, size_t k)
     b->n += k;
 }
 
+/* One item of a bulk request: NDJSON keeps its line to parse; a JSON
+ * array is parsed whole before anything is published. */
+typedef struct item {
+    const char *s;
+    size_t n;
+    int line;
+    int rc;      /* array: the parse result (0 or -1 with err) */
+    sg_draft d;
+    sg_error err;
+} item;
+
+/* Parse a JSON array of updates into items; the drafts' strings land in
+ * scratch. -1 with err when the body is not a well-formed array. */
+static int parse_array(const char *body, size_t len, char *scratch, item *items, size_t max,
+                       size_t *n, const sg_limits *lim, sg_error *err)
+{
+    sg_jtext j;
+    sg_jtext_init(&j, body, len, scratch);
+    sg_jtext_ws(&j);
+    *n = 0;
+    if (len == 0) {
+        sg_error_set(err, 400, "invalid_json", NULL, "the request body is empty");
+        return -1;
+    }
+    if (j.p >= j.end || *j.p != '[') {
+        if (sg_jtext_value(&j) < 0) goto syntax;
+        sg_error_set(err, 400, "invalid_body", NULL, "the bulk body must be a JSON array of updates");
+        return -1;
+    }
+    j.p++;
+    sg_jtext_ws(&j);
+    if (j.p < j.end && *j.p == ']') {
+        j.p++;
+    } else {
+        for (;;) {
+            if (*n == max) {
+                sg_error_set(err, 413, "too_many_items", NULL, "more than %zu updates in one request", max);
+                return -1;
+            }
+            item *it = &items[(*n)++];
+            int syntax;
+            it->rc = sg_draft_scan(&j, 0, lim, &it->d, &it->err, &syntax);
+            if (syntax) {
+                *err = it->err;
+                return -1;
+            }
+            sg_jtext_ws(&j);
+            if (j.p < j.end && *j.p == ',') {
+                j.p++;
+                sg_jtext_ws(&j);
+                continue;
+            }
+            if (j.p < j.end && *j.p == ']') {
+                j.p++;
+                break;
+            }
+            snprintf(j.err, sizeof(j.err), "expected ',' or ']' at byte %zu", (size_t)(j.p - j.start));
+            goto syntax;
+        }
+    }
+    sg_jtext_ws(&j);
+    if (j.p == j.end) return 0;
+    snprintf(j.err, sizeof(j.err), "data after the end of the value at byte %zu", (size_t)(j.p - j.start));
+syntax:
+    if (j.utf8) sg_error_set(err, 400, "invalid_utf8", NULL, "the body is not valid UTF-8: %s", j.err);
+    else sg_error_set(err, 400, "invalid_json", NULL, "malformed JSON: %s", j.err);
+    return -1;
+}
+
 static void handle_bulk(sg_conn *c, sg_req *r)
 {
     sg_error err;
@@ -187,57 +239,39 @@ static void handle_bulk(sg_conn *c, sg_req *r)
         sg_http_error(c, &err);
         return;
     }
-    int max = c->srv->cfg->max_bulk_items;
-    span *items = calloc((size_t)max + 1, sizeof(*items));
-    char *canon = NULL;
+    sg_limits lim = {c->srv->cfg->max_text, c->srv->cfg->max_metadata};
+    size_t max = (size_t)c->srv->cfg->max_bulk_items;
+    item *items = malloc((max + 1) * sizeof(*items));
+    char *scratch = ndjson ? NULL : malloc(r->body_len + 1);
     size_t n = 0;
     const char *p = r->body ? r->body : "", *end = p + r->body_len;
-    if (!items) {
+    if (!items || (!ndjson && !scratch)) {
         sg_error_set(&err, 503, "out_of_memory", NULL, "out of memory");
         sg_http_error(c, &err);
-        return;
+        goto out;
     }
     if (ndjson) {
         int line = 0;
-        while (p < end && n <= (size_t)max) {
+        while (p < end && n <= max) {
             const char *nl = memchr(p, '\n', (size_t)(end - p));
             const char *le = nl ? nl : end;
             line++;
             const char *q = p;
             while (q < le && (*q == ' ' || *q == '\t' || *q == '\r'))
                 q++;
-            if (q < le) items[n++] = (span){p, (size_t)(le - p), line};
+            if (q < le) {
+                items[n].s = p;
+                items[n].n = (size_t)(le - p);
+                items[n++].line = line;
+            }
             p = nl ? nl + 1 : end;
         }
-    } else {
-        /* the whole array is checked first: a malformed body publishes nothing */
-        sg_jtext j;
-        canon = malloc(r->body_len + 1);
-        if (canon) sg_jtext_init(&j, p, r->body_len, canon);
-        if (canon) sg_jtext_ws(&j);
-        if (!canon || r->body_len == 0 || sg_jtext_value(&j) < 0 || (sg_jtext_ws(&j), j.p != end)) {
-            if (!canon) sg_error_set(&err, 503, "out_of_memory", NULL, "out of memory");
-            else if (r->body_len == 0) sg_error_set(&err, 400, "invalid_json", NULL, "the request body is empty");
-            else if (j.utf8) sg_error_set(&err, 400, "invalid_utf8", NULL, "the body is not valid UTF-8: %s", j.err);
-            else sg_error_set(&err, 400, "invalid_json", NULL, "malformed JSON: %s",
-                              j.err[0] ? j.err : "data after the end of the value");
+        if (n > max) {
+            sg_error_set(&err, 413, "too_many_items", NULL, "more than %zu updates in one request", max);
             sg_http_error(c, &err);
             goto out;
         }
-        if (canon[0] != '[') {
-            sg_error_set(&err, 400, "invalid_body", NULL, "the bulk body must be a JSON array of updates");
-            sg_http_error(c, &err);
-            goto out;
-        }
-        const char *q = canon + 1, *cend = j.o;
-        while (q < cend && *q != ']' && n <= (size_t)max) {
-            const char *e = skip_value(q, cend);
-            items[n++] = (span){q, (size_t)(e - q), 0};
-            q = e < cend && *e == ',' ? e + 1 : e;
-        }
-    }
-    if (n > (size_t)max) {
-        sg_error_set(&err, 413, "too_many_items", NULL, "more than %d updates in one request", max);
+    } else if (parse_array(p, r->body_len, scratch, items, max, &n, &lim, &err) < 0) {
         sg_http_error(c, &err);
         goto out;
     }
@@ -252,16 +286,24 @@ static void handle_bulk(sg_conn *c, sg_req *r)
     int accepted = 0;
     if (ob_room(&b, HEAD)) b.n = HEAD;
     ob_put(&b, "\"results\":[", 11);
+    sg_clock_hold();
     for (size_t i = 0; i < n; i++) {
         sg_publish_result res;
+        int rc;
+        if (ndjson) {
+            rc = publish(c->srv, key, items[i].s, items[i].n, &res, &err);
+        } else {
+            if (items[i].rc < 0) err = items[i].err;
+            rc = publish_draft(c->srv, key, &items[i].d, items[i].rc, &res, &err);
+        }
         if (i) ob_put(&b, ",", 1);
-        if (publish(c->srv, key, items[i].s, items[i].n, &res, &err) == 0) {
+        if (rc == 0) {
             accepted++;
             char *o = ob_room(&b, REPLY_MAX);
             if (o) b.n += publish_reply(&res, o);
             continue;
         }
-        if (items[i].line && (strcmp(err.code, "invalid_json") == 0 || strcmp(err.code, "invalid_utf8") == 0)) {
+        if (ndjson && (strcmp(err.code, "invalid_json") == 0 || strcmp(err.code, "invalid_utf8") == 0)) {
             char msg[sizeof(err.message)];
             snprintf(msg, sizeof(msg), "line %d: %.180s", items[i].line, err.message);
             snprintf(err.message, sizeof(err.message), "%s", msg);
@@ -272,6 +314,7 @@ static void handle_bulk(sg_conn *c, sg_req *r)
         free(es);
         json_decref(ej);
     }
+    sg_clock_release();
     ob_put(&b, "]}\n", 3);
     char head[HEAD];
     int hn = snprintf(head, sizeof(head), "{\"accepted\":%d,\"rejected\":%d,", accepted, (int)n - accepted);
@@ -284,8 +327,12 @@ static void handle_bulk(sg_conn *c, sg_req *r)
     }
     free(b.s);
 out:
+    /* array drafts point into scratch; a plugin may have given one a
+     * buffer of its own */
+    for (size_t i = 0; !ndjson && i < n; i++)
+        sg_draft_free(&items[i].d);
     free(items);
-    free(canon);
+    free(scratch);
 }
 
 static int query_uint(sg_req *r, const char *name, unsigned long long def,

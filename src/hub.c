@@ -32,16 +32,12 @@ struct sg_hub {
 
 int64_t sg_now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return sg_clock_wall_ms();
 }
 
 int64_t sg_mono_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return (int64_t)(sg_clock_mono_ns() / 1000000);
 }
 
 /* ---- lists ---- */
@@ -131,9 +127,7 @@ static void observe(uint64_t *hist, const double *bounds, int nb, double v)
 
 static uint64_t mono_ns(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
+    return sg_clock_mono_ns();
 }
 
 /* Hand every queued update of c to its subscribers, oldest first. */

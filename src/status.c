@@ -181,7 +181,7 @@ static int syntax_error(const sg_jtext *j, sg_error *err)
  * on, so that a syntax error anywhere wins over it, as it did with a
  * parser that reads the whole body first. */
 static int scan_fields(sg_jtext *j, field *f, char *unknown, size_t unknown_len, int *not_object,
-                       sg_error *err)
+                       int whole, sg_error *err)
 {
     sg_jtext_ws(j);
     if (j->p >= j->end || *j->p != '{') {
@@ -246,6 +246,7 @@ static int scan_fields(sg_jtext *j, field *f, char *unknown, size_t unknown_len,
         }
         j->p++;
     }
+    if (!whole) return 0;
     sg_jtext_ws(j);
     if (j->p != j->end) {
         snprintf(j->err, sizeof(j->err), "data after the end of the value at byte %zu", (size_t)(j->p - j->start));
@@ -393,13 +394,31 @@ int sg_draft_parse(const char *json, size_t n, const sg_limits *lim, sg_draft *d
     }
     sg_jtext j;
     sg_jtext_init(&j, json, n, d->buf);
+    char *buf = d->buf;
+    int syntax;
+    if (sg_draft_scan(&j, 1, lim, d, err, &syntax) < 0) {
+        free(buf);
+        return -1;
+    }
+    d->buf = buf;
+    return 0;
+}
+
+int sg_draft_scan(sg_jtext *j, int whole, const sg_limits *lim, sg_draft *d, sg_error *err,
+                  int *syntax)
+{
+    memset(d, 0, sizeof(*d));
     field f[F_COUNT];
     memset(f, 0, sizeof(f));
     char unknown[72] = "";
     int not_object = 0;
-    if (scan_fields(&j, f, unknown, sizeof(unknown), &not_object, err) < 0 ||
-        validate(f, unknown, not_object, lim, d, err) < 0) {
-        sg_draft_free(d);
+    *syntax = 0;
+    if (scan_fields(j, f, unknown, sizeof(unknown), &not_object, whole, err) < 0) {
+        *syntax = 1;
+        return -1;
+    }
+    if (validate(f, unknown, not_object, lim, d, err) < 0) {
+        memset(d, 0, sizeof(*d));
         return -1;
     }
     return 0;
@@ -490,11 +509,39 @@ void sg_format_ts(int64_t ms, char *out)
     out[24] = 0;
 }
 
-static uint64_t mono_ns(void)
+/* ---- the clock ---- */
+
+static int clock_held;
+static uint64_t held_mono_ns;
+static int64_t held_wall_ms;
+
+void sg_clock_hold(void)
 {
+    clock_held = 0;
+    held_mono_ns = sg_clock_mono_ns();
+    held_wall_ms = sg_clock_wall_ms();
+    clock_held = 1;
+}
+
+void sg_clock_release(void)
+{
+    clock_held = 0;
+}
+
+uint64_t sg_clock_mono_ns(void)
+{
+    if (clock_held) return held_mono_ns;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
+}
+
+int64_t sg_clock_wall_ms(void)
+{
+    if (clock_held) return held_wall_ms;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 sg_update *sg_update_new(const sg_draft *d, uint64_t seq, int64_t ts_ms)
@@ -508,7 +555,7 @@ sg_update *sg_update_new(const sg_draft *d, uint64_t seq, int64_t ts_ms)
     u->category = d->category;
     u->seq = seq;
     u->ts_ms = ts_ms;
-    u->recv_ns = mono_ns();
+    u->recv_ns = sg_clock_mono_ns();
     u->json = (char *)(u + 1);
 
     char *p = u->json;

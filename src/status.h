@@ -77,6 +77,14 @@ typedef struct sg_limits {
  * a field's code otherwise) and nothing to free. */
 int sg_draft_parse(const char *json, size_t n, const sg_limits *lim, sg_draft *d, sg_error *err);
 
+/* The same for the value at a scanner's cursor, with the strings written
+ * to its output (the draft owns nothing; the scanner's output must outlive
+ * it). whole: nothing may follow the value. *syntax tells a JSON error
+ * (the whole text is unusable) from a field's. */
+struct sg_jtext;
+int sg_draft_scan(struct sg_jtext *j, int whole, const sg_limits *lim, sg_draft *d, sg_error *err,
+                  int *syntax);
+
 /* The same from a jansson object (what plugins emit). */
 int sg_draft_from_json(json_t *obj, const sg_limits *lim, sg_draft *d, sg_error *err);
 
@@ -109,6 +117,14 @@ static inline sg_update *sg_update_ref(sg_update *u)
     return u;
 }
 void sg_update_unref(sg_update *u);
+
+/* The clock. Between hold and release it stands still: the updates of one
+ * request are received at one instant, and reading the clock once per
+ * request rather than several times per update is measurably cheaper. */
+void sg_clock_hold(void);
+void sg_clock_release(void);
+uint64_t sg_clock_mono_ns(void);
+int64_t sg_clock_wall_ms(void); /* Unix ms */
 
 /* Format Unix ms as 2026-11-27T09:12:44.123Z into out (>= 25 bytes). */
 void sg_format_ts(int64_t ms, char *out);

@@ -88,6 +88,27 @@ describe("producer API", function()
       assert.equal(404, (gw_.request(gw, "GET", "/api/v1/conversations/" .. id .. "/history")))
     end)
 
+    it("publishes nothing from an array that is malformed anywhere, and answers per item for wrong items", function()
+      local id = conv("badarray")
+      local good = cjson.encode({ conversation_id = id, category = "info", text = "ok" })
+      for _, body in ipairs({
+        "[" .. good .. "," .. good .. ",{\"category\":",                     -- cut short
+        "[" .. good .. ',{"category":"info","text":"x","metadata":{"a":1,"a":2}}]', -- duplicate key
+        "[" .. good .. "] trailing",
+      }) do
+        local st, b = gw_.request(gw, "POST", "/api/v1/status/bulk", body)
+        assert.equal(400, st)
+        assert.equal("invalid_json", b.error.code)
+      end
+      assert.equal(404, (gw_.request(gw, "GET", "/api/v1/conversations/" .. id .. "/history")))
+      local st, b = gw_.request(gw, "POST", "/api/v1/status/bulk", "[" .. good .. ', 7, "x", ' .. good .. "]")
+      assert.equal(202, st)
+      assert.equal(2, b.accepted)
+      assert.equal("invalid_body", b.results[2].error.code)
+      assert.equal("invalid_body", b.results[3].error.code)
+      assert.equal(2, b.results[4].seq)
+    end)
+
     it("refuses a body that is not an array, and an empty one", function()
       local st, body = gw_.request(gw, "POST", "/api/v1/status/bulk", '{"category":"info"}')
       assert.equal(400, st); assert.equal("invalid_body", body.error.code)
