@@ -321,6 +321,13 @@ void sg_http_error(sg_conn *c, const sg_error *err)
 void sg_http_reap(sg_conn *c)
 {
     sg_server *s = c->srv;
+    if (c->wqueued) { /* off the list of answers to write */
+        sg_conn **pp = &s->wpend;
+        while (*pp && *pp != c)
+            pp = &(*pp)->wnext;
+        if (*pp) *pp = c->wnext;
+        c->wqueued = 0;
+    }
     if (c->proto && c->proto->on_close) c->proto->on_close(c);
     if (c->prev) c->prev->next = c->next; else s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
@@ -494,13 +501,43 @@ static void process_http(sg_conn *c)
         c->proto->on_read(c);
 }
 
+/* Answers go out once every connection that was readable this loop turn
+ * has been read and answered: one burst of writes instead of writes
+ * between reads, so a client waiting on several connections is woken
+ * once (Redis writes its replies before sleeping for the same reason). */
+static void on_write_answers(evutil_socket_t fd, short what, void *arg)
+{
+    sg_server *s = arg;
+    while (s->wpend) {
+        sg_conn *c = s->wpend;
+        s->wpend = c->wnext;
+        c->wqueued = 0;
+        sg_conn_kick(c); /* every pipelined answer in one write */
+    }
+}
+
+static void kick_later(sg_conn *c)
+{
+    sg_server *s = c->srv;
+    if (c->wqueued || c->killed) return;
+    if (!s->wpend_ev) s->wpend_ev = event_new(s->base, -1, 0, on_write_answers, s);
+    if (!s->wpend_ev) {
+        sg_conn_kick(c);
+        return;
+    }
+    c->wqueued = 1;
+    c->wnext = s->wpend;
+    s->wpend = c;
+    event_active(s->wpend_ev, EV_TIMEOUT, 0);
+}
+
 static void on_read(struct bufferevent *bev, void *arg)
 {
     sg_conn *c = arg;
     if (c->killed) return;
     if (c->mode == SG_CONN_HTTP) {
         process_http(c);
-        sg_conn_kick(c); /* every pipelined response in one write */
+        kick_later(c);
     }
     else if (c->proto && c->proto->on_read)
         c->proto->on_read(c);

@@ -81,6 +81,8 @@ struct sg_conn {
     void *proto_data;
     sg_conn *prev, *next;   /* all connections */
     sg_conn *reap_next;
+    sg_conn *wnext;  /* on the server's list of answers to write */
+    int wqueued;
     char peer[64];
 };
 
@@ -103,6 +105,8 @@ struct sg_server {
     int n_conns;
     sg_conn *reap;
     struct event *reap_ev;
+    sg_conn *wpend;           /* connections with answers to write this turn */
+    struct event *wpend_ev;
     struct event *heartbeat_ev; /* SSE comments */
     struct event *sigint_ev, *sigterm_ev, *sighup_ev;
     struct event *shutdown_timer;

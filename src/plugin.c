@@ -90,7 +90,7 @@ static void record_failure(sg_plugin *p, int status, const char *what, const cha
 static int call(sg_plugin *p, int nargs, int nresults, const char *what)
 {
     uint64_t t0 = now_ns();
-    int st = sg_sandbox_call(p->sb, nargs, nresults);
+    int st = sg_sandbox_call_at(p->sb, nargs, nresults, t0);
     p->calls++;
     p->time_ns += now_ns() - t0;
     if (st == SG_SB_OK)
@@ -567,9 +567,14 @@ int sg_plugins_build(sg_plugins *pm, const sg_draft *d, char **metadata, size_t 
         garbage(p, d->builder, "the builder is no longer a function");
         return SG_BUILD_FAILED;
     }
+    /* most builders declare only (args): then the update is not built */
+    lua_Debug ar;
+    lua_pushvalue(L, -1);
+    lua_getinfo(L, ">u", &ar);
+    int nargs = ar.nparams >= 2 || ar.isvararg ? 2 : 1;
     if (d->args) sg_lua_push_json_text(L, d->args, d->args_len); else lua_newtable(L);
-    sg_plugins_push_draft(L, d);
-    if (call(p, 2, 2, d->builder) != SG_SB_OK) return SG_BUILD_FAILED;
+    if (nargs == 2) sg_plugins_push_draft(L, d);
+    if (call(p, nargs, 2, d->builder) != SG_SB_OK) return SG_BUILD_FAILED;
     char why[200];
     int rc = SG_BUILD_OK;
     if (!lua_istable(L, -2)) {

@@ -158,12 +158,17 @@ const char *sg_sandbox_status_name(int status)
 
 int sg_sandbox_call(sg_sandbox *sb, int nargs, int nresults)
 {
+    return sg_sandbox_call_at(sb, nargs, nresults, now_ns());
+}
+
+int sg_sandbox_call_at(sg_sandbox *sb, int nargs, int nresults, uint64_t start_ns)
+{
     lua_State *L = sb->L;
     sb->in_call = 1;
     sb->abort = ABORT_NONE;
     sb->steps = 0;
     sb->hooked = 0;
-    sb->deadline_ns = now_ns() + (uint64_t)sb->lim.timeout_ms * 1000000ULL;
+    sb->deadline_ns = start_ns + (uint64_t)sb->lim.timeout_ms * 1000000ULL;
     running = sb;
     int rc = lua_pcall(L, nargs, nresults, 0);
     running = NULL;

@@ -38,6 +38,8 @@ int sg_sandbox_load(sg_sandbox *sb, const char *path, char *err, size_t errlen);
 /* lua_pcall under the limits. On failure the error message is popped into
  * sg_sandbox_error(). */
 int sg_sandbox_call(sg_sandbox *sb, int nargs, int nresults);
+/* The same for a call that started at start_ns (CLOCK_MONOTONIC). */
+int sg_sandbox_call_at(sg_sandbox *sb, int nargs, int nresults, uint64_t start_ns);
 const char *sg_sandbox_error(const sg_sandbox *sb);
 size_t sg_sandbox_memory(const sg_sandbox *sb);
 const char *sg_sandbox_status_name(int status);
