@@ -127,3 +127,63 @@ describe("category lists", function()
     assert.equal("nope", bad)
   end)
 end)
+
+describe("the JSON scanner under a publish", function()
+  -- Publishes are read by the gateway's own scanner (src/jtext.c), as
+  -- strictly as jansson with duplicate keys refused; what the update
+  -- carries is the canonical compact form of what was sent.
+  local function meta(json)
+    return model.encode('{"category":"info","text":"x","metadata":' .. json .. '}', 1, 0)
+      :match('"metadata":(.*),"timestamp"')
+  end
+
+  local function refused(body)
+    local ok, code = model.validate(body)
+    assert.is_false(ok, body)
+    return code
+  end
+
+  it("keeps metadata compact and as sent, whitespace gone", function()
+    assert.equal('{"a":[1,2.50,-3e2,true,false,null],"b":{"c":"d"}}',
+      meta(' { "a" : [ 1 , 2.50 , -3e2 , true , false , null ] ,\n\t"b" : { "c" : "d" } } '))
+  end)
+
+  it("decodes escapes it need not keep and keeps the ones JSON needs", function()
+    assert.equal('{"s":"é/😀\\"\\\\\\n\\u0001"}', meta('{"s":"\\u00e9\\/\\ud83d\\ude00\\"\\\\\\n\\u0001"}'))
+    local ok, _, _ = model.validate('{"category":"info","text":"caf\\u00e9"}')
+    assert.is_true(ok)
+  end)
+
+  it("refuses broken escapes, lone surrogates and \\u0000", function()
+    for _, s in ipairs({ '"\\x"', '"\\u12"', '"\\ud83d"', '"\\ude00"', '"\\ud83dx"', '"a\\u0000"' }) do
+      assert.equal("invalid_json", refused('{"category":"info","text":' .. s .. '}'))
+    end
+  end)
+
+  it("refuses bad UTF-8 anywhere, overlong forms and encoded surrogates included", function()
+    for _, s in ipairs({ "\xc0\xaf", "\xe0\x80\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\x80", "\xe2\x82" }) do
+      assert.equal("invalid_utf8", refused('{"category":"info","text":"x","metadata":{"k":"' .. s .. '"}}'))
+    end
+  end)
+
+  it("refuses duplicate keys at any depth, in small and large objects", function()
+    assert.equal("invalid_json", refused('{"category":"info","text":"x","metadata":{"a":{"b":1,"b":2}}}'))
+    local keys = {}
+    for i = 1, 40 do keys[#keys + 1] = string.format('"k%d":%d', i, i) end
+    local big = "{" .. table.concat(keys, ",") .. "}"
+    assert.is_true((model.validate('{"category":"info","text":"x","metadata":' .. big .. '}')))
+    keys[#keys + 1] = '"k17":0'
+    assert.equal("invalid_json", refused('{"category":"info","text":"x","metadata":{' .. table.concat(keys, ",") .. '}}'))
+  end)
+
+  it("refuses integers past 64 bits, infinite reals, deep nesting and trailing data", function()
+    assert.equal("invalid_json", refused('{"category":"info","text":"x","metadata":{"n":9223372036854775808}}'))
+    assert.is_true((model.validate('{"category":"info","text":"x","metadata":{"n":-9223372036854775808}}')))
+    assert.equal("invalid_json", refused('{"category":"info","text":"x","metadata":{"n":1e400}}'))
+    assert.equal("invalid_json", refused('{"category":"info","text":"x","metadata":{"n":' .. string.rep("[", 70) .. string.rep("]", 70) .. '}}'))
+    assert.equal("invalid_json", refused('{"category":"info","text":"x"} {}'))
+    for _, n in ipairs({ "01", "1.", ".5", "-", "1e", "+1", "0x10" }) do
+      assert.equal("invalid_json", refused('{"category":"info","text":"x","metadata":{"n":' .. n .. '}}'))
+    end
+  end)
+end)
