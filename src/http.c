@@ -316,11 +316,67 @@ void sg_http_error(sg_conn *c, const sg_error *err)
     sg_http_json(c, err->status, sg_error_json(err), extra);
 }
 
+/* ---- deliveries ----
+ *
+ * A flush appends its frames to every subscriber at once (references to
+ * one buffer) and queues the connections here; the writes go out
+ * DELIVERY_SLICE connections at a time. The first slice runs in the same
+ * loop turn as the flush; each further one after the loop has polled
+ * again, so producers' requests are read between slices of a large
+ * fan-out instead of after all of it. */
+
+#define DELIVERY_SLICE 512
+
+static void dq_unlink(sg_server *s, sg_conn *c)
+{
+    if (c->dprev) c->dprev->dnext = c->dnext; else s->dhead = c->dnext;
+    if (c->dnext) c->dnext->dprev = c->dprev; else s->dtail = c->dprev;
+    c->dprev = c->dnext = NULL;
+    c->dqueued = 0;
+}
+
+static void on_deliveries(evutil_socket_t fd, short what, void *arg)
+{
+    sg_server *s = arg;
+    s->deliver_armed = 0;
+    for (int i = 0; i < DELIVERY_SLICE && s->dhead; i++) {
+        sg_conn *c = s->dhead;
+        dq_unlink(s, c);
+        sg_conn_kick(c);
+    }
+    if (s->dhead) {
+        static const struct timeval now = {0, 0};
+        evtimer_add(s->deliver_ev, &now); /* after the next poll */
+        s->deliver_armed = 1;
+    }
+}
+
+void sg_conn_deliver(sg_conn *c)
+{
+    sg_server *s = c->srv;
+    if (c->dqueued || c->killed) return;
+    if (!s->deliver_ev) s->deliver_ev = evtimer_new(s->base, on_deliveries, s);
+    if (!s->deliver_ev) {
+        sg_conn_kick(c);
+        return;
+    }
+    c->dqueued = 1;
+    c->dnext = NULL;
+    c->dprev = s->dtail;
+    if (s->dtail) s->dtail->dnext = c; else s->dhead = c;
+    s->dtail = c;
+    if (!s->deliver_armed) {
+        event_active(s->deliver_ev, EV_TIMEOUT, 0);
+        s->deliver_armed = 1;
+    }
+}
+
 /* ---- connection lifecycle ---- */
 
 void sg_http_reap(sg_conn *c)
 {
     sg_server *s = c->srv;
+    if (c->dqueued) dq_unlink(s, c);
     if (c->wqueued) { /* off the list of answers to write */
         sg_conn **pp = &s->wpend;
         while (*pp && *pp != c)

@@ -83,8 +83,15 @@ struct sg_conn {
     sg_conn *reap_next;
     sg_conn *wnext;  /* on the server's list of answers to write */
     int wqueued;
+    sg_conn *dprev, *dnext; /* on the server's queue of deliveries to write */
+    int dqueued;
     char peer[64];
 };
+
+/* Write what a push transport appended (a flush's frames) soon: writes go
+ * out in slices, with the event loop turning between slices, so that one
+ * large fan-out does not keep producers' requests waiting. */
+void sg_conn_deliver(sg_conn *c);
 
 /* Close (or call proto->on_idle) after this long without input; NULL: never. */
 void sg_conn_set_idle(sg_conn *c, const struct timeval *idle);
@@ -107,6 +114,9 @@ struct sg_server {
     struct event *reap_ev;
     sg_conn *wpend;           /* connections with answers to write this turn */
     struct event *wpend_ev;
+    sg_conn *dhead, *dtail;   /* connections with pushed updates to write */
+    struct event *deliver_ev;
+    int deliver_armed;
     struct event *heartbeat_ev; /* SSE comments */
     struct event *sigint_ev, *sigterm_ev, *sighup_ev;
     struct event *shutdown_timer;

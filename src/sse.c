@@ -57,7 +57,7 @@ static void sse_deliver(sg_sub *s, sg_blob *b)
     }
     sg_blob_append(out, b);
     c->srv->delivered_sse += b->n_updates;
-    sg_conn_kick(c);
+    sg_conn_deliver(c);
 }
 
 static const sg_sub_class sse_class = {"sse", sse_encode, sse_deliver};

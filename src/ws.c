@@ -92,7 +92,7 @@ int sg_ws_send_shared(sg_ws *ws, sg_blob *b)
         return -1;
     }
     sg_blob_append(out, b);
-    sg_conn_kick(c);
+    sg_conn_deliver(c);
     return 0;
 }
 

@@ -37,6 +37,18 @@ describe("load generator smoke run", function()
     assert.equal(r.acked * 3, r.received)
   end)
 
+  it("delivers every update to a fan-out larger than one write slice, as fast as it is published", function()
+    -- 1,200 subscribers of one conversation: each flush is written in
+    -- several slices with the loop turning between them, and flushes that
+    -- arrive meanwhile share a write; nothing may be lost
+    local r, text = loadgen(gw, "--subscribers 1200 --conversations 1 --publishers 1 --pipeline 8 --duration 1 --warmup 0.3 --connect-timeout 20")
+    assert.equal(1200, r.subscribers_connected, text)
+    assert.is_true(r.acked > 20, text)
+    assert.equal(r.acked * 1200, r.expected)
+    assert.equal(r.expected, r.received)
+    assert.equal(0, r.loss)
+  end)
+
   it("publishes in bulk and reports what was accepted", function()
     local r = loadgen(gw, "--publishers 2 --conversations 10 --bulk 20 --rate 2000 --duration 0.5 --warmup 0.1")
     assert.is_true(r.acked >= 100)
