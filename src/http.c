@@ -4,6 +4,7 @@
 
 #include "api.h"
 #include "dict.h"
+#include "jtext.h"
 #include "log.h"
 
 #include <ctype.h>
@@ -281,17 +282,47 @@ void sg_http_respond(sg_conn *c, int status, const char *ctype, const char *body
 {
     struct evbuffer *out = bufferevent_get_output(c->bev);
     int keep = c->req->keep_alive && !c->srv->shutting_down;
-    evbuffer_add_printf(out,
-                        "HTTP/1.1 %d %s\r\nServer: statusgw\r\nContent-Length: %zu\r\n"
-                        "%s%s%s%s%s",
-                        status, sg_http_reason(status), len, ctype ? "Content-Type: " : "",
-                        ctype ? ctype : "", ctype ? "\r\n" : "",
-                        keep ? "" : "Connection: close\r\n", extra ? extra : "");
-    if (c->req->cors_origin)
-        evbuffer_add_printf(out, "Access-Control-Allow-Origin: %s\r\nVary: Origin\r\n",
-                            c->req->cors_origin);
-    evbuffer_add(out, "\r\n", 2);
-    if (len) evbuffer_add(out, body, len);
+    const char *reason = sg_http_reason(status);
+    const char *cors = c->req->cors_origin;
+    size_t rl = strlen(reason), cl = ctype ? strlen(ctype) : 0, xl = extra ? strlen(extra) : 0,
+           ol = cors ? strlen(cors) : 0;
+    /* the head and a small body in one buffer, one append: every answer
+     * to a publish takes this path */
+    char buf[1024];
+    size_t need = 96 + rl + cl + xl + (cors ? ol + 48 : 0) + len;
+    char *h = need <= sizeof(buf) ? buf : malloc(need);
+    if (!h) {
+        sg_conn_kill(c);
+        return;
+    }
+    char *p = h;
+#define PUT(s, n) (memcpy(p, s, n), p += (n))
+#define LIT(s) PUT(s, sizeof(s) - 1)
+    LIT("HTTP/1.1 ");
+    p += sg_fmt_int(status, p);
+    *p++ = ' ';
+    PUT(reason, rl);
+    LIT("\r\nServer: statusgw\r\nContent-Length: ");
+    p += sg_fmt_int((long long)len, p);
+    LIT("\r\n");
+    if (ctype) {
+        LIT("Content-Type: ");
+        PUT(ctype, cl);
+        LIT("\r\n");
+    }
+    if (!keep) LIT("Connection: close\r\n");
+    if (extra) PUT(extra, xl);
+    if (cors) {
+        LIT("Access-Control-Allow-Origin: ");
+        PUT(cors, ol);
+        LIT("\r\nVary: Origin\r\n");
+    }
+    LIT("\r\n");
+    if (len) PUT(body, len);
+#undef LIT
+#undef PUT
+    evbuffer_add(out, h, (size_t)(p - h));
+    if (h != buf) free(h);
     if (!keep) sg_conn_close_after_write(c);
 }
 
