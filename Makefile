@@ -54,7 +54,7 @@ build/obj build/asan/obj:
 # The load generator (contrib/loadgen) and the benchmarks (scripts/bench).
 bench-tools: build/loadgen
 
-build/loadgen: contrib/loadgen/loadgen.c | build/obj
+build/loadgen: contrib/loadgen/loadgen.c src/evread.h | build/obj
 	$(CC) -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -O2 -o $@ $< $(shell pkg-config --libs libevent)
 
 bench: all bench-tools

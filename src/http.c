@@ -4,6 +4,7 @@
 
 #include "api.h"
 #include "dict.h"
+#include "evread.h"
 #include "jtext.h"
 #include "log.h"
 
@@ -673,30 +674,12 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
         on_event(c->bev, BEV_EVENT_TIMEOUT | BEV_EVENT_READING, c);
         return;
     }
-    struct evbuffer *in = bufferevent_get_input(c->bev);
-    struct evbuffer_iovec v[2];
-    int nv = evbuffer_reserve_space(in, READ_CHUNK, v, 2);
-    if (nv < 1) {
-        on_event(c->bev, BEV_EVENT_ERROR | BEV_EVENT_READING, c);
-        return;
-    }
-    struct iovec iov[2];
-    for (int i = 0; i < nv; i++) {
-        iov[i].iov_base = v[i].iov_base;
-        iov[i].iov_len = v[i].iov_len;
-    }
-    ssize_t n = readv(fd, iov, nv);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+    ssize_t n = sg_evbuffer_readv(bufferevent_get_input(c->bev), fd, READ_CHUNK);
+    if (n == -2) return;
     if (n <= 0) {
         on_event(c->bev, (n == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR) | BEV_EVENT_READING, c);
         return;
     }
-    size_t left = (size_t)n;
-    for (int i = 0; i < nv; i++) {
-        if (v[i].iov_len > left) v[i].iov_len = left;
-        left -= v[i].iov_len;
-    }
-    evbuffer_commit_space(in, v, nv);
     on_read(c->bev, c);
 }
 

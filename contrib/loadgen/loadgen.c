@@ -27,6 +27,8 @@
 #include <time.h>
 #include <arpa/inet.h>
 
+#include "../../src/evread.h"
+
 enum { T_STATUSGW, T_NCHAN };
 
 static struct {
@@ -134,27 +136,12 @@ static conn_io *ios[MAX_FD];
 static void io_readable(evutil_socket_t fd, short what, void *arg)
 {
     conn_io *io = arg;
-    struct evbuffer *in = bufferevent_get_input(io->bev);
-    struct evbuffer_iovec v[2];
-    int nv = evbuffer_reserve_space(in, 16384, v, 2);
-    if (nv < 1) return;
-    struct iovec iov[2];
-    for (int i = 0; i < nv; i++) {
-        iov[i].iov_base = v[i].iov_base;
-        iov[i].iov_len = v[i].iov_len;
-    }
-    ssize_t n = readv(fd, iov, nv);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+    ssize_t n = sg_evbuffer_readv(bufferevent_get_input(io->bev), fd, 16384);
+    if (n == -2) return;
     if (n <= 0) {
         io->evcb(io->bev, (n == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR) | BEV_EVENT_READING, io->arg);
         return;
     }
-    size_t left = (size_t)n;
-    for (int i = 0; i < nv; i++) {
-        if (v[i].iov_len > left) v[i].iov_len = left;
-        left -= v[i].iov_len;
-    }
-    evbuffer_commit_space(in, v, nv);
     io->rd(io->bev, io->arg); /* may free the connection */
 }
 

@@ -1,18 +1,21 @@
 -- plugins/redact.lua, run in the real plugin host.
 local ph = require("plugin_host")
 
+-- The update as the filter leaves it (it must keep it).
+local function run(host, u)
+  u.category = u.category or "info"
+  local keep, out = host:filter(u)
+  assert.is_true(keep)
+  return out
+end
+
 describe("redact plugin", function()
   local host
   setup(function()
     host = ph.host({ "plugins/redact.lua" }, { plugins = { redact = { patterns = { "%d%d%d%-%d%d%-%d%d%d%d" }, keys = { "ssn" } } } })
   end)
 
-  local function filtered(u)
-    u.category = u.category or "info"
-    local keep, out = host:filter(u)
-    assert.is_true(keep)
-    return out
-  end
+  local function filtered(u) return run(host, u) end
 
   it("masks bearer tokens in text", function()
     local u = filtered({ text = "calling with Authorization: Bearer eyJhbGciOi.abc-def_123" })
@@ -59,12 +62,7 @@ describe("redact plugin without configured patterns", function()
   local host
   setup(function() host = ph.host({ "plugins/redact.lua" }) end)
 
-  local function filtered(u)
-    u.category = u.category or "info"
-    local keep, out = host:filter(u)
-    assert.is_true(keep)
-    return out
-  end
+  local function filtered(u) return run(host, u) end
 
   it("masks a secret in the text", function()
     assert.equal("use [REDACTED] now", filtered({ text = "use sk-live-abcdefghijkl now" }).text)
