@@ -16,6 +16,7 @@ local exempt = { error = true, summary = true }
 local buckets = {}   -- conversation -> category -> { tokens, last }
 local nbuckets = 0
 local dropped = 0
+local now_ms = statusgw.now_ms
 
 function P.init(config)
   rate = config.rate or rate
@@ -46,7 +47,7 @@ function P.filter(update)
   if exempt[cat] then return nil end
   local o = overrides[cat] or NONE
   local r, b = o.rate or rate, o.burst or burst
-  local now = statusgw.now_ms()
+  local now = now_ms()
   local conv = update.conversation_id or "system"
   local cats = buckets[conv]
   local bucket = cats and cats[cat]
@@ -58,9 +59,11 @@ function P.filter(update)
     cats[cat] = bucket
     nbuckets = nbuckets + 1
   end
-  bucket.tokens = math.min(b, bucket.tokens + (now - bucket.last) * r / 1000)
+  local tokens = bucket.tokens + (now - bucket.last) * r / 1000
+  if tokens > b then tokens = b end
   bucket.last = now
-  if bucket.tokens < 1 then
+  if tokens < 1 then
+    bucket.tokens = tokens
     dropped = dropped + 1
     if dropped % 100 == 1 then
       statusgw.log("warn", string.format("rate limit: dropped=%d conversation=%s category=%s",
@@ -68,7 +71,7 @@ function P.filter(update)
     end
     return false
   end
-  bucket.tokens = bucket.tokens - 1
+  bucket.tokens = tokens - 1
   return nil
 end
 
