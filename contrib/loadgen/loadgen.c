@@ -23,6 +23,8 @@
 #include <strings.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <arpa/inet.h>
@@ -42,8 +44,9 @@ static struct {
     const char *label;
     int builder; /* publish with "builder":"tool" and args */
     int metadata; /* publish the metadata that builder would make, directly */
+    int procs;    /* processes sharing the subscribers and publishers */
     const char *ready_file; /* written once every subscriber has answered */
-} opt = {T_STATUSGW, "127.0.0.1", 4000, 0, 1, 1, 1, 1, 0, 10, 1, 30, 0, NULL, "", 0, 0, NULL};
+} opt = {T_STATUSGW, "127.0.0.1", 4000, 0, 1, 1, 1, 1, 0, 10, 1, 30, 0, NULL, "", 0, 0, 1, NULL};
 
 #define BUILDER_FIELDS ",\"builder\":\"tool\",\"args\":{\"tool_name\":\"search_code\",\"params\":{\"query\":\"where is the retry loop in http.c\",\"limit\":10}}"
 /* what the tool builder makes of BUILDER_FIELDS, for a no-plugin baseline */
@@ -511,12 +514,35 @@ static struct bufferevent *dial(void *arg, bufferevent_data_cb rd, bufferevent_e
     return b;
 }
 
+/* ---- several processes ----
+ *
+ * With --procs N the generator forks N workers, each with every Nth
+ * subscriber and publisher (so the conversations are spread the same way),
+ * on whatever CPUs it was given. Workers connect, tell the parent, and
+ * start publishing together when it says so; the parent adds up their
+ * results and pools their latency samples. */
+
+static int proc_index, proc_count = 1;
+static int ready_fd = -1, go_fd = -1;
+static struct event *go_ev;
+
+static int mine(int i)
+{
+    return i % proc_count == proc_index;
+}
+
+typedef struct worker_result {
+    int subs_connected, subs_failed, subs_closed;
+    uint64_t published, acked, rejected, received, acked_in_window, received_in_window;
+    uint64_t lat_max, nlat, cpu_us, t_start, t_end;
+} worker_result;
+
 static void start_publishers(void)
 {
     publishing = 1;
     for (int i = 0; i < opt.publishers; i++) {
         pubs[i].id = i;
-        pubs[i].bev = dial(&pubs[i], pub_read, pub_event);
+        if (mine(i)) pubs[i].bev = dial(&pubs[i], pub_read, pub_event);
     }
     if (opt.rate > 0) {
         tick_ev = event_new(base, -1, EV_PERSIST, rate_tick, NULL);
@@ -547,6 +573,22 @@ static void on_phase(evutil_socket_t fd, short w, void *arg)
         if (subs_pending > 0 && (mono_ns() - started) / 1e9 < opt.connect_timeout) {
             set_phase_timer(0.05);
             return;
+        }
+        if (ready_fd >= 0) { /* a worker: the parent says when all are connected */
+            if (write(ready_fd, "r", 1) != 1) { /* the parent is gone */
+            }
+            close(ready_fd);
+            ready_fd = -1;
+            go_ev = event_new(base, go_fd, EV_READ, on_phase, NULL);
+            event_add(go_ev, NULL);
+            return;
+        }
+        if (go_fd >= 0) {
+            char g;
+            if (read(go_fd, &g, 1) != 1) { /* the parent is gone: go anyway */
+            }
+            close(go_fd);
+            go_fd = -1;
         }
         phase = 1;
         if (opt.ready_file) {
@@ -588,13 +630,16 @@ static double pct(double p)
     return R.lat[i] / 1000.0;
 }
 
+static int merge_workers(int up[][2], int down[][2], pid_t *kids, char path[][64]);
+static int report(uint64_t cpu, double secs);
+
 int main(int argc, char **argv)
 {
     static const struct option lo[] = {
         {"target", 1, 0, 't'}, {"host", 1, 0, 'H'}, {"port", 1, 0, 'p'}, {"subscribers", 1, 0, 's'},
         {"conversations", 1, 0, 'c'}, {"publishers", 1, 0, 'P'}, {"rate", 1, 0, 'r'}, {"bulk", 1, 0, 'b'},
         {"duration", 1, 0, 'd'}, {"warmup", 1, 0, 'w'}, {"pipeline", 1, 0, 'l'}, {"batch-join", 0, 0, 'B'},
-        {"json", 1, 0, 'j'}, {"builder", 0, 0, 'U'}, {"metadata", 0, 0, 'M'}, {"ready-file", 1, 0, 'R'}, {"label", 1, 0, 'L'}, {"connect-timeout", 1, 0, 'T'}, {0, 0, 0, 0}};
+        {"json", 1, 0, 'j'}, {"builder", 0, 0, 'U'}, {"metadata", 0, 0, 'M'}, {"procs", 1, 0, 'X'}, {"ready-file", 1, 0, 'R'}, {"label", 1, 0, 'L'}, {"connect-timeout", 1, 0, 'T'}, {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (o) {
@@ -613,13 +658,14 @@ int main(int argc, char **argv)
         case 'j': opt.json_path = optarg; break;
         case 'U': opt.builder = 1; break;
         case 'M': opt.metadata = 1; break;
+        case 'X': opt.procs = atoi(optarg) > 0 ? atoi(optarg) : 1; break;
         case 'R': opt.ready_file = optarg; break;
         case 'L': opt.label = optarg; break;
         case 'T': opt.connect_timeout = atof(optarg); break;
         default:
             fprintf(stderr, "usage: loadgen [--target statusgw|nchan] [--port N] [--subscribers N] "
                             "[--conversations N] [--publishers N] [--rate N] [--bulk N] [--pipeline N] "
-                            "[--duration S] [--warmup S] [--batch-join] [--builder | --metadata] [--json FILE] [--label L]\n");
+                            "[--duration S] [--warmup S] [--batch-join] [--builder | --metadata] [--procs N] [--json FILE] [--label L]\n");
             return 2;
         }
     }
@@ -627,6 +673,42 @@ int main(int argc, char **argv)
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    int up[64][2], down[64][2];
+    pid_t kids[64];
+    char result_path[64][64];
+    if (opt.procs > 64) opt.procs = 64;
+    if (opt.procs > 1) {
+        proc_count = opt.procs;
+        for (int k = 0; k < proc_count; k++) {
+            snprintf(result_path[k], sizeof(result_path[k]), "/tmp/loadgen.%d.%d", (int)getpid(), k);
+            if (pipe(up[k]) < 0 || pipe(down[k]) < 0) {
+                perror("loadgen: pipe");
+                return 2;
+            }
+            kids[k] = fork();
+            if (kids[k] < 0) {
+                perror("loadgen: fork");
+                return 2;
+            }
+            if (kids[k] == 0) {
+                proc_index = k;
+                ready_fd = up[k][1];
+                go_fd = down[k][0];
+                close(up[k][0]);
+                close(down[k][1]);
+                break;
+            }
+            close(up[k][1]);
+            close(down[k][0]);
+        }
+        if (ready_fd < 0) /* the parent */
+            return merge_workers(up, down, kids, result_path);
+        /* a worker takes its share of the offered rate */
+        int own = 0;
+        for (int i = 0; i < opt.publishers; i++)
+            own += mine(i);
+        opt.rate = opt.publishers ? opt.rate * own / opt.publishers : 0;
     }
     addr.sin_family = AF_INET;
     addr.sin_port = htons(opt.port);
@@ -636,8 +718,9 @@ int main(int argc, char **argv)
     R.lat = malloc(sizeof(uint64_t) * R.caplat);
     subs = calloc(opt.subscribers + 1, sizeof(sub));
     pubs = calloc(opt.publishers + 1, sizeof(pub));
-    subs_pending = opt.subscribers;
     for (int i = 0; i < opt.subscribers; i++) {
+        if (!mine(i)) continue;
+        subs_pending++;
         subs[i].conv = i % opt.conversations;
         subs[i].bev = dial(&subs[i], sub_read, sub_event);
         if (!subs[i].bev) { R.subs_failed++; subs_pending--; }
@@ -651,8 +734,79 @@ int main(int argc, char **argv)
     (void)cpu0;
     event_base_dispatch(base);
 
-    double secs = (R.t_end - R.t_start) / 1e9;
     uint64_t cpu = cpu_us() - cpu_start_us;
+    if (proc_count > 1) { /* a worker: the parent reports */
+        char path[64];
+        snprintf(path, sizeof(path), "/tmp/loadgen.%d.%d", (int)getppid(), proc_index);
+        FILE *f = fopen(path, "wb");
+        worker_result w = {R.subs_connected, R.subs_failed, R.subs_closed, R.published, R.acked,
+                           R.rejected, R.received, R.acked_in_window, R.received_in_window,
+                           R.lat_max, R.nlat, cpu, R.t_start, R.t_end};
+        if (f) {
+            fwrite(&w, sizeof(w), 1, f);
+            fwrite(R.lat, sizeof(uint64_t), R.nlat, f);
+            fclose(f);
+        }
+        return 0;
+    }
+    return report(cpu, (R.t_end - R.t_start) / 1e9);
+}
+
+/* The parent of --procs workers: start them together, add up their results. */
+static int merge_workers(int up[][2], int down[][2], pid_t *kids, char path[][64])
+{
+    for (int k = 0; k < proc_count; k++) {
+        char r;
+        if (read(up[k][0], &r, 1) != 1) { /* a worker died while connecting */
+        }
+    }
+    for (int k = 0; k < proc_count; k++) {
+        if (write(down[k][1], "g", 1) != 1) {
+        }
+        close(down[k][1]);
+        close(up[k][0]);
+    }
+    uint64_t cpu_max = 0;
+    double secs = 0;
+    R.caplat = 0;
+    for (int k = 0; k < proc_count; k++) {
+        int st;
+        waitpid(kids[k], &st, 0);
+        FILE *f = fopen(path[k], "rb");
+        worker_result w;
+        if (!f || fread(&w, sizeof(w), 1, f) != 1) {
+            fprintf(stderr, "loadgen: worker %d left no result\n", k);
+            if (f) fclose(f);
+            R.subs_failed++;
+            continue;
+        }
+        uint64_t *lat = realloc(R.lat, sizeof(uint64_t) * (R.nlat + w.nlat + 1));
+        if (lat) {
+            R.lat = lat;
+            R.nlat += fread(R.lat + R.nlat, sizeof(uint64_t), w.nlat, f);
+        }
+        fclose(f);
+        unlink(path[k]);
+        R.subs_connected += w.subs_connected;
+        R.subs_failed += w.subs_failed;
+        R.subs_closed += w.subs_closed;
+        R.published += w.published;
+        R.acked += w.acked;
+        R.rejected += w.rejected;
+        R.received += w.received;
+        R.acked_in_window += w.acked_in_window;
+        R.received_in_window += w.received_in_window;
+        if (w.lat_max > R.lat_max) R.lat_max = w.lat_max;
+        if (w.cpu_us > cpu_max) cpu_max = w.cpu_us;
+        double ws = (w.t_end - w.t_start) / 1e9;
+        if (ws > secs) secs = ws;
+    }
+    /* the busiest worker decides whether the generator was the bottleneck */
+    return report(cpu_max, secs);
+}
+
+static int report(uint64_t cpu, double secs)
+{
     qsort(R.lat, R.nlat, sizeof(uint64_t), cmp_u64);
     int per_conv_subs = opt.subscribers / opt.conversations;
     double expected = (double)R.acked * per_conv_subs;
@@ -666,7 +820,7 @@ int main(int argc, char **argv)
     printf("%-28s %llu of %.0f expected (loss %.4f%%)\n", "deliveries", (unsigned long long)R.received, expected, loss * 100);
     printf("%-28s %.0f/s\n", "deliveries in window", secs > 0 ? R.received_in_window / secs : 0);
     printf("%-28s p50 %.2f  p90 %.2f  p99 %.2f  max %.2f\n", "latency ms", pct(0.5), pct(0.9), pct(0.99), R.lat_max / 1000.0);
-    printf("%-28s %.2f cores%s\n", "loadgen cpu", busy, busy > 0.9 ? "  (loadgen is the bottleneck: split it across processes)" : "");
+    printf("%-28s %.2f cores%s\n", "loadgen cpu", busy, busy > 0.9 ? "  (loadgen is the bottleneck: give it more CPUs and --procs)" : "");
     if (opt.json_path) {
         FILE *f = strcmp(opt.json_path, "-") == 0 ? stdout : fopen(opt.json_path, "w");
         if (f) {
