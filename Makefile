@@ -36,7 +36,7 @@ build/statusgw_model.so: src/lmodel.c src/status.c src/jtext.c src/log.c $(wildc
 	$(CC) $(WARN) $(CFLAGS) $(PCFLAGS) -fPIC -shared -o $@ src/lmodel.c src/status.c src/jtext.c src/log.c $(PLIBS)
 
 # The plugin host as a Lua module: plugin specs run the real C host.
-PLUGIN_SRCS := src/lplugin.c src/plugin.c src/sandbox.c src/status.c src/jtext.c src/config.c src/log.c
+PLUGIN_SRCS := src/lplugin.c src/plugin.c src/sandbox.c src/lpattern.c src/status.c src/jtext.c src/config.c src/log.c
 build/statusgw_plugin.so: $(PLUGIN_SRCS) $(wildcard src/*.h) | build/obj
 	$(CC) $(WARN) $(CFLAGS) $(PCFLAGS) -fPIC -shared -o $@ $(PLUGIN_SRCS) $(PLIBS)
 

@@ -146,6 +146,20 @@ static void sb_hook(lua_State *L, lua_Debug *ar)
     }
 }
 
+void sg_sandbox_check_budget(lua_State *L)
+{
+    sg_sandbox *sb = from_state(L);
+    if (!sb || !sb->in_call) return;
+    if (!sb->abort && now_ns() > sb->deadline_ns) sb->abort = ABORT_TIMEOUT;
+    if (!sb->abort) return;
+    if (!sb->hooked) { /* so that a pcall in the plugin cannot carry on */
+        sb->hooked = 1;
+        lua_sethook(L, sb_hook, LUA_MASKCOUNT, 1);
+    }
+    luaL_error(L, sb->abort == ABORT_OOM ? "memory limit exceeded"
+                                         : "instruction or time budget exceeded");
+}
+
 const char *sg_sandbox_status_name(int status)
 {
     switch (status) {
@@ -825,6 +839,8 @@ static void open_libs(lua_State *L)
     lua_pushnil(L);
     lua_setfield(L, -2, "dump");
     lua_pop(L, 1);
+    /* pattern matching that the call's time budget can stop (lpattern.c) */
+    sg_lua_open_patterns(L);
     /* os keeps time, clock and date only */
     lua_createtable(L, 0, 3);
     lua_getglobal(L, "os");

@@ -44,6 +44,14 @@ const char *sg_sandbox_error(const sg_sandbox *sb);
 size_t sg_sandbox_memory(const sg_sandbox *sb);
 const char *sg_sandbox_status_name(int status);
 
+/* For C code that runs long inside a call without Lua instructions:
+ * raises the budget error once the call is past its deadline (or has
+ * already overrun). Does nothing outside a sandbox call. */
+void sg_sandbox_check_budget(lua_State *L);
+
+/* string.find, match, gmatch and gsub whose matching checks the budget. */
+void sg_lua_open_patterns(lua_State *L);
+
 /* JSON <-> Lua. Objects become tables with string keys, arrays sequences,
  * null the statusgw.json.null sentinel. */
 void sg_lua_push_json(lua_State *L, json_t *v);

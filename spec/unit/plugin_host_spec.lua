@@ -111,9 +111,16 @@ describe("plugin faults", function()
     garbage = "local P = {} function P.filter(u) return 42 end return P",
     bad_update = "local P = {} function P.filter(u) u.category = 'nope' return u end return P",
     cyclic = "local P = {} function P.filter(u) u.metadata = {} u.metadata.self = u.metadata return u end return P",
+    -- pattern matching runs in C, without Lua instructions for the hook to count
+    backtracks = [[local P = {} function P.filter(u)
+      string.find(string.rep('a', 3000), '(.-)(.-)(.-)(.-)b') end return P]],
+    backtracks_in_pcall = [[local P = {} function P.filter(u) local s = string.rep('a', 3000)
+      for _ = 1, 10 do pcall(string.gsub, s, '.-.-.-.-b', 'x') end
+      u.text = 'survived'; return u end return P]],
   }
   local kinds = { loops = "timeouts", swallows = "timeouts", throws = "errors", eats = "out_of_memory",
-    eats_in_pcall = "out_of_memory", garbage = "errors", bad_update = "errors", cyclic = "errors" }
+    eats_in_pcall = "out_of_memory", garbage = "errors", bad_update = "errors", cyclic = "errors",
+    backtracks = "timeouts", backtracks_in_pcall = "timeouts" }
   for name, src in pairs(faults) do
     it("costs only the call when a filter " .. name .. ": the update passes unchanged", function()
       local host = ph.host({ [name .. ".lua"] = src }, { plugin_max_instructions = 2000000, plugin_memory_bytes = 4 * 1024 * 1024, plugin_timeout_ms = 200 })
