@@ -606,11 +606,22 @@ static int table_text(lua_State *L, int idx, int depth, tbuf *b, const char *laz
     lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
     size_t count = 0;
     int string_keys = lazy != NULL;
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        if (!is_lazy_key(L, -2)) count++;
-        if (lua_type(L, -2) == LUA_TSTRING) string_keys = 1;
-        lua_pop(L, 1);
+    /* a table whose first key is a string is an object (or an error, which
+     * the loop below reports): no need to count its keys first */
+    if (!string_keys) {
+        lua_pushnil(L);
+        if (lua_next(L, idx)) {
+            string_keys = lua_type(L, -2) == LUA_TSTRING || is_lazy_key(L, -2);
+            lua_pop(L, 2);
+        }
+    }
+    if (!string_keys) {
+        lua_pushnil(L);
+        while (lua_next(L, idx)) {
+            if (!is_lazy_key(L, -2)) count++;
+            if (lua_type(L, -2) == LUA_TSTRING) string_keys = 1;
+            lua_pop(L, 1);
+        }
     }
     if (n > 0 && (size_t)n == count && !string_keys) {
         if (tb_put(b, "[", 1) < 0) return -1;
