@@ -458,7 +458,8 @@ void sg_conn_set_idle(sg_conn *c, const struct timeval *idle)
 {
     if (idle) c->idle = *idle;
     else c->idle.tv_sec = c->idle.tv_usec = 0;
-    if (c->reading) { /* re-add with the new timeout */
+    if (c->reading) { /* event_add keeps a pending event's old timeout when given none */
+        event_del(c->rev);
         c->reading = 0;
         conn_read(c, 1);
     }

@@ -208,3 +208,21 @@ describe("slow consumers", function()
     assert.equal(200, st)
   end)
 end)
+
+describe("SSE and the HTTP idle timeout", function()
+  -- a stream's client sends nothing after its request: the keep-alive idle
+  -- timeout of plain HTTP connections must not close it
+  local gw
+  setup(function() gw = gw_.start({ http_idle_timeout_s = 1, sse_heartbeat_s = 1, flush_interval_ms = 20 }) end)
+  teardown(function() gw_.stop(gw) end)
+
+  it("keeps a stream open past http_idle_timeout_s and delivers on it", function()
+    local id = conv("idle")
+    local s = assert(gw_.sse(gw, "/api/v1/conversations/" .. id .. "/events"))
+    socket.sleep(2.5)
+    gw_.publish(gw, { conversation_id = id, category = "info", text = "still here" })
+    local evs = s:updates(1)
+    assert.equal("still here", evs[1].json.text)
+    s:close()
+  end)
+end)
