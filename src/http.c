@@ -1,7 +1,5 @@
 #include "http.h"
 
-#include <sys/uio.h>
-
 #include "api.h"
 #include "dict.h"
 #include "evread.h"
@@ -15,7 +13,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
 #include <event2/buffer.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -348,59 +345,86 @@ void sg_http_error(sg_conn *c, const sg_error *err)
     sg_http_json(c, err->status, sg_error_json(err), extra);
 }
 
-/* ---- deliveries ----
+/* ---- write queues ----
  *
- * A flush appends its frames to every subscriber at once (references to
- * one buffer) and queues the connections here; the writes go out
- * DELIVERY_SLICE connections at a time. The first slice runs in the same
- * loop turn as the flush; each further one after the loop has polled
- * again, so producers' requests are read between slices of a large
- * fan-out instead of after all of it. */
+ * Two queues of connections with something to write, each drained by an
+ * event of its own:
+ *
+ * - answers: HTTP answers go out once every connection that was readable
+ *   this loop turn has been read and answered, one burst of writes rather
+ *   than writes between reads, so a client waiting on several connections
+ *   is woken once (Redis writes its replies before sleeping for the same
+ *   reason);
+ * - deliveries: a flush appends its frames to every subscriber at once
+ *   (references to one buffer) and queues the connections; the writes go
+ *   out DELIVERY_SLICE connections at a time, the first slice in the
+ *   flush's loop turn and each further one after the loop has polled
+ *   again, so producers' requests are read between slices of a large
+ *   fan-out, and flushes that arrive meanwhile share a subscriber's write. */
 
 #define DELIVERY_SLICE 512
 
-static void dq_unlink(sg_server *s, sg_conn *c)
+static void wq_unlink(sg_server *s, int q, sg_conn *c)
 {
-    if (c->dprev) c->dprev->dnext = c->dnext; else s->dhead = c->dnext;
-    if (c->dnext) c->dnext->dprev = c->dprev; else s->dtail = c->dprev;
-    c->dprev = c->dnext = NULL;
-    c->dqueued = 0;
+    struct sg_writeq *w = &s->wq[q];
+    if (c->wq[q].prev) c->wq[q].prev->wq[q].next = c->wq[q].next; else w->head = c->wq[q].next;
+    if (c->wq[q].next) c->wq[q].next->wq[q].prev = c->wq[q].prev; else w->tail = c->wq[q].prev;
+    c->wq[q].prev = c->wq[q].next = NULL;
+    c->wq[q].on = 0;
+}
+
+/* Write up to max queued connections; 1 when some are left. */
+static int wq_drain(sg_server *s, int q, int max)
+{
+    s->wq[q].armed = 0;
+    for (int i = 0; i < max && s->wq[q].head; i++) {
+        sg_conn *c = s->wq[q].head;
+        wq_unlink(s, q, c);
+        sg_conn_kick(c); /* everything the connection holds in one write */
+    }
+    return s->wq[q].head != NULL;
+}
+
+static void on_answers(evutil_socket_t fd, short what, void *arg)
+{
+    wq_drain(arg, SG_WQ_ANSWERS, INT_MAX);
 }
 
 static void on_deliveries(evutil_socket_t fd, short what, void *arg)
 {
     sg_server *s = arg;
-    s->deliver_armed = 0;
-    for (int i = 0; i < DELIVERY_SLICE && s->dhead; i++) {
-        sg_conn *c = s->dhead;
-        dq_unlink(s, c);
-        sg_conn_kick(c);
-    }
-    if (s->dhead) {
+    if (wq_drain(s, SG_WQ_DELIVERIES, DELIVERY_SLICE)) {
         static const struct timeval now = {0, 0};
-        evtimer_add(s->deliver_ev, &now); /* after the next poll */
-        s->deliver_armed = 1;
+        evtimer_add(s->wq[SG_WQ_DELIVERIES].ev, &now); /* after the next poll */
+        s->wq[SG_WQ_DELIVERIES].armed = 1;
+    }
+}
+
+/* Queue c on q; its event runs later in this loop turn. */
+static void wq_push(sg_conn *c, int q)
+{
+    sg_server *s = c->srv;
+    struct sg_writeq *w = &s->wq[q];
+    if (c->wq[q].on || c->killed) return;
+    if (!w->ev) w->ev = evtimer_new(s->base, q == SG_WQ_ANSWERS ? on_answers : on_deliveries, s);
+    if (!w->ev) {
+        sg_conn_kick(c);
+        return;
+    }
+    c->wq[q].on = 1;
+    c->wq[q].next = NULL;
+    c->wq[q].prev = w->tail;
+    if (w->tail) w->tail->wq[q].next = c; else w->head = c;
+    w->tail = c;
+    if (!w->armed) {
+        event_active(w->ev, EV_TIMEOUT, 0);
+        w->armed = 1;
     }
 }
 
 void sg_conn_deliver(sg_conn *c)
 {
-    sg_server *s = c->srv;
-    if (c->dqueued || c->killed) return;
-    if (!s->deliver_ev) s->deliver_ev = evtimer_new(s->base, on_deliveries, s);
-    if (!s->deliver_ev) {
-        sg_conn_kick(c);
-        return;
-    }
-    c->dqueued = 1;
-    c->dnext = NULL;
-    c->dprev = s->dtail;
-    if (s->dtail) s->dtail->dnext = c; else s->dhead = c;
-    s->dtail = c;
-    if (!s->deliver_armed) {
-        event_active(s->deliver_ev, EV_TIMEOUT, 0);
-        s->deliver_armed = 1;
-    }
+    wq_push(c, SG_WQ_DELIVERIES);
 }
 
 /* ---- connection lifecycle ---- */
@@ -408,14 +432,8 @@ void sg_conn_deliver(sg_conn *c)
 void sg_http_reap(sg_conn *c)
 {
     sg_server *s = c->srv;
-    if (c->dqueued) dq_unlink(s, c);
-    if (c->wqueued) { /* off the list of answers to write */
-        sg_conn **pp = &s->wpend;
-        while (*pp && *pp != c)
-            pp = &(*pp)->wnext;
-        if (*pp) *pp = c->wnext;
-        c->wqueued = 0;
-    }
+    for (int q = 0; q < 2; q++)
+        if (c->wq[q].on) wq_unlink(s, q, c);
     if (c->proto && c->proto->on_close) c->proto->on_close(c);
     if (c->prev) c->prev->next = c->next; else s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
@@ -460,8 +478,7 @@ void sg_conn_set_idle(sg_conn *c, const struct timeval *idle)
     else c->idle.tv_sec = c->idle.tv_usec = 0;
     if (c->reading) { /* event_add keeps a pending event's old timeout when given none */
         event_del(c->rev);
-        c->reading = 0;
-        conn_read(c, 1);
+        event_add(c->rev, idle);
     }
 }
 
@@ -590,43 +607,13 @@ static void process_http(sg_conn *c)
         c->proto->on_read(c);
 }
 
-/* Answers go out once every connection that was readable this loop turn
- * has been read and answered: one burst of writes instead of writes
- * between reads, so a client waiting on several connections is woken
- * once (Redis writes its replies before sleeping for the same reason). */
-static void on_write_answers(evutil_socket_t fd, short what, void *arg)
-{
-    sg_server *s = arg;
-    while (s->wpend) {
-        sg_conn *c = s->wpend;
-        s->wpend = c->wnext;
-        c->wqueued = 0;
-        sg_conn_kick(c); /* every pipelined answer in one write */
-    }
-}
-
-static void kick_later(sg_conn *c)
-{
-    sg_server *s = c->srv;
-    if (c->wqueued || c->killed) return;
-    if (!s->wpend_ev) s->wpend_ev = event_new(s->base, -1, 0, on_write_answers, s);
-    if (!s->wpend_ev) {
-        sg_conn_kick(c);
-        return;
-    }
-    c->wqueued = 1;
-    c->wnext = s->wpend;
-    s->wpend = c;
-    event_active(s->wpend_ev, EV_TIMEOUT, 0);
-}
-
 static void on_read(struct bufferevent *bev, void *arg)
 {
     sg_conn *c = arg;
     if (c->killed) return;
     if (c->mode == SG_CONN_HTTP) {
         process_http(c);
-        kick_later(c);
+        wq_push(c, SG_WQ_ANSWERS);
     }
     else if (c->proto && c->proto->on_read)
         c->proto->on_read(c);

@@ -81,10 +81,7 @@ struct sg_conn {
     void *proto_data;
     sg_conn *prev, *next;   /* all connections */
     sg_conn *reap_next;
-    sg_conn *wnext;  /* on the server's list of answers to write */
-    int wqueued;
-    sg_conn *dprev, *dnext; /* on the server's queue of deliveries to write */
-    int dqueued;
+    struct { sg_conn *prev, *next; int on; } wq[2]; /* links in the server's write queues */
     char peer[64];
 };
 
@@ -95,6 +92,8 @@ void sg_conn_deliver(sg_conn *c);
 
 /* Close (or call proto->on_idle) after this long without input; NULL: never. */
 void sg_conn_set_idle(sg_conn *c, const struct timeval *idle);
+
+enum { SG_WQ_ANSWERS, SG_WQ_DELIVERIES };
 
 struct sg_server {
     struct event_base *base;
@@ -112,11 +111,9 @@ struct sg_server {
     int n_conns;
     sg_conn *reap;
     struct event *reap_ev;
-    sg_conn *wpend;           /* connections with answers to write this turn */
-    struct event *wpend_ev;
-    sg_conn *dhead, *dtail;   /* connections with pushed updates to write */
-    struct event *deliver_ev;
-    int deliver_armed;
+    /* connections with something to write soon: HTTP answers (all of them
+     * once this loop turn's reads are done) and pushed updates (in slices) */
+    struct sg_writeq { sg_conn *head, *tail; struct event *ev; int armed; } wq[2];
     struct event *heartbeat_ev; /* SSE comments */
     struct event *sigint_ev, *sigterm_ev, *sighup_ev;
     struct event *shutdown_timer;

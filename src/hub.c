@@ -125,10 +125,6 @@ static void observe(uint64_t *hist, const double *bounds, int nb, double v)
     hist[i]++;
 }
 
-static uint64_t mono_ns(void)
-{
-    return sg_clock_mono_ns();
-}
 
 /* Hand every queued update of c to its subscribers, oldest first. */
 static void conv_flush(sg_hub *h, sg_conv *c)
@@ -145,7 +141,7 @@ static void conv_flush(sg_hub *h, sg_conv *c)
     for (int i = 0; i < n; i++)
         json_decref(decoded[i]);
     c->flushed_seq = c->queue[n - 1]->seq;
-    uint64_t now = mono_ns();
+    uint64_t now = sg_clock_mono_ns();
     observe(h->stats.batch_hist, sg_batch_bounds, SG_BATCH_BUCKETS, n);
     h->stats.batch_sum += n;
     for (int i = 0; i < n; i++) {

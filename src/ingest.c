@@ -106,13 +106,11 @@ int sg_ingest_emit(void *server, json_t *u, const char *plugin, char *errbuf, si
     sg_server *s = server;
     struct sg_ingest_queue *q = s->ingest;
     sg_limits lim = {s->cfg->max_text, s->cfg->max_metadata};
-    sg_draft d;
     sg_error err;
-    if (sg_draft_from_json(u, &lim, &d, &err) < 0) {
+    if (sg_draft_check_json(u, &lim, &err) < 0) {
         snprintf(errbuf, errlen, "emit: %s (%s)", err.message, err.code);
         return -1;
     }
-    sg_draft_free(&d);
     if (s->shutting_down) {
         snprintf(errbuf, errlen, "emit: the gateway is shutting down");
         return -1;

@@ -24,13 +24,11 @@ static int on_emit(void *arg, json_t *u, const char *plugin, char *err, size_t e
 {
     host *h = arg;
     sg_limits lim = {h->cfg.max_text, h->cfg.max_metadata};
-    sg_draft d;
     sg_error e;
-    if (sg_draft_from_json(u, &lim, &d, &e) < 0) {
+    if (sg_draft_check_json(u, &lim, &e) < 0) {
         snprintf(err, errlen, "emit: %s (%s)", e.message, e.code);
         return -1;
     }
-    sg_draft_free(&d);
     json_t *copy = json_deep_copy(u);
     json_object_set_new(copy, "__plugin", json_string(plugin));
     json_array_append_new(h->emitted, copy);

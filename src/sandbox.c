@@ -709,14 +709,15 @@ static int to_text(lua_State *L, int idx, int depth, tbuf *b, char *err, size_t 
          * it is, with no decoding and encoding again */
         const char *lazy = NULL;
         size_t lazy_n = 0;
-        if (lua_rawgetp(L, idx, &lazy_text_key) == LUA_TSTRING) {
+        int hidden = lua_rawgetp(L, idx, &lazy_text_key) == LUA_TSTRING;
+        if (hidden) {
             lua_pushliteral(L, "metadata");
             if (lua_rawget(L, idx) == LUA_TNIL) lazy = lua_tolstring(L, -2, &lazy_n);
             lua_pop(L, 1);
         }
         if (!lazy) {
             lua_pop(L, 1);
-            lazy_materialize(L, idx);
+            if (hidden) lazy_materialize(L, idx); /* the plugin set metadata itself */
         }
         int rc = table_text(L, idx, depth, b, lazy, lazy_n, err, errlen);
         if (lazy) lua_pop(L, 1); /* the text, kept on the stack while in use */

@@ -163,8 +163,8 @@ void sg_server_stop(sg_server *s)
         }
     }
     free_event(&s->reap_ev);
-    free_event(&s->wpend_ev);
-    free_event(&s->deliver_ev);
+    free_event(&s->wq[SG_WQ_ANSWERS].ev);
+    free_event(&s->wq[SG_WQ_DELIVERIES].ev);
     free_event(&s->heartbeat_ev);
     free_event(&s->sigint_ev);
     free_event(&s->sigterm_ev);

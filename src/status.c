@@ -387,21 +387,28 @@ int sg_draft_parse(const char *json, size_t n, const sg_limits *lim, sg_draft *d
     }
     /* canonical and decoded forms are never longer than their source; +1
      * for the NUL after a string value */
-    d->buf = malloc(n + 1);
-    if (!d->buf) {
+    char *buf = malloc(n + 1);
+    if (!buf) {
         sg_error_set(err, 503, "out_of_memory", NULL, "out of memory");
         return -1;
     }
     sg_jtext j;
-    sg_jtext_init(&j, json, n, d->buf);
-    char *buf = d->buf;
+    sg_jtext_init(&j, json, n, buf);
     int syntax;
     if (sg_draft_scan(&j, 1, lim, d, err, &syntax) < 0) {
         free(buf);
         return -1;
     }
-    d->buf = buf;
+    d->buf = buf; /* the scan's strings live here */
     return 0;
+}
+
+int sg_draft_check_json(json_t *obj, const sg_limits *lim, sg_error *err)
+{
+    sg_draft d;
+    int rc = sg_draft_from_json(obj, lim, &d, err);
+    sg_draft_free(&d);
+    return rc;
 }
 
 int sg_draft_scan(sg_jtext *j, int whole, const sg_limits *lim, sg_draft *d, sg_error *err,

@@ -90,6 +90,9 @@ int sg_draft_from_json(json_t *obj, const sg_limits *lim, sg_draft *d, sg_error 
 
 void sg_draft_free(sg_draft *d);
 
+/* Whether a jansson object is a valid publish (0, or -1 with err). */
+int sg_draft_check_json(json_t *obj, const sg_limits *lim, sg_error *err);
+
 /* Give the draft new metadata (canonical JSON text) and, when text is not
  * NULL, a new text: copies both, and checks them against the limits. */
 int sg_draft_set_built(sg_draft *d, const char *metadata, size_t mlen, const char *text,

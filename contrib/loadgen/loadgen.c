@@ -9,7 +9,6 @@
  *           --conversations 1 --publishers 1 --rate 0 --bulk 1 --duration 10
  */
 #define _GNU_SOURCE
-#include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -25,7 +24,6 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include <sys/uio.h>
 #include <time.h>
 #include <arpa/inet.h>
 
