@@ -52,10 +52,14 @@ build/obj build/asan/obj:
 	@mkdir -p $@
 
 # The load generator (contrib/loadgen) and the benchmarks (scripts/bench).
-bench-tools: build/loadgen
+bench-tools: build/loadgen build/plugbench
 
 build/loadgen: contrib/loadgen/loadgen.c src/evread.h | build/obj
 	$(CC) -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -O2 -o $@ $< $(shell pkg-config --libs libevent)
+
+# plugbench: the plugin host's cost per update, in process (no network)
+build/plugbench: contrib/plugbench/plugbench.c $(filter-out build/obj/main.o,$(OBJS))
+	$(CC) $(WARN) $(CFLAGS) $(PCFLAGS) -Isrc -o $@ $^ $(PLIBS)
 
 bench: all bench-tools
 	scripts/bench

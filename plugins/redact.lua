@@ -70,7 +70,7 @@ end
 -- of them every update takes the full walk.
 local function may_need_masking(update)
   if #patterns > 0 then return true end
-  if update.metadata == nil then return may_hold_secret(update.text or "") end
+  -- (reading update.metadata here would decode it; encoding does not)
   local all = string.lower(statusgw.json.encode(update))
   return has_probe(all, probes) or has_probe(all, key_probes)
 end

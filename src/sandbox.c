@@ -16,6 +16,8 @@
 #define HOOK_EVERY 1000  /* instructions between hook calls */
 #define WATCHDOG_US 2000 /* how often a running call is looked at */
 #define JSON_MAX_DEPTH 64
+#define POOL_CLASSES 16            /* free lists of blocks of 16, 32, ... 256 bytes */
+#define POOL_KEEP (256 * 1024)     /* bytes of free blocks one sandbox keeps */
 
 enum { ABORT_NONE, ABORT_TIMEOUT, ABORT_OOM };
 
@@ -33,6 +35,8 @@ struct sg_sandbox {
     sg_emit_fn emit;
     void *emit_arg;
     char error[512];
+    void *pool[POOL_CLASSES]; /* free small blocks, linked through their first word */
+    size_t pooled;            /* bytes in the pool */
 };
 
 static char null_sentinel; /* statusgw.json.null is a light userdata to this */
@@ -95,13 +99,79 @@ static void stop_watchdog(void)
     signal(SIGALRM, SIG_DFL);
 }
 
+/* ---- memory ----
+ *
+ * A plugin call makes a handful of small objects (the update table, its
+ * strings, the result) that the collector frees soon after, so each
+ * sandbox keeps freed blocks of up to 256 bytes on free lists by size and
+ * hands them out again: no trip through malloc for the common case. The
+ * cap counts the bytes Lua asked for, not what the pool keeps. */
+
+static int pool_class(size_t n)
+{
+    return n > 0 && n <= POOL_CLASSES * 16 ? (int)((n + 15) >> 4) - 1 : -1;
+}
+
+static void *pool_get(sg_sandbox *sb, int c)
+{
+    void **b = sb->pool[c];
+    if (!b) return malloc((size_t)(c + 1) << 4);
+    sb->pool[c] = *b;
+    sb->pooled -= (size_t)(c + 1) << 4;
+    return b;
+}
+
+static void pool_put(sg_sandbox *sb, void *p, int c)
+{
+    size_t sz = (size_t)(c + 1) << 4;
+    if (sb->pooled + sz > POOL_KEEP) {
+        free(p);
+        return;
+    }
+    *(void **)p = sb->pool[c];
+    sb->pool[c] = p;
+    sb->pooled += sz;
+}
+
+static void pool_drain(sg_sandbox *sb)
+{
+    for (int c = 0; c < POOL_CLASSES; c++) {
+        while (sb->pool[c]) {
+            void **b = sb->pool[c];
+            sb->pool[c] = *b;
+            free(b);
+        }
+    }
+    sb->pooled = 0;
+}
+
+/* lua_Alloc: (ptr, osize) is the block Lua has (osize is its exact size
+ * when ptr is not NULL); nsize what it wants. */
+static void *block_resize(sg_sandbox *sb, void *ptr, size_t osize, size_t nsize)
+{
+    int co = ptr ? pool_class(osize) : -1, cn = pool_class(nsize);
+    if (nsize == 0) {
+        if (co >= 0) pool_put(sb, ptr, co);
+        else free(ptr);
+        return NULL;
+    }
+    if (co < 0 && cn < 0) return realloc(ptr, nsize);
+    if (co == cn) return ptr;
+    void *n = cn >= 0 ? pool_get(sb, cn) : malloc(nsize);
+    if (!n || !ptr) return n;
+    memcpy(n, ptr, osize < nsize ? osize : nsize);
+    if (co >= 0) pool_put(sb, ptr, co);
+    else free(ptr);
+    return n;
+}
+
 static void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     sg_sandbox *sb = ud;
     size_t old = ptr ? osize : 0;
     if (nsize == 0) {
         sb->mem -= old;
-        free(ptr);
+        block_resize(sb, ptr, osize, 0);
         return NULL;
     }
     /* the cap holds inside calls; what the host pushes between calls is
@@ -114,7 +184,7 @@ static void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         }
         return NULL;
     }
-    void *n = realloc(ptr, nsize);
+    void *n = block_resize(sb, ptr, osize, nsize);
     if (!n) return NULL;
     sb->mem = sb->mem - old + nsize;
     return n;
@@ -908,6 +978,7 @@ void sg_sandbox_free(sg_sandbox *sb)
 {
     if (!sb) return;
     if (sb->L) lua_close(sb->L);
+    pool_drain(sb);
     if (sb->watched) stop_watchdog();
     free(sb->name);
     free(sb);

@@ -97,6 +97,54 @@ describe("the update a plugin sees", function()
   end)
 end)
 
+describe("plugin string functions", function()
+  it("find plain substrings exactly where stock Lua does", function()
+    -- the sandbox has its own plain find (16 places at a time, memmem over
+    -- 32 bytes); stock string.find in the spec's Lua is the reference
+    local host = ph.host({ ["finder.lua"] = [[
+      local P = {}
+      function P.filter(u)
+        local out = {}
+        for i, c in ipairs(u.metadata.cases) do
+          out[i] = { string.find(c[1], c[2], c[3], true) }
+        end
+        u.metadata = { found = out }
+        return u
+      end
+      return P
+    ]] })
+    math.randomseed(7)
+    local letters = { "a", "b", "k", "s", "-", "_", "S" } -- few letters: many near misses
+    local function word(n)
+      local t = {}
+      for i = 1, n do t[i] = letters[math.random(#letters)] end
+      return table.concat(t)
+    end
+    local cases = {}
+    for _ = 1, 400 do
+      local h = word(math.random(0, 90))
+      local n
+      if #h > 0 and math.random() < 0.5 then -- a needle that occurs (or overlaps the end)
+        local i = math.random(#h)
+        n = h:sub(i, i + math.random(0, 40))
+      else
+        n = word(math.random(0, 40))
+      end
+      cases[#cases + 1] = { h, n, math.random(-5, #h + 2) }
+    end
+    cases[#cases + 1] = { string.rep("ab", 40) .. "abc", "abc", 1 }
+    cases[#cases + 1] = { string.rep("a", 64), string.rep("a", 33), 1 }
+    cases[#cases + 1] = { string.rep("a", 64) .. "b", string.rep("a", 33) .. "b", 1 }
+    local keep, u = host:filter(upd({ metadata = { cases = cases } }))
+    assert.is_true(keep)
+    assert.equal(#cases, #u.metadata.found)
+    for i, c in ipairs(cases) do
+      local want = { string.find(c[1], c[2], c[3], true) }
+      assert.same(want, u.metadata.found[i], ("find(%q, %q, %d)"):format(c[1], c[2], c[3]))
+    end
+  end)
+end)
+
 describe("plugin faults", function()
   local faults = {
     loops = "local P = {} function P.filter(u) while true do end end return P",
