@@ -60,6 +60,16 @@ static int64_t wall_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* t[k] without metamethods: the host reads what plugins made (their table,
+ * their results) outside their protected calls, where no code of theirs
+ * may run: an __index that throws there would abort the gateway. */
+static int raw_field(lua_State *L, int t, const char *k)
+{
+    t = lua_absindex(L, t);
+    lua_pushstring(L, k);
+    return lua_rawget(L, t);
+}
+
 /* ---- calls and their accounting ---- */
 
 static void record_failure(sg_plugin *p, int status, const char *what, const char *why)
@@ -113,7 +123,7 @@ static int push_field(sg_plugin *p, const char *field, const char *name)
 {
     lua_State *L = sg_sandbox_state(p->sb);
     lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref);
-    int t = lua_getfield(L, -1, field);
+    int t = raw_field(L, -1, field);
     lua_remove(L, -2);
     if (name) {
         if (t != LUA_TTABLE) {
@@ -121,7 +131,7 @@ static int push_field(sg_plugin *p, const char *field, const char *name)
             lua_pushnil(L);
             return LUA_TNIL;
         }
-        t = lua_getfield(L, -1, name);
+        t = raw_field(L, -1, name);
         lua_remove(L, -2);
     }
     return t;
@@ -133,7 +143,7 @@ static json_t *names_of(lua_State *L, int idx, const char *field, char *err, siz
                         int want_table_values)
 {
     json_t *names = json_array();
-    if (lua_getfield(L, idx, field) == LUA_TNIL) {
+    if (raw_field(L, idx, field) == LUA_TNIL) {
         lua_pop(L, 1);
         return names;
     }
@@ -221,7 +231,7 @@ static sg_plugin *plugin_load(sg_plugins *pm, const char *path, const sg_config 
         goto fail;
     }
     int P = lua_gettop(L);
-    if (lua_getfield(L, P, "name") == LUA_TSTRING) {
+    if (raw_field(L, P, "name") == LUA_TSTRING) {
         free(p->name);
         p->name = strdup(lua_tostring(L, -1));
     } else if (!lua_isnil(L, -1)) {
@@ -236,7 +246,7 @@ static sg_plugin *plugin_load(sg_plugins *pm, const char *path, const sg_config 
         }
     /* init(config) with plugins.<name> from the config file, before
      * reading what the plugin provides, so init can shape it */
-    if (lua_getfield(L, P, "init") == LUA_TFUNCTION) {
+    if (raw_field(L, P, "init") == LUA_TFUNCTION) {
         json_t *conf = cfg->plugins ? json_object_get(cfg->plugins, p->name) : NULL;
         if (conf)
             sg_lua_push_json(L, conf);
@@ -250,7 +260,7 @@ static sg_plugin *plugin_load(sg_plugins *pm, const char *path, const sg_config 
         lua_pop(L, 1);
     }
     p->priority = 100;
-    if (lua_getfield(L, P, "priority") != LUA_TNIL) {
+    if (raw_field(L, P, "priority") != LUA_TNIL) {
         if (!lua_isinteger(L, -1)) {
             snprintf(err, errlen, "%s: priority must be an integer", base);
             goto fail_pop2;
@@ -258,7 +268,7 @@ static sg_plugin *plugin_load(sg_plugins *pm, const char *path, const sg_config 
         p->priority = (int)lua_tointeger(L, -1);
     }
     lua_pop(L, 1);
-    if (lua_getfield(L, P, "failure_policy") != LUA_TNIL) {
+    if (raw_field(L, P, "failure_policy") != LUA_TNIL) {
         const char *fp = lua_tostring(L, -1);
         if (!fp || (strcmp(fp, "pass") != 0 && strcmp(fp, "drop") != 0)) {
             snprintf(err, errlen, "%s: failure_policy must be \"pass\" or \"drop\"", base);
@@ -273,17 +283,17 @@ static sg_plugin *plugin_load(sg_plugins *pm, const char *path, const sg_config 
         snprintf(err, errlen, "%s: %s", base, why);
         goto fail_pop;
     }
-    int t = lua_getfield(L, P, "filter");
+    int t = raw_field(L, P, "filter");
     if (t != LUA_TNIL && t != LUA_TFUNCTION) {
         snprintf(err, errlen, "%s: filter must be a function", base);
         goto fail_pop2;
     }
     p->filter_ref = t == LUA_TFUNCTION ? luaL_ref(L, LUA_REGISTRYINDEX) : (lua_pop(L, 1), LUA_NOREF);
-    t = lua_getfield(L, P, "aggregator");
+    t = raw_field(L, P, "aggregator");
     if (t == LUA_TTABLE) {
-        lua_getfield(L, -1, "interval_ms");
-        lua_getfield(L, -2, "observe");
-        lua_getfield(L, -3, "summarize");
+        raw_field(L, -1, "interval_ms");
+        raw_field(L, -2, "observe");
+        raw_field(L, -3, "summarize");
         if (!lua_isinteger(L, -3) || lua_tointeger(L, -3) < SG_MIN_AGGREGATOR_MS ||
             !lua_isfunction(L, -2) || !lua_isfunction(L, -1)) {
             snprintf(err, errlen,
@@ -519,19 +529,11 @@ static int is_computed(const char *k)
     return 0;
 }
 
-/* The built metadata table at the top of the stack gets a timestamp and
- * the producer's own keys, except over computed ones (DESIGN §5). */
+/* The producer's own metadata keys go into the built table at the top of
+ * the stack, except over computed ones (DESIGN §5). */
 static void merge_own(lua_State *L, const sg_draft *d)
 {
     int md = lua_gettop(L);
-    if (lua_getfield(L, md, "timestamp") == LUA_TNIL) {
-        char ts[25];
-        sg_format_ts(wall_ms(), ts);
-        lua_pushlstring(L, ts, 24);
-        lua_setfield(L, md, "timestamp");
-    }
-    lua_pop(L, 1);
-    if (!d->metadata) return;
     sg_lua_push_json_text(L, d->metadata, d->metadata_len);
     int own = lua_gettop(L);
     lua_pushnil(L);
@@ -539,7 +541,7 @@ static void merge_own(lua_State *L, const sg_draft *d)
         const char *k = lua_tostring(L, -2);
         int keep_built = 0;
         if (is_computed(k)) {
-            keep_built = lua_getfield(L, md, k) != LUA_TNIL;
+            keep_built = raw_field(L, md, k) != LUA_TNIL;
             lua_pop(L, 1);
         }
         if (keep_built) {
@@ -551,6 +553,36 @@ static void merge_own(lua_State *L, const sg_draft *d)
         }
     }
     lua_pop(L, 1);
+}
+
+/* The built metadata table at the top of the stack as JSON text, with the
+ * producer's own keys merged and a timestamp added unless it has one. */
+static char *built_text(lua_State *L, const sg_draft *d, size_t *len, char *why, size_t whylen)
+{
+    if (d->metadata) merge_own(L, d);
+    int stamped = raw_field(L, -1, "timestamp") != LUA_TNIL;
+    lua_pop(L, 1);
+    char *md = sg_lua_to_json_text(L, -1, len, why, whylen);
+    if (!md || md[0] != '{') {
+        if (md) snprintf(why, whylen, "metadata must be a table of named keys");
+        free(md);
+        return NULL;
+    }
+    if (stamped) return md;
+    /* {…} becomes {…,"timestamp":"…"} */
+    char *n = realloc(md, *len + 40);
+    if (!n) {
+        free(md);
+        snprintf(why, whylen, "out of memory");
+        return NULL;
+    }
+    size_t at = *len - 1; /* the closing brace */
+    if (at > 1) n[at++] = ',';
+    memcpy(n + at, "\"timestamp\":\"", 13);
+    sg_format_ts(sg_clock_wall_ms(), n + at + 13);
+    memcpy(n + at + 13 + 24, "\"}", 3);
+    *len = at + 13 + 24 + 2;
+    return n;
 }
 
 int sg_plugins_build(sg_plugins *pm, const sg_draft *d, char **metadata, size_t *mlen, char **text,
@@ -589,14 +621,8 @@ int sg_plugins_build(sg_plugins *pm, const sg_draft *d, char **metadata, size_t 
         rc = SG_BUILD_FAILED;
     } else {
         lua_pushvalue(L, -2);
-        merge_own(L, d);
-        *metadata = sg_lua_to_json_text(L, -1, mlen, why, sizeof(why));
+        *metadata = built_text(L, d, mlen, why, sizeof(why));
         lua_pop(L, 1);
-        if (*metadata && (*metadata)[0] != '{') {
-            snprintf(why, sizeof(why), "metadata must be a table of named keys");
-            free(*metadata);
-            *metadata = NULL;
-        }
         if (!*metadata) {
             garbage(p, d->builder, why);
             rc = SG_BUILD_FAILED;
@@ -632,12 +658,15 @@ static int replacement(lua_State *L, const sg_draft *orig, const sg_limits *lim,
                        char *why, size_t whylen)
 {
     static const char *gateway_keys[] = {"builder", "args", "seq", "timestamp"};
+    /* raw: no metamethod of the plugin's may run outside its call */
     for (size_t i = 0; i < sizeof(gateway_keys) / sizeof(gateway_keys[0]); i++) {
+        lua_pushstring(L, gateway_keys[i]);
         lua_pushnil(L);
-        lua_setfield(L, -2, gateway_keys[i]);
+        lua_rawset(L, -3);
     }
+    lua_pushliteral(L, "idempotency_key");
     if (orig->idempotency_key) lua_pushstring(L, orig->idempotency_key); else lua_pushnil(L);
-    lua_setfield(L, -2, "idempotency_key");
+    lua_rawset(L, -3);
     size_t n;
     char *text = sg_lua_to_json_text(L, -1, &n, why, whylen);
     if (!text) return -1;
@@ -743,10 +772,10 @@ static void summarize_one(sg_plugin *p, const char *conv)
         lua_pop(L, 1);
         return;
     }
-    lua_getfield(L, -1, "summarize");
+    raw_field(L, -1, "summarize");
     lua_remove(L, -2);
     lua_rawgeti(L, LUA_REGISTRYINDEX, p->states_ref);
-    if (lua_getfield(L, -1, conv) != LUA_TTABLE) {
+    if (raw_field(L, -1, conv) != LUA_TTABLE) {
         lua_pop(L, 3);
         return;
     }
@@ -829,10 +858,10 @@ void sg_plugins_observe(sg_plugins *pm, const char *conv, const sg_update *u, co
             lua_pop(L, 1);
             continue;
         }
-        lua_getfield(L, -1, "observe");
+        raw_field(L, -1, "observe");
         lua_remove(L, -2);
         lua_rawgeti(L, LUA_REGISTRYINDEX, p->states_ref);
-        if (lua_getfield(L, -1, conv) != LUA_TTABLE) {
+        if (raw_field(L, -1, conv) != LUA_TTABLE) {
             lua_pop(L, 1);
             lua_newtable(L);
             lua_pushvalue(L, -1);
@@ -887,7 +916,7 @@ static sg_plugin *push_webhook_fn(sg_plugins *pm, const char *name, const char *
         lua_pop(L, 1);
         return NULL;
     }
-    int t = lua_getfield(L, -1, fn);
+    int t = raw_field(L, -1, fn);
     lua_remove(L, -2);
     if (t != LUA_TFUNCTION) {
         lua_pop(L, 1);

@@ -184,6 +184,41 @@ describe("plugin faults", function()
     end)
   end
 
+  -- metamethods on what a plugin hands the host must not run outside its
+  -- call: an __index that throws there would abort the whole gateway
+  local trap = "{ __index = function(t, k) error('trap ' .. tostring(k)) end, "
+    .. "__newindex = function(t, k) error('trap ' .. tostring(k)) end }"
+
+  it("loads a plugin table whose metatable throws, reading only its own fields", function()
+    local host, report = ph.host({ ["trap.lua"] = [[
+      local P = { name = "trap", filter = function(u) u.text = "seen"; return u end }
+      return setmetatable(P, ]] .. trap .. [[)
+    ]] })
+    assert.equal(1, #report.loaded)
+    local keep, u = host:filter(upd({ text = "original" }))
+    assert.is_true(keep)
+    assert.equal("seen", u.text)
+  end)
+
+  it("takes a filter's replacement and a builder's result with throwing metatables as plain tables", function()
+    local host = ph.host({ ["trap.lua"] = [[
+      local trap = ]] .. trap .. [[
+      local P = { builders = { b = function(args) return setmetatable({ built = true }, trap) end } }
+      function P.filter(u)
+        return setmetatable({ conversation_id = u.conversation_id, category = "info", text = "replaced",
+          seq = 5, builder = "x" }, trap)
+      end
+      return P
+    ]] })
+    local keep, u = host:filter(upd({ conversation_id = "c", text = "original" }))
+    assert.is_true(keep)
+    assert.equal("replaced", u.text)
+    local st, md = host:build("b", {}, {})
+    assert.equal("ok", st)
+    assert.is_true(md.built)
+    assert.is_string(md.timestamp)
+  end)
+
   it("disables a plugin after consecutive failures, until the next reload", function()
     local host = ph.host({ ["throws.lua"] = "local P = {} function P.filter(u) error('boom') end return P" }, { plugin_max_failures = 3 })
     for _ = 1, 5 do host:filter(upd({})) end
