@@ -37,17 +37,16 @@ local function human(ms)
   return string.format("%.1fm", ms / 60000)
 end
 
+-- params is the builder's own copy (args are decoded afresh for every
+-- call), so long strings are cut in place.
 local function truncate_params(params)
   if type(params) ~= "table" then return params end
-  local out = {}
   for k, v in pairs(params) do
     if type(v) == "string" and #v > MAX_PARAM then
-      out[k] = v:sub(1, MAX_PARAM) .. "..."
-    else
-      out[k] = v
+      params[k] = v:sub(1, MAX_PARAM) .. "..."
     end
   end
-  return out
+  return params
 end
 
 P.builders = {

@@ -901,6 +901,34 @@ static int api_emit(lua_State *L)
     return 1;
 }
 
+/* string.lower and string.upper without a tolower() call per byte: the
+ * gateway runs in the C locale, where only A-Z and a-z change, so this is
+ * what lstrlib computes. Filters lower whole updates to probe them. */
+static int case_map(lua_State *L, unsigned char from, unsigned char bit_on)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    luaL_Buffer b;
+    char *o = luaL_buffinitsize(L, &b, n);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if ((unsigned char)(c - from) < 26u) c = bit_on ? (c | 0x20) : (c & (unsigned char)~0x20);
+        o[i] = (char)c;
+    }
+    luaL_pushresultsize(&b, n);
+    return 1;
+}
+
+static int str_lower(lua_State *L)
+{
+    return case_map(L, 'A', 1);
+}
+
+static int str_upper(lua_State *L)
+{
+    return case_map(L, 'a', 0);
+}
+
 static void open_libs(lua_State *L)
 {
     static const luaL_Reg libs[] = {{LUA_GNAME, luaopen_base},
@@ -920,6 +948,10 @@ static void open_libs(lua_State *L)
     lua_getglobal(L, "string");
     lua_pushnil(L);
     lua_setfield(L, -2, "dump");
+    lua_pushcfunction(L, str_lower);
+    lua_setfield(L, -2, "lower");
+    lua_pushcfunction(L, str_upper);
+    lua_setfield(L, -2, "upper");
     lua_pop(L, 1);
     /* pattern matching that the call's time budget can stop (lpattern.c) */
     sg_lua_open_patterns(L);

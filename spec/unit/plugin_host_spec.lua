@@ -145,6 +145,31 @@ describe("plugin string functions", function()
   end)
 end)
 
+describe("plugin case mapping", function()
+  it("lowers and uppers every byte as stock Lua does", function()
+    local host = ph.host({ ["cases.lua"] = [[
+      local P = {}
+      local function hex(s) return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end)) end
+      function P.filter(u)
+        local t = {}
+        for i = 0, 255 do t[#t + 1] = string.char(i) end
+        local all = table.concat(t) .. "Mixed Case ÄÖ"
+        u.metadata = { lower = hex(string.lower(all)), upper = hex(all:upper()) }
+        return u
+      end
+      return P
+    ]] })
+    local keep, u = host:filter(upd({}))
+    assert.is_true(keep)
+    local t = {}
+    for i = 0, 255 do t[#t + 1] = string.char(i) end
+    local all = table.concat(t) .. "Mixed Case ÄÖ"
+    local function hex(s) return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end)) end
+    assert.equal(hex(string.lower(all)), u.metadata.lower)
+    assert.equal(hex(string.upper(all)), u.metadata.upper)
+  end)
+end)
+
 describe("plugin faults", function()
   local faults = {
     loops = "local P = {} function P.filter(u) while true do end end return P",
