@@ -31,48 +31,44 @@ local rules = {
 }
 
 -- Lower-case plain-text probes. A string in which none of them occurs
--- cannot match a rule, so most strings skip the pattern matching; an
--- update whose whole JSON form holds no probe and no secret key name
--- needs no walk over its strings at all.
+-- cannot match a rule, so most strings skip the pattern matching.
 local probes = { "bearer", "sk-", "ghp_", "akia", "xox", "api" }
-local key_probes = {}
+
+-- The gateway calls P.filter only for updates that hold one of these
+-- words (any case, in any field or metadata key or value): the probes and
+-- the secret key names. Most updates hold none and cost next to nothing.
+-- init sets it, because configured keys add words and configured patterns
+-- can match anything (then every update is looked at).
+P.filter_when = nil
 
 function P.init(config)
   replacement = config.replacement or replacement
   for _, p in ipairs(config.patterns or {}) do patterns[#patterns + 1] = p end
   for _, k in ipairs(config.keys or {}) do secret_keys[string.lower(k)] = true end
-  -- a key name that holds a shorter probe ("access_token": "token") adds nothing
+  -- a key name that holds a shorter word ("access_token": "token") adds nothing
+  local words = {}
+  for _, p in ipairs(probes) do words[#words + 1] = p end
   local function covered(k)
-    for _, p in ipairs(probes) do if k:find(p, 1, true) then return true end end
+    for _, w in ipairs(words) do if k:find(w, 1, true) then return true end end
     for other in pairs(secret_keys) do
       if other ~= k and #other < #k and k:find(other, 1, true) then return true end
     end
     return false
   end
   for k in pairs(secret_keys) do
-    if not covered(k) then key_probes[#key_probes + 1] = k end
+    if not covered(k) then words[#words + 1] = k end
   end
-end
-
-local function has_probe(l, list)
-  for i = 1, #list do
-    if string.find(l, list[i], 1, true) then return true end
-  end
-  return false
+  local fits = #words <= 32
+  for _, w in ipairs(words) do fits = fits and #w <= 32 end
+  if #patterns == 0 and fits then P.filter_when = words end
 end
 
 local function may_hold_secret(s)
-  return has_probe(string.lower(s), probes)
-end
-
--- The whole update at once, in its JSON form: false when it certainly
--- holds nothing to mask. Configured patterns are arbitrary, so with any
--- of them every update takes the full walk.
-local function may_need_masking(update)
-  if #patterns > 0 then return true end
-  -- (reading update.metadata here would decode it; encoding does not)
-  local all = string.lower(statusgw.json.encode(update))
-  return has_probe(all, probes) or has_probe(all, key_probes)
+  local l = string.lower(s)
+  for i = 1, #probes do
+    if string.find(l, probes[i], 1, true) then return true end
+  end
+  return false
 end
 
 local function mask(s)
@@ -115,7 +111,6 @@ local function mask_table(t)
 end
 
 function P.filter(update)
-  if not may_need_masking(update) then return nil end
   local changed = false
   if type(update.text) == "string" then
     local s, c = mask(update.text)

@@ -6,6 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 void sg_jtext_init(sg_jtext *j, const char *s, size_t n, char *out)
 {
@@ -475,4 +478,63 @@ size_t sg_fmt_int(long long v, char *out)
     while (n)
         out[o++] = tmp[--n];
     return o;
+}
+
+/* ---- substring search ----
+ *
+ * Filters probe every update for a dozen short words, so the search looks
+ * at 16 places per step: a place is a candidate only when both the
+ * needle's first and last bytes match there (W. Mula's SIMD-friendly
+ * search); candidates are checked byte by byte. fold is 0x20 to ignore
+ * ASCII case (the needle is lowercase), 0 for exact bytes. */
+
+static inline unsigned char fold_byte(unsigned char c, unsigned char fold)
+{
+    return fold && (unsigned char)(c - 'A') < 26u ? (unsigned char)(c | 0x20) : c;
+}
+
+static int same_at(const char *h, const char *n, size_t nl, unsigned char fold)
+{
+    for (size_t i = 0; i < nl; i++)
+        if (fold_byte((unsigned char)h[i], fold) != (unsigned char)n[i]) return 0;
+    return 1;
+}
+
+static const char *find_short(const char *h, size_t hl, const char *n, size_t nl,
+                              unsigned char fold)
+{
+    if (nl == 0) return h;
+    if (nl > hl) return NULL;
+    size_t i = 0, last = hl - nl; /* the places are 0..last */
+#ifdef __SSE2__
+    /* with fold, OR-ing 0x20 into both sides lets 'A' meet 'a' (and some
+     * non-letters meet each other: same_at sorts those out) */
+    const __m128i f = _mm_set1_epi8((char)(n[0] | fold)), l = _mm_set1_epi8((char)(n[nl - 1] | fold));
+    const __m128i bit = _mm_set1_epi8((char)fold);
+    for (; i + 15 <= last; i += 16) {
+        __m128i a = _mm_or_si128(_mm_loadu_si128((const __m128i *)(h + i)), bit);
+        __m128i b = _mm_or_si128(_mm_loadu_si128((const __m128i *)(h + i + nl - 1)), bit);
+        unsigned m = (unsigned)_mm_movemask_epi8(_mm_and_si128(_mm_cmpeq_epi8(a, f), _mm_cmpeq_epi8(b, l)));
+        while (m) {
+            size_t k = i + (size_t)__builtin_ctz(m);
+            if (same_at(h + k, n, nl, fold)) return h + k;
+            m &= m - 1;
+        }
+    }
+#endif
+    for (; i <= last; i++)
+        if (same_at(h + i, n, nl, fold)) return h + i;
+    return NULL;
+}
+
+const char *sg_memfind(const char *h, size_t hl, const char *n, size_t nl)
+{
+    if (nl == 1) return memchr(h, n[0], hl);
+    if (nl > 32) return memmem(h, hl, n, nl);
+    return find_short(h, hl, n, nl, 0);
+}
+
+const char *sg_memfind_ci(const char *h, size_t hl, const char *n, size_t nl)
+{
+    return find_short(h, hl, n, nl, 0x20);
 }

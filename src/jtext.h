@@ -41,6 +41,15 @@ int sg_utf8_valid(const char *s, size_t n);
  * room for 6 * n + 2 bytes. Returns the bytes written. */
 size_t sg_json_escape(const char *s, size_t n, char *out);
 
+/* Where needle n (nl bytes) first occurs in h (hl bytes), or NULL. Needles
+ * of up to 32 bytes are looked for at 16 places at once (a place is a
+ * candidate only when the first and last bytes match); longer ones go to
+ * memmem, which is linear on any input. */
+const char *sg_memfind(const char *h, size_t hl, const char *n, size_t nl);
+
+/* The same ignoring ASCII case; n must be lowercase and at most 32 bytes. */
+const char *sg_memfind_ci(const char *h, size_t hl, const char *n, size_t nl);
+
 /* The decimal digits of v into out (room for 21 bytes); returns their count. */
 size_t sg_fmt_int(long long v, char *out);
 

@@ -37,14 +37,12 @@
 #include <ctype.h>
 #include <limits.h>
 #include <stddef.h>
-#ifdef __SSE2__
-#include <emmintrin.h>
-#endif
 #include <string.h>
 
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "jtext.h"
 #include "sandbox.h"
 
 #define SG_PATTERN_CHECK_EVERY 4096 /* a power of two */
@@ -409,38 +407,12 @@ static const char *match (MatchState *ms, const char *s, const char *p) {
 
 
 
-/* statusgw: plain finds are how filters probe text for secrets, a dozen
-** short needles over each update, so they get a search that looks at 16
-** places at once: a place is a candidate only when both the needle's
-** first and last bytes match there (W. Mula's SIMD-friendly search).
-** Needles over 32 bytes go to glibc's memmem, which is linear on any
-** input; lstrlib's memchr-then-memcmp loop stopped at every first byte. */
+/* statusgw: plain finds are how filters probe text for secrets, so they
+** use the gateway's search (jtext.c: 16 places at a time), not lstrlib's
+** memchr-then-memcmp loop, which stopped at every first byte. */
 static const char *lmemfind (const char *s1, size_t l1,
                                const char *s2, size_t l2) {
-  if (l2 == 0) return s1;  /* empty strings are everywhere */
-  if (l2 > l1) return NULL;
-  if (l2 == 1) return (const char *)memchr(s1, *s2, l1);
-  if (l2 > 32) return (const char *)memmem(s1, l1, s2, l2);
-  size_t i = 0, last = l1 - l2;  /* the places are 0..last */
-#ifdef __SSE2__
-  const __m128i first = _mm_set1_epi8(s2[0]), lastb = _mm_set1_epi8(s2[l2 - 1]);
-  for (; i + 15 <= last; i += 16) {
-    __m128i a = _mm_loadu_si128((const __m128i *)(s1 + i));
-    __m128i b = _mm_loadu_si128((const __m128i *)(s1 + i + l2 - 1));
-    unsigned m = (unsigned)_mm_movemask_epi8(
-        _mm_and_si128(_mm_cmpeq_epi8(a, first), _mm_cmpeq_epi8(b, lastb)));
-    while (m) {
-      size_t k = i + (size_t)__builtin_ctz(m);
-      if (memcmp(s1 + k + 1, s2 + 1, l2 - 2) == 0) return s1 + k;
-      m &= m - 1;
-    }
-  }
-#endif
-  for (; i <= last; i++)
-    if (s1[i] == s2[0] && s1[i + l2 - 1] == s2[l2 - 1] &&
-        memcmp(s1 + i + 1, s2 + 1, l2 - 2) == 0)
-      return s1 + i;
-  return NULL;
+  return sg_memfind(s1, l1, s2, l2);
 }
 
 

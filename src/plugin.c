@@ -22,6 +22,9 @@ struct sg_plugin {
     sg_sandbox *sb;
     int ref;        /* the plugin table */
     int filter_ref; /* P.filter, LUA_NOREF when none */
+    char **when;    /* P.filter_when, lowercase: call filter only for updates holding one */
+    size_t *when_len;
+    int n_when;
     json_t *builders, *subscriber_filters, *webhooks; /* names, for lookups */
     int agg_interval_ms; /* 0: no aggregator */
     int states_ref, dirty_ref;
@@ -29,6 +32,7 @@ struct sg_plugin {
     int disabled;
     int consecutive_failures;
     uint64_t calls, errors, timeouts, ooms, time_ns;
+    uint64_t skipped; /* updates filter_when let by without a call */
     char last_error[512];
     int64_t last_error_ms;
     int64_t loaded_ms;
@@ -189,6 +193,10 @@ static void plugin_free(sg_plugin *p)
     json_decref(p->builders);
     json_decref(p->subscriber_filters);
     json_decref(p->webhooks);
+    for (int i = 0; i < p->n_when; i++)
+        free(p->when[i]);
+    free(p->when);
+    free(p->when_len);
     free(p->name);
     free(p->path);
     free(p);
@@ -204,6 +212,60 @@ static int emit_trampoline(void *arg, json_t *u, const char *plugin, char *err, 
         return -1;
     }
     return pm->emit(pm->emit_arg, u, plugin, err, errlen);
+}
+
+/* P.filter_when: a list of words; the filter is called only for updates
+ * that hold one of them, ignoring ASCII case. Read after init, so init can
+ * set it from the configuration. 0, or -1 with why. */
+#define SG_WHEN_MAX 32 /* words, and bytes in a word */
+
+static int load_when(sg_plugin *p, lua_State *L, int P, char *why, size_t whylen)
+{
+    int t = raw_field(L, P, "filter_when");
+    if (t == LUA_TNIL) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    lua_Integer n = t == LUA_TTABLE ? (lua_Integer)lua_rawlen(L, -1) : 0;
+    int ok = n >= 1 && n <= SG_WHEN_MAX && p->filter_ref != LUA_NOREF;
+    if (ok) {
+        p->when = calloc((size_t)n, sizeof(*p->when));
+        p->when_len = calloc((size_t)n, sizeof(*p->when_len));
+        ok = p->when && p->when_len;
+    }
+    for (lua_Integer i = 1; ok && i <= n; i++) {
+        size_t len = 0;
+        const char *w = lua_rawgeti(L, -1, i) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+        ok = w && len >= 1 && len <= SG_WHEN_MAX && (p->when[i - 1] = malloc(len + 1));
+        for (size_t k = 0; ok && k <= len; k++)
+            p->when[i - 1][k] = (char)((unsigned char)(w[k] - 'A') < 26u ? w[k] | 0x20 : w[k]);
+        if (ok) p->when_len[p->n_when++] = len;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    if (ok) return 0;
+    if (p->filter_ref == LUA_NOREF)
+        snprintf(why, whylen, "filter_when needs a filter function");
+    else
+        snprintf(why, whylen, "filter_when must be a list of 1 to %d strings of 1 to %d bytes",
+                 SG_WHEN_MAX, SG_WHEN_MAX);
+    return -1;
+}
+
+/* Whether the update holds one of the filter's words: in a string field or
+ * in the metadata's JSON text (keys and values). */
+static int when_matches(const sg_plugin *p, const sg_draft *d)
+{
+    const char *cat = sg_category_name(d->category);
+    struct { const char *s; size_t n; } parts[] = {
+        {d->text, d->text_len}, {d->metadata, d->metadata_len}, {d->conv_id, d->conv_len},
+        {cat, strlen(cat)}, {d->source, d->source_len},
+        {d->idempotency_key, d->idempotency_key ? strlen(d->idempotency_key) : 0}};
+    for (int w = 0; w < p->n_when; w++)
+        for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
+            if (parts[i].s && sg_memfind_ci(parts[i].s, parts[i].n, p->when[w], p->when_len[w]))
+                return 1;
+    return 0;
 }
 
 /* Load one file into a fresh sandbox and run its init. NULL with
@@ -298,6 +360,10 @@ static sg_plugin *plugin_load(sg_plugins *pm, const char *path, const sg_config 
         goto fail_pop2;
     }
     p->filter_ref = t == LUA_TFUNCTION ? luaL_ref(L, LUA_REGISTRYINDEX) : (lua_pop(L, 1), LUA_NOREF);
+    if (load_when(p, L, P, why, sizeof(why)) < 0) {
+        snprintf(err, errlen, "%s: %s", base, why);
+        goto fail_pop;
+    }
     t = raw_field(L, P, "aggregator");
     if (t == LUA_TTABLE) {
         raw_field(L, -1, "interval_ms");
@@ -345,6 +411,13 @@ static json_t *describe(const sg_plugin *p)
         json_object_set_new(prov, "aggregator", json_pack("{s:i}", "interval_ms", p->agg_interval_ms));
     else
         json_object_set_new(prov, "aggregator", json_null());
+    json_t *when = json_null();
+    if (p->n_when) {
+        when = json_array();
+        for (int i = 0; i < p->n_when; i++)
+            json_array_append_new(when, json_stringn(p->when[i], p->when_len[i]));
+    }
+    json_object_set_new(prov, "filter_when", when);
     return json_pack("{s:s, s:s, s:i, s:s, s:o}", "name", p->name, "file", p->path, "priority",
                      p->priority, "failure_policy", p->drop_on_failure ? "drop" : "pass",
                      "provides", prov);
@@ -694,6 +767,10 @@ int sg_plugins_filter(sg_plugins *pm, sg_draft *d, const char *skip, const char 
         sg_plugin *p = pm->list[i];
         if (p->filter_ref == LUA_NOREF || p->disabled || (skip && strcmp(skip, p->name) == 0))
             continue;
+        if (p->n_when && !when_matches(p, d)) {
+            p->skipped++;
+            continue;
+        }
         lua_State *L = sg_sandbox_state(p->sb);
         lua_rawgeti(L, LUA_REGISTRYINDEX, p->filter_ref);
         sg_plugins_push_draft(L, d);
@@ -992,7 +1069,8 @@ json_t *sg_plugins_admin(const sg_plugins *pm)
         json_object_set_new(d, "loaded_at", json_string(ts));
         json_object_set_new(
             d, "counters",
-            json_pack("{s:I, s:I, s:I, s:I, s:f, s:I, s:i}", "calls", (json_int_t)p->calls,
+            json_pack("{s:I, s:I, s:I, s:I, s:I, s:f, s:I, s:i}", "calls", (json_int_t)p->calls,
+                      "skipped", (json_int_t)p->skipped,
                       "errors", (json_int_t)p->errors, "timeouts", (json_int_t)p->timeouts,
                       "out_of_memory", (json_int_t)p->ooms, "time_ms", p->time_ns / 1e6,
                       "memory_bytes", (json_int_t)sg_sandbox_memory(p->sb),

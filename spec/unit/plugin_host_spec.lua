@@ -319,6 +319,45 @@ describe("plugin pipeline", function()
     assert.equal("1", select(2, host:filter(upd({ text = "ham" }))).text)
   end)
 
+  it("calls a filter with filter_when only for updates holding one of its words", function()
+    local host = ph.host({ ["words.lua"] = [[
+      local P = { filter_when = { "Secret", "sk-" } }
+      function P.filter(u) u.text = "called" return u end
+      return P ]] })
+    local function called(u) return select(2, host:filter(upd(u))).text == "called" end
+    assert.is_false(called({ text = "nothing to see", metadata = { a = "b" }, source = "svc" }))
+    assert.is_true(called({ text = "a SECRET here" }))                      -- any case
+    assert.is_true(called({ text = "x", metadata = { my_secret = 1 } }))    -- a metadata key
+    assert.is_true(called({ text = "x", metadata = { k = { "sk-abc" } } })) -- a nested value
+    assert.is_true(called({ text = "x", source = "secretive" }))
+    assert.is_true(called({ conversation_id = "sk-conv", text = "x" }))
+    local c, p = counters(host, "words")
+    assert.equal(5, c.calls)
+    assert.equal(1, c.skipped)
+    assert.same({ "secret", "sk-" }, p.provides.filter_when)
+  end)
+
+  it("lets init set filter_when from the configuration", function()
+    local host = ph.host({ ["words.lua"] = [[
+      local P = {}
+      function P.init(c) P.filter_when = c.words end
+      function P.filter(u) return false end
+      return P ]] }, { plugins = { words = { words = { "spam" } } } })
+    assert.is_true((host:filter(upd({ text = "ham" }))))
+    assert.is_false((host:filter(upd({ text = "Spam!" }))))
+  end)
+
+  it("refuses a filter_when that is not a short list of words", function()
+    for _, bad in ipairs({ "'word'", "{}", "{ 1 }", "{ '' }", "{ string.rep('x', 33) }",
+                           "(function() local t = {} for i = 1, 33 do t[i] = 'w' .. i end return t end)()" }) do
+      local _, report = ph.host({ ["bad.lua"] = "return { filter_when = " .. bad .. ", filter = function() end }" })
+      assert.equal(0, #report.loaded, bad)
+      assert.matches("filter_when must be a list of 1 to 32 strings of 1 to 32 bytes", report.failed[1].error)
+    end
+    local _, report = ph.host({ ["nofilter.lua"] = "return { filter_when = { 'x' } }" })
+    assert.matches("filter_when needs a filter function", report.failed[1].error)
+  end)
+
   it("runs subscriber filters with their args", function()
     local host = ph.host({ ["slow.lua"] = [[
       local P = {}

@@ -57,8 +57,9 @@ describe("redact plugin", function()
 end)
 
 describe("redact plugin without configured patterns", function()
-  -- Without patterns an update is first probed as a whole; these cover
-  -- that path: each secret must still be found through it.
+  -- Without patterns the gateway calls the filter only for updates that
+  -- hold a probe word or a secret key name (filter_when); these cover that
+  -- path: each secret must still be found through it.
   local host
   setup(function() host = ph.host({ "plugins/redact.lua" }) end)
 
@@ -78,5 +79,23 @@ describe("redact plugin without configured patterns", function()
     local u = filtered({ text = "Running search_code", metadata = { tool = "search_code", params = { q = "retry loop", limit = 10 } } })
     assert.equal("Running search_code", u.text)
     assert.same({ tool = "search_code", params = { q = "retry loop", limit = 10 } }, u.metadata)
+  end)
+
+  it("is called only for updates that hold a probe word or a secret key name", function()
+    local fresh = ph.host({ "plugins/redact.lua" }, { plugins = { redact = { keys = { "SSN" } } } })
+    run(fresh, { text = "Running search_code", metadata = { tool = "search_code" } })
+    run(fresh, { text = "ok", metadata = { ssn = "123" } })
+    local p = fresh:admin().plugins[1]
+    assert.equal(1, p.counters.calls)
+    assert.equal(1, p.counters.skipped)
+    local words = {}
+    for _, w in ipairs(p.provides.filter_when) do words[w] = true end
+    assert.is_true(words.bearer and words.password and words.secret and words.ssn)
+    assert.is_nil(words.access_token) -- "token" already covers it
+  end)
+
+  it("is called for every update when patterns are configured", function()
+    local p = ph.host({ "plugins/redact.lua" }, { plugins = { redact = { patterns = { "x" } } } }):admin().plugins[1]
+    assert.are_not.equal("table", type(p.provides.filter_when)) -- JSON null: no words, every update
   end)
 end)
