@@ -236,7 +236,8 @@ static int load_when(sg_plugin *p, lua_State *L, int P, char *why, size_t whylen
     for (lua_Integer i = 1; ok && i <= n; i++) {
         size_t len = 0;
         const char *w = lua_rawgeti(L, -1, i) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
-        ok = w && len >= 1 && len <= SG_WHEN_MAX && (p->when[i - 1] = malloc(len + 1));
+        ok = w && len >= 1 && len <= SG_WHEN_MAX && !memchr(w, 0, len) &&
+             (p->when[i - 1] = malloc(len + 1));
         for (size_t k = 0; ok && k <= len; k++)
             p->when[i - 1][k] = (char)((unsigned char)(w[k] - 'A') < 26u ? w[k] | 0x20 : w[k]);
         if (ok) p->when_len[p->n_when++] = len;
@@ -247,13 +248,15 @@ static int load_when(sg_plugin *p, lua_State *L, int P, char *why, size_t whylen
     if (p->filter_ref == LUA_NOREF)
         snprintf(why, whylen, "filter_when needs a filter function");
     else
-        snprintf(why, whylen, "filter_when must be a list of 1 to %d strings of 1 to %d bytes",
+        snprintf(why, whylen, "filter_when must be a list of 1 to %d strings of 1 to %d bytes (no NUL)",
                  SG_WHEN_MAX, SG_WHEN_MAX);
     return -1;
 }
 
 /* Whether the update holds one of the filter's words: in a string field or
- * in the metadata's JSON text (keys and values). */
+ * in the metadata's JSON text (keys and values). Small updates are laid
+ * end to end, NUL between parts (no word holds a NUL), so each word is one
+ * search instead of one per field. */
 static int when_matches(const sg_plugin *p, const sg_draft *d)
 {
     const char *cat = sg_category_name(d->category);
@@ -261,10 +264,27 @@ static int when_matches(const sg_plugin *p, const sg_draft *d)
         {d->text, d->text_len}, {d->metadata, d->metadata_len}, {d->conv_id, d->conv_len},
         {cat, strlen(cat)}, {d->source, d->source_len},
         {d->idempotency_key, d->idempotency_key ? strlen(d->idempotency_key) : 0}};
-    for (int w = 0; w < p->n_when; w++)
-        for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
+    enum { NPARTS = sizeof(parts) / sizeof(parts[0]) };
+    char all[2048];
+    size_t n = 0;
+    for (size_t i = 0; i < NPARTS && n != sizeof(all); i++) {
+        if (!parts[i].s) continue;
+        if (n + parts[i].n + 1 > sizeof(all)) n = sizeof(all); /* too big: field by field */
+        else {
+            memcpy(all + n, parts[i].s, parts[i].n);
+            n += parts[i].n;
+            all[n++] = 0;
+        }
+    }
+    for (int w = 0; w < p->n_when; w++) {
+        if (n < sizeof(all)) {
+            if (sg_memfind_ci(all, n, p->when[w], p->when_len[w])) return 1;
+            continue;
+        }
+        for (size_t i = 0; i < NPARTS; i++)
             if (parts[i].s && sg_memfind_ci(parts[i].s, parts[i].n, p->when[w], p->when_len[w]))
                 return 1;
+    }
     return 0;
 }
 

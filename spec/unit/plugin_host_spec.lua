@@ -331,9 +331,12 @@ describe("plugin pipeline", function()
     assert.is_true(called({ text = "x", metadata = { k = { "sk-abc" } } })) -- a nested value
     assert.is_true(called({ text = "x", source = "secretive" }))
     assert.is_true(called({ conversation_id = "sk-conv", text = "x" }))
+    -- updates too big to search in one piece are searched field by field
+    assert.is_true(called({ text = "x", metadata = { big = string.rep("a", 3000) .. "seCret" } }))
+    assert.is_false(called({ text = string.rep("b", 3000), metadata = { big = string.rep("a", 3000) } }))
     local c, p = counters(host, "words")
-    assert.equal(5, c.calls)
-    assert.equal(1, c.skipped)
+    assert.equal(6, c.calls)
+    assert.equal(2, c.skipped)
     assert.same({ "secret", "sk-" }, p.provides.filter_when)
   end)
 
@@ -348,11 +351,11 @@ describe("plugin pipeline", function()
   end)
 
   it("refuses a filter_when that is not a short list of words", function()
-    for _, bad in ipairs({ "'word'", "{}", "{ 1 }", "{ '' }", "{ string.rep('x', 33) }",
+    for _, bad in ipairs({ "'word'", "{}", "{ 1 }", "{ '' }", "{ 'a\\0b' }", "{ string.rep('x', 33) }",
                            "(function() local t = {} for i = 1, 33 do t[i] = 'w' .. i end return t end)()" }) do
       local _, report = ph.host({ ["bad.lua"] = "return { filter_when = " .. bad .. ", filter = function() end }" })
       assert.equal(0, #report.loaded, bad)
-      assert.matches("filter_when must be a list of 1 to 32 strings of 1 to 32 bytes", report.failed[1].error)
+      assert.matches("filter_when must be a list of 1 to 32 strings of 1 to 32 bytes %(no NUL%)", report.failed[1].error)
     end
     local _, report = ph.host({ ["nofilter.lua"] = "return { filter_when = { 'x' } }" })
     assert.matches("filter_when needs a filter function", report.failed[1].error)
