@@ -34,30 +34,23 @@ static void method_not_allowed(sg_conn *c, const char *allow)
     sg_http_json(c, 405, sg_error_json(&e), extra);
 }
 
-/* Publish one parsed update (parsed < 0: it failed to parse, err says
- * why) for the producer holding key (NULL: open mode). Returns 0 and
- * fills res, or -1 with err. */
-static int publish_draft(sg_server *s, sg_api_key *key, sg_draft *d, int parsed,
-                         sg_publish_result *res, sg_error *err)
+/* A parsed update (parsed < 0: it failed to parse, err says why) counted
+ * as received and checked against the producer's key (NULL: open mode).
+ * 0 when it may go on to ingest, -1 with err (counted as rejected). */
+static int admit(sg_api_key *key, const sg_draft *d, int parsed, sg_error *err)
 {
     sg_metrics_received(1);
     int rc = parsed;
     if (rc == 0 && key) rc = sg_security_may_publish(key, d->conv_id, err);
-    if (rc == 0) rc = sg_ingest(s, d, NULL, res, err);
     if (rc < 0) sg_metrics_rejected(err->code);
-    else if (res->dropped) sg_metrics_dropped();
     return rc;
 }
 
-/* The same from the update's JSON text. */
-static int publish(sg_server *s, sg_api_key *key, const char *json, size_t n,
-                   sg_publish_result *res, sg_error *err)
+/* Count what ingest made of an admitted update. */
+static void count(int rc, const sg_publish_result *res, const sg_error *err)
 {
-    sg_limits lim = {s->cfg->max_text, s->cfg->max_metadata};
-    sg_draft d;
-    int rc = publish_draft(s, key, &d, sg_draft_parse(json, n, &lim, &d, err), res, err);
-    sg_draft_free(&d);
-    return rc;
+    if (rc < 0) sg_metrics_rejected(err->code);
+    else if (res->dropped) sg_metrics_dropped();
 }
 
 /* A publish refused as a whole request (auth, media type). */
@@ -99,6 +92,119 @@ static size_t publish_reply(const sg_publish_result *res, char *out)
 
 #define REPLY_MAX (SG_MAX_CONV_ID + 448) /* conv id, epoch, or a plugin name escaped */
 
+/* Answer one publish: 202 with the reply, or the error. */
+static void answer(sg_conn *c, int rc, const sg_publish_result *res, const sg_error *err)
+{
+    if (rc < 0) {
+        sg_http_error(c, err);
+        return;
+    }
+    char reply[REPLY_MAX + 1];
+    size_t n = publish_reply(res, reply);
+    reply[n++] = '\n';
+    sg_http_respond(c, 202, "application/json", reply, n, NULL);
+}
+
+/* ---- publishes that wait for their plugins ----
+ *
+ * A publish that would run plugins (a builder, ingest filters) waits,
+ * parsed, until this loop turn has read every request that arrived; then
+ * all of them go through the plugins together, plugin by plugin
+ * (sg_ingest_many): each plugin's state stays warm in the cache for the
+ * run instead of being evicted by the network work between requests. The
+ * connection parses no further request until its answer is written. */
+
+typedef struct waiting {
+    sg_conn *c; /* NULL once the connection is gone */
+    sg_draft d;
+} waiting;
+
+struct sg_publish_batch {
+    waiting **w;
+    size_t n, cap;
+    struct event *ev;
+};
+
+static void batch_done(void *arg, size_t i, int rc, const sg_publish_result *res,
+                       const sg_error *err)
+{
+    waiting **w = arg;
+    count(rc, res, err);
+    if (w[i]->c) answer(w[i]->c, rc, res, err);
+}
+
+static void on_batch(evutil_socket_t fd, short what, void *arg)
+{
+    sg_server *s = arg;
+    struct sg_publish_batch *b = s->batch;
+    /* take the run: what resumed connections send now waits for the next */
+    waiting **w = b->w;
+    size_t n = b->n;
+    b->w = NULL;
+    b->n = b->cap = 0;
+    sg_draft **ds = malloc((n ? n : 1) * sizeof(*ds));
+    if (ds) {
+        for (size_t i = 0; i < n; i++)
+            ds[i] = &w[i]->d;
+        sg_clock_hold();
+        sg_ingest_many(s, ds, n, NULL, batch_done, w);
+        sg_clock_release();
+    } else {
+        sg_error err;
+        sg_error_set(&err, 503, "out_of_memory", NULL, "out of memory");
+        for (size_t i = 0; i < n; i++)
+            batch_done(w, i, -1, NULL, &err);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (w[i]->c) sg_conn_resume(w[i]->c);
+        sg_draft_free(&w[i]->d);
+        free(w[i]);
+    }
+    free(ds);
+    free(w);
+}
+
+/* Queue the draft (moved, the caller's is cleared) for this turn's run.
+ * 0, or -1 when there is no memory for it: publish it at once then. */
+static int wait_for_batch(sg_conn *c, sg_draft *d)
+{
+    sg_server *s = c->srv;
+    struct sg_publish_batch *b = s->batch;
+    if (!b && !(b = s->batch = calloc(1, sizeof(*b)))) return -1;
+    if (!b->ev && !(b->ev = event_new(s->base, -1, 0, on_batch, s))) return -1;
+    if (b->n == b->cap) {
+        size_t cap = b->cap ? 2 * b->cap : 16;
+        waiting **nw = realloc(b->w, cap * sizeof(*nw));
+        if (!nw) return -1;
+        b->w = nw;
+        b->cap = cap;
+    }
+    waiting *w = malloc(sizeof(*w));
+    if (!w) return -1;
+    w->c = c;
+    w->d = *d;
+    memset(d, 0, sizeof(*d));
+    b->w[b->n++] = w;
+    sg_conn_await(c, &w->c);
+    if (b->n == 1) event_active(b->ev, EV_TIMEOUT, 0);
+    return 0;
+}
+
+void sg_api_free(sg_server *s)
+{
+    struct sg_publish_batch *b = s->batch;
+    if (!b) return;
+    for (size_t i = 0; i < b->n; i++) {
+        if (b->w[i]->c) b->w[i]->c->awaited_by = NULL;
+        sg_draft_free(&b->w[i]->d);
+        free(b->w[i]);
+    }
+    free(b->w);
+    if (b->ev) event_free(b->ev);
+    free(b);
+    s->batch = NULL;
+}
+
 static void handle_publish(sg_conn *c, sg_req *r)
 {
     sg_error err;
@@ -113,18 +219,25 @@ static void handle_publish(sg_conn *c, sg_req *r)
         refuse_publish(c, &err);
         return;
     }
-    sg_publish_result res;
-    sg_clock_hold();
-    int rc = publish(c->srv, key, r->body ? r->body : "", r->body_len, &res, &err);
-    sg_clock_release();
-    if (rc < 0) {
+    sg_server *s = c->srv;
+    sg_limits lim = {s->cfg->max_text, s->cfg->max_metadata};
+    sg_draft d;
+    int parsed = sg_draft_parse(r->body ? r->body : "", r->body_len, &lim, &d, &err);
+    if (admit(key, &d, parsed, &err) < 0) {
+        if (parsed == 0) sg_draft_free(&d);
         sg_http_error(c, &err);
         return;
     }
-    char reply[REPLY_MAX + 1];
-    size_t n = publish_reply(&res, reply);
-    reply[n++] = '\n';
-    sg_http_respond(c, 202, "application/json", reply, n, NULL);
+    if ((d.builder || sg_plugins_have_filters(s->plugins)) && !c->parser.upgrade &&
+        wait_for_batch(c, &d) == 0)
+        return;
+    sg_publish_result res;
+    sg_clock_hold();
+    int rc = sg_ingest(s, &d, NULL, &res, &err);
+    count(rc, &res, &err);
+    answer(c, rc, &res, &err);
+    sg_clock_release();
+    sg_draft_free(&d);
 }
 
 typedef struct obuf {
@@ -160,9 +273,10 @@ typedef struct item {
     const char *s;
     size_t n;
     int line;
-    int rc;      /* array: the parse result (0 or -1 with err) */
+    int rc;      /* the parse result, then the publish's (0 or -1 with err) */
     sg_draft d;
     sg_error err;
+    size_t reply_off, reply_len; /* an accepted one's reply, in the run's replies */
 } item;
 
 /* Parse a JSON array of updates into items; the drafts' strings land in
@@ -223,6 +337,31 @@ syntax:
     return -1;
 }
 
+/* A bulk request's run through ingest: replies land in one buffer as
+ * they come (dropped ones first), and are put in order afterwards. */
+typedef struct bulk_run {
+    item *items;
+    size_t *admitted; /* run index -> item index */
+    obuf replies;
+} bulk_run;
+
+static void bulk_done(void *arg, size_t i, int rc, const sg_publish_result *res,
+                      const sg_error *err)
+{
+    bulk_run *run = arg;
+    item *it = &run->items[run->admitted[i]];
+    count(rc, res, err);
+    it->rc = rc;
+    if (rc < 0) {
+        it->err = *err;
+        return;
+    }
+    char *o = ob_room(&run->replies, REPLY_MAX);
+    it->reply_off = run->replies.n;
+    it->reply_len = o ? publish_reply(res, o) : 0;
+    run->replies.n += it->reply_len;
+}
+
 static void handle_bulk(sg_conn *c, sg_req *r)
 {
     sg_error err;
@@ -241,7 +380,7 @@ static void handle_bulk(sg_conn *c, sg_req *r)
     }
     sg_limits lim = {c->srv->cfg->max_text, c->srv->cfg->max_metadata};
     size_t max = (size_t)c->srv->cfg->max_bulk_items;
-    item *items = malloc((max + 1) * sizeof(*items));
+    item *items = calloc(max + 1, sizeof(*items)); /* zeroed: every draft can be freed */
     char *scratch = ndjson ? NULL : malloc(r->body_len + 1);
     size_t n = 0;
     const char *p = r->body ? r->body : "", *end = p + r->body_len;
@@ -280,41 +419,62 @@ static void handle_bulk(sg_conn *c, sg_req *r)
         sg_http_error(c, &err);
         goto out;
     }
+    /* NDJSON lines are parsed now, each into a draft of its own */
+    for (size_t i = 0; ndjson && i < n; i++) {
+        items[i].rc = sg_draft_parse(items[i].s, items[i].n, &lim, &items[i].d, &items[i].err);
+        if (items[i].rc < 0 && (strcmp(items[i].err.code, "invalid_json") == 0 ||
+                                strcmp(items[i].err.code, "invalid_utf8") == 0)) {
+            char msg[sizeof(items[i].err.message)];
+            snprintf(msg, sizeof(msg), "line %d: %.180s", items[i].line, items[i].err.message);
+            snprintf(items[i].err.message, sizeof(items[i].err.message), "%s", msg);
+        }
+    }
+    /* the admitted ones go through ingest together, plugin by plugin */
+    bulk_run run = {items, NULL, {0}};
+    run.admitted = malloc(n * sizeof(*run.admitted));
+    sg_draft **ds = malloc(n * sizeof(*ds));
+    if (!run.admitted || !ds) {
+        free(run.admitted);
+        free(ds);
+        sg_error_set(&err, 503, "out_of_memory", NULL, "out of memory");
+        sg_http_error(c, &err);
+        goto out;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        items[i].rc = admit(key, &items[i].d, items[i].rc, &items[i].err);
+        if (items[i].rc == 0) {
+            run.admitted[k] = i;
+            ds[k++] = &items[i].d;
+        }
+    }
+    sg_clock_hold();
+    sg_ingest_many(c->srv, ds, k, NULL, bulk_done, &run);
+    sg_clock_release();
+    free(run.admitted);
+    free(ds);
     /* the counts lead the answer but are known last: room is kept for them */
     enum { HEAD = 64 };
     obuf b = {0};
     int accepted = 0;
     if (ob_room(&b, HEAD)) b.n = HEAD;
     ob_put(&b, "\"results\":[", 11);
-    sg_clock_hold();
     for (size_t i = 0; i < n; i++) {
-        sg_publish_result res;
-        int rc;
-        if (ndjson) {
-            rc = publish(c->srv, key, items[i].s, items[i].n, &res, &err);
-        } else {
-            if (items[i].rc < 0) err = items[i].err;
-            rc = publish_draft(c->srv, key, &items[i].d, items[i].rc, &res, &err);
-        }
         if (i) ob_put(&b, ",", 1);
-        if (rc == 0) {
+        if (items[i].rc == 0 && run.replies.s) {
             accepted++;
-            char *o = ob_room(&b, REPLY_MAX);
-            if (o) b.n += publish_reply(&res, o);
+            ob_put(&b, run.replies.s + items[i].reply_off, items[i].reply_len);
             continue;
         }
-        if (ndjson && (strcmp(err.code, "invalid_json") == 0 || strcmp(err.code, "invalid_utf8") == 0)) {
-            char msg[sizeof(err.message)];
-            snprintf(msg, sizeof(msg), "line %d: %.180s", items[i].line, err.message);
-            snprintf(err.message, sizeof(err.message), "%s", msg);
-        }
-        json_t *ej = sg_error_json(&err);
+        if (items[i].rc == 0) /* accepted, but its reply found no memory */
+            sg_error_set(&items[i].err, 503, "out_of_memory", NULL, "out of memory");
+        json_t *ej = sg_error_json(&items[i].err);
         char *es = json_dumps(ej, JSON_COMPACT);
         if (es) ob_put(&b, es, strlen(es));
         free(es);
         json_decref(ej);
     }
-    sg_clock_release();
+    free(run.replies.s);
     ob_put(&b, "]}\n", 3);
     char head[HEAD];
     int hn = snprintf(head, sizeof(head), "{\"accepted\":%d,\"rejected\":%d,", accepted, (int)n - accepted);
@@ -329,7 +489,7 @@ static void handle_bulk(sg_conn *c, sg_req *r)
 out:
     /* array drafts point into scratch; a plugin may have given one a
      * buffer of its own */
-    for (size_t i = 0; !ndjson && i < n; i++)
+    for (size_t i = 0; i < n; i++)
         sg_draft_free(&items[i].d);
     free(items);
     free(scratch);

@@ -434,6 +434,7 @@ void sg_http_reap(sg_conn *c)
     sg_server *s = c->srv;
     for (int q = 0; q < 2; q++)
         if (c->wq[q].on) wq_unlink(s, q, c);
+    if (c->awaited_by) *c->awaited_by = NULL;
     if (c->proto && c->proto->on_close) c->proto->on_close(c);
     if (c->prev) c->prev->next = c->next; else s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
@@ -563,7 +564,7 @@ static void process_http(sg_conn *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
     struct evbuffer *out = bufferevent_get_output(c->bev);
-    while (c->mode == SG_CONN_HTTP && !c->closing && !c->killed) {
+    while (c->mode == SG_CONN_HTTP && !c->closing && !c->killed && !c->awaited_by) {
         if (evbuffer_get_length(out) > c->srv->cfg->output_cap) {
             /* the client pipelines faster than it reads: wait for it */
             conn_read(c, 0);
@@ -588,6 +589,7 @@ static void process_http(sg_conn *c)
                 break;
             }
             if (upgraded && !c->closing) sg_conn_close_after_write(c);
+            if (c->awaited_by) return; /* answered later: the request stays until sg_conn_resume */
             req_reset(c->req);
             continue;
         }
@@ -605,6 +607,20 @@ static void process_http(sg_conn *c)
     if (c->mode != SG_CONN_HTTP && c->proto && c->proto->on_read && !c->killed &&
         evbuffer_get_length(in) > 0)
         c->proto->on_read(c);
+}
+
+void sg_conn_await(sg_conn *c, sg_conn **slot)
+{
+    c->awaited_by = slot;
+}
+
+void sg_conn_resume(sg_conn *c)
+{
+    c->awaited_by = NULL;
+    if (c->killed) return;
+    req_reset(c->req);
+    process_http(c);
+    wq_push(c, SG_WQ_ANSWERS);
 }
 
 static void on_read(struct bufferevent *bev, void *arg)

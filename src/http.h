@@ -82,6 +82,7 @@ struct sg_conn {
     sg_conn *prev, *next;   /* all connections */
     sg_conn *reap_next;
     struct { sg_conn *prev, *next; int on; } wq[2]; /* links in the server's write queues */
+    sg_conn **awaited_by; /* an answer comes later (sg_conn_await); NULL otherwise */
     char peer[64];
 };
 
@@ -92,6 +93,14 @@ void sg_conn_deliver(sg_conn *c);
 
 /* Close (or call proto->on_idle) after this long without input; NULL: never. */
 void sg_conn_set_idle(sg_conn *c, const struct timeval *idle);
+
+/* The request just handled is answered later in this loop turn: until
+ * sg_conn_resume the connection parses no further request (answers keep
+ * their order), and should it go away meanwhile, *slot becomes NULL. */
+void sg_conn_await(sg_conn *c, sg_conn **slot);
+/* The awaited answer is written: go on with any requests pipelined after
+ * it, and send what the connection holds at the end of the loop turn. */
+void sg_conn_resume(sg_conn *c);
 
 enum { SG_WQ_ANSWERS, SG_WQ_DELIVERIES };
 
@@ -104,6 +113,7 @@ struct sg_server {
     struct sg_ingest_queue *ingest;
     struct sg_webhooks *webhooks;
     struct sg_security *security;
+    struct sg_publish_batch *batch; /* publishes waiting for their plugins (api.c) */
     struct sg_dict *per_ip; /* peer address -> open connections (int in the pointer) */
     uint64_t refused_connections, refused_per_ip;
     struct evconnlistener *listener;

@@ -4,6 +4,7 @@
 #include "plugin.h"
 #include "webhook.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,60 +20,123 @@ struct sg_ingest_queue {
     struct event *ev;
 };
 
+/* Sequence one update in the hub and hand it to webhooks and aggregators. */
+static void finish(sg_server *s, sg_draft *d, const char *emitted_by, int aggregators,
+                   sg_ingest_done done, void *arg, size_t i)
+{
+    sg_publish_result res;
+    sg_error err;
+    int rc = sg_hub_publish(s->hub, d, &res, &err);
+    if (rc == 0 && res.update) sg_webhooks_offer(s->webhooks, res.conv->id, res.update);
+    if (rc == 0 && aggregators && res.update)
+        sg_plugins_observe(s->plugins, res.conv->id, res.update, emitted_by);
+    done(arg, i, rc, &res, &err);
+}
+
+/* Run the draft's builder. 0, or -1 with err; a builder that fails costs
+ * only itself: the update goes on as sent. */
+static int build(sg_server *s, sg_draft *d, sg_error *err)
+{
+    sg_limits lim = {s->cfg->max_text, s->cfg->max_metadata};
+    char *md = NULL, *text = NULL;
+    size_t mlen = 0, tlen = 0;
+    int rc = s->plugins ? sg_plugins_build(s->plugins, d, &md, &mlen, &text, &tlen) : SG_BUILD_UNKNOWN;
+    if (rc == SG_BUILD_UNKNOWN) {
+        sg_error_set(err, 400, "unknown_builder", "builder", "no plugin provides builder '%s'",
+                     d->builder);
+        return -1;
+    }
+    int bad = rc == SG_BUILD_OK && sg_draft_set_built(d, md, mlen, text, tlen, &lim, err) < 0;
+    free(md);
+    free(text);
+    if (bad) {
+        char m[sizeof(err->message)];
+        snprintf(m, sizeof(m), "after builder: %.170s", err->message);
+        snprintf(err->message, sizeof(err->message), "%s", m);
+        return -1;
+    }
+    d->builder = NULL;
+    d->args = NULL;
+    d->args_len = 0;
+    return 0;
+}
+
+void sg_ingest_many(sg_server *s, sg_draft **ds, size_t n, const char *emitted_by,
+                    sg_ingest_done done, void *arg)
+{
+    sg_plugins *pm = s->plugins;
+    int filters = sg_plugins_have_filters(pm), aggregators = sg_plugins_have_aggregators(pm);
+    /* live[i]: on its way through the filters; by[i]: the filter that dropped it */
+    char live_small[64];
+    const char *by_small[64];
+    char *live = n <= 64 ? live_small : malloc(n);
+    const char **by = n <= 64 ? by_small : malloc(n * sizeof(*by));
+    sg_error err;
+    if (!live || !by) {
+        sg_error_set(&err, 503, "out_of_memory", NULL, "out of memory");
+        for (size_t i = 0; i < n; i++)
+            done(arg, i, -1, NULL, &err);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        sg_draft *d = ds[i];
+        live[i] = 0;
+        by[i] = NULL;
+        if (!d->builder && !filters) {
+            finish(s, d, emitted_by, aggregators, done, arg, i);
+            continue;
+        }
+        /* a retry: the hub answers with the first seq, no plugin runs again */
+        if (d->idempotency_key && sg_hub_seen(s->hub, d->conv_id, d->conv_len, d->idempotency_key)) {
+            finish(s, d, emitted_by, aggregators, done, arg, i);
+            continue;
+        }
+        if (d->builder && build(s, d, &err) < 0) {
+            done(arg, i, -1, NULL, &err);
+            continue;
+        }
+        if (filters) live[i] = 1;
+        else finish(s, d, emitted_by, aggregators, done, arg, i);
+    }
+    if (!filters) goto out;
+    sg_plugins_filter_many(pm, ds, live, by, n, emitted_by);
+    for (size_t i = 0; i < n; i++) {
+        if (live[i]) {
+            finish(s, ds[i], emitted_by, aggregators, done, arg, i);
+        } else if (by[i]) {
+            sg_publish_result res;
+            memset(&res, 0, sizeof(res));
+            res.dropped = 1;
+            snprintf(res.dropped_by, sizeof(res.dropped_by), "%s", by[i]);
+            done(arg, i, 0, &res, NULL);
+        }
+    }
+out:
+    if (live != live_small) free(live);
+    if (by != by_small) free(by);
+}
+
+typedef struct one_result {
+    int rc;
+    sg_publish_result *res;
+    sg_error *err;
+} one_result;
+
+static void one_done(void *arg, size_t i, int rc, const sg_publish_result *res, const sg_error *err)
+{
+    one_result *o = arg;
+    o->rc = rc;
+    if (rc == 0) *o->res = *res;
+    else *o->err = *err;
+}
+
 int sg_ingest(sg_server *s, sg_draft *d, const char *emitted_by, sg_publish_result *res,
               sg_error *err)
 {
-    sg_limits lim = {s->cfg->max_text, s->cfg->max_metadata};
+    one_result o = {-1, res, err};
     memset(res, 0, sizeof(*res));
-    sg_plugins *pm = s->plugins;
-    int filters = sg_plugins_have_filters(pm), aggregators = sg_plugins_have_aggregators(pm);
-    if (!d->builder && !filters && !aggregators) {
-        int rc = sg_hub_publish(s->hub, d, res, err);
-        if (rc == 0 && res->update) sg_webhooks_offer(s->webhooks, res->conv->id, res->update);
-        return rc;
-    }
-
-    if (d->idempotency_key) {
-        uint64_t seq = sg_hub_seen(s->hub, d->conv_id, d->conv_len, d->idempotency_key);
-        if (seq) /* a retry: the hub answers with the first seq */
-            return sg_hub_publish(s->hub, d, res, err);
-    }
-    if (d->builder) {
-        char *md = NULL, *text = NULL;
-        size_t mlen = 0, tlen = 0;
-        int rc = pm ? sg_plugins_build(pm, d, &md, &mlen, &text, &tlen) : SG_BUILD_UNKNOWN;
-        if (rc == SG_BUILD_UNKNOWN) {
-            sg_error_set(err, 400, "unknown_builder", "builder", "no plugin provides builder '%s'",
-                         d->builder);
-            return -1;
-        }
-        int bad = rc == SG_BUILD_OK && sg_draft_set_built(d, md, mlen, text, tlen, &lim, err) < 0;
-        free(md);
-        free(text);
-        if (bad) {
-            char m[sizeof(err->message)];
-            snprintf(m, sizeof(m), "after builder: %.170s", err->message);
-            snprintf(err->message, sizeof(err->message), "%s", m);
-            return -1;
-        }
-        /* a builder that failed costs only itself: the update goes on as sent */
-        d->builder = NULL;
-        d->args = NULL;
-        d->args_len = 0;
-    }
-    if (filters) {
-        const char *by = NULL;
-        if (!sg_plugins_filter(pm, d, emitted_by, &by)) {
-            res->dropped = 1;
-            snprintf(res->dropped_by, sizeof(res->dropped_by), "%s", by ? by : "?");
-            return 0;
-        }
-    }
-    int rc = sg_hub_publish(s->hub, d, res, err);
-    if (rc == 0 && res->update) sg_webhooks_offer(s->webhooks, res->conv->id, res->update);
-    if (rc == 0 && aggregators && res->update)
-        sg_plugins_observe(pm, res->conv->id, res->update, emitted_by);
-    return rc;
+    sg_ingest_many(s, &d, 1, emitted_by, one_done, &o);
+    return o.rc;
 }
 
 /* ---- what plugins emit ---- */

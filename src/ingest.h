@@ -13,6 +13,21 @@
 int sg_ingest(sg_server *s, sg_draft *d, const char *emitted_by, sg_publish_result *res,
               sg_error *err);
 
+/* What became of update i of a batch: rc 0 with res (res->dropped when a
+ * filter dropped it), or -1 with err. res points into the hub: use it
+ * before returning. */
+typedef void (*sg_ingest_done)(void *arg, size_t i, int rc, const sg_publish_result *res,
+                               const sg_error *err);
+
+/* Publish n updates as sg_ingest would one after the other, but with the
+ * filters run plugin by plugin over all of them, so that each plugin's
+ * state stays warm for the run. Each plugin still sees the updates in
+ * their order, and they are sequenced in their order. done is called once
+ * per update, as soon as its fate is known (dropped and refused updates
+ * before the published ones). */
+void sg_ingest_many(sg_server *s, sg_draft **ds, size_t n, const char *emitted_by,
+                    sg_ingest_done done, void *arg);
+
 /* statusgw.emit: validate now, publish on the next loop turn. */
 int sg_ingest_emit(void *server, json_t *update, const char *plugin, char *err, size_t errlen);
 

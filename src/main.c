@@ -1,4 +1,5 @@
 /* statusgw: parse arguments, load the config, run the server. */
+#include "api.h"
 #include "config.h"
 #include "http.h"
 #include "hub.h"
@@ -195,6 +196,7 @@ int main(int argc, char **argv)
 done:
     sg_server_stop(&srv);
     sg_webhooks_free(srv.webhooks);
+    sg_api_free(&srv);
     sg_ingest_free(&srv);
     sg_hub_free(srv.hub);
     sg_plugins_free(srv.plugins);

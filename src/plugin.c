@@ -779,58 +779,65 @@ static int replacement(lua_State *L, const sg_draft *orig, const sg_limits *lim,
     return rc;
 }
 
-int sg_plugins_filter(sg_plugins *pm, sg_draft *d, const char *skip, const char **dropped_by)
+/* One filter over one draft: 1 to keep it (perhaps replaced), 0 to drop it. */
+static int filter_one(sg_plugin *p, sg_draft *d, const sg_limits *lim, uint64_t *clock)
+{
+    if (p->n_when && !when_matches(p, d)) {
+        p->skipped++;
+        return 1;
+    }
+    lua_State *L = sg_sandbox_state(p->sb);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, p->filter_ref);
+    sg_plugins_push_draft(L, d);
+    if (call_from(p, 1, 1, "filter", clock) != SG_SB_OK) return !p->drop_on_failure;
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return 1;
+    }
+    if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    char why[240];
+    sg_draft nd;
+    int ok = lua_istable(L, -1);
+    if (!ok)
+        snprintf(why, sizeof(why), "a filter returns nil, false or an update table, not a %s",
+                 luaL_typename(L, -1));
+    else
+        ok = replacement(L, d, lim, &nd, why, sizeof(why)) == 0;
+    lua_pop(L, 1);
+    if (!ok) {
+        garbage(p, "filter", why);
+        return !p->drop_on_failure;
+    }
+    sg_draft_free(d);
+    *d = nd;
+    return 1;
+}
+
+void sg_plugins_filter_many(sg_plugins *pm, sg_draft **ds, char *live, const char **by, size_t n,
+                            const char *skip)
 {
     sg_limits lim = {pm->cfg->max_text, pm->cfg->max_metadata};
     uint64_t clock = now_ns();
     for (int i = 0; i < pm->n; i++) {
         sg_plugin *p = pm->list[i];
-        if (p->filter_ref == LUA_NOREF || p->disabled || (skip && strcmp(skip, p->name) == 0))
-            continue;
-        if (p->n_when && !when_matches(p, d)) {
-            p->skipped++;
-            continue;
+        if (p->filter_ref == LUA_NOREF || (skip && strcmp(skip, p->name) == 0)) continue;
+        for (size_t k = 0; k < n && !p->disabled; k++) {
+            if (!live[k] || filter_one(p, ds[k], &lim, &clock)) continue;
+            live[k] = 0;
+            by[k] = p->name;
         }
-        lua_State *L = sg_sandbox_state(p->sb);
-        lua_rawgeti(L, LUA_REGISTRYINDEX, p->filter_ref);
-        sg_plugins_push_draft(L, d);
-        if (call_from(p, 1, 1, "filter", &clock) != SG_SB_OK) {
-            if (p->drop_on_failure) {
-                *dropped_by = p->name;
-                return 0;
-            }
-            continue;
-        }
-        if (lua_isnil(L, -1)) {
-            lua_pop(L, 1);
-            continue;
-        }
-        if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {
-            lua_pop(L, 1);
-            *dropped_by = p->name;
-            return 0;
-        }
-        char why[240];
-        sg_draft nd;
-        int ok = lua_istable(L, -1);
-        if (!ok)
-            snprintf(why, sizeof(why), "a filter returns nil, false or an update table, not a %s",
-                     luaL_typename(L, -1));
-        else
-            ok = replacement(L, d, &lim, &nd, why, sizeof(why)) == 0;
-        lua_pop(L, 1);
-        if (!ok) {
-            garbage(p, "filter", why);
-            if (p->drop_on_failure) {
-                *dropped_by = p->name;
-                return 0;
-            }
-            continue;
-        }
-        sg_draft_free(d);
-        *d = nd;
     }
-    return 1;
+}
+
+int sg_plugins_filter(sg_plugins *pm, sg_draft *d, const char *skip, const char **dropped_by)
+{
+    char live = 1;
+    *dropped_by = NULL;
+    sg_plugins_filter_many(pm, &d, &live, dropped_by, 1, skip);
+    return live;
 }
 
 /* ---- subscriber filters ---- */

@@ -42,6 +42,11 @@ int sg_plugins_build(sg_plugins *pm, const sg_draft *d, char **metadata, size_t 
  * the draft with a validated one) or 0 to drop, with the dropping
  * plugin's name in *dropped_by. */
 int sg_plugins_filter(sg_plugins *pm, sg_draft *d, const char *skip, const char **dropped_by);
+/* The same for the drafts ds[i] with live[i] set, plugin by plugin (each
+ * sees them in order): a dropped one gets live[i] = 0 and by[i] = the
+ * dropping plugin's name. */
+void sg_plugins_filter_many(sg_plugins *pm, sg_draft **ds, char *live, const char **by, size_t n,
+                            const char *skip);
 int sg_plugins_have_filters(const sg_plugins *pm);
 
 /* Subscriber filters, by name. */

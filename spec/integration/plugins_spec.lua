@@ -116,6 +116,80 @@ describe("shipped plugins in the daemon", function()
     assert.equal("active", names.redact.state)
     -- lowest priority first
     assert.equal("redact", a.plugins[1].name)
+    assert.is_true(names.redact.counters.skipped > 0) -- filter_when: clean updates skip the call
+  end)
+
+  -- Publishes that run plugins wait for the end of the loop turn and go
+  -- through the plugins together; answers must still come in order.
+  it("answers pipelined publishes through plugins in order, drops included", function()
+    local c = gw_.connect(gw)
+    local req = ""
+    for i = 1, 5 do -- burst 3: the last two are over the rate limit
+      local u = { conversation_id = "pipe-plug", category = "info", text = "n" .. i }
+      if i == 2 then u.builder, u.args, u.category = "llm", { model = "m" }, "engine" end
+      req = req .. gw_.build_request("POST", "/api/v1/status", cjson.encode(u))
+    end
+    c:send_raw(req .. gw_.build_request("GET", "/healthz"))
+    local seqs = {}
+    for i = 1, 5 do
+      local st, _, body = c:read_response()
+      assert.equal(202, st)
+      local r = cjson.decode(body)
+      seqs[i] = r.seq or r.dropped_by
+    end
+    assert.same({ 1, 2, 3, 4, "rate_limit" }, seqs)
+    assert.equal(200, (c:read_response()))
+    c:close()
+    local _, h = gw_.request(gw, "GET", "/api/v1/conversations/pipe-plug/history")
+    assert.equal("m", h.updates[2].metadata.model)
+  end)
+
+  it("answers many connections' publishes of one loop turn, each on its own connection", function()
+    local conns = {}
+    for i = 1, 20 do
+      conns[i] = gw_.connect(gw)
+      conns[i]:send_raw(gw_.build_request("POST", "/api/v1/status",
+        cjson.encode({ conversation_id = "many-" .. i, category = "tool", text = "bearer abc" .. i })))
+    end
+    for i = 1, 20 do
+      local st, _, body = conns[i]:read_response()
+      assert.equal(202, st)
+      local r = cjson.decode(body)
+      assert.equal("many-" .. i, r.conversation_id)
+      assert.equal(1, r.seq)
+      conns[i]:close()
+    end
+    local _, h = gw_.request(gw, "GET", "/api/v1/conversations/many-7/history")
+    assert.equal("bearer [REDACTED]", h.updates[1].text)
+  end)
+
+  it("closes after the answer when a publish through plugins asks for Connection: close", function()
+    local c = gw_.connect(gw)
+    c:send_raw(gw_.build_request("POST", "/api/v1/status",
+      cjson.encode({ conversation_id = "closing", category = "tool", builder = "tool", args = { tool_name = "t" } }),
+      { Connection = "close" }))
+    local st, h = c:read_response()
+    assert.equal(202, st)
+    assert.equal("close", h.connection)
+    assert.is_nil((c:read_head())) -- then the gateway closes
+    c:close()
+  end)
+
+  it("still publishes an update whose producer hung up before the answer, and keeps serving", function()
+    for i = 1, 10 do
+      local c = gw_.connect(gw)
+      c:send_raw(gw_.build_request("POST", "/api/v1/status",
+        cjson.encode({ conversation_id = "gone", category = "error", text = "e" .. i })))
+      c:close()
+    end
+    local _, h
+    for _ = 1, 50 do
+      _, h = gw_.request(gw, "GET", "/api/v1/conversations/gone/history")
+      if h and h.updates and #h.updates == 10 then break end
+      gw_.sleep(0.02)
+    end
+    assert.equal(10, #h.updates)
+    assert.equal(200, (gw_.request(gw, "GET", "/healthz")))
   end)
 end)
 
