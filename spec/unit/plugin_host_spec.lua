@@ -145,6 +145,24 @@ describe("plugin string functions", function()
   end)
 end)
 
+describe("builder arguments", function()
+  it("arrive with integers and reals as the producer sent them, int64 limits included", function()
+    local host = ph.host({ ["echo.lua"] = [[
+      return { builders = { echo = function(args)
+        local types = {}
+        for k, v in pairs(args) do types[k] = math.type(v) or type(v) end
+        return { types = types, values = args }
+      end } } ]] })
+    local args = { a = math.maxinteger, b = math.mininteger, c = -5, d = 1500.5, e = 0, f = 1e300,
+      h = { 1, -2, 3.25 } }
+    local st, md = host:build("echo", args, {})
+    assert.equal("ok", st)
+    assert.same({ a = "integer", b = "integer", c = "integer", d = "float", e = "integer", f = "float",
+      h = "table" }, md.types)
+    assert.same(args, md.values)
+  end)
+end)
+
 describe("plugin case mapping", function()
   it("lowers and uppers every byte as stock Lua does", function()
     local host = ph.host({ ["cases.lua"] = [[
