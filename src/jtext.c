@@ -534,7 +534,39 @@ const char *sg_memfind(const char *h, size_t hl, const char *n, size_t nl)
     return find_short(h, hl, n, nl, 0);
 }
 
-const char *sg_memfind_ci(const char *h, size_t hl, const char *n, size_t nl)
+/* The words' first two bytes are tested at 16 places per step, the two
+ * loads and the case folding shared by all of them; a one-byte word needs
+ * only the first. Candidates are checked byte by byte. */
+int sg_memfind_any_ci(const char *h, size_t hl, char *const *words, const size_t *lens, int count)
 {
-    return find_short(h, hl, n, nl, 0x20);
+    size_t i = 0;
+#ifdef __SSE2__
+    enum { MAXW = 32 };
+    if (count <= MAXW && hl >= 17) {
+        __m128i f[MAXW], s[MAXW];
+        const __m128i bit = _mm_set1_epi8(0x20);
+        for (int w = 0; w < count; w++) {
+            f[w] = _mm_set1_epi8((char)(words[w][0] | 0x20));
+            s[w] = _mm_set1_epi8((char)((lens[w] > 1 ? words[w][1] : 0) | 0x20));
+        }
+        for (; i + 17 <= hl; i += 16) {
+            __m128i a = _mm_or_si128(_mm_loadu_si128((const __m128i *)(h + i)), bit);
+            __m128i b = _mm_or_si128(_mm_loadu_si128((const __m128i *)(h + i + 1)), bit);
+            for (int w = 0; w < count; w++) {
+                __m128i m = _mm_cmpeq_epi8(a, f[w]);
+                if (lens[w] > 1) m = _mm_and_si128(m, _mm_cmpeq_epi8(b, s[w]));
+                unsigned bits = (unsigned)_mm_movemask_epi8(m);
+                while (bits) {
+                    size_t k = i + (size_t)__builtin_ctz(bits);
+                    if (k + lens[w] <= hl && same_at(h + k, words[w], lens[w], 0x20)) return 1;
+                    bits &= bits - 1;
+                }
+            }
+        }
+    }
+#endif
+    for (; i < hl; i++)
+        for (int w = 0; w < count; w++)
+            if (i + lens[w] <= hl && same_at(h + i, words[w], lens[w], 0x20)) return 1;
+    return 0;
 }

@@ -47,8 +47,9 @@ size_t sg_json_escape(const char *s, size_t n, char *out);
  * memmem, which is linear on any input. */
 const char *sg_memfind(const char *h, size_t hl, const char *n, size_t nl);
 
-/* The same ignoring ASCII case; n must be lowercase and at most 32 bytes. */
-const char *sg_memfind_ci(const char *h, size_t hl, const char *n, size_t nl);
+/* Whether any of the count words (lowercase, 1 to 32 bytes each) occurs
+ * in h ignoring ASCII case: one pass over h for all of them. */
+int sg_memfind_any_ci(const char *h, size_t hl, char *const *words, const size_t *lens, int count);
 
 /* The decimal digits of v into out (room for 21 bytes); returns their count. */
 size_t sg_fmt_int(long long v, char *out);

@@ -255,8 +255,8 @@ static int load_when(sg_plugin *p, lua_State *L, int P, char *why, size_t whylen
 
 /* Whether the update holds one of the filter's words: in a string field or
  * in the metadata's JSON text (keys and values). Small updates are laid
- * end to end, NUL between parts (no word holds a NUL), so each word is one
- * search instead of one per field. */
+ * end to end, NUL between parts (no word holds a NUL), and searched in one
+ * pass for all the words. */
 static int when_matches(const sg_plugin *p, const sg_draft *d)
 {
     const char *cat = sg_category_name(d->category);
@@ -276,15 +276,10 @@ static int when_matches(const sg_plugin *p, const sg_draft *d)
             all[n++] = 0;
         }
     }
-    for (int w = 0; w < p->n_when; w++) {
-        if (n < sizeof(all)) {
-            if (sg_memfind_ci(all, n, p->when[w], p->when_len[w])) return 1;
-            continue;
-        }
-        for (size_t i = 0; i < NPARTS; i++)
-            if (parts[i].s && sg_memfind_ci(parts[i].s, parts[i].n, p->when[w], p->when_len[w]))
-                return 1;
-    }
+    if (n < sizeof(all)) return sg_memfind_any_ci(all, n, p->when, p->when_len, p->n_when);
+    for (size_t i = 0; i < NPARTS; i++)
+        if (parts[i].s && sg_memfind_any_ci(parts[i].s, parts[i].n, p->when, p->when_len, p->n_when))
+            return 1;
     return 0;
 }
 

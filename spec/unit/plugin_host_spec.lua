@@ -358,6 +358,50 @@ describe("plugin pipeline", function()
     assert.same({ "secret", "sk-" }, p.provides.filter_when)
   end)
 
+  it("finds filter_when words exactly where a plain lowercase search does", function()
+    -- random words and texts over a few letters: many near misses, words
+    -- at the very start and end, texts shorter and longer than 16 bytes
+    math.randomseed(11)
+    local letters = { "a", "B", "s", "k", "-", "_" }
+    local function word(n)
+      local t = {}
+      for i = 1, n do t[i] = letters[math.random(#letters)] end
+      return table.concat(t)
+    end
+    for _ = 1, 25 do
+      local words = {}
+      for i = 1, math.random(1, 6) do words[i] = word(math.random(1, 5)) end
+      local src = "return { filter_when = { '" .. table.concat(words, "', '") .. "' }, " ..
+        "filter = function(u) u.text = 'called' return u end }"
+      local host = ph.host({ ["w.lua"] = src })
+      for _ = 1, 20 do
+        local text, source = word(math.random(0, 70)), word(math.random(1, 20))
+        local all = (text .. "\0" .. "conv\0info\0" .. source):lower() -- the source ends it
+        local want = false
+        for _, w in ipairs(words) do want = want or all:find(w:lower(), 1, true) ~= nil end
+        local _, u = host:filter(upd({ conversation_id = "conv", text = text, source = source }))
+        assert.equal(want, u.text == "called", ("words %s, text %q"):format(table.concat(words, " "), text))
+      end
+    end
+    -- the edges: a word that only ends the update, or only starts it, in
+    -- updates shorter and longer than one 16-byte step; none across fields
+    local host = ph.host({ ["w.lua"] = "return { filter_when = { 'kab' }, filter = function(u) u.text = 'called' return u end }" })
+    local function called(u) return select(2, host:filter(upd(u))).text == "called" end
+    for _, n in ipairs({ 0, 3, 20, 40 }) do
+      local pad = string.rep("z", n)
+      assert.is_true(called({ conversation_id = "c", text = pad, source = "zzKAB" }), "at the end after " .. n)
+      assert.is_true(called({ conversation_id = "c", text = "kAb" .. pad }), "at the start before " .. n)
+      assert.is_false(called({ conversation_id = "c", text = pad .. "ka", source = "bzz" }), "across fields " .. n)
+    end
+    -- too big for one piece: each field on its own, words ending it exactly
+    local big = string.rep("z", 2100)
+    for _, n in ipairs({ 5, 17, 33 }) do
+      local source = string.rep("z", n - 3) .. "kab"
+      assert.is_true(called({ conversation_id = "c", text = big, source = source }), "a field of " .. n)
+      assert.is_false(called({ conversation_id = "c", text = big, source = source:sub(1, -2) }), "a field of " .. n - 1)
+    end
+  end)
+
   it("lets init set filter_when from the configuration", function()
     local host = ph.host({ ["words.lua"] = [[
       local P = {}
