@@ -6,15 +6,21 @@
 --   burst  = 100                  -- bucket size
 --   categories = { progress = { rate = 10, burst = 20 } }  -- per-category overrides
 --   exempt = { "error", "summary" }  -- never limited
+--
+-- The bucket is kept as one number, GCRA style: the time at which it would
+-- be full again. An update passes while that time is less than `burst`
+-- intervals (1000 / rate ms each) ahead of now, and each update that
+-- passes moves it one interval on. That is exactly a token bucket of
+-- `burst` tokens refilled at `rate` per second, without a table per bucket.
 
 local P = { name = "rate_limit", priority = 50 }
 
 local rate, burst = 50, 100
 local overrides = {}
-local NONE = {}      -- a category without overrides
 local exempt = { error = true, summary = true }
-local buckets = {}   -- conversation -> category -> { tokens, last }
-local nbuckets = 0
+local limits = {}    -- category -> { interval_ms, tolerance_ms }, made on first use
+local full_at = {}   -- category -> conversation -> when its bucket is full again (ms)
+local nbuckets, last_prune = 0, 0
 local dropped = 0
 local now_ms = statusgw.now_ms
 
@@ -28,50 +34,52 @@ function P.init(config)
   end
 end
 
--- Forget buckets that have refilled: they hold no information.
+local function limit_of(cat)
+  local o = overrides[cat] or {}
+  local interval = 1000 / (o.rate or rate)
+  local l = { interval, ((o.burst or burst) - 1) * interval }
+  limits[cat] = l
+  full_at[cat] = full_at[cat] or {}
+  return l
+end
+
+-- A bucket whose time has passed is full: the same as no bucket.
 local function prune(now)
-  for conv, cats in pairs(buckets) do
-    for cat, b in pairs(cats) do
-      local o = overrides[cat] or NONE
-      if b.tokens + (now - b.last) * (o.rate or rate) / 1000 >= (o.burst or burst) then
-        cats[cat] = nil
+  for _, convs in pairs(full_at) do
+    for conv, t in pairs(convs) do
+      if t <= now then
+        convs[conv] = nil
         nbuckets = nbuckets - 1
       end
     end
-    if next(cats) == nil then buckets[conv] = nil end
   end
+  last_prune = now
 end
 
 function P.filter(update)
   local cat = update.category
   if exempt[cat] then return nil end
-  local o = overrides[cat] or NONE
-  local r, b = o.rate or rate, o.burst or burst
+  local limit = limits[cat] or limit_of(cat)
   local now = now_ms()
-  local conv = update.conversation_id or "system"
-  local cats = buckets[conv]
-  local bucket = cats and cats[cat]
-  if not bucket then
-    if nbuckets >= 50000 then prune(now) end
-    cats = buckets[conv] or {}
-    buckets[conv] = cats
-    bucket = { tokens = b, last = now }
-    cats[cat] = bucket
+  local conv = update.conversation_id
+  local convs = full_at[cat]
+  local t = convs[conv]
+  if t == nil then
+    if nbuckets >= 50000 and now - last_prune >= 1000 then prune(now) end
     nbuckets = nbuckets + 1
+    t = now
+  elseif t < now then
+    t = now
   end
-  local tokens = bucket.tokens + (now - bucket.last) * r / 1000
-  if tokens > b then tokens = b end
-  bucket.last = now
-  if tokens < 1 then
-    bucket.tokens = tokens
+  if t - now > limit[2] then
     dropped = dropped + 1
     if dropped % 100 == 1 then
       statusgw.log("warn", string.format("rate limit: dropped=%d conversation=%s category=%s",
-        dropped, update.conversation_id or "system", cat))
+        dropped, conv, cat))
     end
     return false
   end
-  bucket.tokens = tokens - 1
+  convs[conv] = t + limit[1]
   return nil
 end
 
