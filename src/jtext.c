@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -459,6 +460,49 @@ size_t sg_json_escape(const char *s, size_t n, char *out)
         unsigned char ch = (unsigned char)s[i];
         if (ch >= 0x20 && ch != '"' && ch != '\\') *p++ = (char)ch;
         else p = put_escaped(p, ch);
+    }
+    *p++ = '"';
+    return (size_t)(p - out);
+}
+
+/* Whether none of 8 bytes needs a second look: no control character, no
+ * quote, no backslash, nothing over 0x7f (bit tricks from "Bit Twiddling
+ * Hacks": a byte under n, a zero byte). */
+static int plain8(const char *s)
+{
+    uint64_t v;
+    memcpy(&v, s, 8);
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+#define HAS_ZERO(x) (((x) - ones) & ~(x) & highs)
+    uint64_t ctl = (v - ones * 0x20) & ~v & highs;
+    return !(ctl | (v & highs) | HAS_ZERO(v ^ (ones * '"')) | HAS_ZERO(v ^ (ones * '\\')));
+#undef HAS_ZERO
+}
+
+size_t sg_json_escape_utf8(const char *s, size_t n, char *out)
+{
+    char *p = out;
+    *p++ = '"';
+    size_t i = 0;
+    while (i < n) {
+        if (n - i >= 8 && plain8(s + i)) {
+            memcpy(p, s + i, 8);
+            p += 8;
+            i += 8;
+            continue;
+        }
+        unsigned char ch = (unsigned char)s[i];
+        if (ch >= 0x80) {
+            size_t l = utf8_len((const unsigned char *)s + i, n - i);
+            if (!l) return 0;
+            memcpy(p, s + i, l);
+            p += l;
+            i += l;
+            continue;
+        }
+        if (ch >= 0x20 && ch != '"' && ch != '\\') *p++ = (char)ch;
+        else p = put_escaped(p, ch);
+        i++;
     }
     *p++ = '"';
     return (size_t)(p - out);

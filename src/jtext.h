@@ -51,6 +51,9 @@ const char *sg_memfind(const char *h, size_t hl, const char *n, size_t nl);
  * in h ignoring ASCII case: one pass over h for all of them. */
 int sg_memfind_any_ci(const char *h, size_t hl, char *const *words, const size_t *lens, int count);
 
+/* The same for bytes not yet known to be UTF-8: 0 when they are not. */
+size_t sg_json_escape_utf8(const char *s, size_t n, char *out);
+
 /* The decimal digits of v into out (room for 21 bytes); returns their count. */
 size_t sg_fmt_int(long long v, char *out);
 

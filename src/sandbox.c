@@ -611,30 +611,49 @@ void sg_lua_set_lazy_metadata(lua_State *L, int t, const char *json, size_t n)
         static const luaL_Reg mt[] = {
             {"__index", lazy_index}, {"__newindex", lazy_newindex}, {"__pairs", lazy_pairs}, {NULL, NULL}};
         luaL_newlib(L, mt);
+        /* the plugin cannot swap it out from under the hidden text */
+        lua_pushboolean(L, 0);
+        lua_setfield(L, -2, "__metatable");
         lua_pushvalue(L, -1);
         lua_rawsetp(L, LUA_REGISTRYINDEX, &lazy_mt_key);
     }
     lua_setmetatable(L, t);
 }
 
+/* Text being written: in the inline room until it outgrows it. */
 typedef struct tbuf {
     char *s;
     size_t n, cap;
     int oom;
+    char inl[512];
 } tbuf;
+
+static void tb_init(tbuf *b)
+{
+    b->s = b->inl;
+    b->n = 0;
+    b->cap = sizeof(b->inl);
+    b->oom = 0;
+}
+
+static void tb_free(tbuf *b)
+{
+    if (b->s != b->inl) free(b->s);
+}
 
 /* Room for k more bytes. */
 static char *tb_room(tbuf *b, size_t k)
 {
     if (b->n + k > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
+        size_t cap = b->cap;
         while (cap < b->n + k)
             cap *= 2;
-        char *s = realloc(b->s, cap);
+        char *s = b->s == b->inl ? malloc(cap) : realloc(b->s, cap);
         if (!s) {
             b->oom = 1;
             return NULL;
         }
+        if (b->s == b->inl) memcpy(s, b->inl, b->n);
         b->s = s;
         b->cap = cap;
     }
@@ -652,13 +671,14 @@ static int tb_put(tbuf *b, const char *s, size_t k)
 
 static int tb_string(tbuf *b, const char *s, size_t k, char *err, size_t errlen)
 {
-    if (!sg_utf8_valid(s, k)) {
+    char *o = tb_room(b, 6 * k + 2);
+    if (!o) return -1;
+    size_t w = sg_json_escape_utf8(s, k, o);
+    if (!w) {
         snprintf(err, errlen, "a string is not valid UTF-8");
         return -1;
     }
-    char *o = tb_room(b, 6 * k + 2);
-    if (!o) return -1;
-    b->n += sg_json_escape(s, k, o);
+    b->n += w;
     return 0;
 }
 
@@ -675,7 +695,8 @@ static int table_text(lua_State *L, int idx, int depth, tbuf *b, const char *laz
 {
     lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
     size_t count = 0;
-    int string_keys = lazy != NULL;
+    /* no t[1]: not a list, so an object (or an error the loop reports) */
+    int string_keys = lazy != NULL || n == 0;
     /* a table whose first key is a string is an object (or an error, which
      * the loop below reports): no need to count its keys first */
     if (!string_keys) {
@@ -779,7 +800,11 @@ static int to_text(lua_State *L, int idx, int depth, tbuf *b, char *err, size_t 
          * it is, with no decoding and encoding again */
         const char *lazy = NULL;
         size_t lazy_n = 0;
-        int hidden = lua_rawgetp(L, idx, &lazy_text_key) == LUA_TSTRING;
+        /* only updates hold the hidden text, and they keep their (protected) metatable */
+        int hidden = lua_getmetatable(L, idx);
+        if (hidden) lua_pop(L, 1);
+        if (hidden) hidden = lua_rawgetp(L, idx, &lazy_text_key) == LUA_TSTRING;
+        else lua_pushnil(L); /* where the text would be */
         if (hidden) {
             lua_pushliteral(L, "metadata");
             if (lua_rawget(L, idx) == LUA_TNIL) lazy = lua_tolstring(L, -2, &lazy_n);
@@ -799,19 +824,37 @@ static int to_text(lua_State *L, int idx, int depth, tbuf *b, char *err, size_t 
     return -1;
 }
 
+/* The value at idx as JSON text in b; 0, or -1 with err. */
+static int encode(lua_State *L, int idx, tbuf *b, char *err, size_t errlen)
+{
+    tb_init(b);
+    int rc = to_text(L, idx, 0, b, err, errlen);
+    if (rc < 0 && b->oom) snprintf(err, errlen, "out of memory");
+    return rc;
+}
+
 char *sg_lua_to_json_text(lua_State *L, int idx, size_t *len, char *err, size_t errlen)
 {
-    tbuf b = {0};
-    int rc = to_text(L, idx, 0, &b, err, errlen);
-    if (rc == 0 && !tb_room(&b, 1)) rc = -1;
-    if (rc < 0) {
-        if (b.oom) snprintf(err, errlen, "out of memory");
-        free(b.s);
+    tbuf b;
+    if (encode(L, idx, &b, err, errlen) < 0) {
+        tb_free(&b);
         return NULL;
     }
-    b.s[b.n] = 0;
+    char *s = b.s;
+    if (s == b.inl) { /* 64 bytes to spare: callers append a little */
+        s = malloc(b.n + 65);
+        if (s) memcpy(s, b.inl, b.n);
+    } else if (!tb_room(&b, 1)) {
+        s = NULL;
+    }
+    if (!s) {
+        tb_free(&b);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    s[b.n] = 0;
     *len = b.n;
-    return b.s;
+    return s;
 }
 
 /* ---- host API ---- */
@@ -854,11 +897,13 @@ static int api_json_encode(lua_State *L)
 {
     char err[160];
     luaL_checkany(L, 1);
-    size_t n;
-    char *s = sg_lua_to_json_text(L, 1, &n, err, sizeof(err));
-    if (!s) return luaL_error(L, "json.encode: %s", err);
-    lua_pushlstring(L, s, n);
-    free(s);
+    tbuf b;
+    if (encode(L, 1, &b, err, sizeof(err)) < 0) {
+        tb_free(&b);
+        return luaL_error(L, "json.encode: %s", err);
+    }
+    lua_pushlstring(L, b.s, b.n);
+    tb_free(&b);
     return 1;
 }
 

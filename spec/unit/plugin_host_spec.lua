@@ -1,5 +1,6 @@
 -- The plugin host itself: sandbox, limits, faults, ordering, reload, API.
 local ph = require("plugin_host")
+local cjson = require("cjson")
 
 local function upd(t) t.category = t.category or "info"; t.text = t.text or "x"; return t end
 
@@ -51,6 +52,32 @@ describe("plugin sandbox", function()
   end)
 end)
 
+describe("statusgw.json.encode", function()
+  it("writes escapes, UTF-8 and long strings as jansson does, and refuses bytes that are not UTF-8", function()
+    local host = ph.host({ ["enc.lua"] = [[
+      local P = {}
+      function P.filter(u)
+        local long = string.rep('quote " backslash \\ tab \t é ✓ ', 100)
+        local ok, err = pcall(statusgw.json.encode, { bad = "\xff" })
+        u.metadata = {
+          short = statusgw.json.encode({ s = 'a"b\\c\n\1é' }),
+          long = statusgw.json.encode({ long }),
+          back = statusgw.json.decode(statusgw.json.encode({ long }))[1] == long,
+          list = statusgw.json.encode({ 1, 2, { x = {} } }),
+          bad = not ok and err or "accepted",
+        }
+        return u
+      end
+      return P ]] })
+    local _, u = host:filter(upd({}))
+    assert.equal('{"s":"a\\"b\\\\c\\n\\u0001é"}', u.metadata.short)
+    assert.equal(cjson.encode({ string.rep('quote " backslash \\ tab \t é ✓ ', 100) }), u.metadata.long)
+    assert.is_true(u.metadata.back)
+    assert.equal('[1,2,{"x":{}}]', u.metadata.list)
+    assert.matches("not valid UTF%-8", u.metadata.bad)
+  end)
+end)
+
 describe("the update a plugin sees", function()
   -- Metadata reaches a plugin as text and is decoded on first use; every
   -- way of looking at it must see the same table a plain decode would.
@@ -88,6 +115,20 @@ describe("the update a plugin sees", function()
     local removed = run("u.metadata = nil; u.text = tostring(u.metadata); return u")
     assert.equal("nil", removed.text)
     assert.is_nil(removed.metadata)
+  end)
+
+  it("keeps the update's metatable: a plugin cannot strip it from under the undecoded metadata", function()
+    local host = ph.host({ ["strip.lua"] = [[
+      local P = {}
+      function P.filter(u) setmetatable(u, nil) u.text = "changed" return u end
+      return P ]] })
+    local keep, u = host:filter(upd({ text = "original", metadata = { a = 1 } }))
+    assert.is_true(keep)
+    assert.equal("original", u.text)
+    assert.same({ a = 1 }, u.metadata)
+    local c, p = counters(host, "strip")
+    assert.equal(1, c.errors)
+    assert.matches("protected metatable", p.last_error)
   end)
 
   it("keeps metadata it never touched when it returns the update", function()
