@@ -41,7 +41,7 @@ end
 -- call), so long strings are cut in place.
 local function truncate_params(params)
   if type(params) ~= "table" then return params end
-  for k, v in pairs(params) do
+  for k, v in next, params do
     if type(v) == "string" and #v > MAX_PARAM then
       params[k] = v:sub(1, MAX_PARAM) .. "..."
     end

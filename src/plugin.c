@@ -26,6 +26,7 @@ struct sg_plugin {
     size_t *when_len;
     int n_when;
     json_t *builders, *subscriber_filters, *webhooks; /* names, for lookups */
+    struct { int ref, nargs; } *builder_fns; /* by the index of builders' names */
     int agg_interval_ms; /* 0: no aggregator */
     int states_ref, dirty_ref;
     struct event *agg_ev;
@@ -191,6 +192,7 @@ static void plugin_free(sg_plugin *p)
     if (p->agg_ev) event_free(p->agg_ev);
     sg_sandbox_free(p->sb);
     json_decref(p->builders);
+    free(p->builder_fns);
     json_decref(p->subscriber_filters);
     json_decref(p->webhooks);
     for (int i = 0; i < p->n_when; i++)
@@ -212,6 +214,29 @@ static int emit_trampoline(void *arg, json_t *u, const char *plugin, char *err, 
         return -1;
     }
     return pm->emit(pm->emit_arg, u, plugin, err, errlen);
+}
+
+/* Keep a reference to each builder function, and whether it takes the
+ * update too: what a plugin provides is read once, after init, as its
+ * filter is. */
+static int load_builders(sg_plugin *p, lua_State *L, int P)
+{
+    size_t n = json_array_size(p->builders);
+    if (n == 0) return 0;
+    p->builder_fns = calloc(n, sizeof(*p->builder_fns));
+    if (!p->builder_fns) return -1;
+    raw_field(L, P, "builders");
+    for (size_t i = 0; i < n; i++) {
+        raw_field(L, -1, json_string_value(json_array_get(p->builders, i)));
+        lua_Debug ar;
+        lua_pushvalue(L, -1);
+        lua_getinfo(L, ">u", &ar);
+        /* most builders declare only (args): then the update is not built */
+        p->builder_fns[i].nargs = ar.nparams >= 2 || ar.isvararg ? 2 : 1;
+        p->builder_fns[i].ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    lua_pop(L, 1);
+    return 0;
 }
 
 /* P.filter_when: a list of words; the filter is called only for updates
@@ -367,6 +392,10 @@ static sg_plugin *plugin_load(sg_plugins *pm, const char *path, const sg_config 
         !(p->subscriber_filters = names_of(L, P, "subscriber_filters", why, sizeof(why), 0)) ||
         !(p->webhooks = names_of(L, P, "webhooks", why, sizeof(why), 1))) {
         snprintf(err, errlen, "%s: %s", base, why);
+        goto fail_pop;
+    }
+    if (load_builders(p, L, P) < 0) {
+        snprintf(err, errlen, "%s: out of memory", base);
         goto fail_pop;
     }
     int t = raw_field(L, P, "filter");
@@ -584,15 +613,25 @@ json_t *sg_plugins_reload(sg_plugins *pm)
 
 /* ---- builders ---- */
 
-static sg_plugin *find_named(const sg_plugins *pm, size_t off, const char *name)
+static sg_plugin *find_named_at(const sg_plugins *pm, size_t off, const char *name, size_t *at)
 {
     for (int i = 0; pm && i < pm->n; i++) {
         json_t *names = *(json_t **)((char *)pm->list[i] + off);
         size_t k;
         json_t *v;
-        json_array_foreach(names, k, v) if (strcmp(json_string_value(v), name) == 0) return pm->list[i];
+        json_array_foreach(names, k, v) {
+            if (strcmp(json_string_value(v), name) == 0) {
+                if (at) *at = k;
+                return pm->list[i];
+            }
+        }
     }
     return NULL;
+}
+
+static sg_plugin *find_named(const sg_plugins *pm, size_t off, const char *name)
+{
+    return find_named_at(pm, off, name, NULL);
 }
 
 void sg_plugins_push_draft(lua_State *L, const sg_draft *d)
@@ -687,20 +726,13 @@ int sg_plugins_build(sg_plugins *pm, const sg_draft *d, char **metadata, size_t 
 {
     *metadata = *text = NULL;
     *mlen = *tlen = 0;
-    sg_plugin *p = find_named(pm, offsetof(sg_plugin, builders), d->builder);
+    size_t at;
+    sg_plugin *p = find_named_at(pm, offsetof(sg_plugin, builders), d->builder, &at);
     if (!p) return SG_BUILD_UNKNOWN;
     if (p->disabled) return SG_BUILD_FAILED;
     lua_State *L = sg_sandbox_state(p->sb);
-    if (push_field(p, "builders", d->builder) != LUA_TFUNCTION) {
-        lua_pop(L, 1);
-        garbage(p, d->builder, "the builder is no longer a function");
-        return SG_BUILD_FAILED;
-    }
-    /* most builders declare only (args): then the update is not built */
-    lua_Debug ar;
-    lua_pushvalue(L, -1);
-    lua_getinfo(L, ">u", &ar);
-    int nargs = ar.nparams >= 2 || ar.isvararg ? 2 : 1;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, p->builder_fns[at].ref);
+    int nargs = p->builder_fns[at].nargs;
     if (d->args) sg_lua_push_json_text(L, d->args, d->args_len); else lua_newtable(L);
     if (nargs == 2) sg_plugins_push_draft(L, d);
     if (call(p, nargs, 2, d->builder) != SG_SB_OK) return SG_BUILD_FAILED;
