@@ -461,7 +461,7 @@ static void handle_bulk(sg_conn *c, sg_req *r)
     ob_put(&b, "\"results\":[", 11);
     for (size_t i = 0; i < n; i++) {
         if (i) ob_put(&b, ",", 1);
-        if (items[i].rc == 0 && run.replies.s) {
+        if (items[i].rc == 0 && items[i].reply_len > 0) {
             accepted++;
             ob_put(&b, run.replies.s + items[i].reply_off, items[i].reply_len);
             continue;

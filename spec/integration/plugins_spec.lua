@@ -144,6 +144,31 @@ describe("shipped plugins in the daemon", function()
     assert.equal("m", h.updates[2].metadata.model)
   end)
 
+  it("takes a bulk request through the plugins together, answering per item in input order", function()
+    local items = {
+      { conversation_id = "bulk-plug", category = "info", text = "1" },
+      { conversation_id = "bulk-plug", category = "tool", text = "2", builder = "tool", args = { tool_name = "t" } },
+      { conversation_id = "bulk-plug", category = "info", text = "3 sk-abcdefghijklmnop" },
+      { conversation_id = "bulk-plug", category = "nope", text = "4" },
+      { conversation_id = "bulk-plug", category = "info", text = "5" },
+      { conversation_id = "bulk-plug", category = "info", text = "6" }, -- the fourth info: over burst 3
+      { conversation_id = "bulk-plug", category = "tool", text = "7", builder = "nope" },
+    }
+    local st, r = gw_.request(gw, "POST", "/api/v1/status/bulk", items)
+    assert.equal(202, st)
+    assert.equal(5, r.accepted) -- the dropped one counts as accepted: it was answered 202
+    assert.equal(2, r.rejected)
+    local res = r.results
+    assert.same({ 1, 2, 3 }, { res[1].seq, res[2].seq, res[3].seq })
+    assert.equal("invalid_category", res[4].error.code)
+    assert.equal(4, res[5].seq)
+    assert.equal("rate_limit", res[6].dropped_by)
+    assert.equal("unknown_builder", res[7].error.code)
+    local _, h = gw_.request(gw, "GET", "/api/v1/conversations/bulk-plug/history")
+    assert.equal("t", h.updates[2].metadata.tool)
+    assert.equal("3 [REDACTED]", h.updates[3].text)
+  end)
+
   it("answers many connections' publishes of one loop turn, each on its own connection", function()
     local conns = {}
     for i = 1, 20 do
