@@ -452,18 +452,6 @@ int sg_jtext_value(sg_jtext *j)
     }
 }
 
-size_t sg_json_escape(const char *s, size_t n, char *out)
-{
-    char *p = out;
-    *p++ = '"';
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (ch >= 0x20 && ch != '"' && ch != '\\') *p++ = (char)ch;
-        else p = put_escaped(p, ch);
-    }
-    *p++ = '"';
-    return (size_t)(p - out);
-}
 
 /* Whether none of 8 bytes needs a second look: no control character, no
  * quote, no backslash, nothing over 0x7f (bit tricks from "Bit Twiddling
@@ -479,7 +467,9 @@ static int plain8(const char *s)
 #undef HAS_ZERO
 }
 
-size_t sg_json_escape_utf8(const char *s, size_t n, char *out)
+/* s as a JSON string into out; check: refuse bytes that are not UTF-8
+ * (returns 0), else copy bytes over 0x7f as they are. */
+static size_t escape(const char *s, size_t n, char *out, int check)
 {
     char *p = out;
     *p++ = '"';
@@ -492,7 +482,7 @@ size_t sg_json_escape_utf8(const char *s, size_t n, char *out)
             continue;
         }
         unsigned char ch = (unsigned char)s[i];
-        if (ch >= 0x80) {
+        if (ch >= 0x80 && check) {
             size_t l = utf8_len((const unsigned char *)s + i, n - i);
             if (!l) return 0;
             memcpy(p, s + i, l);
@@ -506,6 +496,16 @@ size_t sg_json_escape_utf8(const char *s, size_t n, char *out)
     }
     *p++ = '"';
     return (size_t)(p - out);
+}
+
+size_t sg_json_escape(const char *s, size_t n, char *out)
+{
+    return escape(s, n, out, 0);
+}
+
+size_t sg_json_escape_utf8(const char *s, size_t n, char *out)
+{
+    return escape(s, n, out, 1);
 }
 
 size_t sg_fmt_int(long long v, char *out)
@@ -527,47 +527,42 @@ size_t sg_fmt_int(long long v, char *out)
 /* ---- substring search ----
  *
  * Filters probe every update for a dozen short words, so the search looks
- * at 16 places per step: a place is a candidate only when both the
- * needle's first and last bytes match there (W. Mula's SIMD-friendly
- * search); candidates are checked byte by byte. fold is 0x20 to ignore
- * ASCII case (the needle is lowercase), 0 for exact bytes. */
+ * at 16 places per step: a place is a candidate only when the needle's
+ * first and last bytes (first two, for several words at once) match there
+ * (W. Mula's SIMD-friendly search); candidates are checked byte by byte. */
 
-static inline unsigned char fold_byte(unsigned char c, unsigned char fold)
+/* Whether h starts with the lowercase n, ignoring ASCII case. */
+static int same_at_ci(const char *h, const char *n, size_t nl)
 {
-    return fold && (unsigned char)(c - 'A') < 26u ? (unsigned char)(c | 0x20) : c;
-}
-
-static int same_at(const char *h, const char *n, size_t nl, unsigned char fold)
-{
-    for (size_t i = 0; i < nl; i++)
-        if (fold_byte((unsigned char)h[i], fold) != (unsigned char)n[i]) return 0;
+    for (size_t i = 0; i < nl; i++) {
+        unsigned char c = (unsigned char)h[i];
+        if ((unsigned char)(c - 'A') < 26u) c |= 0x20;
+        if (c != (unsigned char)n[i]) return 0;
+    }
     return 1;
 }
 
-static const char *find_short(const char *h, size_t hl, const char *n, size_t nl,
-                              unsigned char fold)
+static const char *find_short(const char *h, size_t hl, const char *n, size_t nl)
 {
     if (nl == 0) return h;
     if (nl > hl) return NULL;
     size_t i = 0, last = hl - nl; /* the places are 0..last */
 #ifdef __SSE2__
-    /* with fold, OR-ing 0x20 into both sides lets 'A' meet 'a' (and some
-     * non-letters meet each other: same_at sorts those out) */
-    const __m128i f = _mm_set1_epi8((char)(n[0] | fold)), l = _mm_set1_epi8((char)(n[nl - 1] | fold));
-    const __m128i bit = _mm_set1_epi8((char)fold);
+    const __m128i f = _mm_set1_epi8(n[0]), l = _mm_set1_epi8(n[nl - 1]);
     for (; i + 15 <= last; i += 16) {
-        __m128i a = _mm_or_si128(_mm_loadu_si128((const __m128i *)(h + i)), bit);
-        __m128i b = _mm_or_si128(_mm_loadu_si128((const __m128i *)(h + i + nl - 1)), bit);
+        __m128i a = _mm_loadu_si128((const __m128i *)(h + i));
+        __m128i b = _mm_loadu_si128((const __m128i *)(h + i + nl - 1));
         unsigned m = (unsigned)_mm_movemask_epi8(_mm_and_si128(_mm_cmpeq_epi8(a, f), _mm_cmpeq_epi8(b, l)));
         while (m) {
             size_t k = i + (size_t)__builtin_ctz(m);
-            if (same_at(h + k, n, nl, fold)) return h + k;
+            if (memcmp(h + k + 1, n + 1, nl - 2) == 0) return h + k;
             m &= m - 1;
         }
     }
 #endif
     for (; i <= last; i++)
-        if (same_at(h + i, n, nl, fold)) return h + i;
+        if (h[i] == n[0] && h[i + nl - 1] == n[nl - 1] && memcmp(h + i + 1, n + 1, nl - 2) == 0)
+            return h + i;
     return NULL;
 }
 
@@ -575,7 +570,7 @@ const char *sg_memfind(const char *h, size_t hl, const char *n, size_t nl)
 {
     if (nl == 1) return memchr(h, n[0], hl);
     if (nl > 32) return memmem(h, hl, n, nl);
-    return find_short(h, hl, n, nl, 0);
+    return find_short(h, hl, n, nl);
 }
 
 /* The words' first two bytes are tested at 16 places per step, the two
@@ -602,7 +597,7 @@ int sg_memfind_any_ci(const char *h, size_t hl, char *const *words, const size_t
                 unsigned bits = (unsigned)_mm_movemask_epi8(m);
                 while (bits) {
                     size_t k = i + (size_t)__builtin_ctz(bits);
-                    if (k + lens[w] <= hl && same_at(h + k, words[w], lens[w], 0x20)) return 1;
+                    if (k + lens[w] <= hl && same_at_ci(h + k, words[w], lens[w])) return 1;
                     bits &= bits - 1;
                 }
             }
@@ -611,6 +606,6 @@ int sg_memfind_any_ci(const char *h, size_t hl, char *const *words, const size_t
 #endif
     for (; i < hl; i++)
         for (int w = 0; w < count; w++)
-            if (i + lens[w] <= hl && same_at(h + i, words[w], lens[w], 0x20)) return 1;
+            if (i + lens[w] <= hl && same_at_ci(h + i, words[w], lens[w])) return 1;
     return 0;
 }
