@@ -526,9 +526,8 @@ size_t sg_fmt_int(long long v, char *out)
 
 /* ---- substring search ----
  *
- * Filters probe every update for a dozen short words, so the search looks
- * at 16 places per step: a place is a candidate only when the needle's
- * first and last bytes (first two, for several words at once) match there
+ * string.find with a plain needle looks at 16 places per step: a place is
+ * a candidate only when the needle's first and last bytes match there
  * (W. Mula's SIMD-friendly search); candidates are checked byte by byte. */
 
 /* Whether h starts with the lowercase n, ignoring ASCII case. */
@@ -573,39 +572,177 @@ const char *sg_memfind(const char *h, size_t hl, const char *n, size_t nl)
     return find_short(h, hl, n, nl);
 }
 
-/* The words' first two bytes are tested at 16 places per step, the two
- * loads and the case folding shared by all of them; a one-byte word needs
- * only the first. Candidates are checked byte by byte. */
-int sg_memfind_any_ci(const char *h, size_t hl, char *const *words, const size_t *lens, int count)
+/* ---- word sets: is any of a few dozen words in this text? ----
+ *
+ * Hyperscan's "Teddy": the words are spread over 8 buckets, and each of a
+ * word's first three bytes (case folded) sets its bucket's bit in a table
+ * per byte position. A place in the text is a candidate for a bucket only
+ * when its three bytes all carry that bucket's bit, so most places are
+ * ruled out for every word at once, 16 at a time with SSSE3 (the bytes'
+ * two nibbles index two 16-entry tables through PSHUFB), one at a time
+ * with 256-entry tables otherwise. Candidates are checked byte by byte. */
+
+enum { WS_FP = 3, WS_BUCKETS = 8 };
+
+struct sg_wordset {
+    unsigned char lo[WS_FP][16], hi[WS_FP][16]; /* by nibble, for PSHUFB */
+    unsigned char byte[WS_FP][256];             /* by byte, for the scalar loop */
+    int count;
+    char **words;  /* lowercase */
+    size_t *lens;
+    unsigned char bucket_of[SG_WORDSET_MAX];
+};
+
+static int simd_allowed = 1;
+
+void sg_wordset_simd(int on)
 {
-    size_t i = 0;
-#ifdef __SSE2__
-    enum { MAXW = 32 };
-    if (count <= MAXW && hl >= 17) {
-        __m128i f[MAXW], s[MAXW];
-        const __m128i bit = _mm_set1_epi8(0x20);
-        for (int w = 0; w < count; w++) {
-            f[w] = _mm_set1_epi8((char)(words[w][0] | 0x20));
-            s[w] = _mm_set1_epi8((char)((lens[w] > 1 ? words[w][1] : 0) | 0x20));
+    simd_allowed = on;
+}
+
+sg_wordset *sg_wordset_new(char *const *words, const size_t *lens, int count)
+{
+    if (count < 1 || count > SG_WORDSET_MAX) return NULL;
+    sg_wordset *ws = calloc(1, sizeof(*ws));
+    if (!ws) return NULL;
+    ws->words = calloc((size_t)count, sizeof(*ws->words));
+    ws->lens = calloc((size_t)count, sizeof(*ws->lens));
+    if (!ws->words || !ws->lens) goto fail;
+    for (int w = 0; w < count; w++) {
+        if (lens[w] < 1) goto fail;
+        if (!(ws->words[w] = malloc(lens[w] + 1))) goto fail;
+        ws->count++;
+        for (size_t k = 0; k < lens[w]; k++) {
+            unsigned char c = (unsigned char)words[w][k];
+            ws->words[w][k] = (char)((unsigned)(c - 'A') < 26u ? c | 0x20 : c);
         }
-        for (; i + 17 <= hl; i += 16) {
-            __m128i a = _mm_or_si128(_mm_loadu_si128((const __m128i *)(h + i)), bit);
-            __m128i b = _mm_or_si128(_mm_loadu_si128((const __m128i *)(h + i + 1)), bit);
-            for (int w = 0; w < count; w++) {
-                __m128i m = _mm_cmpeq_epi8(a, f[w]);
-                if (lens[w] > 1) m = _mm_and_si128(m, _mm_cmpeq_epi8(b, s[w]));
-                unsigned bits = (unsigned)_mm_movemask_epi8(m);
-                while (bits) {
-                    size_t k = i + (size_t)__builtin_ctz(bits);
-                    if (k + lens[w] <= hl && same_at_ci(h + k, words[w], lens[w])) return 1;
-                    bits &= bits - 1;
-                }
+        ws->words[w][lens[w]] = 0;
+        ws->lens[w] = lens[w];
+        unsigned char bit = (unsigned char)(1u << (w % WS_BUCKETS));
+        ws->bucket_of[w] = (unsigned char)(w % WS_BUCKETS);
+        for (int f = 0; f < WS_FP; f++) {
+            if ((size_t)f >= lens[w]) { /* a short word: any byte here */
+                for (int c = 0; c < 256; c++) ws->byte[f][c] |= bit;
+                for (int x = 0; x < 16; x++) ws->lo[f][x] |= bit, ws->hi[f][x] |= bit;
+                continue;
             }
+            /* the text is folded by setting bit 0x20 of every byte, so a
+             * word's byte is looked up folded the same way */
+            unsigned char c = (unsigned char)(ws->words[w][f] | 0x20);
+            ws->byte[f][c] |= bit;
+            ws->lo[f][c & 15] |= bit;
+            ws->hi[f][c >> 4] |= bit;
         }
     }
-#endif
-    for (; i < hl; i++)
-        for (int w = 0; w < count; w++)
-            if (i + lens[w] <= hl && same_at_ci(h + i, words[w], lens[w])) return 1;
+    return ws;
+fail:
+    sg_wordset_free(ws);
+    return NULL;
+}
+
+void sg_wordset_free(sg_wordset *ws)
+{
+    if (!ws) return;
+    for (int w = 0; w < ws->count; w++)
+        free(ws->words[w]);
+    free(ws->words);
+    free(ws->lens);
+    free(ws);
+}
+
+int sg_wordset_count(const sg_wordset *ws)
+{
+    return ws->count;
+}
+
+const char *sg_wordset_word(const sg_wordset *ws, int i, size_t *len)
+{
+    *len = ws->lens[i];
+    return ws->words[i];
+}
+
+/* Whether a word of one of the buckets in mask starts at h + k. */
+static int ws_check(const sg_wordset *ws, const char *h, size_t hl, size_t k, unsigned mask)
+{
+    for (int w = 0; w < ws->count; w++)
+        if ((mask >> ws->bucket_of[w] & 1) && k + ws->lens[w] <= hl &&
+            same_at_ci(h + k, ws->words[w], ws->lens[w]))
+            return 1;
     return 0;
+}
+
+static int ws_find_scalar(const sg_wordset *ws, const char *h, size_t hl)
+{
+    const unsigned char *u = (const unsigned char *)h;
+    for (size_t k = 0; k < hl; k++) {
+        unsigned m = ws->byte[0][u[k] | 0x20];
+        if (!m) continue;
+        /* past the end, any byte: the check has the last word */
+        if (k + 1 < hl) m &= ws->byte[1][u[k + 1] | 0x20];
+        if (m && k + 2 < hl) m &= ws->byte[2][u[k + 2] | 0x20];
+        if (m && ws_check(ws, h, hl, k, m)) return 1;
+    }
+    return 0;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <tmmintrin.h>
+
+/* The buckets that may start at each of the 16 places from p. */
+__attribute__((target("ssse3"))) static inline __m128i ws_step(const sg_wordset *ws, const char *p)
+{
+    const __m128i nib = _mm_set1_epi8(0x0f), fold = _mm_set1_epi8(0x20);
+    __m128i m = _mm_set1_epi8(-1);
+    for (int f = 0; f < WS_FP; f++) {
+        __m128i v = _mm_or_si128(_mm_loadu_si128((const __m128i *)(p + f)), fold);
+        __m128i lo = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)ws->lo[f]), _mm_and_si128(v, nib));
+        __m128i hi = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)ws->hi[f]),
+                                      _mm_and_si128(_mm_srli_epi16(v, 4), nib));
+        m = _mm_and_si128(m, _mm_and_si128(lo, hi));
+    }
+    return m;
+}
+
+/* Check the candidates of one step at h + at; 1 when a word is there. */
+__attribute__((target("ssse3"))) static int ws_step_check(const sg_wordset *ws, __m128i m,
+                                                          const char *h, size_t hl, size_t at)
+{
+    unsigned any = 0xffffu & ~(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(m, _mm_setzero_si128()));
+    if (!any) return 0;
+    unsigned char b[16];
+    _mm_storeu_si128((__m128i *)b, m);
+    while (any) {
+        int k = __builtin_ctz(any);
+        if (ws_check(ws, h, hl, at + (size_t)k, b[k])) return 1;
+        any &= any - 1;
+    }
+    return 0;
+}
+
+__attribute__((target("ssse3"))) static int ws_find_ssse3(const sg_wordset *ws, const char *h, size_t hl)
+{
+    size_t i = 0;
+    /* a step reads 16 + 2 bytes */
+    for (; i + 16 + WS_FP - 1 <= hl; i += 16)
+        if (ws_step_check(ws, ws_step(ws, h + i), h, hl, i)) return 1;
+    if (i >= hl) return 0;
+    /* the last places, from a padded copy: their words end inside it */
+    char tail[16 + 16 + WS_FP];
+    size_t n = hl - i;
+    memset(tail, 0, sizeof(tail));
+    memcpy(tail, h + i, n);
+    for (size_t j = 0; j < n; j += 16)
+        if (ws_step_check(ws, ws_step(ws, tail + j), tail, n, j)) return 1;
+    return 0;
+}
+#endif
+
+int sg_wordset_find(const sg_wordset *ws, const char *h, size_t hl)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    static int ssse3 = -1;
+    if (ssse3 < 0) ssse3 = __builtin_cpu_supports("ssse3");
+    if (ssse3 && simd_allowed) return ws_find_ssse3(ws, h, hl);
+#endif
+    return ws_find_scalar(ws, h, hl);
 }

@@ -47,9 +47,19 @@ size_t sg_json_escape(const char *s, size_t n, char *out);
  * memmem, which is linear on any input. */
 const char *sg_memfind(const char *h, size_t hl, const char *n, size_t nl);
 
-/* Whether any of the count words (lowercase, 1 to 32 bytes each) occurs
- * in h ignoring ASCII case: one pass over h for all of them. */
-int sg_memfind_any_ci(const char *h, size_t hl, char *const *words, const size_t *lens, int count);
+/* A set of 1 to SG_WORDSET_MAX words (any bytes but NUL), for asking
+ * whether any of them occurs in a text, ignoring ASCII case: one pass over
+ * the text for all of them. NULL when out of memory or count is out of
+ * range. The words are kept lowercase. */
+#define SG_WORDSET_MAX 32
+typedef struct sg_wordset sg_wordset;
+sg_wordset *sg_wordset_new(char *const *words, const size_t *lens, int count);
+void sg_wordset_free(sg_wordset *ws);
+int sg_wordset_find(const sg_wordset *ws, const char *h, size_t hl);
+int sg_wordset_count(const sg_wordset *ws);
+const char *sg_wordset_word(const sg_wordset *ws, int i, size_t *len);
+/* Specs: 0 to use the portable loop even where SSSE3 is there. */
+void sg_wordset_simd(int on);
 
 /* The same for bytes not yet known to be UTF-8: 0 when they are not. */
 size_t sg_json_escape_utf8(const char *s, size_t n, char *out);

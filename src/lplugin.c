@@ -266,6 +266,13 @@ static int l_check(lua_State *L)
     return 1;
 }
 
+/* simd(false): the word search's portable loop, so specs cover both. */
+static int l_simd(lua_State *L)
+{
+    sg_wordset_simd(lua_toboolean(L, 1));
+    return 0;
+}
+
 int luaopen_statusgw_plugin(lua_State *L)
 {
     char err[128];
@@ -287,7 +294,7 @@ int luaopen_statusgw_plugin(lua_State *L)
     lua_pushcfunction(L, l_gc);
     lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
-    static const luaL_Reg fns[] = {{"host", l_host}, {"check", l_check}, {NULL, NULL}};
+    static const luaL_Reg fns[] = {{"host", l_host}, {"check", l_check}, {"simd", l_simd}, {NULL, NULL}};
     luaL_newlib(L, fns);
     return 1;
 }

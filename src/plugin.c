@@ -22,9 +22,7 @@ struct sg_plugin {
     sg_sandbox *sb;
     int ref;        /* the plugin table */
     int filter_ref; /* P.filter, LUA_NOREF when none */
-    char **when;    /* P.filter_when, lowercase: call filter only for updates holding one */
-    size_t *when_len;
-    int n_when;
+    sg_wordset *when; /* P.filter_when: call filter only for updates holding one */
     json_t *builders, *subscriber_filters, *webhooks; /* names, for lookups */
     struct { int ref, nargs; } *builder_fns; /* by the index of builders' names */
     int agg_interval_ms; /* 0: no aggregator */
@@ -195,10 +193,7 @@ static void plugin_free(sg_plugin *p)
     free(p->builder_fns);
     json_decref(p->subscriber_filters);
     json_decref(p->webhooks);
-    for (int i = 0; i < p->n_when; i++)
-        free(p->when[i]);
-    free(p->when);
-    free(p->when_len);
+    sg_wordset_free(p->when);
     free(p->name);
     free(p->path);
     free(p);
@@ -242,7 +237,7 @@ static int load_builders(sg_plugin *p, lua_State *L, int P)
 /* P.filter_when: a list of words; the filter is called only for updates
  * that hold one of them, ignoring ASCII case. Read after init, so init can
  * set it from the configuration. 0, or -1 with why. */
-#define SG_WHEN_MAX 32 /* words, and bytes in a word */
+#define SG_WHEN_MAX SG_WORDSET_MAX /* words, and bytes in a word */
 
 static int load_when(sg_plugin *p, lua_State *L, int P, char *why, size_t whylen)
 {
@@ -253,20 +248,19 @@ static int load_when(sg_plugin *p, lua_State *L, int P, char *why, size_t whylen
     }
     lua_Integer n = t == LUA_TTABLE ? (lua_Integer)lua_rawlen(L, -1) : 0;
     int ok = n >= 1 && n <= SG_WHEN_MAX && p->filter_ref != LUA_NOREF;
-    if (ok) {
-        p->when = calloc((size_t)n, sizeof(*p->when));
-        p->when_len = calloc((size_t)n, sizeof(*p->when_len));
-        ok = p->when && p->when_len;
-    }
+    char *words[SG_WHEN_MAX];
+    size_t lens[SG_WHEN_MAX];
+    /* the strings stay referenced by the table on the stack meanwhile */
     for (lua_Integer i = 1; ok && i <= n; i++) {
-        size_t len = 0;
-        const char *w = lua_rawgeti(L, -1, i) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
-        ok = w && len >= 1 && len <= SG_WHEN_MAX && !memchr(w, 0, len) &&
-             (p->when[i - 1] = malloc(len + 1));
-        for (size_t k = 0; ok && k <= len; k++)
-            p->when[i - 1][k] = (char)((unsigned char)(w[k] - 'A') < 26u ? w[k] | 0x20 : w[k]);
-        if (ok) p->when_len[p->n_when++] = len;
+        words[i - 1] = lua_rawgeti(L, -1, i) == LUA_TSTRING ? (char *)lua_tolstring(L, -1, &lens[i - 1]) : NULL;
+        ok = words[i - 1] && lens[i - 1] >= 1 && lens[i - 1] <= SG_WHEN_MAX &&
+             !memchr(words[i - 1], 0, lens[i - 1]);
         lua_pop(L, 1);
+    }
+    if (ok && !(p->when = sg_wordset_new(words, lens, (int)n))) {
+        lua_pop(L, 1);
+        snprintf(why, whylen, "out of memory");
+        return -1;
     }
     lua_pop(L, 1);
     if (ok) return 0;
@@ -301,9 +295,9 @@ static int when_matches(const sg_plugin *p, const sg_draft *d)
             all[n++] = 0;
         }
     }
-    if (n < sizeof(all)) return sg_memfind_any_ci(all, n, p->when, p->when_len, p->n_when);
+    if (n < sizeof(all)) return sg_wordset_find(p->when, all, n);
     for (size_t i = 0; i < NPARTS; i++)
-        if (parts[i].s && sg_memfind_any_ci(parts[i].s, parts[i].n, p->when, p->when_len, p->n_when))
+        if (parts[i].s && sg_wordset_find(p->when, parts[i].s, parts[i].n))
             return 1;
     return 0;
 }
@@ -456,10 +450,13 @@ static json_t *describe(const sg_plugin *p)
     else
         json_object_set_new(prov, "aggregator", json_null());
     json_t *when = json_null();
-    if (p->n_when) {
+    if (p->when) {
         when = json_array();
-        for (int i = 0; i < p->n_when; i++)
-            json_array_append_new(when, json_stringn(p->when[i], p->when_len[i]));
+        for (int i = 0; i < sg_wordset_count(p->when); i++) {
+            size_t n;
+            const char *w = sg_wordset_word(p->when, i, &n);
+            json_array_append_new(when, json_stringn(w, n));
+        }
     }
     json_object_set_new(prov, "filter_when", when);
     return json_pack("{s:s, s:s, s:i, s:s, s:o}", "name", p->name, "file", p->path, "priority",
@@ -809,7 +806,7 @@ static int replacement(lua_State *L, const sg_draft *orig, const sg_limits *lim,
 /* One filter over one draft: 1 to keep it (perhaps replaced), 0 to drop it. */
 static int filter_one(sg_plugin *p, sg_draft *d, const sg_limits *lim, uint64_t *clock)
 {
-    if (p->n_when && !when_matches(p, d)) {
+    if (p->when && !when_matches(p, d)) {
         p->skipped++;
         return 1;
     }

@@ -57,7 +57,7 @@ static int one(sg_plugins *pm, const char *body, size_t n, const sg_limits *lim)
     }
     const char *by = NULL;
     int kept = sg_plugins_filter(pm, &d, NULL, &by);
-    if (kept) sg_update_unref(sg_update_new(&d, 1, 0));
+    if (kept) sg_update_unref(sg_update_new(&d, 1, sg_clock_wall_ms()));
     sg_draft_free(&d);
     return kept;
 }

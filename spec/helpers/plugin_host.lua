@@ -34,4 +34,5 @@ function M.host(files, config)
 end
 
 M.check = sgp.check
+M.simd = sgp.simd
 return M
