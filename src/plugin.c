@@ -633,22 +633,16 @@ static sg_plugin *find_named(const sg_plugins *pm, size_t off, const char *name)
 
 void sg_plugins_push_draft(lua_State *L, const sg_draft *d)
 {
-    lua_createtable(L, 0, 6);
+    /* room for the two fields, the hidden block and one filled in */
+    lua_createtable(L, 0, 4);
     lua_pushlstring(L, d->conv_id, d->conv_len);
     lua_setfield(L, -2, "conversation_id");
     lua_pushstring(L, sg_category_name(d->category));
     lua_setfield(L, -2, "category");
-    lua_pushlstring(L, d->text ? d->text : "", d->text_len);
-    lua_setfield(L, -2, "text");
-    if (d->source) {
-        lua_pushlstring(L, d->source, d->source_len);
-        lua_setfield(L, -2, "source");
-    }
-    if (d->idempotency_key) {
-        lua_pushstring(L, d->idempotency_key);
-        lua_setfield(L, -2, "idempotency_key");
-    }
-    if (d->metadata) sg_lua_set_lazy_metadata(L, -1, d->metadata, d->metadata_len);
+    const char *s[4] = {d->text ? d->text : "", d->source, d->idempotency_key, d->metadata};
+    size_t n[4] = {d->text_len, d->source_len,
+                   d->idempotency_key ? strlen(d->idempotency_key) : 0, d->metadata_len};
+    sg_lua_set_lazy(L, -1, s, n);
 }
 
 /* Keys a producer's own metadata cannot override: what builders compute. */

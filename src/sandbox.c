@@ -520,53 +520,91 @@ void sg_lua_push_json_text(lua_State *L, const char *s, size_t n)
     push_text(L, &s, s + n, 0);
 }
 
-/* ---- tables with a field decoded on first use ----
+/* ---- updates with fields filled in on first use ----
  *
- * An update's metadata reaches a plugin as its JSON text under a hidden
- * key; the table's metatable decodes it the first time the plugin reads
- * update.metadata, iterates the update with pairs, or encodes it. Most
- * filters never look at the metadata, and building its tables was most
- * of the cost of calling them. */
+ * An update reaches a plugin with its conversation and category set and
+ * its other fields (text, source, idempotency key, and the metadata as
+ * JSON text) copied into one hidden block; the table's metatable fills a
+ * field in the first time the plugin reads it, and all of them when it
+ * iterates the update with pairs or encodes it. Most filters read two
+ * fields, and making strings (and metadata tables) they never read was
+ * most of the cost of calling them. */
 
-static char lazy_text_key; /* t[&lazy_text_key]: the undecoded text */
-static char lazy_mt_key;   /* registry[&lazy_mt_key]: the metatable */
+enum { LAZY_FIELDS = 4, LAZY_METADATA = 3 };
+static const char *const lazy_names[LAZY_FIELDS] = {"text", "source", "idempotency_key", "metadata"};
+static const size_t lazy_name_len[LAZY_FIELDS] = {4, 6, 15, 8};
+#define LAZY_ABSENT UINT32_MAX
 
-/* Decode t.metadata from its hidden text, unless the plugin has set the
- * field itself meanwhile. */
-static void lazy_materialize(lua_State *L, int t)
+typedef struct lazy_rec {
+    uint32_t len[LAZY_FIELDS]; /* LAZY_ABSENT: the update has no such field */
+    unsigned done;             /* bit f: field f is filled in, or the plugin set it */
+    char data[];               /* the fields end to end */
+} lazy_rec;
+
+static char lazy_key;    /* t[&lazy_key]: the lazy_rec, a full userdata */
+static char lazy_mt_key; /* registry[&lazy_mt_key]: the metatable */
+
+/* The hidden block of the update at t, or NULL. The table keeps it alive. */
+static lazy_rec *lazy_rec_of(lua_State *L, int t)
 {
-    t = lua_absindex(L, t);
-    if (lua_rawgetp(L, t, &lazy_text_key) != LUA_TSTRING) {
+    lazy_rec *r = lua_rawgetp(L, t, &lazy_key) == LUA_TUSERDATA ? lua_touserdata(L, -1) : NULL;
+    lua_pop(L, 1);
+    return r;
+}
+
+static const char *lazy_data(const lazy_rec *r, int f)
+{
+    const char *p = r->data;
+    for (int i = 0; i < f; i++)
+        if (r->len[i] != LAZY_ABSENT) p += r->len[i];
+    return p;
+}
+
+/* Fill field f of the update at t in, unless it is done or the plugin has
+ * set it meanwhile. */
+static void lazy_fill(lua_State *L, int t, lazy_rec *r, int f)
+{
+    if (r->done & 1u << f) return;
+    r->done |= 1u << f;
+    if (r->len[f] == LAZY_ABSENT) return;
+    lua_pushlstring(L, lazy_names[f], lazy_name_len[f]);
+    if (lua_rawget(L, t) != LUA_TNIL) {
         lua_pop(L, 1);
         return;
     }
-    size_t n;
-    const char *s = lua_tolstring(L, -1, &n);
-    lua_pushliteral(L, "metadata");
-    if (lua_rawget(L, t) == LUA_TNIL) {
-        lua_pop(L, 1);
-        lua_pushliteral(L, "metadata");
-        push_text(L, &s, s + n, 0);
-        lua_rawset(L, t);
-    } else {
-        lua_pop(L, 1);
-    }
     lua_pop(L, 1);
-    lua_pushnil(L);
-    lua_rawsetp(L, t, &lazy_text_key);
+    lua_pushlstring(L, lazy_names[f], lazy_name_len[f]);
+    const char *s = lazy_data(r, f);
+    if (f == LAZY_METADATA) push_text(L, &s, s + r->len[f], 0);
+    else lua_pushlstring(L, s, r->len[f]);
+    lua_rawset(L, t);
 }
 
-static int is_metadata_key(lua_State *L, int idx)
+static void lazy_materialize(lua_State *L, int t)
 {
+    t = lua_absindex(L, t);
+    lazy_rec *r = lazy_rec_of(L, t);
+    for (int f = 0; r && f < LAZY_FIELDS; f++)
+        lazy_fill(L, t, r, f);
+}
+
+/* Which lazy field the key at idx names, or -1. */
+static int lazy_field(lua_State *L, int idx)
+{
+    if (lua_type(L, idx) != LUA_TSTRING) return -1;
     size_t n;
-    const char *k = lua_type(L, idx) == LUA_TSTRING ? lua_tolstring(L, idx, &n) : NULL;
-    return k && n == 8 && memcmp(k, "metadata", 8) == 0;
+    const char *k = lua_tolstring(L, idx, &n);
+    for (int f = 0; f < LAZY_FIELDS; f++)
+        if (n == lazy_name_len[f] && memcmp(k, lazy_names[f], n) == 0) return f;
+    return -1;
 }
 
 static int lazy_index(lua_State *L)
 {
-    if (!is_metadata_key(L, 2)) return 0;
-    lazy_materialize(L, 1);
+    int f = lazy_field(L, 2);
+    lazy_rec *r = f < 0 ? NULL : lazy_rec_of(L, 1);
+    if (!r) return 0;
+    lazy_fill(L, 1, r, f);
     lua_pushvalue(L, 2);
     lua_rawget(L, 1);
     return 1;
@@ -574,10 +612,9 @@ static int lazy_index(lua_State *L)
 
 static int lazy_newindex(lua_State *L)
 {
-    if (is_metadata_key(L, 2)) { /* the plugin's value replaces the undecoded one */
-        lua_pushnil(L);
-        lua_rawsetp(L, 1, &lazy_text_key);
-    }
+    int f = lazy_field(L, 2);
+    lazy_rec *r = f < 0 ? NULL : lazy_rec_of(L, 1);
+    if (r) r->done |= 1u << f; /* the plugin's value replaces the hidden one */
     lua_settop(L, 3);
     lua_rawset(L, 1);
     return 0;
@@ -587,9 +624,14 @@ static int lazy_next(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 2);
-    if (lua_next(L, 1)) return 2;
-    lua_pushnil(L);
-    return 1;
+    for (;;) {
+        if (!lua_next(L, 1)) {
+            lua_pushnil(L);
+            return 1;
+        }
+        if (lua_type(L, -2) != LUA_TLIGHTUSERDATA || lua_touserdata(L, -2) != &lazy_key) return 2;
+        lua_pop(L, 1); /* the hidden block is not the plugin's to see */
+    }
 }
 
 static int lazy_pairs(lua_State *L)
@@ -601,17 +643,28 @@ static int lazy_pairs(lua_State *L)
     return 3;
 }
 
-void sg_lua_set_lazy_metadata(lua_State *L, int t, const char *json, size_t n)
+void sg_lua_set_lazy(lua_State *L, int t, const char *const s[4], const size_t n[4])
 {
     t = lua_absindex(L, t);
-    lua_pushlstring(L, json, n);
-    lua_rawsetp(L, t, &lazy_text_key);
+    size_t total = 0;
+    for (int f = 0; f < LAZY_FIELDS; f++)
+        if (s[f]) total += n[f];
+    lazy_rec *r = lua_newuserdatauv(L, sizeof(*r) + total, 0);
+    r->done = 0;
+    char *p = r->data;
+    for (int f = 0; f < LAZY_FIELDS; f++) {
+        r->len[f] = s[f] ? (uint32_t)n[f] : LAZY_ABSENT;
+        if (!s[f]) continue;
+        memcpy(p, s[f], n[f]);
+        p += n[f];
+    }
+    lua_rawsetp(L, t, &lazy_key);
     if (lua_rawgetp(L, LUA_REGISTRYINDEX, &lazy_mt_key) != LUA_TTABLE) {
         lua_pop(L, 1);
         static const luaL_Reg mt[] = {
             {"__index", lazy_index}, {"__newindex", lazy_newindex}, {"__pairs", lazy_pairs}, {NULL, NULL}};
         luaL_newlib(L, mt);
-        /* the plugin cannot swap it out from under the hidden text */
+        /* the plugin cannot swap it out from under the hidden block */
         lua_pushboolean(L, 0);
         lua_setfield(L, -2, "__metatable");
         lua_pushvalue(L, -1);
@@ -684,9 +737,17 @@ static int tb_string(tbuf *b, const char *s, size_t k, char *err, size_t errlen)
 
 static int to_text(lua_State *L, int idx, int depth, tbuf *b, char *err, size_t errlen);
 
+static int raw_is_nil(lua_State *L, int t, const char *k)
+{
+    lua_pushstring(L, k);
+    int nil = lua_rawget(L, t) == LUA_TNIL;
+    lua_pop(L, 1);
+    return nil;
+}
+
 static int is_lazy_key(lua_State *L, int idx)
 {
-    return lua_type(L, idx) == LUA_TLIGHTUSERDATA && lua_touserdata(L, idx) == &lazy_text_key;
+    return lua_type(L, idx) == LUA_TLIGHTUSERDATA && lua_touserdata(L, idx) == &lazy_key;
 }
 
 /* A table as a JSON array or object; lazy: metadata still as text. */
@@ -800,23 +861,24 @@ static int to_text(lua_State *L, int idx, int depth, tbuf *b, char *err, size_t 
          * it is, with no decoding and encoding again */
         const char *lazy = NULL;
         size_t lazy_n = 0;
-        /* only updates hold the hidden text, and they keep their (protected) metatable */
-        int hidden = lua_getmetatable(L, idx);
-        if (hidden) lua_pop(L, 1);
-        if (hidden) hidden = lua_rawgetp(L, idx, &lazy_text_key) == LUA_TSTRING;
-        else lua_pushnil(L); /* where the text would be */
-        if (hidden) {
-            lua_pushliteral(L, "metadata");
-            if (lua_rawget(L, idx) == LUA_TNIL) lazy = lua_tolstring(L, -2, &lazy_n);
+        /* only updates hold the hidden block, and they keep their (protected) metatable */
+        lazy_rec *r = NULL;
+        if (lua_getmetatable(L, idx)) {
             lua_pop(L, 1);
+            r = lazy_rec_of(L, idx);
         }
-        if (!lazy) {
-            lua_pop(L, 1);
-            if (hidden) lazy_materialize(L, idx); /* the plugin set metadata itself */
+        if (r) {
+            for (int f = 0; f < LAZY_METADATA; f++)
+                lazy_fill(L, idx, r, f);
+            if (!(r->done & 1u << LAZY_METADATA) && r->len[LAZY_METADATA] != LAZY_ABSENT &&
+                raw_is_nil(L, idx, "metadata")) {
+                lazy = lazy_data(r, LAZY_METADATA);
+                lazy_n = r->len[LAZY_METADATA];
+            } else {
+                lazy_fill(L, idx, r, LAZY_METADATA);
+            }
         }
-        int rc = table_text(L, idx, depth, b, lazy, lazy_n, err, errlen);
-        if (lazy) lua_pop(L, 1); /* the text, kept on the stack while in use */
-        return rc;
+        return table_text(L, idx, depth, b, lazy, lazy_n, err, errlen);
     }
     default: break;
     }

@@ -64,8 +64,10 @@ json_t *sg_lua_to_json(lua_State *L, int idx, char *err, size_t errlen);
 void sg_lua_push_json_text(lua_State *L, const char *s, size_t n);
 char *sg_lua_to_json_text(lua_State *L, int idx, size_t *len, char *err, size_t errlen);
 
-/* Give the table at t a `metadata` field decoded from json on first use
- * (reading it, pairs, or encoding the table). */
-void sg_lua_set_lazy_metadata(lua_State *L, int t, const char *json, size_t n);
+/* Give the table at t the fields text, source, idempotency_key (strings)
+ * and metadata (decoded from the JSON text s[3]), each filled in on first
+ * use: reading it, pairs, or encoding the table. A NULL s[f] is a field
+ * the table does not have. */
+void sg_lua_set_lazy(lua_State *L, int t, const char *const s[4], const size_t n[4]);
 
 #endif

@@ -136,6 +136,52 @@ describe("the update a plugin sees", function()
     assert.equal("changed", u.text)
     assert.same(md, u.metadata)
   end)
+
+  -- text, source and the idempotency key are filled in on first use too
+  local full = { conversation_id = "c1", source = "svc", idempotency_key = "k-1", text = "hello", metadata = { a = 1 } }
+  local function run_full(body)
+    local host = ph.host({ ["f.lua"] = "local P = {} function P.filter(u) " .. body .. " end return P" })
+    local keep, u = host:filter(upd(full))
+    assert.is_true(keep)
+    return u
+  end
+
+  it("reads every field of the update, each as often as it likes", function()
+    local u = run_full([[u.text = table.concat({ u.text, u.source, u.idempotency_key, u.text,
+      u.conversation_id, u.category, tostring(u.metadata.a), tostring(u.nothing) }, ","); return u]])
+    assert.equal("hello,svc,k-1,hello,c1,info,1,nil", u.text)
+  end)
+
+  it("lists every field with pairs, and nothing hidden", function()
+    local u = run_full([[local ks = {}
+      for k, v in pairs(u) do ks[#ks + 1] = tostring(k) .. ":" .. type(v) end
+      table.sort(ks); u.text = table.concat(ks, ","); return u]])
+    assert.equal("category:string,conversation_id:string,idempotency_key:string,metadata:table," ..
+      "source:string,text:string", u.text)
+  end)
+
+  it("encodes every field, read or not", function()
+    local u = run_full("local _ = u.source; u.text = statusgw.json.encode(u); return u")
+    local back = require("cjson").decode(u.text)
+    assert.same({ conversation_id = "c1", category = "info", text = "hello", source = "svc",
+      idempotency_key = "k-1", metadata = { a = 1 } }, back)
+  end)
+
+  it("removes a field whether or not it was read first", function()
+    assert.is_nil(run_full("u.source = nil; return u").source)
+    assert.is_nil(run_full("local s = u.source; u.source = nil; u.text = s; return u").source)
+    assert.equal("svc", run_full("local s = u.source; u.source = nil; u.text = s; return u").text)
+    -- set, then read back: the plugin's value, not the original
+    assert.equal("mine", run_full("u.source = 'mine'; u.text = u.source; return u").text)
+    assert.equal("svc", run_full("u.text = u.source; return u").source)
+  end)
+
+  it("sees no field rawget does not show once it was read", function()
+    local u = run_full([[local before = rawget(u, "source")
+      local _ = u.source
+      u.text = tostring(before) .. "," .. tostring(rawget(u, "source")); return u]])
+    assert.equal("nil,svc", u.text)
+  end)
 end)
 
 describe("plugin string functions", function()
