@@ -37,14 +37,22 @@ local function human(ms)
   return string.format("%.1fm", ms / 60000)
 end
 
+local type, next = type, next
+
+-- s cut to at most max bytes, never inside a UTF-8 character (a cut one
+-- would not be valid JSON text), then "...".
+local function cut(s, max)
+  local n = max
+  while n > 0 and (s:byte(n + 1) or 0) & 0xC0 == 0x80 do n = n - 1 end
+  return s:sub(1, n) .. "..."
+end
+
 -- params is the builder's own copy (args are decoded afresh for every
 -- call), so long strings are cut in place.
 local function truncate_params(params)
   if type(params) ~= "table" then return params end
   for k, v in next, params do
-    if type(v) == "string" and #v > MAX_PARAM then
-      params[k] = v:sub(1, MAX_PARAM) .. "..."
-    end
+    if type(v) == "string" and #v > MAX_PARAM then params[k] = cut(v, MAX_PARAM) end
   end
   return params
 end

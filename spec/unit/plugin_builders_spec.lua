@@ -34,6 +34,15 @@ describe("builders plugin", function()
     assert.equal("ok", md.params.short)
   end)
 
+  it("cuts a param before a UTF-8 character that would straddle byte 100", function()
+    -- 99 ASCII bytes, then "é" (2 bytes) over bytes 100 and 101
+    local _, md = host:build("tool", { tool_name = "t", params = { q = string.rep("a", 99) .. "é" .. "zz" } }, {})
+    assert.equal(string.rep("a", 99) .. "...", md.params.q)
+    -- "✓" (3 bytes) ending exactly at byte 100 stays
+    _, md = host:build("tool", { tool_name = "t", params = { q = string.rep("a", 97) .. "✓" .. "zz" } }, {})
+    assert.equal(string.rep("a", 97) .. "✓...", md.params.q)
+  end)
+
   it("keeps a param of exactly 100 bytes whole", function()
     local _, md = host:build("tool", { tool_name = "t", params = { q = string.rep("a", 100) } }, {})
     assert.equal(string.rep("a", 100), md.params.q)
