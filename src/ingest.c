@@ -35,21 +35,17 @@ static void finish(sg_server *s, sg_draft *d, const char *emitted_by, int aggreg
 
 /* Run the draft's builder. 0, or -1 with err; a builder that fails costs
  * only itself: the update goes on as sent. */
-static int build(sg_server *s, sg_draft *d, sg_error *err)
+static int build(sg_server *s, sg_draft *d, uint64_t *clock, sg_error *err)
 {
     sg_limits lim = {s->cfg->max_text, s->cfg->max_metadata};
-    char *md = NULL, *text = NULL;
-    size_t mlen = 0, tlen = 0;
-    int rc = s->plugins ? sg_plugins_build(s->plugins, d, &md, &mlen, &text, &tlen) : SG_BUILD_UNKNOWN;
+    sg_built b;
+    int rc = s->plugins ? sg_plugins_build(s->plugins, d, &b, clock) : SG_BUILD_UNKNOWN;
     if (rc == SG_BUILD_UNKNOWN) {
         sg_error_set(err, 400, "unknown_builder", "builder", "no plugin provides builder '%s'",
                      d->builder);
         return -1;
     }
-    int bad = rc == SG_BUILD_OK && sg_draft_set_built(d, md, mlen, text, tlen, &lim, err) < 0;
-    free(md);
-    free(text);
-    if (bad) {
+    if (rc == SG_BUILD_OK && sg_draft_set_built(d, &b, &lim, err) < 0) {
         char m[sizeof(err->message)];
         snprintf(m, sizeof(m), "after builder: %.170s", err->message);
         snprintf(err->message, sizeof(err->message), "%s", m);
@@ -66,6 +62,7 @@ void sg_ingest_many(sg_server *s, sg_draft **ds, size_t n, const char *emitted_b
 {
     sg_plugins *pm = s->plugins;
     int filters = sg_plugins_have_filters(pm), aggregators = sg_plugins_have_aggregators(pm);
+    uint64_t clock = 0; /* carried through the plugin calls */
     /* live[i]: on its way through the filters; by[i]: the filter that dropped it */
     char live_small[64];
     const char *by_small[64];
@@ -91,7 +88,7 @@ void sg_ingest_many(sg_server *s, sg_draft **ds, size_t n, const char *emitted_b
             finish(s, d, emitted_by, aggregators, done, arg, i);
             continue;
         }
-        if (d->builder && build(s, d, &err) < 0) {
+        if (d->builder && build(s, d, &clock, &err) < 0) {
             done(arg, i, -1, NULL, &err);
             continue;
         }
@@ -99,7 +96,7 @@ void sg_ingest_many(sg_server *s, sg_draft **ds, size_t n, const char *emitted_b
         else finish(s, d, emitted_by, aggregators, done, arg, i);
     }
     if (!filters) goto out;
-    sg_plugins_filter_many(pm, ds, live, by, n, emitted_by);
+    sg_plugins_filter_many(pm, ds, live, by, n, emitted_by, &clock);
     for (size_t i = 0; i < n; i++) {
         if (live[i]) {
             finish(s, ds[i], emitted_by, aggregators, done, arg, i);

@@ -143,16 +143,14 @@ static int l_build(lua_State *L)
         if (lua_getfield(L, 4, "text") == LUA_TSTRING) d.text = lua_tolstring(L, -1, &d.text_len);
         if (lua_getfield(L, 4, "metadata") == LUA_TTABLE) d.metadata = own = arg_text(L, -1, &d.metadata_len);
     }
-    char *md, *text;
-    size_t mlen, tlen;
-    int rc = sg_plugins_build(h->pm, &d, &md, &mlen, &text, &tlen);
+    sg_built b;
+    int rc = sg_plugins_build(h->pm, &d, &b, NULL);
     free(args);
     free(own);
     lua_pushstring(L, rc == SG_BUILD_OK ? "ok" : rc == SG_BUILD_FAILED ? "failed" : "unknown");
-    if (md) sg_lua_push_json_text(L, md, mlen); else lua_pushnil(L);
-    if (text) lua_pushlstring(L, text, tlen); else lua_pushnil(L);
-    free(md);
-    free(text);
+    if (b.block) sg_lua_push_json_text(L, b.block, b.mlen); else lua_pushnil(L);
+    if (b.has_text) lua_pushlstring(L, b.block + b.mlen, b.tlen); else lua_pushnil(L);
+    free(b.block);
     return 3;
 }
 

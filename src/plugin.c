@@ -101,10 +101,11 @@ static void record_failure(sg_plugin *p, int status, const char *what, const cha
 /* Call the function under the arguments on the stack, with accounting,
  * timed from *clock (when the host began working for this call) to its
  * end, which is left in *clock: a run of calls reads the clock once each.
- * Returns the sandbox status; results are on the stack only on SG_SB_OK. */
+ * A clock of 0 is read here. Returns the sandbox status; results are on
+ * the stack only on SG_SB_OK. */
 static int call_from(sg_plugin *p, int nargs, int nresults, const char *what, uint64_t *clock)
 {
-    uint64_t t0 = *clock;
+    uint64_t t0 = *clock ? *clock : now_ns();
     int st = sg_sandbox_call_at(p->sb, nargs, nresults, t0);
     *clock = now_ns();
     p->calls++;
@@ -712,11 +713,9 @@ static char *built_text(lua_State *L, const sg_draft *d, size_t *len, char *why,
     return n;
 }
 
-int sg_plugins_build(sg_plugins *pm, const sg_draft *d, char **metadata, size_t *mlen, char **text,
-                     size_t *tlen)
+int sg_plugins_build(sg_plugins *pm, const sg_draft *d, sg_built *out, uint64_t *clock)
 {
-    *metadata = *text = NULL;
-    *mlen = *tlen = 0;
+    memset(out, 0, sizeof(*out));
     size_t at;
     sg_plugin *p = find_named_at(pm, offsetof(sg_plugin, builders), d->builder, &at);
     if (!p) return SG_BUILD_UNKNOWN;
@@ -726,7 +725,9 @@ int sg_plugins_build(sg_plugins *pm, const sg_draft *d, char **metadata, size_t 
     int nargs = p->builder_fns[at].nargs;
     if (d->args) sg_lua_push_json_text(L, d->args, d->args_len); else lua_newtable(L);
     if (nargs == 2) sg_plugins_push_draft(L, d);
-    if (call(p, nargs, 2, d->builder) != SG_SB_OK) return SG_BUILD_FAILED;
+    uint64_t own_clock = 0;
+    if (call_from(p, nargs, 2, d->builder, clock ? clock : &own_clock) != SG_SB_OK)
+        return SG_BUILD_FAILED;
     char why[200];
     int rc = SG_BUILD_OK;
     if (!lua_istable(L, -2)) {
@@ -741,23 +742,28 @@ int sg_plugins_build(sg_plugins *pm, const sg_draft *d, char **metadata, size_t 
         rc = SG_BUILD_FAILED;
     } else {
         lua_pushvalue(L, -2);
-        *metadata = built_text(L, d, mlen, why, sizeof(why));
+        out->block = built_text(L, d, &out->mlen, why, sizeof(why));
         lua_pop(L, 1);
-        if (!*metadata) {
+        if (!out->block) {
             garbage(p, d->builder, why);
             rc = SG_BUILD_FAILED;
         } else if (lua_type(L, -1) == LUA_TSTRING) {
-            const char *t = lua_tolstring(L, -1, tlen);
-            *text = malloc(*tlen + 1);
-            if (*text) memcpy(*text, t, *tlen + 1);
-            else rc = SG_BUILD_FAILED;
+            /* the text goes after the metadata, in the same block */
+            const char *t = lua_tolstring(L, -1, &out->tlen);
+            char *b = realloc(out->block, out->mlen + out->tlen + 1);
+            if (b) {
+                memcpy(b + out->mlen, t, out->tlen + 1);
+                out->block = b;
+                out->has_text = 1;
+            } else {
+                rc = SG_BUILD_FAILED;
+            }
         }
     }
     lua_pop(L, 2);
     if (rc != SG_BUILD_OK) {
-        free(*metadata);
-        free(*text);
-        *metadata = *text = NULL;
+        free(out->block);
+        memset(out, 0, sizeof(*out));
     }
     return rc;
 }
@@ -835,15 +841,16 @@ static int filter_one(sg_plugin *p, sg_draft *d, const sg_limits *lim, uint64_t 
 }
 
 void sg_plugins_filter_many(sg_plugins *pm, sg_draft **ds, char *live, const char **by, size_t n,
-                            const char *skip)
+                            const char *skip, uint64_t *clock)
 {
     sg_limits lim = {pm->cfg->max_text, pm->cfg->max_metadata};
-    uint64_t clock = now_ns();
+    uint64_t own_clock = 0;
+    if (!clock) clock = &own_clock;
     for (int i = 0; i < pm->n; i++) {
         sg_plugin *p = pm->list[i];
         if (p->filter_ref == LUA_NOREF || (skip && strcmp(skip, p->name) == 0)) continue;
         for (size_t k = 0; k < n && !p->disabled; k++) {
-            if (!live[k] || filter_one(p, ds[k], &lim, &clock)) continue;
+            if (!live[k] || filter_one(p, ds[k], &lim, clock)) continue;
             live[k] = 0;
             by[k] = p->name;
         }
@@ -854,7 +861,7 @@ int sg_plugins_filter(sg_plugins *pm, sg_draft *d, const char *skip, const char 
 {
     char live = 1;
     *dropped_by = NULL;
-    sg_plugins_filter_many(pm, &d, &live, dropped_by, 1, skip);
+    sg_plugins_filter_many(pm, &d, &live, dropped_by, 1, skip, NULL);
     return live;
 }
 

@@ -31,11 +31,14 @@ enum { SG_BUILD_OK, SG_BUILD_FAILED, SG_BUILD_UNKNOWN };
 /* The update table plugins see, from a draft. */
 void sg_plugins_push_draft(lua_State *L, const sg_draft *d);
 
-/* Run the draft's builder with (args, update). On SG_BUILD_OK, *metadata
- * is the built metadata merged with the producer's own (DESIGN §5) as new
- * JSON text, and *text a new string or NULL. The caller frees both. */
-int sg_plugins_build(sg_plugins *pm, const sg_draft *d, char **metadata, size_t *mlen, char **text,
-                     size_t *tlen);
+/* Plugin calls are timed on a clock the caller may carry from one call to
+ * the next (0 to begin with; each call leaves its end time in it), so that
+ * a run of calls reads the time once per call. NULL: a clock of its own. */
+
+/* Run the draft's builder with (args, update). On SG_BUILD_OK, out holds
+ * the built metadata merged with the producer's own (DESIGN §5) as new
+ * JSON text, and perhaps a new text: the caller owns out->block. */
+int sg_plugins_build(sg_plugins *pm, const sg_draft *d, sg_built *out, uint64_t *clock);
 
 /* Run the ingest filters in priority order, skipping plugin `skip` (the
  * emitter of this update). Returns 1 to keep (a filter may have replaced
@@ -46,7 +49,7 @@ int sg_plugins_filter(sg_plugins *pm, sg_draft *d, const char *skip, const char 
  * sees them in order): a dropped one gets live[i] = 0 and by[i] = the
  * dropping plugin's name. */
 void sg_plugins_filter_many(sg_plugins *pm, sg_draft **ds, char *live, const char **by, size_t n,
-                            const char *skip);
+                            const char *skip, uint64_t *clock);
 int sg_plugins_have_filters(const sg_plugins *pm);
 
 /* Subscriber filters, by name. */

@@ -451,26 +451,23 @@ void sg_draft_free(sg_draft *d)
     d->buf = d->extra = NULL;
 }
 
-int sg_draft_set_built(sg_draft *d, const char *metadata, size_t mlen, const char *text,
-                       size_t tlen, const sg_limits *lim, sg_error *err)
+int sg_draft_set_built(sg_draft *d, sg_built *b, const sg_limits *lim, sg_error *err)
 {
-    if (check_metadata_size(mlen, lim, err) < 0) return -1;
-    if (text && check_text(text, tlen, lim, err) < 0) return -1;
-    char *x = malloc(mlen + (text ? tlen : 0) + 1);
-    if (!x) {
-        sg_error_set(err, 503, "out_of_memory", NULL, "out of memory");
+    char *x = b->block;
+    b->block = NULL;
+    if (check_metadata_size(b->mlen, lim, err) < 0 ||
+        (b->has_text && check_text(x + b->mlen, b->tlen, lim, err) < 0)) {
+        free(x);
         return -1;
     }
-    memcpy(x, metadata, mlen);
-    if (text) {
-        memcpy(x + mlen, text, tlen);
-        d->text = x + mlen;
-        d->text_len = tlen;
+    if (b->has_text) {
+        d->text = x + b->mlen;
+        d->text_len = b->tlen;
     }
     free(d->extra);
     d->extra = x;
     d->metadata = x;
-    d->metadata_len = mlen;
+    d->metadata_len = b->mlen;
     return 0;
 }
 

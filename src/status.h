@@ -93,10 +93,18 @@ void sg_draft_free(sg_draft *d);
 /* Whether a jansson object is a valid publish (0, or -1 with err). */
 int sg_draft_check_json(json_t *obj, const sg_limits *lim, sg_error *err);
 
-/* Give the draft new metadata (canonical JSON text) and, when text is not
- * NULL, a new text: copies both, and checks them against the limits. */
-int sg_draft_set_built(sg_draft *d, const char *metadata, size_t mlen, const char *text,
-                       size_t tlen, const sg_limits *lim, sg_error *err);
+/* What a builder made: one block (NUL-terminated) holding the metadata,
+ * canonical JSON text of mlen bytes, and after it, when has_text, a new
+ * text of tlen bytes. */
+typedef struct sg_built {
+    char *block;
+    size_t mlen, tlen;
+    int has_text;
+} sg_built;
+
+/* Give the draft what a builder made, checked against the limits. The
+ * draft takes the block, and frees it on failure. */
+int sg_draft_set_built(sg_draft *d, sg_built *b, const sg_limits *lim, sg_error *err);
 
 /* ---- an update as delivered ---- */
 

@@ -32,31 +32,30 @@ static uint64_t cpu_ns(void)
 /* One publish through parse, build, filter and the stored update; 1 kept. */
 static int one(sg_plugins *pm, const char *body, size_t n, const sg_limits *lim)
 {
-    sg_draft d;
+    sg_draft d, *ds[1] = {&d};
     sg_error err;
+    uint64_t clock = 0; /* as ingest carries it through the plugin calls */
     if (sg_draft_parse(body, n, lim, &d, &err) < 0) {
         fprintf(stderr, "plugbench: the body is refused: %s\n", err.message);
         exit(1);
     }
     if (d.builder) {
-        char *md, *text;
-        size_t mlen, tlen;
-        if (sg_plugins_build(pm, &d, &md, &mlen, &text, &tlen) != SG_BUILD_OK) {
+        sg_built b;
+        if (sg_plugins_build(pm, &d, &b, &clock) != SG_BUILD_OK) {
             fprintf(stderr, "plugbench: builder '%s' failed or is unknown\n", d.builder);
             exit(1);
         }
-        if (sg_draft_set_built(&d, md, mlen, text, tlen, lim, &err) < 0) {
+        if (sg_draft_set_built(&d, &b, lim, &err) < 0) {
             fprintf(stderr, "plugbench: the built update is refused: %s\n", err.message);
             exit(1);
         }
-        free(md);
-        free(text);
         d.builder = NULL;
         d.args = NULL;
         d.args_len = 0;
     }
     const char *by = NULL;
-    int kept = sg_plugins_filter(pm, &d, NULL, &by);
+    char kept = 1;
+    if (sg_plugins_have_filters(pm)) sg_plugins_filter_many(pm, ds, &kept, &by, 1, NULL, &clock);
     if (kept) sg_update_unref(sg_update_new(&d, 1, sg_clock_wall_ms()));
     sg_draft_free(&d);
     return kept;
