@@ -240,12 +240,14 @@ describe("builder arguments", function()
         for k, v in pairs(args) do types[k] = math.type(v) or type(v) end
         return { types = types, values = args }
       end } } ]] })
+    -- 18 digits and fewer are read on a short path; 19 take the long one
     local args = { a = math.maxinteger, b = math.mininteger, c = -5, d = 1500.5, e = 0, f = 1e300,
-      h = { 1, -2, 3.25 } }
+      h = { 1, -2, 3.25 }, i = 999999999999999999, j = -999999999999999999,
+      k = 1000000000000000000, l = 1000.0, m = -0.5 }
     local st, md = host:build("echo", args, {})
     assert.equal("ok", st)
     assert.same({ a = "integer", b = "integer", c = "integer", d = "float", e = "integer", f = "float",
-      h = "table" }, md.types)
+      h = "table", i = "integer", j = "integer", k = "integer", l = "float", m = "float" }, md.types)
     assert.same(args, md.values)
   end)
 end)
