@@ -40,10 +40,17 @@ PLUGIN_SRCS := src/lplugin.c src/plugin.c src/sandbox.c src/lpattern.c src/statu
 build/statusgw_plugin.so: $(PLUGIN_SRCS) $(wildcard src/*.h) | build/obj
 	$(CC) $(WARN) $(CFLAGS) $(PCFLAGS) -fPIC -shared -o $@ $(PLUGIN_SRCS) $(PLIBS)
 
-asan: deps build/asan/statusgw
+asan: deps build/asan/statusgw build/asan/statusgw_model.so build/asan/statusgw_plugin.so
 
 build/asan/statusgw: $(AOBJS)
 	$(CC) $(ASAN) -o $@ $^ $(PLIBS)
+
+# The Lua modules too, for the unit specs (scripts/test preloads the runtime).
+build/asan/statusgw_model.so: src/lmodel.c src/status.c src/jtext.c src/log.c $(wildcard src/*.h) | build/asan/obj
+	$(CC) $(WARN) $(ASAN) $(PCFLAGS) -fPIC -shared -o $@ src/lmodel.c src/status.c src/jtext.c src/log.c $(PLIBS)
+
+build/asan/statusgw_plugin.so: $(PLUGIN_SRCS) $(wildcard src/*.h) | build/asan/obj
+	$(CC) $(WARN) $(ASAN) $(PCFLAGS) -fPIC -shared -o $@ $(PLUGIN_SRCS) $(PLIBS)
 
 build/asan/obj/%.o: src/%.c $(wildcard src/*.h) | build/asan/obj
 	$(CC) $(WARN) $(ASAN) $(PCFLAGS) -c -o $@ $<
