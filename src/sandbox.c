@@ -544,10 +544,19 @@ typedef struct lazy_rec {
 static char lazy_key;    /* t[&lazy_key]: the lazy_rec, a full userdata */
 static char lazy_mt_key; /* registry[&lazy_mt_key]: the metatable */
 
-/* The hidden block of the update at t, or NULL. The table keeps it alive. */
+/* The hidden block of the update at t, or NULL. The table keeps it alive.
+ * Only the host makes full userdata in a sandbox; the size is checked all
+ * the same, as a plugin can move the block from one update to another. */
 static lazy_rec *lazy_rec_of(lua_State *L, int t)
 {
-    lazy_rec *r = lua_rawgetp(L, t, &lazy_key) == LUA_TUSERDATA ? lua_touserdata(L, -1) : NULL;
+    lazy_rec *r = NULL;
+    if (lua_rawgetp(L, t, &lazy_key) == LUA_TUSERDATA) {
+        size_t have = lua_rawlen(L, -1), need = sizeof(*r);
+        r = lua_touserdata(L, -1);
+        for (int f = 0; have >= need && f < LAZY_FIELDS; f++)
+            if (r->len[f] != LAZY_ABSENT) need += r->len[f];
+        if (have < need) r = NULL;
+    }
     lua_pop(L, 1);
     return r;
 }
