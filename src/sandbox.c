@@ -42,6 +42,7 @@ struct sg_sandbox {
 static char null_sentinel; /* statusgw.json.null is a light userdata to this */
 
 static void lazy_materialize(lua_State *L, int t);
+static int is_lazy_key(lua_State *L, int idx);
 
 /* The sandbox whose call is running, for the watchdog. */
 static sg_sandbox *volatile running;
@@ -386,7 +387,7 @@ static json_t *to_json(lua_State *L, int idx, int depth, char *err, size_t errle
         int string_keys = 0;
         lua_pushnil(L);
         while (lua_next(L, idx)) {
-            count++;
+            if (!is_lazy_key(L, -2)) count++;
             if (lua_type(L, -2) == LUA_TSTRING) string_keys = 1;
             lua_pop(L, 1);
         }
@@ -407,6 +408,10 @@ static json_t *to_json(lua_State *L, int idx, int depth, char *err, size_t errle
         json_t *o = json_object();
         lua_pushnil(L);
         while (lua_next(L, idx)) {
+            if (is_lazy_key(L, -2)) { /* an update's hidden block, filled in above */
+                lua_pop(L, 1);
+                continue;
+            }
             if (lua_type(L, -2) != LUA_TSTRING) {
                 snprintf(err, errlen, "a table mixes list items and named keys");
                 lua_pop(L, 2);

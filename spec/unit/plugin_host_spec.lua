@@ -548,6 +548,23 @@ describe("plugin pipeline", function()
     assert.equal("fine", out[1].text)
   end)
 
+  it("emits an update it was given, with the fields it never read", function()
+    local host = ph.host({ ["fwd.lua"] = [[
+      local P = {}
+      function P.filter(u)
+        if u.conversation_id == "c1" then
+          u.conversation_id = "copy"
+          assert(statusgw.emit(u))
+        end
+      end
+      return P ]] })
+    host:filter(upd({ conversation_id = "c1", text = "hello", source = "svc", metadata = { a = 1 } }))
+    local out = host:summarize()
+    assert.equal(1, #out)
+    assert.same({ "copy", "hello", "svc", 1 },
+      { out[1].conversation_id, out[1].text, out[1].source, out[1].metadata.a })
+  end)
+
   it("exposes webhook forwarders", function()
     local host = ph.host({ ["fw.lua"] = [[
       local P = {}
