@@ -63,16 +63,6 @@ static int64_t wall_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* t[k] without metamethods: the host reads what plugins made (their table,
- * their results) outside their protected calls, where no code of theirs
- * may run: an __index that throws there would abort the gateway. */
-static int raw_field(lua_State *L, int t, const char *k)
-{
-    t = lua_absindex(L, t);
-    lua_pushstring(L, k);
-    return lua_rawget(L, t);
-}
-
 /* ---- calls and their accounting ---- */
 
 static void record_failure(sg_plugin *p, int status, const char *what, const char *why)
@@ -136,7 +126,7 @@ static int push_field(sg_plugin *p, const char *field, const char *name)
 {
     lua_State *L = sg_sandbox_state(p->sb);
     lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref);
-    int t = raw_field(L, -1, field);
+    int t = sg_lua_raw_field(L, -1, field);
     lua_remove(L, -2);
     if (name) {
         if (t != LUA_TTABLE) {
@@ -144,7 +134,7 @@ static int push_field(sg_plugin *p, const char *field, const char *name)
             lua_pushnil(L);
             return LUA_TNIL;
         }
-        t = raw_field(L, -1, name);
+        t = sg_lua_raw_field(L, -1, name);
         lua_remove(L, -2);
     }
     return t;
@@ -156,7 +146,7 @@ static json_t *names_of(lua_State *L, int idx, const char *field, char *err, siz
                         int want_table_values)
 {
     json_t *names = json_array();
-    if (raw_field(L, idx, field) == LUA_TNIL) {
+    if (sg_lua_raw_field(L, idx, field) == LUA_TNIL) {
         lua_pop(L, 1);
         return names;
     }
@@ -221,9 +211,9 @@ static int load_builders(sg_plugin *p, lua_State *L, int P)
     if (n == 0) return 0;
     p->builder_fns = calloc(n, sizeof(*p->builder_fns));
     if (!p->builder_fns) return -1;
-    raw_field(L, P, "builders");
+    sg_lua_raw_field(L, P, "builders");
     for (size_t i = 0; i < n; i++) {
-        raw_field(L, -1, json_string_value(json_array_get(p->builders, i)));
+        sg_lua_raw_field(L, -1, json_string_value(json_array_get(p->builders, i)));
         lua_Debug ar;
         lua_pushvalue(L, -1);
         lua_getinfo(L, ">u", &ar);
@@ -242,7 +232,7 @@ static int load_builders(sg_plugin *p, lua_State *L, int P)
 
 static int load_when(sg_plugin *p, lua_State *L, int P, char *why, size_t whylen)
 {
-    int t = raw_field(L, P, "filter_when");
+    int t = sg_lua_raw_field(L, P, "filter_when");
     if (t == LUA_TNIL) {
         lua_pop(L, 1);
         return 0;
@@ -253,7 +243,8 @@ static int load_when(sg_plugin *p, lua_State *L, int P, char *why, size_t whylen
     size_t lens[SG_WHEN_MAX];
     /* the strings stay referenced by the table on the stack meanwhile */
     for (lua_Integer i = 1; ok && i <= n; i++) {
-        words[i - 1] = lua_rawgeti(L, -1, i) == LUA_TSTRING ? (char *)lua_tolstring(L, -1, &lens[i - 1]) : NULL;
+        int is_string = lua_rawgeti(L, -1, i) == LUA_TSTRING;
+        words[i - 1] = is_string ? (char *)lua_tolstring(L, -1, &lens[i - 1]) : NULL;
         ok = words[i - 1] && lens[i - 1] >= 1 && lens[i - 1] <= SG_WHEN_MAX &&
              !memchr(words[i - 1], 0, lens[i - 1]);
         lua_pop(L, 1);
@@ -337,7 +328,7 @@ static sg_plugin *plugin_load(sg_plugins *pm, const char *path, const sg_config 
         goto fail;
     }
     int P = lua_gettop(L);
-    if (raw_field(L, P, "name") == LUA_TSTRING) {
+    if (sg_lua_raw_field(L, P, "name") == LUA_TSTRING) {
         free(p->name);
         p->name = strdup(lua_tostring(L, -1));
     } else if (!lua_isnil(L, -1)) {
@@ -352,7 +343,7 @@ static sg_plugin *plugin_load(sg_plugins *pm, const char *path, const sg_config 
         }
     /* init(config) with plugins.<name> from the config file, before
      * reading what the plugin provides, so init can shape it */
-    if (raw_field(L, P, "init") == LUA_TFUNCTION) {
+    if (sg_lua_raw_field(L, P, "init") == LUA_TFUNCTION) {
         json_t *conf = cfg->plugins ? json_object_get(cfg->plugins, p->name) : NULL;
         if (conf)
             sg_lua_push_json(L, conf);
@@ -366,7 +357,7 @@ static sg_plugin *plugin_load(sg_plugins *pm, const char *path, const sg_config 
         lua_pop(L, 1);
     }
     p->priority = 100;
-    if (raw_field(L, P, "priority") != LUA_TNIL) {
+    if (sg_lua_raw_field(L, P, "priority") != LUA_TNIL) {
         if (!lua_isinteger(L, -1)) {
             snprintf(err, errlen, "%s: priority must be an integer", base);
             goto fail_pop2;
@@ -374,7 +365,7 @@ static sg_plugin *plugin_load(sg_plugins *pm, const char *path, const sg_config 
         p->priority = (int)lua_tointeger(L, -1);
     }
     lua_pop(L, 1);
-    if (raw_field(L, P, "failure_policy") != LUA_TNIL) {
+    if (sg_lua_raw_field(L, P, "failure_policy") != LUA_TNIL) {
         const char *fp = lua_tostring(L, -1);
         if (!fp || (strcmp(fp, "pass") != 0 && strcmp(fp, "drop") != 0)) {
             snprintf(err, errlen, "%s: failure_policy must be \"pass\" or \"drop\"", base);
@@ -393,7 +384,7 @@ static sg_plugin *plugin_load(sg_plugins *pm, const char *path, const sg_config 
         snprintf(err, errlen, "%s: out of memory", base);
         goto fail_pop;
     }
-    int t = raw_field(L, P, "filter");
+    int t = sg_lua_raw_field(L, P, "filter");
     if (t != LUA_TNIL && t != LUA_TFUNCTION) {
         snprintf(err, errlen, "%s: filter must be a function", base);
         goto fail_pop2;
@@ -403,11 +394,11 @@ static sg_plugin *plugin_load(sg_plugins *pm, const char *path, const sg_config 
         snprintf(err, errlen, "%s: %s", base, why);
         goto fail_pop;
     }
-    t = raw_field(L, P, "aggregator");
+    t = sg_lua_raw_field(L, P, "aggregator");
     if (t == LUA_TTABLE) {
-        raw_field(L, -1, "interval_ms");
-        raw_field(L, -2, "observe");
-        raw_field(L, -3, "summarize");
+        sg_lua_raw_field(L, -1, "interval_ms");
+        sg_lua_raw_field(L, -2, "observe");
+        sg_lua_raw_field(L, -3, "summarize");
         if (!lua_isinteger(L, -3) || lua_tointeger(L, -3) < SG_MIN_AGGREGATOR_MS ||
             !lua_isfunction(L, -2) || !lua_isfunction(L, -1)) {
             snprintf(err, errlen,
@@ -669,7 +660,7 @@ static void merge_own(lua_State *L, const sg_draft *d)
         const char *k = lua_tostring(L, -2);
         int keep_built = 0;
         if (is_computed(k)) {
-            keep_built = raw_field(L, md, k) != LUA_TNIL;
+            keep_built = sg_lua_raw_field(L, md, k) != LUA_TNIL;
             lua_pop(L, 1);
         }
         if (keep_built) {
@@ -688,7 +679,7 @@ static void merge_own(lua_State *L, const sg_draft *d)
 static char *built_text(lua_State *L, const sg_draft *d, size_t *len, char *why, size_t whylen)
 {
     if (d->metadata) merge_own(L, d);
-    int stamped = raw_field(L, -1, "timestamp") != LUA_TNIL;
+    int stamped = sg_lua_raw_field(L, -1, "timestamp") != LUA_TNIL;
     lua_pop(L, 1);
     char *md = sg_lua_to_json_text(L, -1, len, why, whylen);
     if (!md || md[0] != '{') {
@@ -911,10 +902,10 @@ static void summarize_one(sg_plugin *p, const char *conv)
         lua_pop(L, 1);
         return;
     }
-    raw_field(L, -1, "summarize");
+    sg_lua_raw_field(L, -1, "summarize");
     lua_remove(L, -2);
     lua_rawgeti(L, LUA_REGISTRYINDEX, p->states_ref);
-    if (raw_field(L, -1, conv) != LUA_TTABLE) {
+    if (sg_lua_raw_field(L, -1, conv) != LUA_TTABLE) {
         lua_pop(L, 3);
         return;
     }
@@ -997,10 +988,10 @@ void sg_plugins_observe(sg_plugins *pm, const char *conv, const sg_update *u, co
             lua_pop(L, 1);
             continue;
         }
-        raw_field(L, -1, "observe");
+        sg_lua_raw_field(L, -1, "observe");
         lua_remove(L, -2);
         lua_rawgeti(L, LUA_REGISTRYINDEX, p->states_ref);
-        if (raw_field(L, -1, conv) != LUA_TTABLE) {
+        if (sg_lua_raw_field(L, -1, conv) != LUA_TTABLE) {
             lua_pop(L, 1);
             lua_newtable(L);
             lua_pushvalue(L, -1);
@@ -1055,7 +1046,7 @@ static sg_plugin *push_webhook_fn(sg_plugins *pm, const char *name, const char *
         lua_pop(L, 1);
         return NULL;
     }
-    int t = raw_field(L, -1, fn);
+    int t = sg_lua_raw_field(L, -1, fn);
     lua_remove(L, -2);
     if (t != LUA_TFUNCTION) {
         lua_pop(L, 1);

@@ -643,7 +643,7 @@ static int lazy_next(lua_State *L)
             lua_pushnil(L);
             return 1;
         }
-        if (lua_type(L, -2) != LUA_TLIGHTUSERDATA || lua_touserdata(L, -2) != &lazy_key) return 2;
+        if (!is_lazy_key(L, -2)) return 2;
         lua_pop(L, 1); /* the hidden block is not the plugin's to see */
     }
 }
@@ -751,10 +751,16 @@ static int tb_string(tbuf *b, const char *s, size_t k, char *err, size_t errlen)
 
 static int to_text(lua_State *L, int idx, int depth, tbuf *b, char *err, size_t errlen);
 
+int sg_lua_raw_field(lua_State *L, int t, const char *k)
+{
+    t = lua_absindex(L, t);
+    lua_pushstring(L, k);
+    return lua_rawget(L, t);
+}
+
 static int raw_is_nil(lua_State *L, int t, const char *k)
 {
-    lua_pushstring(L, k);
-    int nil = lua_rawget(L, t) == LUA_TNIL;
+    int nil = sg_lua_raw_field(L, t, k) == LUA_TNIL;
     lua_pop(L, 1);
     return nil;
 }

@@ -52,6 +52,12 @@ void sg_sandbox_check_budget(lua_State *L);
 /* string.find, match, gmatch and gsub whose matching checks the budget. */
 void sg_lua_open_patterns(lua_State *L);
 
+/* Push t[k] without metamethods and return its type: the host reads what
+ * plugins made (their table, their results) outside their protected calls,
+ * where no code of theirs may run: an __index that throws there would
+ * abort the gateway. */
+int sg_lua_raw_field(lua_State *L, int t, const char *k);
+
 /* JSON <-> Lua. Objects become tables with string keys, arrays sequences,
  * null the statusgw.json.null sentinel. */
 void sg_lua_push_json(lua_State *L, json_t *v);
