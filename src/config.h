@@ -34,6 +34,13 @@
 #define SG_DEFAULT_PLUGIN_TIMEOUT_MS 50
 #define SG_DEFAULT_PLUGIN_MAX_FAILURES 5
 #define SG_DEFAULT_EMIT_QUEUE 10000
+/* An update emitted while a plugin handled an emitted update is one hop
+ * further; past this many the emit is refused (plugins that emit to each
+ * other would otherwise never stop). */
+#define SG_EMIT_MAX_HOPS 8
+/* Emitted updates published per loop turn; the rest wait for the next,
+ * after the loop has read its sockets again. */
+#define SG_EMIT_PER_TURN 256
 #define SG_DEFAULT_MAX_CONNECTIONS 16384
 #define SG_DEFAULT_MAX_CONNECTIONS_PER_IP 0 /* 0: no per-address limit */
 #define SG_DEFAULT_MAX_CHANNELS 100

@@ -138,6 +138,8 @@ sg_filter *sg_filter_parse(json_t *spec, char *err, size_t errlen)
             snprintf(err, errlen, "filter args must be an object");
             goto fail;
         }
+        if (sg_plugins_subscriber_filter_try(plugins, json_string_value(name), args, err, errlen) < 0)
+            goto fail;
         f->plugin = strdup(json_string_value(name));
         f->plugin_args = args ? json_incref(args) : json_object();
     }

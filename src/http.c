@@ -27,7 +27,7 @@ static void req_reset(sg_req *r)
     r->cors_origin = NULL;
     r->url = r->path = r->query = NULL;
     r->url_len = r->alen = r->header_bytes = r->body_len = 0;
-    r->n_headers = r->in_value = r->keep_alive = 0;
+    r->n_headers = r->in_value = r->keep_alive = r->headers_done = 0;
 }
 
 static void req_free(sg_req *r)
@@ -144,11 +144,16 @@ static int on_url(http_parser *p, const char *at, size_t n)
     return 0;
 }
 
+/* Trailer fields of a chunked body arrive through the header callbacks
+ * after on_headers_complete laid the headers out: they count against the
+ * header limit and are otherwise ignored (RFC 9112 §7.1.2 lets a recipient
+ * discard them), so the table the handlers read never changes. */
 static int on_header_field(http_parser *p, const char *at, size_t n)
 {
     sg_conn *c = CONN(p);
     sg_req *r = c->req;
     if (over_header_limit(c, n)) return -1;
+    if (r->headers_done) return 0;
     if (r->n_headers == 0 || r->in_value) {
         if (r->n_headers == SG_MAX_HEADERS) {
             c->reject = 431;
@@ -168,6 +173,7 @@ static int on_header_value(http_parser *p, const char *at, size_t n)
     sg_conn *c = CONN(p);
     sg_req *r = c->req;
     if (over_header_limit(c, n)) return -1;
+    if (r->headers_done) return 0;
     if (!r->in_value) {
         if (arena_add(r, "", 1) < 0) return -1; /* ends the name */
         r->hoff[r->n_headers - 1].value_off = r->alen;
@@ -206,6 +212,7 @@ static int on_headers_complete(http_parser *p)
         return -1;
     }
     r->method = p->method;
+    r->headers_done = 1;
     return 0;
 }
 

@@ -38,6 +38,7 @@ typedef struct sg_req {
     sg_header headers[SG_MAX_HEADERS];
     int n_headers;
     int in_value; /* last header callback was a value */
+    int headers_done; /* on_headers_complete ran: what follows is body or trailer */
     size_t header_bytes;
     /* request line and headers, NUL-separated, kept across requests on a
      * connection so a request allocates nothing */

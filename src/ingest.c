@@ -11,13 +11,15 @@
 typedef struct emitted {
     struct emitted *next;
     json_t *update;
+    int hop; /* 1: emitted while handling a producer's update (or a timer) */
     char plugin[64];
 } emitted;
 
 struct sg_ingest_queue {
     emitted *head, *tail;
     int n;
-    struct event *ev;
+    int hop; /* the hop of the emitted update being published, 0 otherwise */
+    struct event *ev; /* a timer: runs after the loop has polled */
 };
 
 /* Sequence one update in the hub and hand it to webhooks and aggregators. */
@@ -138,28 +140,41 @@ int sg_ingest(sg_server *s, sg_draft *d, const char *emitted_by, sg_publish_resu
 
 /* ---- what plugins emit ---- */
 
+/* Run on_emitted once the loop has polled its sockets (a zero timeout;
+ * event_active would run it in this very turn, again and again while
+ * emitted updates make more). */
+static void arm(sg_server *s)
+{
+    static const struct timeval now = {0, 0};
+    if (!evtimer_pending(s->ingest->ev, NULL)) evtimer_add(s->ingest->ev, &now);
+}
+
+/* Publish up to SG_EMIT_PER_TURN emitted updates, then let the loop read
+ * its sockets before the rest: emission never keeps the gateway from its
+ * clients (or from SIGTERM). */
 static void on_emitted(evutil_socket_t fd, short what, void *arg)
 {
     sg_server *s = arg;
     struct sg_ingest_queue *q = s->ingest;
-    /* take the current list: what these publishes emit waits for the next turn */
-    emitted *e = q->head;
-    q->head = q->tail = NULL;
-    q->n = 0;
-    while (e) {
-        emitted *next = e->next;
+    for (int done = 0; q->head && done < SG_EMIT_PER_TURN; done++) {
+        emitted *e = q->head;
+        q->head = e->next;
+        if (!q->head) q->tail = NULL;
+        q->n--;
         sg_publish_result res;
         sg_error err;
         sg_limits lim = {s->cfg->max_text, s->cfg->max_metadata};
         sg_draft d;
+        q->hop = e->hop; /* what its filters emit is one hop further */
         if (sg_draft_from_json(e->update, &lim, &d, &err) < 0 || sg_ingest(s, &d, e->plugin, &res, &err) < 0)
             sg_log(SG_LOG_WARN, "emit_rejected", "plugin=%s code=%s reason=%s", e->plugin,
                    err.code, sg_log_q(err.message));
+        q->hop = 0;
         sg_draft_free(&d);
         json_decref(e->update);
         free(e);
-        e = next;
     }
+    if (q->head) arm(s);
 }
 
 int sg_ingest_emit(void *server, json_t *u, const char *plugin, char *errbuf, size_t errlen)
@@ -176,6 +191,14 @@ int sg_ingest_emit(void *server, json_t *u, const char *plugin, char *errbuf, si
         snprintf(errbuf, errlen, "emit: the gateway is shutting down");
         return -1;
     }
+    if (q->hop >= SG_EMIT_MAX_HOPS) {
+        snprintf(errbuf, errlen,
+                 "emit: hop limit (%d) reached: this update was emitted while handling an update "
+                 "emitted %d times over (plugins emitting to each other?)",
+                 SG_EMIT_MAX_HOPS, q->hop);
+        sg_log(SG_LOG_WARN, "emit_refused", "plugin=%s reason=hop_limit hops=%d", plugin, q->hop);
+        return -1;
+    }
     if (q->n >= SG_DEFAULT_EMIT_QUEUE) {
         snprintf(errbuf, errlen, "emit: %d emitted updates are waiting; slow down", q->n);
         return -1;
@@ -186,11 +209,12 @@ int sg_ingest_emit(void *server, json_t *u, const char *plugin, char *errbuf, si
         return -1;
     }
     e->update = json_incref(u);
+    e->hop = q->hop + 1;
     snprintf(e->plugin, sizeof(e->plugin), "%s", plugin);
     if (q->tail) q->tail->next = e; else q->head = e;
     q->tail = e;
     q->n++;
-    event_active(q->ev, EV_TIMEOUT, 0);
+    arm(s);
     return 0;
 }
 

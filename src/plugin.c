@@ -32,6 +32,9 @@ struct sg_plugin {
     int consecutive_failures;
     uint64_t calls, errors, timeouts, ooms, time_ns;
     uint64_t skipped; /* updates filter_when let by without a call */
+    /* subscriber filter calls that failed: the subscriber chose the args,
+     * so these are counted apart and never disable the plugin */
+    uint64_t subscriber_errors;
     char last_error[512];
     int64_t last_error_ms;
     int64_t loaded_ms;
@@ -863,21 +866,67 @@ int sg_plugins_has_subscriber_filter(const sg_plugins *pm, const char *name)
     return find_named(pm, offsetof(sg_plugin, subscriber_filters), name) != NULL;
 }
 
-int sg_plugins_subscriber_filter(sg_plugins *pm, const char *name, json_t *args, json_t *update)
+/* Call subscriber filter `name` with (update, args) on the stack: 1 pass,
+ * 0 drop, -1 the call failed (why in the sandbox's error). Failures are
+ * the subscriber's (its args, its filter), not the plugin's: they are
+ * counted in subscriber_errors and leave the plugin's failure count, and
+ * so its ingest filter, alone. */
+static int subscriber_call(sg_plugin *p, const char *name)
 {
-    sg_plugin *p = find_named(pm, offsetof(sg_plugin, subscriber_filters), name);
-    if (!p || p->disabled) return p ? !p->drop_on_failure : 1;
     lua_State *L = sg_sandbox_state(p->sb);
-    if (push_field(p, "subscriber_filters", name) != LUA_TFUNCTION) {
-        lua_pop(L, 1);
-        return !p->drop_on_failure;
+    uint64_t t0 = now_ns();
+    int st = sg_sandbox_call_at(p->sb, 2, 1, t0);
+    p->calls++;
+    p->time_ns += now_ns() - t0;
+    if (st != SG_SB_OK) {
+        p->subscriber_errors++;
+        if (p->subscriber_errors <= 10 || p->subscriber_errors % 1000 == 0)
+            sg_log(SG_LOG_WARN, "subscriber_filter_error", "plugin=%s filter=%s kind=%s failures=%llu error=%s",
+                   p->name, name, sg_sandbox_status_name(st), (unsigned long long)p->subscriber_errors,
+                   sg_log_q(sg_sandbox_error(p->sb)));
+        return -1;
     }
-    sg_lua_push_json(L, update);
-    if (args) sg_lua_push_json(L, args); else lua_newtable(L);
-    if (call(p, 2, 1, name) != SG_SB_OK) return !p->drop_on_failure;
     int pass = lua_toboolean(L, -1);
     lua_pop(L, 1);
     return pass;
+}
+
+/* 1 pass, 0 drop, -1 failed */
+static int subscriber_filter(sg_plugins *pm, const char *name, json_t *args, json_t *update)
+{
+    sg_plugin *p = find_named(pm, offsetof(sg_plugin, subscriber_filters), name);
+    if (!p || p->disabled) return p ? -1 : 1;
+    lua_State *L = sg_sandbox_state(p->sb);
+    if (push_field(p, "subscriber_filters", name) != LUA_TFUNCTION) {
+        lua_pop(L, 1);
+        return -1;
+    }
+    sg_lua_push_json(L, update);
+    if (args) sg_lua_push_json(L, args); else lua_newtable(L);
+    return subscriber_call(p, name);
+}
+
+int sg_plugins_subscriber_filter(sg_plugins *pm, const char *name, json_t *args, json_t *update)
+{
+    int rc = subscriber_filter(pm, name, args, update);
+    if (rc >= 0) return rc;
+    sg_plugin *p = find_named(pm, offsetof(sg_plugin, subscriber_filters), name);
+    return !p || !p->drop_on_failure; /* the plugin's failure_policy */
+}
+
+int sg_plugins_subscriber_filter_try(sg_plugins *pm, const char *name, json_t *args, char *err,
+                                     size_t errlen)
+{
+    json_t *u = json_pack("{s:s, s:i, s:s, s:s, s:s, s:{}}", "conversation_id", "statusgw-trial", "seq", 0,
+                          "category", "info", "text", "", "timestamp", "1970-01-01T00:00:00.000Z",
+                          "metadata");
+    int rc = u ? subscriber_filter(pm, name, args, u) : 1;
+    json_decref(u);
+    if (rc >= 0) return 0;
+    sg_plugin *p = find_named(pm, offsetof(sg_plugin, subscriber_filters), name);
+    snprintf(err, errlen, "subscriber filter '%s' fails with these args: %s", name,
+             !p ? "no such filter" : p->disabled ? "its plugin is disabled" : sg_sandbox_error(p->sb));
+    return -1;
 }
 
 /* ---- aggregators ---- */
@@ -1112,7 +1161,8 @@ json_t *sg_plugins_admin(const sg_plugins *pm)
         json_object_set_new(d, "loaded_at", json_string(ts));
         json_object_set_new(
             d, "counters",
-            json_pack("{s:I, s:I, s:I, s:I, s:I, s:f, s:I, s:i}", "calls", (json_int_t)p->calls,
+            json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:I, s:i}", "calls", (json_int_t)p->calls,
+                      "subscriber_errors", (json_int_t)p->subscriber_errors,
                       "skipped", (json_int_t)p->skipped,
                       "errors", (json_int_t)p->errors, "timeouts", (json_int_t)p->timeouts,
                       "out_of_memory", (json_int_t)p->ooms, "time_ms", p->time_ns / 1e6,

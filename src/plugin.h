@@ -54,8 +54,15 @@ int sg_plugins_have_filters(const sg_plugins *pm);
 
 /* Subscriber filters, by name. */
 int sg_plugins_has_subscriber_filter(const sg_plugins *pm, const char *name);
-/* 1 when the update should be delivered. */
+/* 1 when the update should be delivered. A call that fails is counted
+ * against the subscriber (subscriber_errors), never the plugin, and the
+ * plugin's failure_policy decides. */
 int sg_plugins_subscriber_filter(sg_plugins *pm, const char *name, json_t *args, json_t *update);
+/* Try the filter with args on a plain update (empty text and metadata),
+ * as a join or set_filter names it: -1 with err when it fails, so a
+ * subscriber whose args do not fit is told at once. */
+int sg_plugins_subscriber_filter_try(sg_plugins *pm, const char *name, json_t *args, char *err,
+                                     size_t errlen);
 
 /* Aggregators. */
 int sg_plugins_have_aggregators(const sg_plugins *pm);

@@ -198,6 +198,68 @@ static sg_sandbox *from_state(lua_State *L)
     return ud;
 }
 
+/* ---- what encoding a value may cost ----
+ *
+ * Encoding a plugin's value as JSON (json.encode, emit, what a builder,
+ * filter or forwarder returns) is work the plugin asked for, and a small
+ * table can stand for a huge text: `for i = 1, 24 do t = {t, t} end`
+ * shares one subtree sixteen million times. So the encoders spend a
+ * budget as they go: the output may reach what is left of the plugin's
+ * memory cap, and the work runs under the call's deadline (or, when the
+ * host encodes after the call, a deadline of timeout_ms of its own). Over
+ * either, encoding stops there, and inside a call the call is over its
+ * budget as if Lua had run out (a pcall in the plugin cannot carry on). */
+typedef struct enc_budget {
+    sg_sandbox *sb; /* NULL: not a plugin's state (config, specs): no limits */
+    size_t max;     /* output bytes (an estimate, for trees) it may reach */
+    size_t used;
+    uint64_t deadline_ns;
+    unsigned ticks;
+    int failed; /* ABORT_OOM or ABORT_TIMEOUT once over */
+} enc_budget;
+
+#define ENC_NODE_COST 32 /* a jansson node's bytes, beyond its string */
+
+static void budget_init(enc_budget *g, lua_State *L)
+{
+    void *ud;
+    memset(g, 0, sizeof(*g));
+    g->max = SIZE_MAX;
+    if (lua_getallocf(L, &ud) != sb_alloc) return;
+    sg_sandbox *sb = ud;
+    g->sb = sb;
+    g->max = sb->mem < sb->lim.memory ? sb->lim.memory - sb->mem : 0;
+    g->deadline_ns = sb->in_call ? sb->deadline_ns
+                                 : now_ns() + (uint64_t)sb->lim.timeout_ms * 1000000ULL;
+}
+
+/* Spend n bytes of output: 0, or -1 with err once over the size or time. */
+static int budget_spend(enc_budget *g, size_t n, char *err, size_t errlen)
+{
+    g->used += n;
+    if (!g->sb || g->failed) return g->failed ? -1 : 0;
+    if (g->used > g->max)
+        g->failed = ABORT_OOM;
+    else if ((++g->ticks & 255) == 0 && now_ns() > g->deadline_ns)
+        g->failed = ABORT_TIMEOUT;
+    if (!g->failed) return 0;
+    sg_sandbox *sb = g->sb;
+    if (g->failed == ABORT_OOM)
+        snprintf(err, errlen, "memory limit exceeded: the encoded value is over the %zu bytes "
+                 "left under plugin_memory_bytes", g->max);
+    else
+        snprintf(err, errlen, "instruction or time budget exceeded while encoding (plugin_timeout_ms %d)",
+                 sb->lim.timeout_ms);
+    if (sb->in_call && !sb->abort) { /* the call is over its budget */
+        sb->abort = g->failed;
+        if (!sb->hooked) {
+            sb->hooked = 1;
+            lua_sethook(sb->L, sb_hook, LUA_MASKCOUNT, 1);
+        }
+    }
+    return -1;
+}
+
 /* Runs every HOOK_EVERY instructions. Once a call is over budget it
  * raises on every instruction, so a pcall inside the plugin cannot catch
  * its way out. */
@@ -349,9 +411,11 @@ void sg_lua_push_json(lua_State *L, json_t *v)
     push_json(L, v, 0);
 }
 
-static json_t *to_json(lua_State *L, int idx, int depth, char *err, size_t errlen)
+static json_t *to_json(lua_State *L, int idx, int depth, enc_budget *g, char *err, size_t errlen)
 {
     idx = lua_absindex(L, idx);
+    size_t slen = lua_type(L, idx) == LUA_TSTRING ? lua_rawlen(L, idx) : 0;
+    if (budget_spend(g, ENC_NODE_COST + slen, err, errlen) < 0) return NULL;
     if (depth > JSON_MAX_DEPTH) {
         snprintf(err, errlen, "nested deeper than %d levels (a cycle?)", JSON_MAX_DEPTH);
         return NULL;
@@ -395,7 +459,7 @@ static json_t *to_json(lua_State *L, int idx, int depth, char *err, size_t errle
             json_t *a = json_array();
             for (lua_Integer i = 1; i <= n; i++) {
                 lua_rawgeti(L, idx, i);
-                json_t *x = to_json(L, -1, depth + 1, err, errlen);
+                json_t *x = to_json(L, -1, depth + 1, g, err, errlen);
                 lua_pop(L, 1);
                 if (!x) {
                     json_decref(a);
@@ -418,7 +482,7 @@ static json_t *to_json(lua_State *L, int idx, int depth, char *err, size_t errle
                 json_decref(o);
                 return NULL;
             }
-            json_t *x = to_json(L, -1, depth + 1, err, errlen);
+            json_t *x = to_json(L, -1, depth + 1, g, err, errlen);
             if (!x) {
                 lua_pop(L, 2);
                 json_decref(o);
@@ -437,7 +501,9 @@ static json_t *to_json(lua_State *L, int idx, int depth, char *err, size_t errle
 
 json_t *sg_lua_to_json(lua_State *L, int idx, char *err, size_t errlen)
 {
-    return to_json(L, idx, 0, err, errlen);
+    enc_budget g;
+    budget_init(&g, L);
+    return to_json(L, idx, 0, &g, err, errlen);
 }
 
 /* ---- JSON text <-> Lua, without a tree in between ---- */
@@ -692,11 +758,14 @@ typedef struct tbuf {
     char *s;
     size_t n, cap;
     int oom;
+    enc_budget g;
+    char err[160]; /* why tb_put stopped, when the budget did */
     char inl[512];
 } tbuf;
 
-static void tb_init(tbuf *b)
+static void tb_init(tbuf *b, lua_State *L)
 {
+    budget_init(&b->g, L);
     b->s = b->inl;
     b->n = 0;
     b->cap = sizeof(b->inl);
@@ -729,6 +798,7 @@ static char *tb_room(tbuf *b, size_t k)
 
 static int tb_put(tbuf *b, const char *s, size_t k)
 {
+    if (k > 1 && budget_spend(&b->g, k, b->err, sizeof(b->err)) < 0) return -1;
     char *o = tb_room(b, k);
     if (!o) return -1;
     memcpy(o, s, k);
@@ -736,17 +806,44 @@ static int tb_put(tbuf *b, const char *s, size_t k)
     return 0;
 }
 
+/* Strings longer than this are escaped a piece at a time, so the room
+ * reserved for escaping (six bytes a byte) stays small. */
+#define TB_PIECE 4096
+
 static int tb_string(tbuf *b, const char *s, size_t k, char *err, size_t errlen)
 {
-    char *o = tb_room(b, 6 * k + 2);
-    if (!o) return -1;
-    size_t w = sg_json_escape_utf8(s, k, o);
-    if (!w) {
-        snprintf(err, errlen, "a string is not valid UTF-8");
-        return -1;
+    if (budget_spend(&b->g, k + 2, err, errlen) < 0) return -1;
+    if (k <= TB_PIECE) {
+        char *o = tb_room(b, 6 * k + 2);
+        if (!o) return -1;
+        size_t w = sg_json_escape_utf8(s, k, o);
+        if (!w) {
+            snprintf(err, errlen, "a string is not valid UTF-8");
+            return -1;
+        }
+        b->n += w;
+        return 0;
     }
-    b->n += w;
-    return 0;
+    if (tb_put(b, "\"", 1) < 0) return -1;
+    while (k > 0) {
+        size_t m = k > TB_PIECE ? TB_PIECE : k;
+        /* end the piece on a character boundary (invalid UTF-8 is caught below) */
+        for (int back = 0; m < k && back < 3 && ((unsigned char)s[m] & 0xC0) == 0x80; back++)
+            m--;
+        char *o = tb_room(b, 6 * m + 2);
+        if (!o) return -1;
+        size_t w = sg_json_escape_utf8(s, m, o);
+        if (!w) {
+            snprintf(err, errlen, "a string is not valid UTF-8");
+            return -1;
+        }
+        memmove(o, o + 1, w - 2); /* without its quotes */
+        b->n += w - 2;
+        s += m;
+        k -= m;
+        if (k && (++b->g.ticks & 63) == 0 && budget_spend(&b->g, 0, err, errlen) < 0) return -1;
+    }
+    return tb_put(b, "\"", 1);
 }
 
 static int to_text(lua_State *L, int idx, int depth, tbuf *b, char *err, size_t errlen);
@@ -838,6 +935,8 @@ static int table_text(lua_State *L, int idx, int depth, tbuf *b, const char *laz
 static int to_text(lua_State *L, int idx, int depth, tbuf *b, char *err, size_t errlen)
 {
     idx = lua_absindex(L, idx);
+    /* every value costs a byte at least; strings count their length below */
+    if (budget_spend(&b->g, 1, err, errlen) < 0) return -1;
     if (depth > JSON_MAX_DEPTH) {
         snprintf(err, errlen, "nested deeper than %d levels (a cycle?)", JSON_MAX_DEPTH);
         return -1;
@@ -909,9 +1008,11 @@ static int to_text(lua_State *L, int idx, int depth, tbuf *b, char *err, size_t 
 /* The value at idx as JSON text in b; 0, or -1 with err. */
 static int encode(lua_State *L, int idx, tbuf *b, char *err, size_t errlen)
 {
-    tb_init(b);
+    tb_init(b, L);
+    b->err[0] = 0;
     int rc = to_text(L, idx, 0, b, err, errlen);
     if (rc < 0 && b->oom) snprintf(err, errlen, "out of memory");
+    else if (rc < 0 && b->err[0]) snprintf(err, errlen, "%s", b->err);
     return rc;
 }
 
@@ -952,15 +1053,20 @@ static int api_log(lua_State *L)
     return 0;
 }
 
+/* print(...) logs its arguments, tab-separated, as one plugin_print line.
+ * Each string goes into the buffer through luaL_addvalue, which knows where
+ * the buffer's own stack slot is (luaL_addstring + lua_pop would remove the
+ * buffer's box instead of the string once the text outgrows LUAL_BUFFERSIZE). */
 static int api_print(lua_State *L)
 {
     sg_sandbox *sb = from_state(L);
+    int n = lua_gettop(L);
     luaL_Buffer b;
     luaL_buffinit(L, &b);
-    for (int i = 1; i <= lua_gettop(L); i++) {
+    for (int i = 1; i <= n; i++) {
         if (i > 1) luaL_addchar(&b, '\t');
-        luaL_addstring(&b, luaL_tolstring(L, i, NULL));
-        lua_pop(L, 1);
+        luaL_tolstring(L, i, NULL);
+        luaL_addvalue(&b);
     }
     luaL_pushresult(&b);
     sg_log(SG_LOG_INFO, "plugin_print", "plugin=%s msg=%s", sb->name, sg_log_q(lua_tostring(L, -1)));
@@ -975,17 +1081,30 @@ static int api_now_ms(lua_State *L)
     return 1;
 }
 
+static int push_tbuf(lua_State *L)
+{
+    const tbuf *b = lua_touserdata(L, 1);
+    lua_pushlstring(L, b->s, b->n);
+    return 1;
+}
+
 static int api_json_encode(lua_State *L)
 {
-    char err[160];
+    char err[200];
     luaL_checkany(L, 1);
     tbuf b;
     if (encode(L, 1, &b, err, sizeof(err)) < 0) {
         tb_free(&b);
+        sg_sandbox_check_budget(L); /* over the call's budget: that error */
         return luaL_error(L, "json.encode: %s", err);
     }
-    lua_pushlstring(L, b.s, b.n);
+    /* the string may be refused (the memory cap): push it under a pcall
+     * of our own, so the buffer is freed before the error goes on */
+    lua_pushcfunction(L, push_tbuf);
+    lua_pushlightuserdata(L, &b);
+    int rc = lua_pcall(L, 1, 1, 0);
     tb_free(&b);
+    if (rc != LUA_OK) return lua_error(L);
     return 1;
 }
 
@@ -1056,6 +1175,25 @@ static int str_upper(lua_State *L)
     return case_map(L, 'a', 0);
 }
 
+/* setmetatable without finalizers: a __gc runs when the collector decides,
+ * which can be after a failed call or in lua_close, outside any call's
+ * budget, so a plugin could hang the gateway from there. Lua marks an
+ * object for finalization only when its metatable has __gc as it is set,
+ * so refusing such metatables here is enough. */
+static int api_setmetatable(lua_State *L)
+{
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        int t = sg_lua_raw_field(L, 2, "__gc");
+        lua_pop(L, 1);
+        if (t != LUA_TNIL) return luaL_error(L, "setmetatable: __gc finalizers are not available to plugins");
+    }
+    lua_settop(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(1)); /* the base library's */
+    lua_insert(L, 1);
+    lua_call(L, 2, 1);
+    return 1;
+}
+
 static void open_libs(lua_State *L)
 {
     static const luaL_Reg libs[] = {{LUA_GNAME, luaopen_base},
@@ -1066,6 +1204,9 @@ static void open_libs(lua_State *L)
         luaL_requiref(L, l->name, l->func, 1);
         lua_pop(L, 1);
     }
+    lua_getglobal(L, "setmetatable");
+    lua_pushcclosure(L, api_setmetatable, 1);
+    lua_setglobal(L, "setmetatable");
     /* no files, programs, bytecode or reflection */
     static const char *gone[] = {"dofile", "loadfile", "load", "require", "collectgarbage", NULL};
     for (int i = 0; gone[i]; i++) {
