@@ -6,11 +6,16 @@ return {
   -- should stay on loopback.
   listen = "127.0.0.1:4000",
 
-  -- Directory of Lua plugins loaded at start.
-  plugins_dir = "plugins",
+  -- Directory of Lua plugins loaded at start. Relative paths in this file
+  -- are relative to the file's own directory (here: the checkout's plugins/).
+  plugins_dir = "../plugins",
 
   -- debug, info, warn or error. Logs are one line per event, key=value.
   log_level = "info",
+
+  -- One log line per HTTP request (event=access: method, path, status,
+  -- bytes, duration, the API key's name, the error code of a refusal).
+  access_log = false,
 
   -- Broadcaster: a conversation's queue is flushed to subscribers when it
   -- holds batch_size updates or flush_interval_ms after its first update.
@@ -66,15 +71,22 @@ return {
   shutdown_timeout_ms = 5000,
 
   -- Plugins: per-call limits, and each plugin's own configuration
-  -- (plugins.<name> is passed to its init).
+  -- (plugins.<name> is passed to its init, checked against the settings
+  -- the plugin declares; a name no plugin has is a config error).
   plugin_memory_bytes = 16777216,
   plugin_max_instructions = 1000000,
   plugin_timeout_ms = 50,
   plugin_max_failures = 5,
   plugins = {
-    -- redact = { patterns = { "%d%d%d%-%d%d%-%d%d%d%d" }, keys = { "ssn" } },
-    -- rate_limit = { rate = 50, burst = 100, exempt = { "error", "summary" } },
-    -- summary = { interval_ms = 5000 },
+    -- Every *.lua file in plugins_dir is loaded, and `enabled = false`
+    -- switches any of them off. builders and webhook_formats act only when
+    -- a publish or a webhook endpoint names them, and are on. The three
+    -- below change or refuse traffic, so they are off until enabled here:
+    redact = { enabled = false, patterns = { "%d%d%d%-%d%d%-%d%d%d%d" }, keys = { "ssn" } },
+    -- over the limit a publish is refused with 429 and Retry-After
+    rate_limit = { enabled = false, rate = 50, burst = 100, exempt = { "error", "summary" } },
+    -- extra `summary` updates on every active conversation
+    summary = { enabled = false, interval_ms = 5000 },
   },
 
   -- Webhooks (Standard Webhooks: webhook-id, webhook-timestamp,

@@ -1,5 +1,9 @@
--- rate_limit.lua: a token bucket per conversation and category; updates
--- over the limit are dropped (the producer's answer says so) and counted.
+-- rate_limit.lua: a token bucket per conversation and category; a publish
+-- over the limit is refused with 429 and a Retry-After that says when the
+-- bucket has a token again (in a bulk request, that item gets the error
+-- and is not counted in `accepted`). Nothing acknowledged is ever dropped.
+--
+-- Off unless the config enables it: plugins.rate_limit.enabled = true.
 --
 -- Configuration (plugins.rate_limit in etc/statusgw.lua):
 --   rate   = 50                   -- updates per second, per conversation and category
@@ -13,7 +17,8 @@
 -- passes moves it one interval on. That is exactly a token bucket of
 -- `burst` tokens refilled at `rate` per second, without a table per bucket.
 
-local P = { name = "rate_limit", priority = 50 }
+local P = { name = "rate_limit", priority = 50, enabled = false,
+  settings = { rate = "number", burst = "number", categories = "table", exempt = "table" } }
 
 local rate, burst = 50, 100
 local overrides = {}
@@ -21,7 +26,7 @@ local exempt = { error = true, summary = true }
 local limits = {}    -- category -> { interval_ms, tolerance_ms }, made on first use
 local full_at = {}   -- category -> conversation -> when its bucket is full again (ms)
 local nbuckets, last_prune = 0, 0
-local dropped = 0
+local refused = 0
 local now_ms = statusgw.now_ms
 
 function P.init(config)
@@ -71,13 +76,18 @@ function P.filter(update)
   elseif t < now then
     t = now
   end
-  if t - now > limit[2] then
-    dropped = dropped + 1
-    if dropped % 100 == 1 then
-      statusgw.log("warn", string.format("rate limit: dropped=%d conversation=%s category=%s",
-        dropped, conv, cat))
+  local over = t - now - limit[2]
+  if over > 0 then
+    refused = refused + 1
+    if refused % 100 == 1 then
+      statusgw.log("warn", string.format("rate limit: refused=%d conversation=%s category=%s",
+        refused, conv, cat))
     end
-    return false
+    -- a token is back once the bucket's time is within the tolerance again
+    local retry = math.ceil(over / 1000)
+    return statusgw.refuse(429, "rate_limited",
+      string.format("over %g updates/s for category %s in this conversation", 1000 / limit[1], cat),
+      retry < 1 and 1 or retry)
   end
   convs[conv] = t + limit[1]
   return nil

@@ -2,15 +2,19 @@
 --
 -- Masks bearer tokens, common API key shapes (OpenAI/Anthropic "sk-...",
 -- GitHub "ghp_...", AWS "AKIA...", Slack "xox?-..."), "api_key=..." style
--- assignments, and the values of metadata keys that name secrets, in the
--- text and in every metadata string.
+-- assignments, "password=hunter2" / "token: abc" assignments to any secret
+-- key name, and the values of metadata keys that name secrets, in the text
+-- and in every metadata string.
+--
+-- Off unless the config enables it: plugins.redact.enabled = true.
 --
 -- Configuration (plugins.redact in etc/statusgw.lua):
 --   patterns    = { "%d%d%d%-%d%d%-%d%d%d%d" }  -- extra Lua patterns to mask
 --   keys        = { "ssn" }                      -- extra secret key names
 --   replacement = "[REDACTED]"
 
-local P = { name = "redact", priority = 10 }
+local P = { name = "redact", priority = 10, enabled = false,
+  settings = { patterns = "table", keys = "table", replacement = "string" } }
 
 local replacement = "[REDACTED]"
 local patterns = {}
@@ -68,7 +72,19 @@ local function may_hold_secret(s)
   for i = 1, #probes do
     if string.find(l, probes[i], 1, true) then return true end
   end
+  for k in pairs(secret_keys) do
+    if string.find(l, k, 1, true) then return true end
+  end
   return false
+end
+
+-- "password=hunter2", "token: abc": a secret key name assigned a value
+local function mask_assignment(k, sep, v)
+  local lv = string.lower(v)
+  if secret_keys[string.lower(k)] and v ~= replacement and lv ~= "bearer" and lv ~= "basic" then
+    return k .. sep .. replacement
+  end
+  return nil -- not a secret: the match stays as it is
 end
 
 local function mask(s)
@@ -79,6 +95,9 @@ local function mask(s)
     s, n = s:gsub(r[1], r[2] .. replacement)
     changed = changed or n > 0
   end
+  local before = s
+  s = s:gsub("([%w_%-]+)(%s*[=:]%s*)([^%s,;&\"']+)", mask_assignment)
+  changed = changed or s ~= before
   for _, p in ipairs(patterns) do
     local n
     s, n = s:gsub(p, replacement)

@@ -5,10 +5,14 @@
 -- output_tokens / prompt_tokens + completion_tokens). A workflow reaching
 -- 100% gets its summary at once.
 --
+-- Off unless the config enables it (summaries are extra updates: they take
+-- seq numbers and history slots, and reach every subscriber and webhook).
+--
 -- Configuration (plugins.summary in etc/statusgw.lua):
+--   enabled = true
 --   interval_ms = 5000
 
-local P = { name = "summary", priority = 200 }
+local P = { name = "summary", priority = 200, enabled = false, settings = { interval_ms = "integer" } }
 
 P.aggregator = { interval_ms = 5000 }
 

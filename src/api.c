@@ -277,6 +277,7 @@ typedef struct item {
     sg_draft d;
     sg_error err;
     size_t reply_off, reply_len; /* an accepted one's reply, in the run's replies */
+    int dropped;                 /* a filter dropped it: answered so, not accepted */
 } item;
 
 /* Parse a JSON array of updates into items; the drafts' strings land in
@@ -357,6 +358,7 @@ static void bulk_done(void *arg, size_t i, int rc, const sg_publish_result *res,
         return;
     }
     char *o = ob_room(&run->replies, REPLY_MAX);
+    it->dropped = res->dropped;
     it->reply_off = run->replies.n;
     it->reply_len = o ? publish_reply(res, o) : 0;
     run->replies.n += it->reply_len;
@@ -456,13 +458,15 @@ static void handle_bulk(sg_conn *c, sg_req *r)
     /* the counts lead the answer but are known last: room is kept for them */
     enum { HEAD = 64 };
     obuf b = {0};
-    int accepted = 0;
+    int accepted = 0, dropped = 0;
     if (ob_room(&b, HEAD)) b.n = HEAD;
     ob_put(&b, "\"results\":[", 11);
     for (size_t i = 0; i < n; i++) {
         if (i) ob_put(&b, ",", 1);
         if (items[i].rc == 0 && items[i].reply_len > 0) {
-            accepted++;
+            /* a deliberate drop is answered as such, and is not accepted */
+            if (items[i].dropped) dropped++;
+            else accepted++;
             ob_put(&b, run.replies.s + items[i].reply_off, items[i].reply_len);
             continue;
         }
@@ -477,7 +481,8 @@ static void handle_bulk(sg_conn *c, sg_req *r)
     free(run.replies.s);
     ob_put(&b, "]}\n", 3);
     char head[HEAD];
-    int hn = snprintf(head, sizeof(head), "{\"accepted\":%d,\"rejected\":%d,", accepted, (int)n - accepted);
+    int hn = snprintf(head, sizeof(head), "{\"accepted\":%d,\"dropped\":%d,\"rejected\":%d,", accepted,
+                      dropped, (int)n - accepted - dropped);
     if (b.s) {
         memcpy(b.s + HEAD - hn, head, (size_t)hn);
         sg_http_respond(c, 202, "application/json", b.s + HEAD - hn, b.n - HEAD + (size_t)hn, NULL);

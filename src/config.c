@@ -50,6 +50,79 @@ static const struct int_key int_keys[] = {
     IK("max_channels_per_socket", max_channels_per_socket, 1, 100000),
 };
 
+/* ---- names and paths ---- */
+
+/* Edit distance of two short names (0 when equal); capped for long ones. */
+static int distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 63 || lb > 63) return 99;
+    int d[64][64];
+    for (size_t i = 0; i <= la; i++) d[i][0] = (int)i;
+    for (size_t j = 0; j <= lb; j++) d[0][j] = (int)j;
+    for (size_t i = 1; i <= la; i++)
+        for (size_t j = 1; j <= lb; j++) {
+            int sub = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+            int del = d[i - 1][j] + 1, ins = d[i][j - 1] + 1;
+            d[i][j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
+        }
+    return d[la][lb];
+}
+
+const char *sg_config_closest(const char *name, const char *const *known)
+{
+    const char *best = NULL;
+    int bd = 99;
+    for (int i = 0; known[i]; i++) {
+        int dd = distance(name, known[i]);
+        if (dd < bd) {
+            bd = dd;
+            best = known[i];
+        }
+    }
+    size_t n = strlen(name);
+    return bd <= (n < 5 ? 1 : n < 9 ? 2 : 3) ? best : NULL;
+}
+
+int sg_config_check_keys(json_t *obj, const char *where, const char *const *known, char *err,
+                         size_t errlen)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(obj, k, v)
+    {
+        int found = 0;
+        for (int i = 0; known[i] && !found; i++)
+            found = strcmp(k, known[i]) == 0;
+        if (found) continue;
+        const char *near = sg_config_closest(k, known);
+        if (near)
+            snprintf(err, errlen, "%s: unknown key '%s' (did you mean '%s'?)", where, k, near);
+        else {
+            char list[300] = "";
+            size_t o = 0;
+            for (int i = 0; known[i] && o < sizeof(list) - 1; i++)
+                o += (size_t)snprintf(list + o, sizeof(list) - o, "%s%s", i ? ", " : "", known[i]);
+            snprintf(err, errlen, "%s: unknown key '%s' (known: %s)", where, k, list);
+        }
+        return -1;
+    }
+    return 0;
+}
+
+char *sg_config_resolve(const sg_config *c, const char *p)
+{
+    if (!p) return NULL;
+    const char *slash = c->path ? strrchr(c->path, '/') : NULL;
+    if (p[0] == '/' || !c->path) return strdup(p);
+    if (!slash) return strdup(p); /* the config is in the working directory */
+    size_t dl = (size_t)(slash - c->path);
+    size_t n = dl + 1 + strlen(p) + 1;
+    char *r = malloc(n);
+    if (r) snprintf(r, n, "%.*s/%s", (int)dl, c->path, p);
+    return r;
+}
+
 /* Tables that later modules read from the same file. */
 static const char *table_keys[] = {"plugins", "webhooks", "security", NULL};
 
@@ -197,6 +270,14 @@ static int apply_key(sg_config *c, lua_State *L, const char *key, char *err, siz
         }
         return 0;
     }
+    if (strcmp(key, "access_log") == 0) {
+        if (!lua_isboolean(L, -1)) {
+            snprintf(err, errlen, "access_log must be true or false");
+            return -1;
+        }
+        c->access_log = lua_toboolean(L, -1);
+        return 0;
+    }
     if (strcmp(key, "categories") == 0) return load_categories(c, L, err, errlen);
     json_t **sections[] = {&c->plugins, &c->webhooks, &c->security};
     for (int i = 0; table_keys[i]; i++) {
@@ -215,7 +296,20 @@ static int apply_key(sg_config *c, lua_State *L, const char *key, char *err, siz
         *sections[i] = j;
         return 0;
     }
-    snprintf(err, errlen, "unknown key '%s'", key);
+    const char *known[sizeof(int_keys) / sizeof(int_keys[0]) + 10];
+    size_t nk = 0;
+    for (size_t i = 0; i < sizeof(int_keys) / sizeof(int_keys[0]); i++)
+        known[nk++] = int_keys[i].name;
+    static const char *const more[] = {"listen", "plugins_dir", "log_level", "access_log", "categories",
+                                       "plugins", "webhooks", "security", NULL};
+    for (int i = 0; more[i]; i++)
+        known[nk++] = more[i];
+    known[nk] = NULL;
+    const char *near = sg_config_closest(key, known);
+    if (near)
+        snprintf(err, errlen, "unknown key '%s' (did you mean '%s'?)", key, near);
+    else
+        snprintf(err, errlen, "unknown key '%s'", key);
     return -1;
 }
 
@@ -253,6 +347,13 @@ int sg_config_load(sg_config *c, const char *path, char *err, size_t errlen)
             goto done;
         }
         lua_pop(L, 1);
+    }
+    /* paths in the file are relative to the file, not to where the
+     * gateway happens to start */
+    char *pd = sg_config_resolve(c, c->plugins_dir);
+    if (pd) {
+        free(c->plugins_dir);
+        c->plugins_dir = pd;
     }
     rc = 0;
 done:

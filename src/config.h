@@ -81,6 +81,7 @@ typedef struct sg_config {
     int max_connections;
     int max_connections_per_ip;
     int max_channels_per_socket;
+    int access_log; /* one line per request */
     /* sections other modules read, as JSON (owned; NULL when absent) */
     json_t *plugins;  /* plugins.<name> = config passed to init() */
     json_t *webhooks;
@@ -95,6 +96,18 @@ typedef struct sg_config {
  * there. On error returns -1 and writes a sentence naming the bad key into
  * err. The caller frees with sg_config_free(). */
 int sg_config_load(sg_config *c, const char *path, char *err, size_t errlen);
+
+/* A path from the config file, relative to the file's directory (absolute
+ * paths as they are; with no file, relative to the working directory).
+ * New string. */
+char *sg_config_resolve(const sg_config *c, const char *path);
+
+/* -1 with "where: unknown key 'x' (did you mean 'y'?)" in err when obj
+ * has a key not in known (NULL-terminated). */
+int sg_config_check_keys(json_t *obj, const char *where, const char *const *known, char *err,
+                         size_t errlen);
+/* The known name closest to name, when close enough to be a typo; NULL. */
+const char *sg_config_closest(const char *name, const char *const *known);
 
 /* Parse "host:port" into the config's listen fields; -1 when malformed. */
 int sg_config_set_listen(sg_config *c, const char *addr);

@@ -348,8 +348,10 @@ void sg_http_json(sg_conn *c, int status, json_t *v, const char *extra)
 
 void sg_http_error(sg_conn *c, const sg_error *err)
 {
-    const char *extra = err->status == 429 || err->status == 503 ? "Retry-After: 1\r\n" : NULL;
-    sg_http_json(c, err->status, sg_error_json(err), extra);
+    char extra[40];
+    int retry = err->status == 429 || err->status == 503;
+    if (retry) snprintf(extra, sizeof(extra), "Retry-After: %d\r\n", err->retry_after > 0 ? err->retry_after : 1);
+    sg_http_json(c, err->status, sg_error_json(err), retry ? extra : NULL);
 }
 
 /* ---- write queues ----

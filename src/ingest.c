@@ -70,6 +70,7 @@ void sg_ingest_many(sg_server *s, sg_draft **ds, size_t n, const char *emitted_b
     const char *by_small[64];
     char *live = n <= 64 ? live_small : malloc(n);
     const char **by = n <= 64 ? by_small : malloc(n * sizeof(*by));
+    sg_error refusals_small[8], *refusals = NULL; /* made when there are filters */
     sg_error err;
     if (!live || !by) {
         sg_error_set(&err, 503, "out_of_memory", NULL, "out of memory");
@@ -98,10 +99,19 @@ void sg_ingest_many(sg_server *s, sg_draft **ds, size_t n, const char *emitted_b
         else finish(s, d, emitted_by, aggregators, done, arg, i);
     }
     if (!filters) goto out;
-    sg_plugins_filter_many(pm, ds, live, by, n, emitted_by, &clock);
+    refusals = n <= 8 ? refusals_small : calloc(n, sizeof(*refusals));
+    if (!refusals) {
+        sg_error_set(&err, 503, "out_of_memory", NULL, "out of memory");
+        for (size_t i = 0; i < n; i++)
+            if (live[i]) done(arg, i, -1, NULL, &err);
+        goto out;
+    }
+    sg_plugins_filter_many(pm, ds, live, by, refusals, n, emitted_by, &clock);
     for (size_t i = 0; i < n; i++) {
         if (live[i]) {
             finish(s, ds[i], emitted_by, aggregators, done, arg, i);
+        } else if (by[i] && refusals[i].status) { /* statusgw.refuse: the producer is told */
+            done(arg, i, -1, NULL, &refusals[i]);
         } else if (by[i]) {
             sg_publish_result res;
             memset(&res, 0, sizeof(res));
@@ -111,6 +121,7 @@ void sg_ingest_many(sg_server *s, sg_draft **ds, size_t n, const char *emitted_b
         }
     }
 out:
+    if (refusals != refusals_small) free(refusals);
     if (live != live_small) free(live);
     if (by != by_small) free(by);
 }

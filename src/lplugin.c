@@ -154,18 +154,31 @@ static int l_build(lua_State *L)
     return 3;
 }
 
-/* filter(update) -> true, update | false, dropped_by */
+/* filter(update) -> true, update | false, dropped_by [, refusal]:
+ * refusal is {status, code, message, retry_after} when the plugin refused */
 static int l_filter(lua_State *L)
 {
     host *h = check_host(L);
-    sg_draft d;
+    sg_draft d, *dp = &d;
     arg_draft(L, h, 2, &d);
     const char *by = NULL;
-    int keep = sg_plugins_filter(h->pm, &d, NULL, &by);
+    char keep = 1;
+    sg_error refusal = {0};
+    sg_plugins_filter_many(h->pm, &dp, &keep, &by, &refusal, 1, NULL, NULL);
     lua_pushboolean(L, keep);
     if (keep) sg_plugins_push_draft(L, &d); else lua_pushstring(L, by);
     sg_draft_free(&d);
-    return 2;
+    if (keep || !refusal.status) return 2;
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, refusal.status);
+    lua_setfield(L, -2, "status");
+    lua_pushstring(L, refusal.code);
+    lua_setfield(L, -2, "code");
+    lua_pushstring(L, refusal.message);
+    lua_setfield(L, -2, "message");
+    lua_pushinteger(L, refusal.retry_after);
+    lua_setfield(L, -2, "retry_after");
+    return 3;
 }
 
 static int l_subscriber_filter(lua_State *L)

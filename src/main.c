@@ -12,7 +12,9 @@
 #include "status.h"
 #include "store.h"
 
+#include <errno.h>
 #include <getopt.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +59,25 @@ static int check_plugin(const char *path, const char *config_path)
     sg_categories_free();
     sg_config_free(&cfg);
     return rc;
+}
+
+/* The plugins as the config sees them, after their first load: the
+ * directory is there, every plugins.<name> names a plugin, and every
+ * plugin takes the settings it is given. 0, or -1 with err. */
+static int check_plugins(const sg_config *cfg, sg_plugins *pm, char *err, size_t errlen)
+{
+    struct stat st;
+    if (stat(cfg->plugins_dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        snprintf(err, errlen, "plugins_dir '%s' is not a directory (%s)", cfg->plugins_dir,
+                 errno ? strerror(errno) : "not a directory");
+        return -1;
+    }
+    const char *bad = sg_plugins_config_error(pm);
+    if (bad) {
+        snprintf(err, errlen, "%s", bad);
+        return -1;
+    }
+    return sg_plugins_check_names(pm, err, errlen);
 }
 
 int main(int argc, char **argv)
@@ -129,7 +150,11 @@ int main(int argc, char **argv)
     }
     if (check_only) {
         sg_security_free(sec);
-        if (sg_webhooks_check(&cfg, err, sizeof(err)) < 0) {
+        sg_plugins *pm = sg_plugins_new(cfg.plugins_dir, &cfg, NULL, NULL, NULL);
+        if (pm) json_decref(sg_plugins_reload(pm));
+        int bad = !pm || check_plugins(&cfg, pm, err, sizeof(err)) < 0 || sg_webhooks_check(&cfg, err, sizeof(err)) < 0;
+        sg_plugins_free(pm);
+        if (bad) {
             fprintf(stderr, "statusgw: bad config: %s\n", err);
             sg_categories_free();
             sg_config_free(&cfg);
@@ -174,6 +199,12 @@ int main(int argc, char **argv)
     sg_hub_on_forget(srv.hub, forget_conversation, srv.plugins);
     sg_filter_set_plugins(srv.plugins);
     json_decref(sg_server_reload(&srv, "start"));
+    if (check_plugins(&cfg, srv.plugins, err, sizeof(err)) < 0) {
+        sg_log(SG_LOG_ERROR, "bad_config", "reason=%s", sg_log_q(err));
+        fprintf(stderr, "statusgw: bad config: %s\n", err);
+        rc = 2;
+        goto done;
+    }
     srv.webhooks = sg_webhooks_new(srv.base, &cfg, srv.plugins, err, sizeof(err));
     if (!srv.webhooks) {
         fprintf(stderr, "statusgw: bad config: %s\n", err);

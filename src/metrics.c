@@ -147,8 +147,11 @@ void sg_metrics_render(sg_server *s, struct evbuffer *o)
     static const char *pc[][3] = {{"calls", "statusgw_plugin_calls_total", "Calls into each plugin."},
                                   {"errors", "statusgw_plugin_errors_total", "Plugin calls that failed or returned garbage."},
                                   {"timeouts", "statusgw_plugin_timeouts_total", "Plugin calls over their instruction or time budget."},
-                                  {"out_of_memory", "statusgw_plugin_oom_total", "Plugin calls over the memory cap."}};
-    for (int k = 0; k < 4; k++) {
+                                  {"out_of_memory", "statusgw_plugin_oom_total", "Plugin calls over the memory cap."},
+                                  {"dropped", "statusgw_plugin_updates_dropped_total", "Updates a plugin's filter dropped (deliberately: the producer was answered dropped)."},
+                                  {"refused", "statusgw_plugin_updates_refused_total", "Publishes a plugin's filter refused (statusgw.refuse: 429 or another 4xx)."},
+                                  {"subscriber_errors", "statusgw_plugin_subscriber_filter_errors_total", "Subscriber filter calls that failed (counted against the subscriber)."}};
+    for (int k = 0; k < 7; k++) {
         family(o, pc[k][1], "counter", pc[k][2]);
         size_t i;
         json_t *p;

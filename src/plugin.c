@@ -29,12 +29,14 @@ struct sg_plugin {
     int states_ref, dirty_ref;
     struct event *agg_ev;
     int disabled;
+    int off; /* switched off by the config (or by default): loaded, never called */
     int consecutive_failures;
     uint64_t calls, errors, timeouts, ooms, time_ns;
     uint64_t skipped; /* updates filter_when let by without a call */
     /* subscriber filter calls that failed: the subscriber chose the args,
      * so these are counted apart and never disable the plugin */
     uint64_t subscriber_errors;
+    uint64_t dropped, refused; /* updates its filter dropped or refused */
     char last_error[512];
     int64_t last_error_ms;
     int64_t loaded_ms;
@@ -49,6 +51,7 @@ struct sg_plugins {
     sg_plugin **list; /* by priority, then name */
     int n;
     json_t *failed; /* files that have no running version: [{"file","error"}] */
+    json_t *config_errors; /* settings the config gives a plugin that it refuses: [msg] */
     json_t *last_reload;
 };
 
@@ -299,8 +302,61 @@ static int when_matches(const sg_plugin *p, const sg_draft *d)
 
 /* Load one file into a fresh sandbox and run its init. NULL with
  * "file:line: message" in err on any failure. */
+/* Check plugins.<name> against what the plugin declares: `enabled`
+ * (a boolean), and, when the plugin has a `settings` table of
+ * name = "number" | "integer" | "string" | "boolean" | "table", every
+ * other key. 0, or -1 with err. */
+static int check_settings(lua_State *L, int P, const char *name, json_t *conf, char *err, size_t errlen)
+{
+    json_t *en = json_object_get(conf, "enabled");
+    if (en && !json_is_boolean(en)) {
+        snprintf(err, errlen, "plugins.%s.enabled must be true or false", name);
+        return -1;
+    }
+    if (sg_lua_raw_field(L, P, "settings") != LUA_TTABLE) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    const char *known[65];
+    int nk = 0;
+    known[nk++] = "enabled";
+    lua_pushnil(L);
+    while (lua_next(L, -2) && nk < 64) {
+        if (lua_type(L, -2) == LUA_TSTRING) known[nk++] = lua_tostring(L, -2); /* kept alive by the table */
+        lua_pop(L, 1);
+    }
+    known[nk] = NULL;
+    char where[96];
+    snprintf(where, sizeof(where), "plugins.%s", name);
+    int rc = sg_config_check_keys(conf, where, known, err, errlen);
+    const char *k;
+    json_t *v;
+    json_object_foreach(conf, k, v)
+    {
+        if (rc < 0 || strcmp(k, "enabled") == 0) continue;
+        int t = sg_lua_raw_field(L, -1, k);
+        const char *want = t == LUA_TSTRING ? lua_tostring(L, -1) : "";
+        int ok = strcmp(want, "number") == 0    ? json_is_number(v)
+                 : strcmp(want, "integer") == 0 ? json_is_integer(v)
+                 : strcmp(want, "string") == 0  ? json_is_string(v)
+                 : strcmp(want, "boolean") == 0 ? json_is_boolean(v)
+                 : strcmp(want, "table") == 0   ? json_is_object(v) || json_is_array(v)
+                                                : 1;
+        if (!ok) {
+            static const char *const names[] = {"object", "array", "string", "integer", "number",
+                                                "true", "false", "null"};
+            snprintf(err, errlen, "plugins.%s.%s must be %s %s, got %s", name, k,
+                     want[0] == 'i' ? "an" : "a", want, names[json_typeof(v)]);
+            rc = -1;
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return rc;
+}
+
 static sg_plugin *plugin_load(sg_plugins *pm, const char *path, const sg_config *cfg, char *err,
-                              size_t errlen)
+                              size_t errlen, int *config_error)
 {
     sg_plugin *p = calloc(1, sizeof(*p));
     if (!p) {
@@ -344,10 +400,35 @@ static sg_plugin *plugin_load(sg_plugins *pm, const char *path, const sg_config 
             snprintf(err, errlen, "%s: name '%s' must be [a-z0-9_-]", base, p->name);
             goto fail_pop;
         }
+    json_t *conf = cfg->plugins ? json_object_get(cfg->plugins, p->name) : NULL;
+    if (conf && !json_is_object(conf)) {
+        snprintf(err, errlen, "plugins.%s must be a table of settings", p->name);
+        if (config_error) *config_error = 1;
+        goto fail_pop;
+    }
+    if (conf && check_settings(L, P, p->name, conf, err, errlen) < 0) {
+        if (config_error) *config_error = 1;
+        goto fail_pop;
+    }
+    /* on unless the plugin says it waits to be asked (enabled = false)
+     * and the config does not ask; the config can switch any plugin off */
+    int on = 1;
+    int et = sg_lua_raw_field(L, P, "enabled");
+    if (et == LUA_TBOOLEAN) on = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (et != LUA_TNIL && et != LUA_TBOOLEAN) {
+        snprintf(err, errlen, "%s: enabled must be true or false", base);
+        goto fail_pop;
+    }
+    json_t *en = json_object_get(conf, "enabled");
+    if (en) on = json_is_true(en);
+    p->off = p->disabled = !on;
     /* init(config) with plugins.<name> from the config file, before
-     * reading what the plugin provides, so init can shape it */
-    if (sg_lua_raw_field(L, P, "init") == LUA_TFUNCTION) {
-        json_t *conf = cfg->plugins ? json_object_get(cfg->plugins, p->name) : NULL;
+     * reading what the plugin provides, so init can shape it; a plugin
+     * that is off is not initialized */
+    if (p->off) {
+        /* nothing to run */
+    } else if (sg_lua_raw_field(L, P, "init") == LUA_TFUNCTION) {
         if (conf)
             sg_lua_push_json(L, conf);
         else
@@ -461,7 +542,7 @@ static json_t *describe(const sg_plugin *p)
 
 json_t *sg_plugin_check(const char *path, const sg_config *cfg, char *err, size_t errlen)
 {
-    sg_plugin *p = plugin_load(NULL, path, cfg, err, errlen);
+    sg_plugin *p = plugin_load(NULL, path, cfg, err, errlen, NULL);
     if (!p) return NULL;
     json_t *d = describe(p);
     plugin_free(p);
@@ -481,6 +562,7 @@ sg_plugins *sg_plugins_new(const char *dir, const sg_config *cfg, struct event_b
     pm->emit = emit;
     pm->emit_arg = emit_arg;
     pm->failed = json_array();
+    pm->config_errors = json_array();
     return pm;
 }
 
@@ -492,6 +574,7 @@ void sg_plugins_free(sg_plugins *pm)
     free(pm->list);
     free(pm->dir);
     json_decref(pm->failed);
+    json_decref(pm->config_errors);
     json_decref(pm->last_reload);
     free(pm);
 }
@@ -518,6 +601,7 @@ static void start_timer(sg_plugins *pm, sg_plugin *p)
 
 json_t *sg_plugins_reload(sg_plugins *pm)
 {
+    json_array_clear(pm->config_errors);
     json_t *loaded = json_array(), *failed = json_array(), *removed = json_array();
     char **files = NULL;
     int nf = 0;
@@ -544,7 +628,9 @@ json_t *sg_plugins_reload(sg_plugins *pm)
     char *kept = calloc(pm->n + 1, 1); /* old plugins carried over */
     for (int i = 0; i < nf; i++) {
         char err[600];
-        sg_plugin *p = plugin_load(pm, files[i], pm->cfg, err, sizeof(err));
+        int config_error = 0;
+        sg_plugin *p = plugin_load(pm, files[i], pm->cfg, err, sizeof(err), &config_error);
+        if (!p && config_error) json_array_append_new(pm->config_errors, json_string(err));
         int old = -1;
         for (int j = 0; j < pm->n; j++)
             if (strcmp(pm->list[j]->path, files[i]) == 0) old = j;
@@ -608,6 +694,7 @@ json_t *sg_plugins_reload(sg_plugins *pm)
 static sg_plugin *find_named_at(const sg_plugins *pm, size_t off, const char *name, size_t *at)
 {
     for (int i = 0; pm && i < pm->n; i++) {
+        if (pm->list[i]->off) continue; /* switched off: provides nothing */
         json_t *names = *(json_t **)((char *)pm->list[i] + off);
         size_t k;
         json_t *v;
@@ -797,8 +884,9 @@ static int replacement(lua_State *L, const sg_draft *orig, const sg_limits *lim,
     return rc;
 }
 
-/* One filter over one draft: 1 to keep it (perhaps replaced), 0 to drop it. */
-static int filter_one(sg_plugin *p, sg_draft *d, const sg_limits *lim, uint64_t *clock)
+/* One filter over one draft: 1 to keep it (perhaps replaced), 0 to drop
+ * it, -1 to refuse the publish (err filled from statusgw.refuse). */
+static int filter_one(sg_plugin *p, sg_draft *d, const sg_limits *lim, uint64_t *clock, sg_error *err)
 {
     if (p->when && !when_matches(p, d)) {
         p->skipped++;
@@ -814,7 +902,13 @@ static int filter_one(sg_plugin *p, sg_draft *d, const sg_limits *lim, uint64_t 
     }
     if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {
         lua_pop(L, 1);
+        p->dropped++;
         return 0;
+    }
+    if (sg_lua_refusal(L, -1, err)) {
+        lua_pop(L, 1);
+        p->refused++;
+        return -1;
     }
     char why[240];
     sg_draft nd;
@@ -834,9 +928,10 @@ static int filter_one(sg_plugin *p, sg_draft *d, const sg_limits *lim, uint64_t 
     return 1;
 }
 
-void sg_plugins_filter_many(sg_plugins *pm, sg_draft **ds, char *live, const char **by, size_t n,
-                            const char *skip, uint64_t *clock)
+void sg_plugins_filter_many(sg_plugins *pm, sg_draft **ds, char *live, const char **by,
+                            sg_error *refusals, size_t n, const char *skip, uint64_t *clock)
 {
+    sg_error scratch;
     sg_limits lim = {pm->cfg->max_text, pm->cfg->max_metadata};
     uint64_t own_clock = 0;
     if (!clock) clock = &own_clock;
@@ -844,7 +939,11 @@ void sg_plugins_filter_many(sg_plugins *pm, sg_draft **ds, char *live, const cha
         sg_plugin *p = pm->list[i];
         if (p->filter_ref == LUA_NOREF || (skip && strcmp(skip, p->name) == 0)) continue;
         for (size_t k = 0; k < n && !p->disabled; k++) {
-            if (!live[k] || filter_one(p, ds[k], &lim, clock)) continue;
+            if (!live[k]) continue;
+            sg_error *err = refusals ? &refusals[k] : &scratch;
+            int rc = filter_one(p, ds[k], &lim, clock, err);
+            if (rc == 1) continue;
+            if (rc == 0) err->status = 0; /* dropped, not refused */
             live[k] = 0;
             by[k] = p->name;
         }
@@ -855,7 +954,7 @@ int sg_plugins_filter(sg_plugins *pm, sg_draft *d, const char *skip, const char 
 {
     char live = 1;
     *dropped_by = NULL;
-    sg_plugins_filter_many(pm, &d, &live, dropped_by, 1, skip, NULL);
+    sg_plugins_filter_many(pm, &d, &live, dropped_by, NULL, 1, skip, NULL);
     return live;
 }
 
@@ -1147,6 +1246,53 @@ int sg_plugins_webhook_format(sg_plugins *pm, const char *name, json_t *updates,
     return 0;
 }
 
+/* ---- the config's view ---- */
+
+const char *sg_plugins_config_error(const sg_plugins *pm)
+{
+    return pm && json_array_size(pm->config_errors) ? json_string_value(json_array_get(pm->config_errors, 0))
+                                                   : NULL;
+}
+
+int sg_plugins_check_names(const sg_plugins *pm, char *err, size_t errlen)
+{
+    const sg_config *cfg = pm->cfg;
+    if (!cfg->plugins) return 0;
+    const char *known[257];
+    char *bases[128];
+    int nk = 0, nb = 0;
+    for (int i = 0; i < pm->n && nk < 128; i++)
+        known[nk++] = pm->list[i]->name;
+    size_t i;
+    json_t *f;
+    json_array_foreach(pm->failed, i, f) /* a file that failed still names its plugin */
+    {
+        const char *file = json_string_value(json_object_get(f, "file"));
+        const char *b = file ? strrchr(file, '/') : NULL;
+        b = b ? b + 1 : file;
+        if (b && nb < 128) known[nk++] = bases[nb++] = strndup(b, strcspn(b, "."));
+    }
+    known[nk] = NULL;
+    int rc = 0;
+    const char *k;
+    json_t *v;
+    json_object_foreach(cfg->plugins, k, v)
+    {
+        int found = 0;
+        for (int j = 0; j < nk && !found; j++)
+            found = known[j] && strcmp(known[j], k) == 0;
+        if (found) continue;
+        const char *near = sg_config_closest(k, known);
+        snprintf(err, errlen, "plugins.%s names no plugin in %s%s%s%s", k, pm->dir, near ? " (did you mean '" : "",
+                 near ? near : "", near ? "'?)" : "");
+        rc = -1;
+        break;
+    }
+    for (int j = 0; j < nb; j++)
+        free(bases[j]);
+    return rc;
+}
+
 /* ---- admin ---- */
 
 json_t *sg_plugins_admin(const sg_plugins *pm)
@@ -1157,11 +1303,13 @@ json_t *sg_plugins_admin(const sg_plugins *pm)
         json_t *d = describe(p);
         char ts[25];
         sg_format_ts(p->loaded_ms, ts);
-        json_object_set_new(d, "state", json_string(p->disabled ? "disabled" : "active"));
+        json_object_set_new(d, "state", json_string(p->off ? "off" : p->disabled ? "disabled" : "active"));
+        json_object_set_new(d, "enabled", json_boolean(!p->off));
         json_object_set_new(d, "loaded_at", json_string(ts));
         json_object_set_new(
             d, "counters",
-            json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:I, s:i}", "calls", (json_int_t)p->calls,
+            json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:I, s:i}", "calls", (json_int_t)p->calls,
+                      "dropped", (json_int_t)p->dropped, "refused", (json_int_t)p->refused,
                       "subscriber_errors", (json_int_t)p->subscriber_errors,
                       "skipped", (json_int_t)p->skipped,
                       "errors", (json_int_t)p->errors, "timeouts", (json_int_t)p->timeouts,

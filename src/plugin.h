@@ -46,10 +46,11 @@ int sg_plugins_build(sg_plugins *pm, const sg_draft *d, sg_built *out, uint64_t 
  * plugin's name in *dropped_by. */
 int sg_plugins_filter(sg_plugins *pm, sg_draft *d, const char *skip, const char **dropped_by);
 /* The same for the drafts ds[i] with live[i] set, plugin by plugin (each
- * sees them in order): a dropped one gets live[i] = 0 and by[i] = the
- * dropping plugin's name. */
-void sg_plugins_filter_many(sg_plugins *pm, sg_draft **ds, char *live, const char **by, size_t n,
-                            const char *skip, uint64_t *clock);
+ * sees them in order): a dropped or refused one gets live[i] = 0 and
+ * by[i] = the plugin's name; refusals[i] (when not NULL) holds the
+ * refusal, or status 0 for a drop. */
+void sg_plugins_filter_many(sg_plugins *pm, sg_draft **ds, char *live, const char **by,
+                            sg_error *refusals, size_t n, const char *skip, uint64_t *clock);
 int sg_plugins_have_filters(const sg_plugins *pm);
 
 /* Subscriber filters, by name. */
@@ -79,6 +80,14 @@ int sg_plugins_webhook_match(sg_plugins *pm, const char *name, json_t *update);
  * NULL on failure). Returns 0 or -1. */
 int sg_plugins_webhook_format(sg_plugins *pm, const char *name, json_t *updates, char **body,
                               json_t **headers);
+
+/* After a reload: the first setting the config gives a plugin that the
+ * plugin refuses (a type its `settings` do not allow, an unknown key, a
+ * non-boolean `enabled`), or NULL. At start this is a config error. */
+const char *sg_plugins_config_error(const sg_plugins *pm);
+/* -1 with err when the config has plugins.<name> for a name no plugin in
+ * the directory has (with a "did you mean"). */
+int sg_plugins_check_names(const sg_plugins *pm, char *err, size_t errlen);
 
 /* State and counters of every plugin, for GET /admin/plugins. */
 json_t *sg_plugins_admin(const sg_plugins *pm);

@@ -1124,6 +1124,67 @@ static int api_json_decode(lua_State *L)
     return 1;
 }
 
+/* statusgw.refuse(status, code, message [, retry_after_s]): what a filter
+ * returns to refuse a publish. The producer is answered with the status
+ * (a 4xx; 429 carries Retry-After) and {"error":{"code","message"}}; the
+ * update is not published. */
+static char refusal_mt_key;
+
+static int api_refuse(lua_State *L)
+{
+    lua_Integer status = luaL_checkinteger(L, 1);
+    const char *code = luaL_checkstring(L, 2);
+    size_t ml;
+    const char *msg = luaL_optlstring(L, 3, "refused by a plugin", &ml);
+    lua_Integer retry = luaL_optinteger(L, 4, 0);
+    luaL_argcheck(L, status >= 400 && status <= 499 && status != 401 && status != 407, 1,
+                  "a refusal is a 4xx status (not 401 or 407)");
+    luaL_argcheck(L, sg_error_code_intern(code) != NULL, 2, "a code is 1-47 characters of [a-z0-9_]");
+    luaL_argcheck(L, ml < 200, 3, "a message is at most 199 bytes");
+    luaL_argcheck(L, retry >= 0 && retry <= 86400, 4, "retry_after is 0 to 86400 seconds");
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, status);
+    lua_setfield(L, -2, "status");
+    lua_pushvalue(L, 2);
+    lua_setfield(L, -2, "code");
+    lua_pushlstring(L, msg, ml);
+    lua_setfield(L, -2, "message");
+    lua_pushinteger(L, retry);
+    lua_setfield(L, -2, "retry_after");
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &refusal_mt_key) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_createtable(L, 0, 1);
+        lua_pushboolean(L, 0);
+        lua_setfield(L, -2, "__metatable");
+        lua_pushvalue(L, -1);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &refusal_mt_key);
+    }
+    lua_setmetatable(L, -2);
+    return 1;
+}
+
+int sg_lua_refusal(lua_State *L, int idx, sg_error *err)
+{
+    idx = lua_absindex(L, idx);
+    if (!lua_istable(L, idx) || !lua_getmetatable(L, idx)) return 0;
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &refusal_mt_key);
+    int is = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    if (!is) return 0;
+    sg_lua_raw_field(L, idx, "status");
+    sg_lua_raw_field(L, idx, "code");
+    sg_lua_raw_field(L, idx, "message");
+    sg_lua_raw_field(L, idx, "retry_after");
+    const char *code = lua_tostring(L, -3);
+    sg_error_set(err, (int)lua_tointeger(L, -4), code ? sg_error_code_intern(code) : NULL, NULL, "%s",
+                 lua_tostring(L, -2) ? lua_tostring(L, -2) : "");
+    if (!err->code) err->code = "refused";
+    err->retry_after = (int)lua_tointeger(L, -1);
+    if (err->status == 429 && err->retry_after < 1) err->retry_after = 1;
+    lua_pop(L, 4);
+    return 1;
+}
+
 static int api_emit(lua_State *L)
 {
     sg_sandbox *sb = from_state(L);
@@ -1238,7 +1299,7 @@ static void open_libs(lua_State *L)
 
     lua_createtable(L, 0, 4);
     static const luaL_Reg api[] = {{"log", api_log}, {"now_ms", api_now_ms}, {"emit", api_emit},
-                                   {NULL, NULL}};
+                                   {"refuse", api_refuse}, {NULL, NULL}};
     luaL_setfuncs(L, api, 0);
     lua_createtable(L, 0, 3);
     lua_pushcfunction(L, api_json_encode);

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "status.h"
+
 typedef struct sg_sandbox sg_sandbox;
 
 typedef struct sg_sandbox_limits {
@@ -57,6 +59,10 @@ void sg_lua_open_patterns(lua_State *L);
  * where no code of theirs may run: an __index that throws there would
  * abort the gateway. */
 int sg_lua_raw_field(lua_State *L, int t, const char *k);
+
+/* Whether the value at idx is what statusgw.refuse made; if so, err is
+ * filled from it (status, code, message, retry_after). */
+int sg_lua_refusal(lua_State *L, int idx, sg_error *err);
 
 /* JSON <-> Lua. Objects become tables with string keys, arrays sequences,
  * null the statusgw.json.null sentinel. */

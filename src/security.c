@@ -63,6 +63,10 @@ sg_security *sg_security_new(const sg_config *cfg, char *err, size_t errlen)
             json_array_foreach(v, i, e)
             {
                 sg_api_key *ak = &s->keys[s->n_keys++];
+                static const char *const known[] = {"key", "name", "conversations", "rate", "burst", NULL};
+                char where[64];
+                snprintf(where, sizeof(where), "security.api_keys[%zu]", i + 1);
+                if (json_is_object(e) && sg_config_check_keys(e, where, known, err, errlen) < 0) goto fail;
                 json_t *key = json_is_string(e) ? e : json_object_get(e, "key");
                 if (!json_is_string(key) || json_string_length(key) < 16) {
                     snprintf(err, errlen, "security.api_keys[%zu]: a key must be a string of at least 16 characters", i + 1);
@@ -126,7 +130,12 @@ sg_security *sg_security_new(const sg_config *cfg, char *err, size_t errlen)
                 s->origins[s->n_origins++] = strdup(json_string_value(o));
             }
         } else {
-            snprintf(err, errlen, "security: unknown key '%s' (api_keys, jwt_secret, jwt_leeway_s, admin_key, allowed_origins)", k);
+            static const char *const known[] = {"api_keys", "jwt_secret", "jwt_leeway_s", "admin_key",
+                                                "allowed_origins", "trusted_proxies", "metrics_key_required",
+                                                "allow_keyless_remote_publish", NULL};
+            json_t *one = json_pack("{s:n}", k);
+            sg_config_check_keys(one, "security", known, err, errlen);
+            json_decref(one);
             goto fail;
         }
     }

@@ -133,6 +133,7 @@ void sg_error_set(sg_error *e, int status, const char *code, const char *field,
     e->status = status;
     e->code = code;
     e->field = field;
+    e->retry_after = 0;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(e->message, sizeof(e->message), fmt, ap);
@@ -143,7 +144,26 @@ json_t *sg_error_json(const sg_error *e)
 {
     json_t *inner = json_pack("{s:s, s:s}", "code", e->code, "message", e->message);
     if (e->field) json_object_set_new(inner, "field", json_string(e->field));
+    if (e->retry_after > 0) json_object_set_new(inner, "retry_after", json_integer(e->retry_after));
     return json_pack("{s:o}", "error", inner);
+}
+
+const char *sg_error_code_intern(const char *code)
+{
+    static char *codes[256];
+    static int n;
+    size_t len = strlen(code);
+    if (len == 0 || len > 47) return NULL;
+    for (size_t i = 0; i < len; i++)
+        if (!((code[i] >= 'a' && code[i] <= 'z') || (code[i] >= '0' && code[i] <= '9') || code[i] == '_'))
+            return NULL;
+    for (int i = 0; i < n; i++)
+        if (strcmp(codes[i], code) == 0) return codes[i];
+    if (n == (int)(sizeof(codes) / sizeof(codes[0]))) return "refused";
+    char *c = strdup(code);
+    if (!c) return "refused";
+    codes[n++] = c;
+    return c;
 }
 
 /* ---- validation ---- */

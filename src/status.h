@@ -36,6 +36,7 @@ typedef struct sg_error {
     int status;        /* HTTP status */
     const char *code;  /* stable, e.g. "invalid_category" */
     const char *field; /* offending field or NULL */
+    int retry_after;   /* seconds, for 429 and 503 (0: the default, 1) */
     char message[200];
 } sg_error;
 
@@ -44,6 +45,11 @@ void sg_error_set(sg_error *e, int status, const char *code, const char *field,
 
 /* {"error":{"code":…,"message":…,"field":…}}; caller frees. */
 json_t *sg_error_json(const sg_error *e);
+
+/* An error code a plugin chose ([a-z0-9_], 1-47 bytes), kept for the
+ * process's life so that errors may point at it; at most 256 different
+ * ones, then "refused". NULL when the code is not of that form. */
+const char *sg_error_code_intern(const char *code);
 
 /* ---- a validated publish, before it has a seq ---- */
 

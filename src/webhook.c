@@ -5,7 +5,10 @@
 #include "plugin.h"
 
 #include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <fnmatch.h>
+#include <unistd.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <stdio.h>
@@ -48,6 +51,7 @@ typedef struct wh_msg {
 struct endpoint {
     sg_webhooks *wh;
     char *name, *url, *conv_pattern, *forwarder;
+    char *url_shown; /* scheme://host[:port] and "/…": URLs often carry secrets */
     unsigned char *secrets[WH_MAX_SECRETS];
     int secret_len[WH_MAX_SECRETS];
     int n_secrets;
@@ -66,6 +70,7 @@ struct endpoint {
     int in_flight;
     int disabled;
     uint64_t delivered_msgs, delivered_updates, failed_attempts, retried, dead_lettered;
+    uint64_t dead_letter_failed; /* updates the dead-letter file could not take */
     char last_error[400];
     int64_t last_error_ms, last_success_ms;
 };
@@ -106,6 +111,7 @@ static void endpoint_clear(endpoint *ep)
 {
     free(ep->name);
     free(ep->url);
+    free(ep->url_shown);
     free(ep->conv_pattern);
     free(ep->forwarder);
     for (int i = 0; i < ep->n_secrets; i++)
@@ -158,6 +164,26 @@ static int parse_schedule(json_t *v, double **out, int *n, char *err, size_t err
     return 0;
 }
 
+/* The URL as logs and /admin/webhooks show it: the receiver's origin, the
+ * rest (a path or query that may hold a token, as Slack-style URLs do)
+ * hidden. */
+static char *shown_url(const char *url)
+{
+    const char *host = strstr(url, "://");
+    host = host ? host + 3 : url;
+    size_t hl = strcspn(host, "/?#");
+    const char *at = memchr(host, '@', hl); /* user:password@ */
+    if (at) {
+        hl -= (size_t)(at + 1 - host);
+        host = at + 1;
+    }
+    size_t n = (size_t)(strstr(url, "://") ? strstr(url, "://") + 3 - url : 0);
+    int more = host[hl] != 0;
+    char *r = malloc(n + hl + 8);
+    if (r) snprintf(r, n + hl + 8, "%.*s%.*s%s", (int)n, url, (int)hl, host, more ? "/\u2026" : "");
+    return r;
+}
+
 static int parse_endpoint(endpoint *ep, json_t *o, json_t *global_schedule, struct sg_plugins *pm,
                           char *err, size_t errlen)
 {
@@ -166,8 +192,15 @@ static int parse_endpoint(endpoint *ep, json_t *o, json_t *global_schedule, stru
         snprintf(err, errlen, "every webhooks endpoint needs a name and a url");
         return -1;
     }
+    static const char *const known[] = {"name", "url", "secret", "secrets", "categories", "conversations",
+                                        "forwarder", "headers", "batch_size", "batch_delay_ms",
+                                        "timeout_ms", "concurrency", "max_queue", "retry_schedule_s", NULL};
+    char where[200];
+    snprintf(where, sizeof(where), "webhooks endpoint '%.120s'", json_string_value(name));
+    if (sg_config_check_keys(o, where, known, err, errlen) < 0) return -1;
     ep->name = strdup(json_string_value(name));
     ep->url = strdup(json_string_value(url));
+    ep->url_shown = shown_url(ep->url);
     const char *n = ep->name;
     if (strncmp(ep->url, "http://", 7) != 0 && strncmp(ep->url, "https://", 8) != 0) {
         snprintf(err, errlen, "webhooks endpoint '%s': url must start with http:// or https://", n);
@@ -264,16 +297,22 @@ static void dead_letter(endpoint *ep, const char *id, const char *body, size_t l
                              n_updates, "last_status", (json_int_t)status, "failed_at", ts, "body",
                              body, len, "headers", headers ? headers : json_null());
     char *s = line ? json_dumps(line, JSON_COMPACT) : NULL;
-    FILE *f = fopen(wh->dead_letters, "a");
-    if (s && f) fprintf(f, "%s\n", s);
-    if (f) fclose(f);
-    if (!s || !f)
-        sg_log(SG_LOG_ERROR, "dead_letter_write_failed", "endpoint=%s file=%s webhook_id=%s", ep->name,
-               sg_log_q(wh->dead_letters), id);
+    /* the file holds whole webhook bodies: readable by the gateway's user only */
+    int fd = open(wh->dead_letters, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
+    FILE *f = fd >= 0 ? fdopen(fd, "a") : NULL;
+    if (!f && fd >= 0) close(fd);
+    int ok = s && f && fprintf(f, "%s\n", s) >= 0;
+    if (f && fclose(f) != 0) ok = 0;
     free(s);
     json_decref(line);
-    ep->dead_lettered += n_updates;
     ep->queued -= n_updates;
+    if (!ok) { /* counted as lost, not as dead-lettered */
+        ep->dead_letter_failed += n_updates;
+        sg_log(SG_LOG_ERROR, "dead_letter_write_failed", "endpoint=%s file=%s webhook_id=%s updates=%d errno=%d",
+               ep->name, sg_log_q(wh->dead_letters), id, n_updates, errno);
+        return;
+    }
+    ep->dead_lettered += n_updates;
     sg_log(SG_LOG_WARN, "webhook_dead_letter", "endpoint=%s webhook_id=%s updates=%d attempts=%d reason=%s",
            ep->name, id, n_updates, attempts, sg_log_q(reason));
 }
@@ -325,7 +364,13 @@ static struct curl_slist *signed_headers(endpoint *ep, wh_msg *m)
         json_t *v;
         json_object_foreach(sets[k], name, v)
         {
-            if (!json_is_string(v)) continue;
+            /* a forwarder computes these: no CR, LF or NUL may split a header */
+            if (!json_is_string(v) || strpbrk(json_string_value(v), "\r\n") ||
+                strlen(json_string_value(v)) != json_string_length(v) || strpbrk(name, "\r\n: ")) {
+                sg_log(SG_LOG_WARN, "webhook_header_refused", "endpoint=%s header=%s reason=\"not a plain header\"",
+                       ep->name, sg_log_q(name));
+                continue;
+            }
             snprintf(line, sizeof(line), "%s: %s", name, json_string_value(v));
             h = curl_slist_append(h, line);
         }
@@ -701,19 +746,23 @@ int sg_webhooks_in_flight(const sg_webhooks *wh)
 
 /* ---- lifecycle ---- */
 
+/* Whether the file can be appended to, or made in its directory. */
+static int dead_letters_writable(const char *path)
+{
+    if (access(path, F_OK) == 0) return access(path, W_OK) == 0;
+    const char *slash = strrchr(path, '/');
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%.*s", slash ? (int)(slash - path) : 1, slash ? path : ".");
+    if (slash == path) snprintf(dir, sizeof(dir), "/");
+    return access(dir, W_OK | X_OK) == 0;
+}
+
 static int parse_all(sg_webhooks *wh, const sg_config *cfg, struct sg_plugins *pm, char *err, size_t errlen)
 {
     json_t *sec = cfg->webhooks;
     if (!sec) return 0;
-    const char *k;
-    json_t *v;
-    json_object_foreach(sec, k, v)
-    {
-        if (strcmp(k, "endpoints") && strcmp(k, "retry_schedule_s") && strcmp(k, "dead_letter_file")) {
-            snprintf(err, errlen, "webhooks: unknown key '%s' (endpoints, retry_schedule_s, dead_letter_file)", k);
-            return -1;
-        }
-    }
+    static const char *const known[] = {"endpoints", "retry_schedule_s", "dead_letter_file", NULL};
+    if (sg_config_check_keys(sec, "webhooks", known, err, errlen) < 0) return -1;
     json_t *dl = json_object_get(sec, "dead_letter_file");
     if (dl && !json_is_string(dl)) {
         snprintf(err, errlen, "webhooks: dead_letter_file must be a path");
@@ -721,7 +770,7 @@ static int parse_all(sg_webhooks *wh, const sg_config *cfg, struct sg_plugins *p
     }
     if (dl) {
         free(wh->dead_letters);
-        wh->dead_letters = strdup(json_string_value(dl));
+        wh->dead_letters = sg_config_resolve(cfg, json_string_value(dl));
     }
     json_t *eps = json_object_get(sec, "endpoints");
     if (!eps || (json_is_object(eps) && json_object_size(eps) == 0)) return 0; /* {} is an empty list */
@@ -748,6 +797,13 @@ static int parse_all(sg_webhooks *wh, const sg_config *cfg, struct sg_plugins *p
             }
         if (ep->forwarder) wh->any_forwarder = 1;
     }
+    /* with endpoints, the dead-letter file must be writable now, not when
+     * the first batch fails */
+    if (wh->n > 0 && !dead_letters_writable(wh->dead_letters)) {
+        snprintf(err, errlen, "webhooks: dead_letter_file '%s' cannot be written (%s)", wh->dead_letters,
+                 strerror(errno));
+        return -1;
+    }
     return 0;
 }
 
@@ -763,7 +819,7 @@ static void wh_free_parsed(sg_webhooks *wh)
 int sg_webhooks_check(const sg_config *cfg, char *err, size_t errlen)
 {
     sg_webhooks *wh = calloc(1, sizeof(*wh));
-    wh->dead_letters = strdup(WH_DEFAULT_DEAD_LETTERS);
+    wh->dead_letters = sg_config_resolve(cfg, WH_DEFAULT_DEAD_LETTERS);
     int rc = parse_all(wh, cfg, NULL, err, errlen);
     wh_free_parsed(wh);
     return rc;
@@ -781,7 +837,7 @@ sg_webhooks *sg_webhooks_new(struct event_base *base, const sg_config *cfg, stru
     wh->base = base;
     wh->cfg = cfg;
     wh->plugins = pm;
-    wh->dead_letters = strdup(WH_DEFAULT_DEAD_LETTERS);
+    wh->dead_letters = sg_config_resolve(cfg, WH_DEFAULT_DEAD_LETTERS);
     if (parse_all(wh, cfg, pm, err, errlen) < 0) {
         wh_free_parsed(wh);
         return NULL;
@@ -795,7 +851,7 @@ sg_webhooks *sg_webhooks_new(struct event_base *base, const sg_config *cfg, stru
     for (int i = 0; i < wh->n; i++) {
         wh->eps[i].batch_ev = evtimer_new(base, on_batch_timer, &wh->eps[i]);
         sg_log(SG_LOG_INFO, "webhook_endpoint", "endpoint=%s url=%s batch_size=%d batch_delay_ms=%d forwarder=%s",
-               wh->eps[i].name, sg_log_q(wh->eps[i].url), wh->eps[i].batch_size, wh->eps[i].batch_delay_ms,
+               wh->eps[i].name, sg_log_q(wh->eps[i].url_shown), wh->eps[i].batch_size, wh->eps[i].batch_delay_ms,
                wh->eps[i].forwarder ? wh->eps[i].forwarder : "-");
     }
     return wh;
@@ -837,13 +893,14 @@ json_t *sg_webhooks_admin(const sg_webhooks *wh)
         if (ep->last_error_ms) sg_format_ts(ep->last_error_ms, e);
         if (ep->last_success_ms) sg_format_ts(ep->last_success_ms, ok);
         json_array_append_new(
-            arr, json_pack("{s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:o, s:o, s:o, s:s?}",
-                           "name", ep->name, "url", ep->url, "state", ep->disabled ? "disabled" : "active",
+            arr, json_pack("{s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o, s:o, s:s?}",
+                           "name", ep->name, "url", ep->url_shown, "state", ep->disabled ? "disabled" : "active",
                            "queue_depth", ep->queued, "pending_in_batch", ep->n_pending,
                            "waiting_for_retry", ep->waiting, "in_flight", ep->in_flight,
                            "delivered", (json_int_t)ep->delivered_updates, "delivered_batches",
                            (json_int_t)ep->delivered_msgs, "failed", (json_int_t)ep->failed_attempts,
-                           "retried", (json_int_t)ep->retried, "dead_lettered",
+                           "retried", (json_int_t)ep->retried, "dead_letter_failed",
+                           (json_int_t)ep->dead_letter_failed, "dead_lettered",
                            (json_int_t)ep->dead_lettered, "last_error",
                            ep->last_error[0] ? json_string(ep->last_error) : json_null(), "last_error_at",
                            e[0] ? json_string(e) : json_null(), "last_success_at",
@@ -860,10 +917,17 @@ int sg_webhooks_redeliver(sg_webhooks *wh, const char *name)
     if (!ep) return -1;
     FILE *f = fopen(wh->dead_letters, "r");
     if (!f) return 0;
+    /* what stays goes to a new file of our own beside it (mkstemp: never
+     * through a link someone left there), renamed over the old one */
     char tmp[4096];
-    snprintf(tmp, sizeof(tmp), "%s.tmp", wh->dead_letters);
-    FILE *keep = fopen(tmp, "w");
+    snprintf(tmp, sizeof(tmp), "%s.XXXXXX", wh->dead_letters);
+    int tfd = mkostemp(tmp, O_CLOEXEC);
+    FILE *keep = tfd >= 0 ? fdopen(tfd, "w") : NULL;
     if (!keep) {
+        if (tfd >= 0) {
+            close(tfd);
+            unlink(tmp);
+        }
         fclose(f);
         return 0;
     }

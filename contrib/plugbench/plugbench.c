@@ -55,7 +55,7 @@ static int one(sg_plugins *pm, const char *body, size_t n, const sg_limits *lim)
     }
     const char *by = NULL;
     char kept = 1;
-    if (sg_plugins_have_filters(pm)) sg_plugins_filter_many(pm, ds, &kept, &by, 1, NULL, &clock);
+    if (sg_plugins_have_filters(pm)) sg_plugins_filter_many(pm, ds, &kept, &by, NULL, 1, NULL, &clock);
     if (kept) sg_update_unref(sg_update_new(&d, 1, sg_clock_wall_ms()));
     sg_draft_free(&d);
     return kept;

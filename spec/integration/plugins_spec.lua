@@ -25,7 +25,8 @@ describe("shipped plugins in the daemon", function()
       P.subscriber_filters = { slow = function(u, args) return (u.metadata.duration_ms or 0) >= args.min_ms end }
       return P ]])
     gw = gw_.start({ plugins_dir = dir, flush_interval_ms = 20, log_level = "debug",
-      plugins = { rate_limit = { rate = 0.001, burst = 3, categories = {} }, summary = { interval_ms = 200 } } })
+      plugins = { rate_limit = { enabled = true, rate = 0.001, burst = 3, categories = {} },
+        summary = { enabled = true, interval_ms = 200 }, redact = { enabled = true } } })
   end)
   teardown(function() gw_.stop(gw) end)
 
@@ -64,17 +65,23 @@ describe("shipped plugins in the daemon", function()
     s:close()
   end)
 
-  it("tells the producer when the rate limit drops an update", function()
-    local dropped
+  it("refuses a publish over the rate limit with 429 and Retry-After, and counts it per plugin", function()
+    local statuses, refused = {}, nil
     for i = 1, 5 do
-      local st, b = gw_.publish(gw, { conversation_id = "rl", category = "planning", text = tostring(i) })
-      assert.equal(202, st)
-      if b.dropped then dropped = b end
+      local st, b, h = gw_.publish(gw, { conversation_id = "rl", category = "planning", text = tostring(i) })
+      statuses[i] = st
+      if st == 429 then refused = { b = b, h = h } end
     end
-    assert.is_table(dropped)
-    assert.equal("rate_limit", dropped.dropped_by)
+    assert.same({ 202, 202, 202, 429, 429 }, statuses)
+    assert.equal("rate_limited", refused.b.error.code)
+    assert.matches("^%d+$", refused.h["retry-after"])
+    assert.equal(tonumber(refused.h["retry-after"]), refused.b.error.retry_after)
     local _, h = gw_.request(gw, "GET", "/api/v1/conversations/rl/history")
     assert.equal(3, #h.updates)
+    local _, _, _, metrics = gw_.request(gw, "GET", "/metrics")
+    local n = tonumber(metrics:match('statusgw_plugin_updates_refused_total{plugin="rate_limit"} (%d+)'))
+    assert.is_true(n >= 2)
+    assert.matches('statusgw_plugin_updates_dropped_total{plugin="rate_limit"} 0', metrics)
   end)
 
   it("emits aggregator summaries on the conversation", function()
@@ -121,7 +128,7 @@ describe("shipped plugins in the daemon", function()
 
   -- Publishes that run plugins wait for the end of the loop turn and go
   -- through the plugins together; answers must still come in order.
-  it("answers pipelined publishes through plugins in order, drops included", function()
+  it("answers pipelined publishes through plugins in order, refusals included", function()
     local c = gw_.connect(gw)
     local req = ""
     for i = 1, 5 do -- burst 3: the last two are over the rate limit
@@ -132,12 +139,18 @@ describe("shipped plugins in the daemon", function()
     c:send_raw(req .. gw_.build_request("GET", "/healthz"))
     local seqs = {}
     for i = 1, 5 do
-      local st, _, body = c:read_response()
-      assert.equal(202, st)
+      local st, h, body = c:read_response()
       local r = cjson.decode(body)
-      seqs[i] = r.seq or r.dropped_by
+      if st == 429 then
+        assert.equal("rate_limited", r.error.code)
+        assert.matches("^%d+$", h["retry-after"])
+        seqs[i] = r.error.code
+      else
+        assert.equal(202, st)
+        seqs[i] = r.seq
+      end
     end
-    assert.same({ 1, 2, 3, 4, "rate_limit" }, seqs)
+    assert.same({ 1, 2, 3, 4, "rate_limited" }, seqs)
     assert.equal(200, (c:read_response()))
     c:close()
     local _, h = gw_.request(gw, "GET", "/api/v1/conversations/pipe-plug/history")
@@ -156,13 +169,15 @@ describe("shipped plugins in the daemon", function()
     }
     local st, r = gw_.request(gw, "POST", "/api/v1/status/bulk", items)
     assert.equal(202, st)
-    assert.equal(5, r.accepted) -- the dropped one counts as accepted: it was answered 202
-    assert.equal(2, r.rejected)
+    assert.equal(4, r.accepted) -- the refused one is an error of its own, not accepted
+    assert.equal(0, r.dropped)
+    assert.equal(3, r.rejected)
     local res = r.results
     assert.same({ 1, 2, 3 }, { res[1].seq, res[2].seq, res[3].seq })
     assert.equal("invalid_category", res[4].error.code)
     assert.equal(4, res[5].seq)
-    assert.equal("rate_limit", res[6].dropped_by)
+    assert.equal("rate_limited", res[6].error.code)
+    assert.is_true(res[6].error.retry_after >= 1)
     assert.equal("unknown_builder", res[7].error.code)
     local _, h = gw_.request(gw, "GET", "/api/v1/conversations/bulk-plug/history")
     assert.equal("t", h.updates[2].metadata.tool)

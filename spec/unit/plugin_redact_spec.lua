@@ -35,6 +35,13 @@ describe("redact plugin", function()
     assert.equal("GET /v1?api_key=[REDACTED]&x=1", u.text)
   end)
 
+  it("masks assignments to secret key names in text: password=, token:, any case", function()
+    assert.equal("login password=[REDACTED] ok", filtered({ text = "login password=hunter2 ok" }).text)
+    assert.equal("Token: [REDACTED], user: bob", filtered({ text = "Token: abc123, user: bob" }).text)
+    assert.equal("PASSWD = [REDACTED]", filtered({ text = "PASSWD = s3cr3t" }).text)
+    assert.equal("secret_sauce=ketchup", filtered({ text = "secret_sauce=ketchup" }).text)
+  end)
+
   it("masks configured patterns", function()
     assert.equal("ssn [REDACTED] on file", filtered({ text = "ssn 123-45-6789 on file" }).text)
   end)
@@ -67,6 +74,7 @@ describe("redact plugin without configured patterns", function()
 
   it("masks a secret in the text", function()
     assert.equal("use [REDACTED] now", filtered({ text = "use sk-live-abcdefghijkl now" }).text)
+    assert.equal("retry with password=[REDACTED]", filtered({ text = "retry with password=hunter2" }).text)
   end)
 
   it("masks a secret in a nested metadata string and under a secret key name", function()
