@@ -9,6 +9,8 @@ DEPS_OK := $(shell pkg-config --exists $(PKGS) 2>/dev/null && test -f /usr/inclu
 PCFLAGS  = $(shell pkg-config --cflags $(PKGS))
 PLIBS    = $(shell pkg-config --libs $(PKGS)) -lhttp_parser -lwslay -lm
 PREFIX  ?= /usr/local
+SYSCONFDIR ?= $(PREFIX)/etc/statusgw
+STATEDIR   ?= /var/lib/statusgw
 
 SRCS    := $(wildcard src/*.c)
 DAEMON  := $(filter-out src/lmodel.c src/lplugin.c,$(SRCS))
@@ -16,7 +18,7 @@ OBJS     = $(patsubst src/%.c,build/obj/%.o,$(DAEMON))
 AOBJS    = $(patsubst src/%.c,build/asan/obj/%.o,$(DAEMON))
 ASAN    := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined
 
-.PHONY: all asan run test clean install deps bench bench-tools
+.PHONY: all asan run test clean install uninstall deps bench bench-tools
 
 all: deps build/statusgw build/statusgw_model.so build/statusgw_plugin.so build/loadgen
 
@@ -55,7 +57,9 @@ build/asan/statusgw_plugin.so: $(PLUGIN_SRCS) $(wildcard src/*.h) | build/asan/o
 build/asan/obj/%.o: src/%.c $(wildcard src/*.h) | build/asan/obj
 	$(CC) $(WARN) $(ASAN) $(PCFLAGS) -c -o $@ $<
 
-build/obj build/asan/obj:
+# every object waits for deps (make -j would otherwise compile before the
+# headers are installed)
+build/obj build/asan/obj: | deps
 	@mkdir -p $@
 
 # The load generator (contrib/loadgen) and the benchmarks (scripts/bench).
@@ -75,15 +79,41 @@ run: all
 	./build/statusgw --config etc/statusgw.lua
 
 test:
-	@scripts/install-deps
+	@scripts/install-deps --test
 	@$(MAKE) --no-print-directory all asan
 	@scripts/test
 
+# make install [PREFIX=/usr/local] [DESTDIR=…]: the binary, the plugins,
+# a config that finds them (an existing config is kept; the new one is put
+# beside it as statusgw.lua.new), and a systemd unit with these paths.
+INSTALLED_CONFIG = sed -e 's|^  plugins_dir = .*|  plugins_dir = "$(PREFIX)/share/statusgw/plugins",|' \
+	-e 's|^    -- dead_letter_file = .*|    dead_letter_file = "$(STATEDIR)/statusgw-dead-letters.jsonl",|' etc/statusgw.lua
+
 install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/statusgw/plugins $(DESTDIR)$(PREFIX)/etc/statusgw
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/statusgw/plugins $(DESTDIR)$(SYSCONFDIR) \
+		$(DESTDIR)$(PREFIX)/lib/systemd/system
 	install -m 755 build/statusgw $(DESTDIR)$(PREFIX)/bin/statusgw
-	install -m 644 etc/statusgw.lua $(DESTDIR)$(PREFIX)/etc/statusgw/statusgw.lua
-	cp -r plugins/. $(DESTDIR)$(PREFIX)/share/statusgw/plugins/
+	install -m 644 plugins/*.lua plugins/README.md $(DESTDIR)$(PREFIX)/share/statusgw/plugins/
+	@if [ -f $(DESTDIR)$(SYSCONFDIR)/statusgw.lua ]; then \
+		$(INSTALLED_CONFIG) > $(DESTDIR)$(SYSCONFDIR)/statusgw.lua.new; \
+		echo "install: kept $(DESTDIR)$(SYSCONFDIR)/statusgw.lua; the new default is statusgw.lua.new"; \
+	else \
+		$(INSTALLED_CONFIG) > $(DESTDIR)$(SYSCONFDIR)/statusgw.lua; \
+	fi
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' contrib/systemd/statusgw.service.in \
+		> $(DESTDIR)$(PREFIX)/lib/systemd/system/statusgw.service
+	@echo "install: run $(PREFIX)/bin/statusgw --config $(SYSCONFDIR)/statusgw.lua"
+
+# The config is removed only when it is still the one install wrote.
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/statusgw $(DESTDIR)$(PREFIX)/lib/systemd/system/statusgw.service \
+		$(DESTDIR)$(SYSCONFDIR)/statusgw.lua.new
+	rm -rf $(DESTDIR)$(PREFIX)/share/statusgw
+	@if [ -f $(DESTDIR)$(SYSCONFDIR)/statusgw.lua ] && $(INSTALLED_CONFIG) | cmp -s - $(DESTDIR)$(SYSCONFDIR)/statusgw.lua; then \
+		rm -f $(DESTDIR)$(SYSCONFDIR)/statusgw.lua; rmdir $(DESTDIR)$(SYSCONFDIR) 2>/dev/null || true; \
+	elif [ -f $(DESTDIR)$(SYSCONFDIR)/statusgw.lua ]; then \
+		echo "uninstall: kept $(DESTDIR)$(SYSCONFDIR)/statusgw.lua (changed since install)"; \
+	fi
 
 clean:
 	rm -rf build

@@ -7,7 +7,7 @@ return {
   listen = "127.0.0.1:4000",
 
   -- Directory of Lua plugins loaded at start. Relative paths in this file
-  -- are relative to the file's own directory (here: the checkout's plugins/).
+  -- are relative to the file's own directory.
   plugins_dir = "../plugins",
 
   -- debug, info, warn or error. Logs are one line per event, key=value.
@@ -62,6 +62,10 @@ return {
 
   -- Keep-alive HTTP connections idle this long are closed.
   http_idle_timeout_s = 60,
+  -- A request must arrive whole in time however slowly its bytes come
+  -- (408 otherwise): the request line and headers, then the body.
+  http_header_timeout_s = 10,
+  http_body_timeout_s = 30,
 
   -- WebSocket: sockets silent this long are closed; largest client message.
   ws_idle_timeout_s = 60,
@@ -111,9 +115,11 @@ return {
     },
   },
 
-  -- Connection limits. max_connections_per_ip = 0 means no per-address limit.
+  -- Connection limits. max_connections_per_ip = 0 means no per-address
+  -- limit (behind a proxy, set security.trusted_proxies so that clients'
+  -- own addresses are counted, not the proxy's).
   max_connections = 16384,
-  max_connections_per_ip = 0,
+  max_connections_per_ip = 1024,
   max_channels_per_socket = 100,
 
   -- Who may do what. With neither api_keys nor jwt_secret set, everything is

@@ -61,6 +61,17 @@ static void refuse_publish(sg_conn *c, const sg_error *err)
     sg_http_error(c, err);
 }
 
+/* With no api_keys, a publish from another host needs the config's consent. */
+static int keyless_ok(sg_conn *c, sg_req *r, sg_error *err)
+{
+    if (sg_security_keyless_publish_ok(c->srv->security, r->client)) return 0;
+    sg_security_stats_of(c->srv->security)->publisher_denied++;
+    sg_error_set(err, 401, "unauthorized", NULL,
+                 "publishing from another host needs an API key (security.api_keys), or "
+                 "security.allow_keyless_remote_publish = true");
+    return -1;
+}
+
 /* The answer to one accepted publish, as JSON text into out (room for
  * REPLY_MAX bytes). Returns its length. */
 static size_t publish_reply(const sg_publish_result *res, char *out)
@@ -219,6 +230,11 @@ static void handle_publish(sg_conn *c, sg_req *r)
         refuse_publish(c, &err);
         return;
     }
+    if (!key && keyless_ok(c, r, &err) < 0) {
+        refuse_publish(c, &err);
+        return;
+    }
+    r->key_name = sg_security_key_name(key);
     sg_server *s = c->srv;
     sg_limits lim = {s->cfg->max_text, s->cfg->max_metadata};
     sg_draft d;
@@ -372,6 +388,11 @@ static void handle_bulk(sg_conn *c, sg_req *r)
         sg_http_error(c, &err);
         return;
     }
+    if (!key && keyless_ok(c, r, &err) < 0) {
+        sg_http_error(c, &err);
+        return;
+    }
+    r->key_name = sg_security_key_name(key);
     int ndjson = ctype_is(r, "application/x-ndjson");
     if (!ndjson && !ctype_is(r, "application/json")) {
         sg_error_set(&err, 415, "unsupported_media_type", NULL,
@@ -500,6 +521,24 @@ out:
     free(scratch);
 }
 
+/* GET /api/v1/stats: its reals are rounded; 15 digits writes them so */
+static void stats_reply(sg_conn *c)
+{
+    json_t *v = sg_stats_json(c->srv);
+    char *s = v ? json_dumps(v, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
+    json_decref(v);
+    if (!s) {
+        sg_error err;
+        sg_error_set(&err, 503, "out_of_memory", NULL, "out of memory");
+        sg_http_error(c, &err);
+        return;
+    }
+    size_t n = strlen(s);
+    s[n] = '\n';
+    sg_http_respond(c, 200, "application/json", s, n + 1, NULL);
+    free(s);
+}
+
 static int query_uint(sg_req *r, const char *name, unsigned long long def,
                       unsigned long long *out, sg_error *err)
 {
@@ -525,8 +564,11 @@ static int may_read_all(sg_conn *c, sg_req *r)
     const char *auth = sg_req_header(r, "authorization");
     sg_api_key *key;
     sg_error err;
-    if (sg_security_has_api_keys(sec) && sg_security_publisher(sec, auth, &key, &err) == 0) return 1;
-    if (sg_security_admin(sec, auth, c->peer, &err) == 0) return 1;
+    if (sg_security_has_api_keys(sec) && sg_security_publisher(sec, auth, &key, &err) == 0) {
+        r->key_name = sg_security_key_name(key);
+        return 1;
+    }
+    if (sg_security_admin(sec, auth, r->client, &err) == 0) return 1;
     sg_error_set(&err, 401, "unauthorized", NULL, "send an API key or the admin key as Authorization: Bearer …");
     sg_http_error(c, &err);
     return 0;
@@ -544,11 +586,12 @@ static int may_read(sg_conn *c, sg_req *r, const char *conv)
     sg_api_key *key;
     sg_error err, ignored;
     if (sg_security_has_api_keys(sec) && sg_security_publisher(sec, auth, &key, &ignored) == 0) {
-        if (sg_security_may_publish(key, conv, &err) == 0 || err.status == 429) return 1;
+        r->key_name = sg_security_key_name(key);
+        if (sg_security_key_covers(key, conv, &err) == 0) return 1; /* a read spends no publish tokens */
         sg_http_error(c, &err);
         return 0;
     }
-    if (sg_security_admin(sec, auth, c->peer, &ignored) == 0) return 1;
+    if (sg_security_admin(sec, auth, r->client, &ignored) == 0) return 1;
     sg_claims cl;
     if (sg_security_subscriber(sec, tok, &cl, &err) < 0) {
         sg_http_error(c, &err);
@@ -639,8 +682,14 @@ static void handle_conversation(sg_conn *c, sg_req *r)
     sg_error err;
     char cid[SG_MAX_CONV_ID + 1];
     size_t n = slash ? (size_t)(slash - id) : strlen(id);
-    if (!slash || !sg_conv_id_valid(id, n)) {
+    if (!slash) {
         sg_error_set(&err, 404, "not_found", NULL, "no such endpoint: %.200s", r->path);
+        sg_http_error(c, &err);
+        return;
+    }
+    if (!sg_conv_id_valid(id, n)) {
+        sg_error_set(&err, 400, "invalid_conversation_id", "conversation_id",
+                     "conversation ids are 1-%d characters of [A-Za-z0-9._:@-]", SG_MAX_CONV_ID);
         sg_http_error(c, &err);
         return;
     }
@@ -684,6 +733,13 @@ static void handle_redeliver(sg_conn *c, sg_req *r)
     sg_http_json(c, 200, json_pack("{s:s, s:i}", "endpoint", name, "requeued", n), NULL);
 }
 
+/* Sec-Fetch-Site: cross-site, as browsers send for another site's page */
+static int sec_fetch_cross_site(const sg_req *r)
+{
+    const char *s = sg_req_header(r, "sec-fetch-site");
+    return s && strcasecmp(s, "cross-site") == 0;
+}
+
 void sg_api_handle(sg_conn *c, sg_req *r)
 {
     const char *p = r->path ? r->path : "/";
@@ -699,10 +755,27 @@ void sg_api_handle(sg_conn *c, sg_req *r)
                      json_pack("{s:s}", "status", ready ? "ready" : "shutting_down"), NULL);
         return;
     }
+    sg_security *sec = c->srv->security;
+    sg_security_client(sec, c->peer, sg_req_header(r, "x-forwarded-for"), sg_req_header(r, "x-real-ip"),
+                       r->client, sizeof(r->client));
+    /* in open mode only this machine's names: another name pointed at
+     * 127.0.0.1 (DNS rebinding) is another site */
+    if (!sg_security_host_ok(sec, sg_req_header(r, "host"))) {
+        sg_security_stats_of(sec)->origin_denied++;
+        sg_error_set(&err, 403, "host_not_allowed", NULL,
+                     "an open gateway answers loopback host names only (or a host security.allowed_origins names)");
+        sg_http_error(c, &err);
+        return;
+    }
     const char *origin = sg_req_header(r, "origin");
-    if (origin && sg_security_has_origins(c->srv->security) &&
-        sg_security_origin_ok(c->srv->security, origin))
-        r->cors_origin = strdup(origin);
+    if (origin && !sg_security_origin_ok(sec, origin)) {
+        sg_security_stats_of(sec)->origin_denied++;
+        sg_error_set(&err, 403, "origin_not_allowed", NULL,
+                     "this Origin is not allowed (security.allowed_origins; an open gateway allows loopback pages only)");
+        sg_http_error(c, &err);
+        return;
+    }
+    if (origin && sg_security_has_origins(sec)) r->cors_origin = strdup(origin);
     if (r->method == HTTP_OPTIONS) { /* CORS preflight */
         sg_http_respond(c, 204, NULL, NULL, 0,
                         r->cors_origin ? "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
@@ -716,10 +789,17 @@ void sg_api_handle(sg_conn *c, sg_req *r)
         sg_http_error(c, &err);
         return;
     }
-    if (strncmp(p, "/admin/", 7) == 0 &&
-        sg_security_admin(c->srv->security, sg_req_header(r, "authorization"), c->peer, &err) < 0) {
-        sg_http_error(c, &err);
-        return;
+    if (strncmp(p, "/admin/", 7) == 0) {
+        if (!sg_security_admin_origin_ok(sec, origin) || sec_fetch_cross_site(r)) {
+            sg_security_stats_of(sec)->admin_denied++;
+            sg_error_set(&err, 403, "cross_site_request", NULL, "admin actions are never run for another site's page");
+            sg_http_error(c, &err);
+            return;
+        }
+        if (sg_security_admin(sec, sg_req_header(r, "authorization"), r->client, &err) < 0) {
+            sg_http_error(c, &err);
+            return;
+        }
     }
     if (strcmp(p, "/socket/websocket") == 0) {
         sg_ws_upgrade(c, r);
@@ -736,6 +816,12 @@ void sg_api_handle(sg_conn *c, sg_req *r)
             method_not_allowed(c, "GET");
             return;
         }
+        if (!sg_security_metrics_ok(sec, sg_req_header(r, "authorization"), r->client)) {
+            sg_error_set(&err, 401, "unauthorized", NULL,
+                         "security.metrics_key_required: send an API key or the admin key as Authorization: Bearer …");
+            sg_http_error(c, &err);
+            return;
+        }
         struct evbuffer *b = evbuffer_new();
         sg_metrics_render(c->srv, b);
         size_t len = evbuffer_get_length(b);
@@ -744,7 +830,7 @@ void sg_api_handle(sg_conn *c, sg_req *r)
         evbuffer_free(b);
     } else if (strcmp(p, "/api/v1/stats") == 0) {
         if (!get) method_not_allowed(c, "GET");
-        else if (may_read_all(c, r)) sg_http_json(c, 200, sg_stats_json(c->srv), NULL);
+        else if (may_read_all(c, r)) stats_reply(c);
     } else if (strcmp(p, "/admin/plugins") == 0) {
         if (get) sg_http_json(c, 200, sg_plugins_admin(c->srv->plugins), NULL);
         else method_not_allowed(c, "GET");

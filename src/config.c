@@ -38,6 +38,8 @@ static const struct int_key int_keys[] = {
     IK("sse_heartbeat_s", sse_heartbeat_s, 1, 3600),
     IK("sse_retry_ms", sse_retry_ms, 0, 3600000),
     IK("http_idle_timeout_s", http_idle_s, 1, 86400),
+    IK("http_header_timeout_s", http_header_timeout_s, 1, 3600),
+    IK("http_body_timeout_s", http_body_timeout_s, 1, 86400),
     IK("shutdown_timeout_ms", shutdown_timeout_ms, 0, 600000),
     IK("ws_idle_timeout_s", ws_idle_s, 1, 86400),
     SK("ws_max_message_bytes", ws_max_message, 128, 1 << 24),
@@ -52,7 +54,8 @@ static const struct int_key int_keys[] = {
 
 /* ---- names and paths ---- */
 
-/* Edit distance of two short names (0 when equal); capped for long ones. */
+/* Edit distance of two short names, a swap of two letters counting one
+ * (0 when equal); 99 for long ones. */
 static int distance(const char *a, const char *b)
 {
     size_t la = strlen(a), lb = strlen(b);
@@ -65,6 +68,8 @@ static int distance(const char *a, const char *b)
             int sub = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
             int del = d[i - 1][j] + 1, ins = d[i][j - 1] + 1;
             d[i][j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] && d[i - 2][j - 2] + 1 < d[i][j])
+                d[i][j] = d[i - 2][j - 2] + 1; /* two letters swapped */
         }
     return d[la][lb];
 }
@@ -149,6 +154,8 @@ static void defaults(sg_config *c)
     c->sse_heartbeat_s = SG_DEFAULT_SSE_HEARTBEAT_S;
     c->sse_retry_ms = SG_DEFAULT_SSE_RETRY_MS;
     c->http_idle_s = SG_DEFAULT_HTTP_IDLE_S;
+    c->http_header_timeout_s = SG_DEFAULT_HTTP_HEADER_TIMEOUT_S;
+    c->http_body_timeout_s = SG_DEFAULT_HTTP_BODY_TIMEOUT_S;
     c->shutdown_timeout_ms = SG_DEFAULT_SHUTDOWN_TIMEOUT_MS;
     c->ws_idle_s = SG_DEFAULT_WS_IDLE_S;
     c->ws_max_message = SG_DEFAULT_WS_MAX_MESSAGE;

@@ -25,6 +25,11 @@
 #define SG_DEFAULT_SSE_HEARTBEAT_S 15
 #define SG_DEFAULT_SSE_RETRY_MS 2000
 #define SG_DEFAULT_HTTP_IDLE_S 60
+/* A request must arrive whole in time, however its bytes trickle in
+ * (nginx's client_header_timeout and client_body_timeout): the request
+ * line and headers within the first, the body within the second. */
+#define SG_DEFAULT_HTTP_HEADER_TIMEOUT_S 10
+#define SG_DEFAULT_HTTP_BODY_TIMEOUT_S 30
 #define SG_DEFAULT_SHUTDOWN_TIMEOUT_MS 5000
 #define SG_DEFAULT_WS_IDLE_S 60
 #define SG_DEFAULT_WS_MAX_MESSAGE 65536
@@ -42,7 +47,7 @@
  * after the loop has read its sockets again. */
 #define SG_EMIT_PER_TURN 256
 #define SG_DEFAULT_MAX_CONNECTIONS 16384
-#define SG_DEFAULT_MAX_CONNECTIONS_PER_IP 0 /* 0: no per-address limit */
+#define SG_DEFAULT_MAX_CONNECTIONS_PER_IP 1024 /* 0: no per-address limit */
 #define SG_DEFAULT_MAX_CHANNELS 100
 
 #define SG_MAX_CATEGORIES 64 /* category sets are 64-bit masks */
@@ -71,6 +76,8 @@ typedef struct sg_config {
     int sse_heartbeat_s;
     int sse_retry_ms;
     int http_idle_s;
+    int http_header_timeout_s;
+    int http_body_timeout_s;
     int shutdown_timeout_ms;
     int ws_idle_s;
     size_t ws_max_message;

@@ -5,6 +5,7 @@
 #include "evread.h"
 #include "jtext.h"
 #include "log.h"
+#include "security.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -17,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* ---- request state ---- */
 
@@ -28,6 +30,8 @@ static void req_reset(sg_req *r)
     r->url = r->path = r->query = NULL;
     r->url_len = r->alen = r->header_bytes = r->body_len = 0;
     r->n_headers = r->in_value = r->keep_alive = r->headers_done = 0;
+    r->key_name = r->err_code = NULL;
+    r->client[0] = 0;
 }
 
 static void req_free(sg_req *r)
@@ -129,10 +133,35 @@ static int over_header_limit(sg_conn *c, size_t n)
     return 0;
 }
 
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
 static int on_message_begin(http_parser *p)
 {
-    req_reset(CONN(p)->req);
+    sg_conn *c = CONN(p);
+    req_reset(c->req);
+    uint64_t now = mono_ns();
+    if (c->srv->cfg->access_log) c->req->t0_ns = now;
+    c->deadline_ns = now + (uint64_t)c->srv->cfg->http_header_timeout_s * 1000000000ULL;
     return 0;
+}
+
+/* event=access: one line per answered request, when access_log is on */
+static void access_log(sg_conn *c, int status, size_t bytes)
+{
+    sg_req *r = c->req;
+    if (!r) return;
+    char path[160];
+    const char *p = r->path ? r->path : "-";
+    snprintf(path, sizeof(path), "%s", p);
+    double ms = r->t0_ns ? (double)(mono_ns() - r->t0_ns) / 1e6 : 0;
+    sg_log(SG_LOG_INFO, "access", "peer=%s method=%s path=%s status=%d bytes=%zu duration_ms=%.3f key=%s error=%s",
+           r->client[0] ? r->client : c->peer, r->path ? http_method_str(r->method) : "-", sg_log_q(path), status, bytes, ms,
+           r->key_name ? sg_log_q(r->key_name) : "-", r->err_code ? r->err_code : "-");
 }
 
 /* The arena holds the URL, then name\0value\0 for each header. */
@@ -213,6 +242,7 @@ static int on_headers_complete(http_parser *p)
     }
     r->method = p->method;
     r->headers_done = 1;
+    c->deadline_ns = mono_ns() + (uint64_t)c->srv->cfg->http_body_timeout_s * 1000000000ULL;
     return 0;
 }
 
@@ -242,6 +272,7 @@ static int on_body(http_parser *p, const char *at, size_t n)
 static int on_message_complete(http_parser *p)
 {
     sg_conn *c = CONN(p);
+    c->deadline_ns = 0;
     c->req->keep_alive = http_should_keep_alive(p) && !p->upgrade;
     http_parser_pause(p, 1); /* dispatch outside the parser */
     return 0;
@@ -271,6 +302,7 @@ const char *sg_http_reason(int status)
     case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
     case 413: return "Payload Too Large";
     case 415: return "Unsupported Media Type";
     case 426: return "Upgrade Required";
@@ -328,6 +360,7 @@ void sg_http_respond(sg_conn *c, int status, const char *ctype, const char *body
 #undef PUT
     evbuffer_add(out, h, (size_t)(p - h));
     if (h != buf) free(h);
+    if (c->srv->cfg->access_log) access_log(c, status, len);
     if (!keep) sg_conn_close_after_write(c);
 }
 
@@ -348,6 +381,7 @@ void sg_http_json(sg_conn *c, int status, json_t *v, const char *extra)
 
 void sg_http_error(sg_conn *c, const sg_error *err)
 {
+    if (c->req) c->req->err_code = err->code;
     char extra[40];
     int retry = err->status == 429 || err->status == 503;
     if (retry) snprintf(extra, sizeof(extra), "Retry-After: %d\r\n", err->retry_after > 0 ? err->retry_after : 1);
@@ -537,7 +571,33 @@ void sg_conn_kick(sg_conn *c)
             bufferevent_enable(c->bev, EV_WRITE);
         }
     }
-    if (c->closing && evbuffer_get_length(out) == 0) sg_conn_kill(c);
+    if (c->closing && evbuffer_get_length(out) == 0) {
+        if (!c->linger || !c->reading) {
+            sg_conn_kill(c);
+        } else if (c->linger == 1) {
+            c->linger = 2; /* written: the peer may read the close, then close itself */
+            shutdown(bufferevent_getfd(c->bev), SHUT_WR);
+        }
+    }
+}
+
+/* Lingering close (RFC 6455 7.1.1, nginx's lingering_close): once the
+ * output is written, the write side is shut, and input is read and
+ * dropped until the peer closes or grace_s pass. Closing with unread input
+ * would make the kernel reset the connection and discard the close frame
+ * before the peer reads it. */
+void sg_conn_linger_close(sg_conn *c, int grace_s)
+{
+    if (c->closing) return;
+    c->closing = 1;
+    c->linger = 1;
+    c->idle.tv_sec = grace_s;
+    c->idle.tv_usec = 0;
+    if (c->reading) { /* keep reading, on the grace timeout */
+        event_del(c->rev);
+        event_add(c->rev, &c->idle);
+    }
+    sg_conn_kick(c);
 }
 
 void sg_conn_close_after_write(sg_conn *c)
@@ -561,6 +621,7 @@ static void reject(sg_conn *c, int status, const char *detail)
     sg_error e;
     const char *code = status == 413   ? "body_too_large"
                        : status == 431 ? "headers_too_large"
+                       : status == 408 ? "request_timeout"
                                        : "bad_request";
     sg_error_set(&e, status, code, NULL, "%s", detail);
     c->req->keep_alive = 0;
@@ -654,6 +715,10 @@ static void on_write(struct bufferevent *bev, void *arg)
         c->write_armed = 0;
         bufferevent_disable(bev, EV_WRITE);
     }
+    if (c->closing && c->linger) {
+        sg_conn_kick(c); /* shuts the write side, keeps reading */
+        return;
+    }
     if (c->closing) {
         sg_conn_kill(c);
         return;
@@ -680,10 +745,41 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 
 #define READ_CHUNK 16384
 
+/* A request that has not arrived whole by its deadline is answered 408
+ * and the connection closed. Otherwise the read timeout is the idle
+ * timeout or the time left to the deadline, whichever is sooner. */
+static int past_deadline(sg_conn *c)
+{
+    if (!c->deadline_ns || c->mode != SG_CONN_HTTP || c->closing || c->killed) return 0;
+    uint64_t now = mono_ns();
+    if (now >= c->deadline_ns) {
+        sg_log(SG_LOG_INFO, "request_timeout", "peer=%s headers_complete=%d", c->peer,
+               c->req && c->req->headers_done);
+        reject(c, 408, "the request did not arrive whole in time");
+        return 1;
+    }
+    uint64_t left = c->deadline_ns - now;
+    struct timeval tv = {(time_t)(left / 1000000000ULL), (suseconds_t)(left % 1000000000ULL / 1000) + 1};
+    if (c->reading && (c->idle.tv_sec == 0 || tv.tv_sec < c->idle.tv_sec)) {
+        event_add(c->rev, &tv);
+        c->short_timeout = 1;
+    }
+    return 0;
+}
+
 static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
     sg_conn *c = arg;
+    if (c->linger) { /* closing: read and drop until the peer closes or the grace ends */
+        struct evbuffer *in = bufferevent_get_input(c->bev);
+        ssize_t n = (what & EV_TIMEOUT) ? 0 : sg_evbuffer_readv(in, fd, READ_CHUNK);
+        evbuffer_drain(in, evbuffer_get_length(in));
+        if (n == -2) return;
+        if (n <= 0) sg_conn_kill(c);
+        return;
+    }
     if (what & EV_TIMEOUT) {
+        if (past_deadline(c)) return;
         on_event(c->bev, BEV_EVENT_TIMEOUT | BEV_EVENT_READING, c);
         return;
     }
@@ -694,6 +790,13 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
         return;
     }
     on_read(c->bev, c);
+    if (c->killed) return;
+    if (c->deadline_ns) {
+        past_deadline(c);
+    } else if (c->short_timeout && c->reading) { /* the request is whole: back to the idle timeout */
+        c->short_timeout = 0;
+        event_add(c->rev, c->idle.tv_sec || c->idle.tv_usec ? &c->idle : NULL);
+    }
 }
 
 /* A new connection from the listener. */
@@ -727,7 +830,9 @@ void sg_http_accept(sg_server *s, evutil_socket_t fd, struct sockaddr *sa, int s
         return;
     }
     intptr_t mine = 0;
-    if (s->cfg->max_connections_per_ip > 0) {
+    /* a trusted proxy carries many clients: they are counted by what it
+     * forwards, not held to one address's share */
+    if (s->cfg->max_connections_per_ip > 0 && !(s->security && sg_security_trusted_proxy(s->security, peer))) {
         if (!s->per_ip) s->per_ip = sg_dict_new();
         mine = (intptr_t)sg_dict_get(s->per_ip, peer, strlen(peer));
         if (mine >= s->cfg->max_connections_per_ip) {

@@ -51,6 +51,11 @@ typedef struct sg_req {
     size_t body_len, body_cap;
     int keep_alive;
     char *cors_origin; /* echoed in Access-Control-Allow-Origin, or NULL */
+    /* for the access log */
+    uint64_t t0_ns;       /* when the request began (only with access_log) */
+    const char *key_name; /* the API key that made it, or NULL */
+    const char *err_code; /* the error it was answered with, or NULL */
+    char client[64];      /* the client's address: the peer, or what a trusted proxy says */
 } sg_req;
 
 enum sg_conn_mode { SG_CONN_HTTP, SG_CONN_SSE, SG_CONN_WS };
@@ -77,6 +82,9 @@ struct sg_conn {
     int reading;     /* rev is added */
     struct event *rev; /* reads: our own, see on_readable */
     struct timeval idle; /* read idle timeout; 0 s: none */
+    uint64_t deadline_ns; /* the request being read must be whole by then; 0: none */
+    int short_timeout;    /* the read timeout is the time left to deadline_ns */
+    int linger;           /* closing: 1 output pending, 2 write side shut; input is dropped */
     sg_req *req;     /* HTTP mode only: freed when a transport takes over */
     const sg_conn_proto *proto;
     void *proto_data;
@@ -178,6 +186,9 @@ void sg_http_accept(sg_server *s, evutil_socket_t fd, struct sockaddr *sa, int s
 void sg_conn_kick(sg_conn *c);
 /* Close once pending output is written; reads stop now. */
 void sg_conn_close_after_write(sg_conn *c);
+/* Close the way a WebSocket close should: write what is pending, shut the
+ * write side, and read and drop input until the peer closes or grace_s. */
+void sg_conn_linger_close(sg_conn *c, int grace_s);
 /* Close now (deferred to the next loop turn, so callers on the stack stay
  * valid). */
 void sg_conn_kill(sg_conn *c);

@@ -25,6 +25,7 @@ struct sg_hub {
     struct event *cleanup_ev;
     sg_conv wildcard;
     int pending; /* queued updates over all conversations */
+    int n_empty; /* conversations a subscriber opened that hold no update yet */
     void (*on_forget)(void *arg, const char *id);
     void *on_forget_arg;
     sg_hub_stats stats;
@@ -195,6 +196,7 @@ static void conv_free(sg_hub *h, sg_conv *c)
     conv_flush(h, c);
     if (h->on_forget) h->on_forget(h->on_forget_arg, c->id);
     lru_unlink(h, c);
+    if (c->empty) h->n_empty--;
     sg_dict_del(h->convs, c->id, c->id_len);
     h->store->ops->close(c->hist, 1);
     idem_clear(c);
@@ -202,11 +204,38 @@ static void conv_free(sg_hub *h, sg_conv *c)
     free(c);
 }
 
-static sg_conv *evict_one(sg_hub *h)
+/* The least recently active conversation with no subscribers that holds
+ * updates (want_empty 0) or holds none (want_empty 1). */
+static sg_conv *evict_one(sg_hub *h, int want_empty)
 {
     for (sg_conv *c = h->lru_head; c; c = c->lnext)
-        if (c->n_subs == 0) return c;
+        if (c->n_subs == 0 && c->empty == want_empty) return c;
     return NULL;
+}
+
+/* Room for one more conversation of a kind: conversations that hold
+ * updates count against max_conversations, and so, apart, do the empty
+ * ones subscribers opened. A producer's new conversation may evict an
+ * idle one with updates; a subscriber's only an idle empty one, so that
+ * watching never takes a producer's slot or another's history. 0, or -1
+ * with a 429 in err. */
+static int make_room(sg_hub *h, int empty, sg_error *err)
+{
+    int n = empty ? h->n_empty : (int)sg_dict_size(h->convs) - h->n_empty;
+    if (n < h->cfg->max_conversations) return 0;
+    sg_conv *old = evict_one(h, empty);
+    if (!old) {
+        sg_error_set(err, 429, "too_many_conversations", NULL,
+                     empty ? "%d conversations are watched before anything was published to them; retry later"
+                           : "all %d conversations have subscribers; retry later",
+                     h->cfg->max_conversations);
+        return -1;
+    }
+    sg_log(SG_LOG_INFO, "conversation_evicted", "conversation=%s last_seq=%llu", old->id,
+           (unsigned long long)old->last_seq);
+    h->stats.evictions++;
+    conv_free(h, old);
+    return 0;
 }
 
 sg_conv *sg_hub_conv(sg_hub *h, const char *id, size_t len, int create, sg_error *err)
@@ -218,19 +247,8 @@ sg_conv *sg_hub_conv(sg_hub *h, const char *id, size_t len, int create, sg_error
                          "no conversation '%.*s' is active", (int)(len > 128 ? 128 : len), id);
         return c;
     }
-    if (sg_dict_size(h->convs) >= (size_t)h->cfg->max_conversations) {
-        sg_conv *old = evict_one(h);
-        if (!old) {
-            sg_error_set(err, 429, "too_many_conversations", NULL,
-                         "all %d conversations have subscribers; retry later",
-                         h->cfg->max_conversations);
-            return NULL;
-        }
-        sg_log(SG_LOG_INFO, "conversation_evicted", "conversation=%s last_seq=%llu", old->id,
-               (unsigned long long)old->last_seq);
-        h->stats.evictions++;
-        conv_free(h, old);
-    }
+    int empty = create == SG_CONV_WATCH;
+    if (make_room(h, empty, err) < 0) return NULL;
     c = calloc(1, sizeof(*c));
     if (!c) goto oom;
     c->queue = calloc(h->cfg->batch_size, sizeof(sg_update *));
@@ -245,6 +263,10 @@ sg_conv *sg_hub_conv(sg_hub *h, const char *id, size_t len, int create, sg_error
         h->store->ops->close(c->hist, 1);
         goto oom;
     }
+    /* a subscriber's conversation stays empty (and counted apart) until
+     * an update arrives; one the store already holds updates of is not */
+    c->empty = empty && c->last_seq == 0;
+    h->n_empty += c->empty;
     lru_push(h, c);
     touch(h, c);
     return c;
@@ -344,9 +366,19 @@ int sg_hub_publish(sg_hub *h, const sg_draft *d, sg_publish_result *res, sg_erro
                      "%d updates are waiting to be delivered; retry shortly", h->pending);
         return -1;
     }
-    if (!c && !(c = sg_hub_conv(h, d->conv_id, d->conv_len, 1, err))) {
+    if (!c && !(c = sg_hub_conv(h, d->conv_id, d->conv_len, SG_CONV_PUBLISH, err))) {
         if (err->status == 429) h->stats.rejected_full++;
         return -1;
+    }
+    if (c->empty) { /* a watched conversation gets its first update: it counts now */
+        c->empty = 0;
+        h->n_empty--;
+        if (make_room(h, 0, err) < 0) {
+            c->empty = 1;
+            h->n_empty++;
+            h->stats.rejected_full++;
+            return -1;
+        }
     }
     sg_update *u = sg_update_new(d, c->last_seq + 1, sg_now_ms());
     if (!u) {

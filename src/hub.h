@@ -69,6 +69,7 @@ struct sg_conv {
     sg_group *groups;
     int n_subs;
     int is_wildcard;             /* the pseudo-conversation of status:* */
+    int empty;                   /* opened by a subscriber; no update yet */
     sg_dict *idem;               /* idempotency_key -> struct idem */
     struct idem *idem_head, *idem_tail;
 };
@@ -98,8 +99,12 @@ typedef struct sg_hub_stats {
 sg_hub *sg_hub_new(struct event_base *base, const sg_config *cfg, sg_store *store);
 void sg_hub_free(sg_hub *h);
 
-/* Find a conversation; with create, open it (evicting the least recently
- * active idle one when at the cap). NULL with err set (404 or 429). */
+/* Find a conversation; with create, open it: SG_CONV_PUBLISH for a
+ * producer (evicting the least recently active idle one when at the cap),
+ * SG_CONV_WATCH for a subscriber (an empty conversation, counted apart
+ * from those that hold updates, so that subscribers never take producers'
+ * slots nor evict history). NULL with err set (404 or 429). */
+enum { SG_CONV_FIND = 0, SG_CONV_PUBLISH = 1, SG_CONV_WATCH = 2 };
 sg_conv *sg_hub_conv(sg_hub *h, const char *id, size_t len, int create, sg_error *err);
 
 typedef struct sg_publish_result {

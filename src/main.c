@@ -25,7 +25,23 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: statusgw [--config FILE] [--listen ADDR:PORT] [--plugins DIR]\n"
                "                [--log-level debug|info|warn|error] [--check-config]\n"
-               "                [--version]\n");
+               "                [--version] [--help]\n"
+               "       statusgw check-plugin [--config FILE] PLUGIN.lua...\n"
+               "\n"
+               "  --config FILE    the Lua config file (relative paths in it are relative to it)\n"
+               "  --listen A:P     listen address, over the config's\n"
+               "  --plugins DIR    plugins directory, over the config's\n"
+               "  --log-level L    debug, info, warn or error\n"
+               "  --check-config   check the config and its plugins' settings, then exit (2: invalid)\n"
+               "  check-plugin     load each plugin file in the sandbox and print what it provides\n"
+               "                   (exit 1 when any fails to load)\n");
+}
+
+static void usage_check_plugin(FILE *f)
+{
+    fprintf(f, "usage: statusgw check-plugin [--config FILE] PLUGIN.lua...\n"
+               "Loads each file in the plugin sandbox (with plugins.<name> from the config,\n"
+               "if given) and prints what it provides as JSON, or where it fails.\n");
 }
 
 static void forget_conversation(void *arg, const char *id)
@@ -33,10 +49,56 @@ static void forget_conversation(void *arg, const char *id)
     sg_plugins_forget(arg, id);
 }
 
-/* statusgw check-plugin FILE: load it in the sandbox and say what it
+/* statusgw check-plugin FILE...: load each in the sandbox and say what it
  * provides, or where it fails. */
-static int check_plugin(const char *path, const char *config_path)
+static int check_one_plugin(const char *path, const sg_config *cfg)
 {
+    char err[600];
+    json_t *d = sg_plugin_check(path, cfg, err, sizeof(err));
+    if (!d) {
+        /* name the file as it was given, not by its base name */
+        const char *base = strrchr(path, '/');
+        base = base ? base + 1 : path;
+        size_t bl = strlen(base);
+        if (strncmp(err, base, bl) == 0 && err[bl] == ':')
+            fprintf(stderr, "%s%s\n", path, err + bl);
+        else if (strncmp(err, path, strlen(path)) == 0)
+            fprintf(stderr, "%s\n", err);
+        else
+            fprintf(stderr, "%s: %s\n", path, err);
+        return 1;
+    }
+    char *s = json_dumps(d, JSON_INDENT(2));
+    printf("%s\n", s);
+    free(s);
+    json_decref(d);
+    return 0;
+}
+
+static int check_plugin(int argc, char **argv)
+{
+    const char *config_path = NULL;
+    const char *files[256];
+    int nf = 0;
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage_check_plugin(stdout);
+            return 0;
+        }
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
+            config_path = argv[++i];
+        } else if (argv[i][0] == '-') {
+            fprintf(stderr, "statusgw check-plugin: unknown option '%s'\n", argv[i]);
+            usage_check_plugin(stderr);
+            return 2;
+        } else if (nf < (int)(sizeof(files) / sizeof(files[0]))) {
+            files[nf++] = argv[i];
+        }
+    }
+    if (nf == 0) {
+        usage_check_plugin(stderr);
+        return 2;
+    }
     sg_config cfg;
     char err[600];
     if (sg_config_load(&cfg, config_path, err, sizeof(err)) < 0) {
@@ -45,17 +107,9 @@ static int check_plugin(const char *path, const char *config_path)
         return 2;
     }
     sg_categories_init(&cfg, err, sizeof(err));
-    json_t *d = sg_plugin_check(path, &cfg, err, sizeof(err));
     int rc = 0;
-    if (!d) {
-        fprintf(stderr, "%s\n", err);
-        rc = 1;
-    } else {
-        char *s = json_dumps(d, JSON_INDENT(2));
-        printf("%s\n", s);
-        free(s);
-        json_decref(d);
-    }
+    for (int i = 0; i < nf; i++)
+        rc |= check_one_plugin(files[i], &cfg);
     sg_categories_free();
     sg_config_free(&cfg);
     return rc;
@@ -82,13 +136,7 @@ static int check_plugins(const sg_config *cfg, sg_plugins *pm, char *err, size_t
 
 int main(int argc, char **argv)
 {
-    if (argc >= 2 && strcmp(argv[1], "check-plugin") == 0) {
-        if (argc < 3) {
-            fprintf(stderr, "usage: statusgw check-plugin FILE [--config FILE]\n");
-            return 2;
-        }
-        return check_plugin(argv[2], argc >= 5 && strcmp(argv[3], "--config") == 0 ? argv[4] : NULL);
-    }
+    if (argc >= 2 && strcmp(argv[1], "check-plugin") == 0) return check_plugin(argc, argv);
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},   {"listen", required_argument, NULL, 'l'},
         {"plugins", required_argument, NULL, 'p'},  {"log-level", required_argument, NULL, 'L'},
@@ -150,6 +198,7 @@ int main(int argc, char **argv)
     }
     if (check_only) {
         sg_security_free(sec);
+        if (sg_log_level < SG_LOG_WARN) sg_log_level = SG_LOG_WARN; /* a check says only what is wrong */
         sg_plugins *pm = sg_plugins_new(cfg.plugins_dir, &cfg, NULL, NULL, NULL);
         if (pm) json_decref(sg_plugins_reload(pm));
         int bad = !pm || check_plugins(&cfg, pm, err, sizeof(err)) < 0 || sg_webhooks_check(&cfg, err, sizeof(err)) < 0;

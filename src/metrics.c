@@ -5,6 +5,7 @@
 #include "security.h"
 #include "webhook.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -200,6 +201,13 @@ void sg_metrics_render(sg_server *s, struct evbuffer *o)
     evbuffer_add_printf(o, "statusgw_uptime_seconds %.3f\n", (sg_now_ms() - s->started_ms) / 1000.0);
 }
 
+/* Rates and durations to the millisecond (or the thousandth), written
+ * with 15 significant digits: 4.867, not 4.8666666666666663. */
+static double r3(double x)
+{
+    return round(x * 1000.0) / 1000.0;
+}
+
 json_t *sg_stats_json(sg_server *s)
 {
     const sg_hub_stats *st = sg_hub_get_stats(s->hub);
@@ -251,9 +259,9 @@ json_t *sg_stats_json(sg_server *s)
     return json_pack("{s:I, s:I, s:I, s:I, s:o, s:{s:f, s:f}, s:{s:f, s:f}, s:o, s:o, s:o, s:{s:i, s:i, s:i}, s:i, s:f}",
                      "published", (json_int_t)st->published, "received", (json_int_t)m.received, "rejected",
                      (json_int_t)rejected, "dropped", (json_int_t)m.dropped, "per_category", cats,
-                     "rate_per_s", "last_1m", t1 / 60.0, "last_5m", t5 / 300.0,
-                     "error_rate", "last_1m", t1 ? (double)e1 / t1 : 0.0, "last_5m", t5 ? (double)e5 / t5 : 0.0,
+                     "rate_per_s", "last_1m", r3(t1 / 60.0), "last_5m", r3(t5 / 300.0),
+                     "error_rate", "last_1m", r3(t1 ? (double)e1 / t1 : 0.0), "last_5m", r3(t5 ? (double)e5 / t5 : 0.0),
                      "top_conversations", tops, "plugins", plugins, "webhooks", hooks,
                      "connections", "websocket", s->n_ws, "sse", s->n_sse, "http", s->n_conns - s->n_ws - s->n_sse,
-                     "conversations", (int)sg_hub_count(s->hub), "uptime_s", (sg_now_ms() - s->started_ms) / 1000.0);
+                     "conversations", (int)sg_hub_count(s->hub), "uptime_s", r3((sg_now_ms() - s->started_ms) / 1000.0));
 }

@@ -349,18 +349,35 @@ static void handle_join(sg_phx *p, json_t *jr, json_t *ref, const char *topic, j
     sg_error e;
     if (wildcard) {
         cv = sg_hub_wildcard(srv->hub);
-    } else if (!(cv = sg_hub_conv(srv->hub, id, strlen(id), 1, &e))) {
+    } else if (!(cv = sg_hub_conv(srv->hub, id, strlen(id), SG_CONV_WATCH, &e))) {
         sg_filter_unref(filter);
         reply(p, jr, ref, topic, 0, json_pack("{s:s, s:s}", "reason", e.code, "message", e.message));
         return;
     }
+    /* a second join of a topic changes its subscription: it counts against
+     * the same limit as set_categories and set_filter, and the count
+     * carries over to the new channel */
+    int64_t ring[PHX_RATE_LIMIT];
+    int n_changes = 0, next_change = 0;
     if (old) {
+        if (rate_limited(old, jr, ref) < 0) {
+            sg_filter_unref(filter);
+            return;
+        }
+        memcpy(ring, old->changes, sizeof(ring));
+        n_changes = old->n_changes;
+        next_change = old->next_change;
         /* a second join of a topic replaces the first, as in Phoenix */
         send_json(p, old->join_ref, old->join_ref, topic, "phx_close", json_object());
         chan_free(p, old);
     }
 
     phx_chan *ch = calloc(1, sizeof(*ch));
+    if (n_changes) {
+        memcpy(ch->changes, ring, sizeof(ring));
+        ch->n_changes = n_changes;
+        ch->next_change = next_change;
+    }
     ch->phx = p;
     ch->topic = strdup(topic);
     ch->join_ref = json_incref(jr);

@@ -644,8 +644,8 @@ json_t *sg_plugins_reload(sg_plugins *pm)
         if (p) {
             next[nn++] = p;
             json_array_append_new(loaded, json_string(p->name));
-            sg_log(SG_LOG_INFO, "plugin_loaded", "plugin=%s file=%s priority=%d replaced=%d",
-                   p->name, sg_log_q(files[i]), p->priority, old >= 0);
+            sg_log(SG_LOG_INFO, "plugin_loaded", "plugin=%s file=%s priority=%d enabled=%d replaced=%d",
+                   p->name, sg_log_q(files[i]), p->priority, !p->off, old >= 0);
         } else {
             json_array_append_new(failed, json_pack("{s:s, s:s, s:b}", "file", files[i], "error",
                                                     err, "previous_version_kept", old >= 0));

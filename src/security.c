@@ -3,8 +3,10 @@
 #include "hub.h"
 #include "log.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fnmatch.h>
+#include <math.h>
 #include <jwt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +22,8 @@ struct sg_api_key {
     int64_t last_ms;
 };
 
+static int loopback(const char *peer);
+
 struct sg_security {
     sg_api_key *keys;
     int n_keys;
@@ -29,6 +33,10 @@ struct sg_security {
     char *admin_key;
     char **origins;
     int n_origins;
+    char **proxies; /* trusted_proxies: addresses whose forwarded headers are believed */
+    int n_proxies;
+    int metrics_key_required;
+    int keyless_remote_publish; /* allow_keyless_remote_publish */
     sg_security_stats stats;
 };
 
@@ -129,6 +137,32 @@ sg_security *sg_security_new(const sg_config *cfg, char *err, size_t errlen)
                 }
                 s->origins[s->n_origins++] = strdup(json_string_value(o));
             }
+        } else if (strcmp(k, "trusted_proxies") == 0) {
+            if (json_is_object(v) && json_object_size(v) == 0) continue;
+            if (!json_is_array(v)) {
+                snprintf(err, errlen, "security.trusted_proxies must be a list of addresses like { \"127.0.0.1\" }");
+                goto fail;
+            }
+            s->proxies = calloc(json_array_size(v) + 1, sizeof(char *));
+            size_t i;
+            json_t *o;
+            json_array_foreach(v, i, o)
+            {
+                unsigned char buf[16];
+                const char *a = json_string_value(o);
+                if (!a || (inet_pton(AF_INET, a, buf) != 1 && inet_pton(AF_INET6, a, buf) != 1)) {
+                    snprintf(err, errlen, "security.trusted_proxies: '%s' is not an IP address", a ? a : "?");
+                    goto fail;
+                }
+                s->proxies[s->n_proxies++] = strdup(a);
+            }
+        } else if (strcmp(k, "metrics_key_required") == 0 || strcmp(k, "allow_keyless_remote_publish") == 0) {
+            if (!json_is_boolean(v)) {
+                snprintf(err, errlen, "security.%s must be true or false", k);
+                goto fail;
+            }
+            if (k[0] == 'm') s->metrics_key_required = json_is_true(v);
+            else s->keyless_remote_publish = json_is_true(v);
         } else {
             static const char *const known[] = {"api_keys", "jwt_secret", "jwt_leeway_s", "admin_key",
                                                 "allowed_origins", "trusted_proxies", "metrics_key_required",
@@ -159,6 +193,9 @@ void sg_security_free(sg_security *s)
     for (int i = 0; i < s->n_origins; i++)
         free(s->origins[i]);
     free(s->origins);
+    for (int i = 0; i < s->n_proxies; i++)
+        free(s->proxies[i]);
+    free(s->proxies);
     free(s);
 }
 
@@ -215,14 +252,23 @@ int sg_security_publisher(sg_security *s, const char *auth, sg_api_key **key, sg
     return -1;
 }
 
+const char *sg_security_key_name(const sg_api_key *k)
+{
+    return k ? k->name : NULL;
+}
+
+int sg_security_key_covers(const sg_api_key *k, const char *conv, sg_error *err)
+{
+    if (!k || !k->pattern || fnmatch(k->pattern, conv, 0) == 0) return 0;
+    sg_error_set(err, 403, "forbidden", "conversation_id", "the key '%s' may not use conversation '%s'",
+                 k->name, conv);
+    return -1;
+}
+
 int sg_security_may_publish(sg_api_key *k, const char *conv, sg_error *err)
 {
     if (!k) return 0;
-    if (k->pattern && fnmatch(k->pattern, conv, 0) != 0) {
-        sg_error_set(err, 403, "forbidden", "conversation_id",
-                     "the key '%s' may not publish to conversation '%s'", k->name, conv);
-        return -1;
-    }
+    if (sg_security_key_covers(k, conv, err) < 0) return -1;
     if (k->rate > 0) {
         int64_t now = sg_mono_ms();
         if (k->last_ms) k->tokens += (now - k->last_ms) * k->rate / 1000.0;
@@ -231,6 +277,7 @@ int sg_security_may_publish(sg_api_key *k, const char *conv, sg_error *err)
         if (k->tokens < 1) {
             sg_error_set(err, 429, "rate_limited", NULL, "the key '%s' is over its rate of %g updates/s",
                          k->name, k->rate);
+            err->retry_after = (int)ceil((1 - k->tokens) / k->rate);
             return -1;
         }
         k->tokens -= 1;
@@ -286,12 +333,12 @@ int sg_security_subscriber(sg_security *s, const char *token, sg_claims *c, sg_e
         time_t now = time(NULL);
         if (errno == ENOENT) {
             why = "the token has no exp claim";
-        } else if (exp + s->leeway_s < now) {
+        } else if (exp < (long)now && (long)now - exp > s->leeway_s) { /* no exp + leeway: it may overflow */
             why = "the token has expired";
         } else {
             errno = 0;
             long nbf = jwt_get_grant_int(jwt, "nbf");
-            if (errno != ENOENT && nbf - s->leeway_s > now) why = "the token is not valid yet";
+            if (errno != ENOENT && nbf > (long)now && nbf - (long)now > s->leeway_s) why = "the token is not valid yet";
         }
     }
     if (!why) {
@@ -337,12 +384,137 @@ void sg_claims_clear(sg_claims *c)
     c->conversations = NULL;
 }
 
-int sg_security_origin_ok(const sg_security *s, const char *origin)
+/* Whether a host name (no port) is this machine's loopback. */
+static int loopback_host(const char *h, size_t n)
 {
-    if (s->n_origins == 0 || !origin) return 1;
+    if (n == 9 && strncasecmp(h, "localhost", 9) == 0) return 1;
+    if (n > 10 && strncasecmp(h + n - 10, ".localhost", 10) == 0) return 1; /* RFC 6761 */
+    if (n == 5 && strncmp(h, "[::1]", 5) == 0) return 1;
+    if (n == 3 && strncmp(h, "::1", 3) == 0) return 1;
+    char a[64];
+    unsigned char buf[4];
+    if (n >= sizeof(a)) return 0;
+    memcpy(a, h, n);
+    a[n] = 0;
+    return inet_pton(AF_INET, a, buf) == 1 && buf[0] == 127;
+}
+
+/* The host part of "scheme://host[:port]" or of "host[:port]". */
+static void host_part(const char *s, const char **h, size_t *n)
+{
+    const char *p = strstr(s, "://");
+    p = p ? p + 3 : s;
+    size_t len = strcspn(p, "/?#");
+    if (p[0] == '[') { /* [v6]:port */
+        const char *e = memchr(p, ']', len);
+        *h = p;
+        *n = e ? (size_t)(e - p + 1) : len;
+        return;
+    }
+    const char *colon = memchr(p, ':', len);
+    *h = p;
+    *n = colon ? (size_t)(colon - p) : len;
+}
+
+int sg_security_origin_loopback(const char *origin)
+{
+    const char *h;
+    size_t n;
+    if (!origin) return 0;
+    host_part(origin, &h, &n);
+    return loopback_host(h, n);
+}
+
+static int origin_listed(const sg_security *s, const char *origin)
+{
     for (int i = 0; i < s->n_origins; i++)
         if (strcmp(s->origins[i], "*") == 0 || strcasecmp(s->origins[i], origin) == 0) return 1;
     return 0;
+}
+
+int sg_security_origin_ok(const sg_security *s, const char *origin)
+{
+    if (!origin) return 1; /* not a browser's cross-origin request */
+    if (s->n_origins > 0) return origin_listed(s, origin);
+    /* nothing listed: with credentials required any page may try; in open
+     * mode only pages served from this machine may */
+    return !sg_security_open(s) || sg_security_origin_loopback(origin);
+}
+
+int sg_security_admin_origin_ok(const sg_security *s, const char *origin)
+{
+    /* an admin action is never run for another site's page, credentials
+     * or not: a browser would send them (or be on loopback) for it */
+    return !origin || sg_security_origin_loopback(origin) || (s->n_origins > 0 && origin_listed(s, origin) &&
+                                                             strcmp(s->origins[0], "*") != 0);
+}
+
+int sg_security_host_ok(const sg_security *s, const char *host)
+{
+    if (!sg_security_open(s) || !host) return 1;
+    const char *h;
+    size_t n;
+    host_part(host, &h, &n);
+    if (loopback_host(h, n)) return 1;
+    for (int i = 0; i < s->n_origins; i++) { /* a host an allowed origin names */
+        const char *oh;
+        size_t on;
+        host_part(s->origins[i], &oh, &on);
+        if (on == n && strncasecmp(oh, h, n) == 0) return 1;
+    }
+    return 0;
+}
+
+int sg_security_keyless_publish_ok(const sg_security *s, const char *client)
+{
+    return s->n_keys > 0 || sg_security_open(s) || s->keyless_remote_publish || loopback(client);
+}
+
+int sg_security_metrics_ok(sg_security *s, const char *auth, const char *client)
+{
+    if (!s->metrics_key_required || sg_security_open(s)) return 1;
+    sg_api_key *k;
+    sg_error e;
+    if (s->n_keys > 0 && sg_security_publisher(s, auth, &k, &e) == 0) return 1;
+    return sg_security_admin(s, auth, client, &e) == 0 && s->admin_key;
+}
+
+int sg_security_trusted_proxy(const sg_security *s, const char *peer)
+{
+    for (int i = 0; i < s->n_proxies; i++)
+        if (strcmp(s->proxies[i], peer) == 0) return 1;
+    return 0;
+}
+
+void sg_security_client(const sg_security *s, const char *peer, const char *xff, const char *xreal,
+                        char *out, size_t outlen)
+{
+    snprintf(out, outlen, "%s", peer);
+    if (!sg_security_trusted_proxy(s, peer)) return;
+    /* X-Forwarded-For: the rightmost address no trusted proxy added */
+    if (xff) {
+        char list[1024];
+        snprintf(list, sizeof(list), "%s", xff);
+        for (;;) {
+            char *comma = strrchr(list, ',');
+            char *a = comma ? comma + 1 : list;
+            while (*a == ' ' || *a == '\t')
+                a++;
+            size_t n = strcspn(a, " \t");
+            a[n] = 0;
+            unsigned char buf[16];
+            if (inet_pton(AF_INET, a, buf) != 1 && inet_pton(AF_INET6, a, buf) != 1) return; /* not an address */
+            snprintf(out, outlen, "%s", a);
+            if (!comma || !sg_security_trusted_proxy(s, a)) return;
+            *comma = 0;
+        }
+    }
+    if (xreal) {
+        unsigned char buf[16];
+        char a[64];
+        snprintf(a, sizeof(a), "%.*s", (int)strcspn(xreal, " \t"), xreal);
+        if (inet_pton(AF_INET, a, buf) == 1 || inet_pton(AF_INET6, a, buf) == 1) snprintf(out, outlen, "%s", a);
+    }
 }
 
 int sg_security_has_origins(const sg_security *s)

@@ -40,6 +40,35 @@ int sg_security_publisher(sg_security *s, const char *authorization, sg_api_key 
 /* May this key publish to conv now? -1 with err 403 (pattern) or 429
  * (rate; one token taken otherwise). */
 int sg_security_may_publish(sg_api_key *key, const char *conv, sg_error *err);
+/* Whether the key's conversation pattern covers conv (reads: no tokens
+ * are spent). 0, or -1 with a 403 in err. */
+int sg_security_key_covers(const sg_api_key *key, const char *conv, sg_error *err);
+/* Browsers' Origin: allowed_origins when set; with none, any origin when
+ * credentials are required, and only loopback origins in open mode. */
+int sg_security_origin_ok(const sg_security *s, const char *origin);
+/* Whether an Origin names this machine (localhost, 127.0.0.0/8, [::1]). */
+int sg_security_origin_loopback(const char *origin);
+/* Admin actions: no Origin, a loopback one, or one allowed_origins names
+ * (not "*"): never for another site's page. */
+int sg_security_admin_origin_ok(const sg_security *s, const char *origin);
+/* The Host header in open mode: a loopback name or a host allowed_origins
+ * names (DNS rebinding points another name at 127.0.0.1). Always 1 with
+ * credentials. */
+int sg_security_host_ok(const sg_security *s, const char *host);
+/* With no api_keys (and a jwt_secret), publishing is for loopback clients
+ * unless security.allow_keyless_remote_publish. */
+int sg_security_keyless_publish_ok(const sg_security *s, const char *client);
+/* GET /metrics: free unless security.metrics_key_required (then an API
+ * key or the admin key). */
+int sg_security_metrics_ok(sg_security *s, const char *auth, const char *client);
+/* The client's address: peer, or, when peer is in trusted_proxies, what
+ * X-Forwarded-For (rightmost untrusted) or X-Real-IP says. */
+int sg_security_trusted_proxy(const sg_security *s, const char *peer);
+void sg_security_client(const sg_security *s, const char *peer, const char *xff, const char *xreal,
+                        char *out, size_t outlen);
+
+/* The key's name (for logs), or NULL for no key. */
+const char *sg_security_key_name(const sg_api_key *key);
 
 /* Admin endpoints: the admin key, or, when none is configured, a loopback
  * peer. -1 with err 401/403. */
@@ -53,9 +82,6 @@ int sg_security_subscriber(sg_security *s, const char *token, sg_claims *claims,
 int sg_claims_allow(const sg_claims *c, const char *conv);
 void sg_claims_clear(sg_claims *c);
 
-/* Origin allow-list for WebSocket, SSE and CORS: 1 when origin (NULL when
- * the request had none) may proceed. */
-int sg_security_origin_ok(const sg_security *s, const char *origin);
 /* Whether an allow-list is configured (CORS headers are sent then). */
 int sg_security_has_origins(const sg_security *s);
 

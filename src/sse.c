@@ -103,15 +103,22 @@ static void on_replay(void *arg, int status, sg_update **ups, size_t n, uint64_t
     uint64_t first_kept = oldest ? oldest : cv->flushed_seq + 1;
     if (status == 0 && (rp->epoch_changed || first_kept > rp->since + 1)) {
         uint64_t to = first_kept - 1;
-        if (rp->epoch_changed || to > rp->since) {
+        uint64_t from = rp->epoch_changed ? 1 : rp->since + 1;
+        if (rp->epoch_changed && to < from) {
+            /* the client's epoch is gone, but nothing of this one was
+             * missed: no range to name (it would run from 1 to 0) */
+            evbuffer_add_printf(out,
+                                "id: %s:%llu\nevent: gap\ndata: {\"conversation_id\":\"%s\","
+                                "\"epoch\":\"%s\",\"reason\":\"epoch_changed\"}\n\n",
+                                cv->epoch, (unsigned long long)to, cv->id, cv->epoch);
+        } else if (rp->epoch_changed || to > rp->since) {
             evbuffer_add_printf(out,
                                 "id: %s:%llu\nevent: gap\ndata: {\"conversation_id\":\"%s\","
                                 "\"epoch\":\"%s\",\"reason\":\"%s\",\"from_seq\":%llu,"
                                 "\"to_seq\":%llu}\n\n",
                                 cv->epoch, (unsigned long long)to, cv->id, cv->epoch,
                                 rp->epoch_changed ? "epoch_changed" : "history_trimmed",
-                                (unsigned long long)(rp->epoch_changed ? 1 : rp->since + 1),
-                                (unsigned long long)to);
+                                (unsigned long long)from, (unsigned long long)to);
         }
     }
     for (size_t i = 0; i < n; i++) {
@@ -188,7 +195,7 @@ void sg_sse_start(sg_conn *c, sg_req *r, const char *conv_id)
         sg_http_error(c, &err);
         return;
     }
-    sg_conv *cv = sg_hub_conv(srv->hub, conv_id, strlen(conv_id), 1, &err);
+    sg_conv *cv = sg_hub_conv(srv->hub, conv_id, strlen(conv_id), SG_CONV_WATCH, &err);
     if (!cv) {
         sg_http_error(c, &err);
         return;

@@ -138,6 +138,14 @@ void sg_error_set(sg_error *e, int status, const char *code, const char *field,
     va_start(ap, fmt);
     vsnprintf(e->message, sizeof(e->message), fmt, ap);
     va_end(ap);
+    /* messages quote what the client sent (a path, a name): bytes that are
+     * not UTF-8 become '?', or the error itself could not be written as
+     * JSON and the client would be told something else went wrong */
+    size_t n = strlen(e->message);
+    if (!sg_utf8_valid(e->message, n)) {
+        for (size_t i = 0; i < n; i++)
+            if ((unsigned char)e->message[i] >= 0x80) e->message[i] = '?';
+    }
 }
 
 json_t *sg_error_json(const sg_error *e)
@@ -148,10 +156,22 @@ json_t *sg_error_json(const sg_error *e)
     return json_pack("{s:o}", "error", inner);
 }
 
+static char *interned[256];
+static int n_interned;
+
+/* freed when the module holding them is unloaded (the specs load the
+ * plugin host as a Lua module), so the leak check sees nothing orphaned */
+__attribute__((destructor)) static void free_interned(void)
+{
+    for (int i = 0; i < n_interned; i++)
+        free(interned[i]);
+    n_interned = 0;
+}
+
 const char *sg_error_code_intern(const char *code)
 {
-    static char *codes[256];
-    static int n;
+    char **codes = interned;
+    int n = n_interned;
     size_t len = strlen(code);
     if (len == 0 || len > 47) return NULL;
     for (size_t i = 0; i < len; i++)
@@ -159,10 +179,10 @@ const char *sg_error_code_intern(const char *code)
             return NULL;
     for (int i = 0; i < n; i++)
         if (strcmp(codes[i], code) == 0) return codes[i];
-    if (n == (int)(sizeof(codes) / sizeof(codes[0]))) return "refused";
+    if (n == (int)(sizeof(interned) / sizeof(interned[0]))) return "refused";
     char *c = strdup(code);
     if (!c) return "refused";
-    codes[n++] = c;
+    interned[n_interned++] = c;
     return c;
 }
 

@@ -24,6 +24,7 @@ struct sg_ws {
     int close_sent; /* a close frame is out: nothing more may be written */
     size_t feed;        /* bytes of whole frames wslay may take now */
     int in_fragmented;  /* a message continues in frames still to come */
+    uint64_t frag_len;  /* payload bytes of the fragmented message so far, as announced */
     char *token;
     sg_claims claims;
 };
@@ -115,7 +116,7 @@ void sg_ws_close(sg_ws *ws, int code, const char *reason)
     }
     struct timeval grace = {WS_CLOSE_GRACE_S, 0};
     bufferevent_set_timeouts(ws->conn->bev, NULL, &grace);
-    sg_conn_close_after_write(ws->conn);
+    sg_conn_linger_close(ws->conn, WS_CLOSE_GRACE_S);
 }
 
 /* ---- wslay callbacks ---- */
@@ -160,15 +161,21 @@ static const struct wslay_event_callbacks wslay_cbs = {on_recv, on_send, NULL, N
                                                        on_msg};
 
 /* How many bytes at the start of in form whole frames, following whether a
- * fragmented message is left open. A frame announcing more than the message
- * limit counts as whole, so wslay sees it and closes with 1009. */
+ * fragmented message is left open. A frame is judged by its header: one
+ * announcing more than the message limit (alone, or with the fragments
+ * before it) is refused there with 1009, before its bytes arrive, and a
+ * close frame with a one-byte payload with 1002. Returns 0 then, with the
+ * close under way (ws->close_sent). */
 static size_t whole_frames(sg_ws *ws, struct evbuffer *in)
 {
+    size_t max = ws->conn->srv->cfg->ws_max_message;
     /* a whole frame is at most the message limit plus its header */
-    size_t look = ws->conn->srv->cfg->ws_max_message + 14;
+    size_t look = max + 14;
     size_t avail = evbuffer_get_length(in), off = 0;
     size_t seen = avail < look ? avail : look;
     const uint8_t *b = evbuffer_pullup(in, (ev_ssize_t)seen);
+    int open = ws->in_fragmented;
+    uint64_t frag = ws->frag_len;
     while (seen - off >= 2) {
         const uint8_t *h = b + off;
         size_t hl = 2;
@@ -185,12 +192,28 @@ static size_t whole_frames(sg_ws *ws, struct evbuffer *in)
             hl = 10;
         }
         if (h[1] & 0x80) hl += 4;
-        if (len > ws->conn->srv->cfg->ws_max_message) return avail; /* let wslay refuse it */
-        if (seen - off < hl + len) break;
         int op = h[0] & 0x0f, fin = h[0] & 0x80;
-        if (op == 1 || op == 2 || op == 0) ws->in_fragmented = !fin;
+        int data = op == 0 || op == 1 || op == 2;
+        if (data && (len > max || (op == 0 && frag + len > max))) {
+            sg_log(SG_LOG_INFO, "websocket_message_too_big", "peer=%s announced=%llu limit=%zu",
+                   ws->conn->peer, (unsigned long long)(op == 0 ? frag + len : len), max);
+            sg_ws_close(ws, SG_WS_CLOSE_TOO_BIG, "message too big");
+            return 0;
+        }
+        if (op == 8 && len == 1) {
+            sg_ws_close(ws, SG_WS_CLOSE_PROTOCOL, "a close frame's payload is empty or at least 2 bytes");
+            return 0;
+        }
+        if (seen - off < hl + len) break;
+        if (data) {
+            frag = op == 0 ? frag + len : len;
+            open = !fin;
+            if (fin) frag = 0;
+        }
         off += hl + len;
     }
+    ws->in_fragmented = open;
+    ws->frag_len = frag;
     return off;
 }
 
@@ -198,7 +221,7 @@ static void ws_on_read(sg_conn *c)
 {
     sg_ws *ws = c->proto_data;
     struct evbuffer *in = bufferevent_get_input(c->bev);
-    if (!ws || ws->close_sent) {
+    if (!ws || ws->close_sent) { /* closing: what comes is read and dropped */
         evbuffer_drain(in, evbuffer_get_length(in));
         return;
     }
@@ -223,7 +246,7 @@ static void ws_on_read(sg_conn *c)
         if (wslay_event_want_write(ws->ctx)) wslay_event_send(ws->ctx);
         if (wslay_event_get_close_sent(ws->ctx)) {
             ws->close_sent = 1;
-            sg_conn_close_after_write(c);
+            sg_conn_linger_close(c, WS_CLOSE_GRACE_S);
             return;
         }
         if (!wslay_event_get_read_enabled(ws->ctx)) break;
@@ -359,8 +382,14 @@ void sg_ws_upgrade(sg_conn *c, sg_req *r)
                "Sec-WebSocket-Version: 13\r\n");
         return;
     }
+    if (c->parser.http_major < 1 || (c->parser.http_major == 1 && c->parser.http_minor < 1)) {
+        refuse(c, 400, "http_version_not_supported", "a WebSocket upgrade needs HTTP/1.1 (RFC 6455 4.1)", NULL);
+        return;
+    }
+    /* 16 bytes in base64 are 24 characters, the last two "=" (RFC 6455 4.2.1) */
     unsigned char raw[32];
-    if (!key || strlen(key) != 24 || EVP_DecodeBlock(raw, (const unsigned char *)key, 24) != 18) {
+    if (!key || strlen(key) != 24 || key[22] != '=' || key[23] != '=' || strchr("AQgw", key[21]) == NULL ||
+        EVP_DecodeBlock(raw, (const unsigned char *)key, 24) != 18) {
         refuse(c, 400, "invalid_websocket_key", "Sec-WebSocket-Key must be 16 bytes in base64",
                NULL);
         return;

@@ -55,23 +55,30 @@ M.read_file = read_file
 -- Start a gateway. opts: config keys for the temporary config file, plus
 -- `args` (extra command-line arguments). Returns a handle with port, pid,
 -- log path; fails the spec when the daemon does not come up in 10 s.
+-- opts.config_file: start on that file instead (the shipped config, say);
+-- opts.cwd: the directory to start in.
 function M.start(opts)
   opts = opts or {}
   local dir = sh("mktemp -d"):gsub("%s+$", "")
-  if opts.plugins_dir == nil then -- no plugins unless a spec asks for them
-    os.execute("mkdir -p " .. dir .. "/plugins")
-    opts.plugins_dir = dir .. "/plugins"
+  local config = opts.config_file
+  if not config then
+    if opts.plugins_dir == nil then -- no plugins unless a spec asks for them
+      os.execute("mkdir -p " .. dir .. "/plugins")
+      opts.plugins_dir = dir .. "/plugins"
+    end
+    local cfg = {}
+    for k, v in pairs(opts) do
+      if k ~= "args" and k ~= "cwd" then cfg[#cfg + 1] = "  " .. k .. " = " .. lua_value(v) .. "," end
+    end
+    config = dir .. "/statusgw.lua"
+    write_file(config, "return {\n" .. table.concat(cfg, "\n") .. "\n}\n")
   end
-  local cfg = {}
-  for k, v in pairs(opts) do
-    if k ~= "args" then cfg[#cfg + 1] = "  " .. k .. " = " .. lua_value(v) .. "," end
-  end
-  write_file(dir .. "/statusgw.lua", "return {\n" .. table.concat(cfg, "\n") .. "\n}\n")
   local port = M.free_port()
   local gw = { port = port, dir = dir, log = dir .. "/statusgw.log" }
+  local bin = M.bin:sub(1, 1) == "/" and M.bin or (sh("pwd"):gsub("%s+$", "") .. "/" .. M.bin)
   local cmd = string.format(
-    "(%s --config %s/statusgw.lua --listen 127.0.0.1:%d %s 2>%s & echo $! > %s/pid; wait $!; echo $? > %s/rc) >/dev/null 2>&1 &",
-    M.bin, dir, port, opts.args or "", gw.log, dir, dir)
+    "(cd %s; %s --config %s --listen 127.0.0.1:%d %s 2>%s & echo $! > %s/pid; wait $!; echo $? > %s/rc) >/dev/null 2>&1 &",
+    opts.cwd or ".", bin, config, port, opts.args or "", gw.log, dir, dir)
   os.execute(cmd)
   local deadline = socket.gettime() + 10
   while socket.gettime() < deadline do

@@ -16,7 +16,7 @@ end
 
 describe("load generator smoke run", function()
   local gw
-  setup(function() gw = gw_.start({ flush_interval_ms = 20 }) end)
+  setup(function() gw = gw_.start({ flush_interval_ms = 20, max_connections_per_ip = 0 }) end)
   teardown(function() gw_.stop(gw) end)
 
   it("counts every delivery to Phoenix subscribers exactly", function()

@@ -131,8 +131,25 @@ describe("SSE delivery", function()
     local ev = s:next()
     while ev and ev.event ~= "gap" do ev = s:next() end
     assert.equal("epoch_changed", ev.json.reason)
+    -- nothing of the new epoch was missed: no range (never from 1 to 0)
+    assert.is_nil(ev.json.from_seq)
+    assert.is_nil(ev.json.to_seq)
     local u = s:updates(1)[1]
     assert.equal(1, u.json.seq)
+    s:close()
+  end)
+
+  it("names the range of the new epoch a client missed, in order", function()
+    local id = conv("epoch-trim")
+    for i = 1, 25 do gw_.publish(gw, { conversation_id = id, category = "info", text = tostring(i) }) end
+    gw_.sleep(0.15)
+    local s = assert(gw_.sse(gw, "/api/v1/conversations/" .. id .. "/events", { ["Last-Event-ID"] = "0000000000000000:3" }))
+    local ev = s:next()
+    while ev and ev.event ~= "gap" do ev = s:next() end
+    assert.equal("epoch_changed", ev.json.reason)
+    assert.equal(1, ev.json.from_seq)
+    assert.equal(5, ev.json.to_seq) -- history_size 20 keeps 6..25
+    assert.equal(6, s:updates(1)[1].json.seq)
     s:close()
   end)
 

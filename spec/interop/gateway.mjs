@@ -31,15 +31,20 @@ function luaValue(v) {
 }
 
 // Start a gateway; resolves once /healthz answers. port: reuse one (restart).
-export async function start(config = {}, port, { host = "127.0.0.1" } = {}) {
+// configFile: start on that file (the shipped config) instead of config.
+export async function start(config = {}, port, { host = "127.0.0.1", configFile } = {}) {
   port = port || (await freePort());
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "statusgw-"));
-  const cfg = path.join(dir, "statusgw.lua");
-  if (config.plugins_dir === undefined) { // no plugins unless a spec asks for them
-    fs.mkdirSync(path.join(dir, "plugins"));
-    config = { ...config, plugins_dir: path.join(dir, "plugins") };
+  let cfg = path.join(dir, "statusgw.lua");
+  if (configFile) {
+    cfg = path.resolve(configFile);
+  } else {
+    if (config.plugins_dir === undefined) { // no plugins unless a spec asks for them
+      fs.mkdirSync(path.join(dir, "plugins"));
+      config = { ...config, plugins_dir: path.join(dir, "plugins") };
+    }
+    fs.writeFileSync(cfg, "return {\n" + Object.entries(config).map(([k, v]) => `  ${k} = ${luaValue(v)},`).join("\n") + "\n}\n");
   }
-  fs.writeFileSync(cfg, "return {\n" + Object.entries(config).map(([k, v]) => `  ${k} = ${luaValue(v)},`).join("\n") + "\n}\n");
   const log = fs.openSync(path.join(dir, "statusgw.log"), "a");
   const proc = spawn(BIN, ["--config", cfg, "--listen", `${host}:${port}`], { stdio: ["ignore", "ignore", log] });
   const exited = new Promise((resolve) => proc.on("exit", (code, signal) => resolve(code ?? signal)));
