@@ -18,7 +18,7 @@ OBJS     = $(patsubst src/%.c,build/obj/%.o,$(DAEMON))
 AOBJS    = $(patsubst src/%.c,build/asan/obj/%.o,$(DAEMON))
 ASAN    := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined
 
-.PHONY: all asan run test clean install uninstall deps bench bench-tools
+.PHONY: all asan run test clean install uninstall deps bench bench-tools fuzz fuzz-build
 
 all: deps build/statusgw build/statusgw_model.so build/statusgw_plugin.so build/loadgen
 
@@ -59,8 +59,35 @@ build/asan/obj/%.o: src/%.c $(wildcard src/*.h) | build/asan/obj
 
 # every object waits for deps (make -j would otherwise compile before the
 # headers are installed)
-build/obj build/asan/obj: | deps
+build/obj build/asan/obj build/fuzz/obj: | deps
 	@mkdir -p $@
+
+# Fuzz targets (fuzz/fuzz_gateway.c): clang's libFuzzer with address and
+# undefined-behaviour sanitizers, the daemon's modules instrumented for
+# coverage. `make fuzz [FUZZ_SECONDS=60]` runs each target that long on its
+# corpus in fuzz/corpus/<target>; `make test` runs each briefly.
+FUZZ_TARGETS := http ws sse publish jwt luajson
+FUZZ_FLAGS   := -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
+                -fno-sanitize-recover=undefined
+FT_http := 1
+FT_ws := 2
+FT_sse := 3
+FT_publish := 4
+FT_jwt := 5
+FT_luajson := 6
+FOBJS = $(patsubst src/%.c,build/fuzz/obj/%.o,$(filter-out src/main.c,$(DAEMON)))
+FUZZ_SECONDS ?= 60
+
+fuzz-build: $(patsubst %,build/fuzz/fuzz_%,$(FUZZ_TARGETS))
+
+build/fuzz/obj/%.o: src/%.c $(wildcard src/*.h) | build/fuzz/obj
+	clang $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link $(PCFLAGS) -c -o $@ $<
+
+build/fuzz/fuzz_%: fuzz/fuzz_gateway.c $(FOBJS)
+	clang $(FUZZ_FLAGS) -fsanitize=fuzzer -DFUZZ_TARGET=$(FT_$*) -Isrc $(PCFLAGS) -o $@ $< $(FOBJS) $(PLIBS)
+
+fuzz: fuzz-build
+	scripts/fuzz $(FUZZ_SECONDS)
 
 # The load generator (contrib/loadgen) and the benchmarks (scripts/bench).
 bench-tools: build/loadgen build/plugbench
