@@ -441,6 +441,14 @@ describe("WebSocket limits", function()
     local f, err = ws:expect_close(5)
     assert.is_table(f, "read failed: " .. tostring(err) .. " (a reset discards the close frame)")
     assert.equal(1009, f.code)
+    -- the gateway keeps reading (and dropping) what is still in flight
+    -- until the client closes: a socket closed with unread input would
+    -- answer it with a reset
+    for _ = 1, 8 do
+      local ok, e = ws.sock:send(ws_.frame(chunk, { opcode = 1 }))
+      assert.is_truthy(ok, "send after the close frame: " .. tostring(e))
+      gw_.sleep(0.05)
+    end
     ws:close()
   end)
 
