@@ -333,12 +333,12 @@ int sg_security_subscriber(sg_security *s, const char *token, sg_claims *c, sg_e
         time_t now = time(NULL);
         if (errno == ENOENT) {
             why = "the token has no exp claim";
-        } else if (exp < (long)now && (long)now - exp > s->leeway_s) { /* no exp + leeway: it may overflow */
+        } else if (exp < (long)now - s->leeway_s) { /* now ± leeway cannot overflow; exp ± leeway can */
             why = "the token has expired";
         } else {
             errno = 0;
             long nbf = jwt_get_grant_int(jwt, "nbf");
-            if (errno != ENOENT && nbf > (long)now && nbf - (long)now > s->leeway_s) why = "the token is not valid yet";
+            if (errno != ENOENT && nbf > (long)now + s->leeway_s) why = "the token is not valid yet";
         }
     }
     if (!why) {

@@ -127,7 +127,7 @@ export function push(channel, event, payload = {}, timeout = 5000) {
 export async function waitFor(predicate, timeout = 5000, what = "condition") {
   const deadline = Date.now() + timeout;
   while (Date.now() < deadline) {
-    if (predicate()) return;
+    if (await predicate()) return;
     await sleep(10);
   }
   throw new Error("timed out waiting for " + what);

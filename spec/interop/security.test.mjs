@@ -143,6 +143,23 @@ describe("security", () => {
     ws.close();
   });
 
+  it("takes exp and nbf at the ends of the 64-bit range without overflow", async () => {
+    // made by hand: JSON.stringify cannot write these integers exactly
+    const tok = (payload) => {
+      const body = `${b64u({ alg: "HS256", typ: "JWT" })}.${b64u(payload)}`;
+      return `${body}.${crypto.createHmac("sha256", JWT_SECRET).update(body).digest("base64url")}`;
+    };
+    const far = tok('{"exp":9223372036854775807,"nbf":-9223372036854775807,"conversations":["edge-*"]}');
+    const ac = new AbortController();
+    const r = await fetch(`${gw.url}/api/v1/conversations/edge-1/events?token=${far}`, { signal: ac.signal });
+    assert.equal(r.status, 200);
+    ac.abort();
+    const past = tok('{"exp":-9223372036854775807,"conversations":["edge-*"]}');
+    assert.equal((await fetch(`${gw.url}/api/v1/conversations/edge-1/history?token=${past}`)).status, 401);
+    const future = tok(`{"exp":${Math.floor(Date.now() / 1000) + 600},"nbf":9223372036854775807,"conversations":["edge-*"]}`);
+    assert.equal((await fetch(`${gw.url}/api/v1/conversations/edge-1/history?token=${future}`)).status, 401);
+  });
+
   it("checks SSE tokens from ?token= or Authorization (401, 403, 200)", async () => {
     let r = await fetch(`${gw.url}/api/v1/conversations/sse-1/events`);
     assert.equal(r.status, 401);

@@ -215,3 +215,74 @@ describe("webhooks", () => {
     g.disconnectAll();
   });
 });
+
+describe("webhook secrets and dead letters", () => {
+  let gw, rx, port, dir, deadPort;
+  before(async () => {
+    rx = receiver();
+    await new Promise((r) => rx.server.listen(0, "127.0.0.1", r));
+    port = rx.server.address().port;
+    deadPort = await g.freePort();
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), "statusgw-wh2-"));
+    fs.writeFileSync(path.join(dir, "inject.lua"), `
+      local P = {}
+      P.webhooks = { inject = {
+        match = function(u) return true end,
+        format = function(updates)
+          return statusgw.json.encode({ n = #updates }), { ["X-Fine"] = "yes", ["X-Bad"] = "a\\r\\nX-Injected: yes" }
+        end } }
+      return P`);
+    gw = await g.start({
+      flush_interval_ms: 20,
+      plugins_dir: dir,
+      webhooks: {
+        dead_letter_file: path.join(dir, "dead.jsonl"),
+        endpoints: [
+          { name: "slack", url: `http://127.0.0.1:${port}/services/T000/B000/SECRETTOKEN`, secret: SECRET, forwarder: "inject", conversations: "inj-*", batch_delay_ms: 0 },
+          { name: "down", url: `http://user:pw@127.0.0.1:${deadPort}/hook?token=SECRETQUERY`, secret: SECRET, conversations: "down-*", batch_delay_ms: 0, retry_schedule_s: [0] },
+        ],
+      },
+    });
+  });
+  after(async () => {
+    assert.equal(await g.stop(gw), 0);
+    rx.server.close();
+  });
+
+  it("never sends a header a forwarder split with CR/LF", async () => {
+    await g.publish(gw, { conversation_id: "inj-1", category: "info", text: "x" });
+    await g.waitFor(() => (rx.got["/services/T000/B000/SECRETTOKEN"] || []).length === 1, 5000, "delivery");
+    const h = rx.got["/services/T000/B000/SECRETTOKEN"][0].headers;
+    assert.equal(h["x-fine"], "yes");
+    assert.equal(h["x-injected"], undefined);
+    assert.equal(h["x-bad"], undefined);
+    assert.match(g.logText(gw), /event=webhook_header_refused endpoint=slack header="X-Bad"/);
+  });
+
+  it("shows and logs a webhook URL as its origin only", async () => {
+    const a = await (await fetch(`${gw.url}/admin/webhooks`)).json();
+    const byName = Object.fromEntries(a.endpoints.map((e) => [e.name, e]));
+    assert.equal(byName.slack.url, `http://127.0.0.1:${port}/\u2026`);
+    assert.equal(byName.down.url, `http://127.0.0.1:${deadPort}/\u2026`);
+    const log = g.logText(gw);
+    assert.doesNotMatch(log, /SECRETTOKEN|SECRETQUERY|user:pw/);
+  });
+
+  it("writes the dead-letter file for its owner only, and counts a failed write as lost, not dead-lettered", async () => {
+    await g.publish(gw, { conversation_id: "down-1", category: "info", text: "x" });
+    const file = path.join(dir, "dead.jsonl");
+    await g.waitFor(() => fs.existsSync(file) && fs.readFileSync(file, "utf8").includes("down"), 10000, "dead letter");
+    assert.equal(fs.statSync(file).mode & 0o777, 0o600);
+    // the file's place becomes a directory: the next dead letter cannot be written
+    fs.renameSync(file, file + ".old");
+    fs.mkdirSync(file);
+    await g.publish(gw, { conversation_id: "down-2", category: "info", text: "y" });
+    let down;
+    await g.waitFor(async () => {
+      down = (await (await fetch(`${gw.url}/admin/webhooks`)).json()).endpoints.find((e) => e.name === "down");
+      return down.dead_letter_failed === 1;
+    }, 10000, "dead_letter_failed");
+    assert.equal(down.dead_lettered, 1);
+    assert.match(g.logText(gw), /event=dead_letter_write_failed endpoint=down/);
+  });
+});
