@@ -1,4 +1,4 @@
-/* The producer and operator HTTP API (DESIGN §3). */
+/* The producer and operator HTTP API (docs/protocol.md, section 2). */
 #ifndef SG_API_H
 #define SG_API_H
 

@@ -1,5 +1,6 @@
-/* Phoenix Channels V2 over a WebSocket, with the status channel (DESIGN
- * §4.1): frames are [join_ref, ref, topic, event, payload]. */
+/* Phoenix Channels V2 over a WebSocket, with the status channel
+ * (docs/protocol.md, section 3): frames are [join_ref, ref, topic, event,
+ * payload]. */
 #ifndef SG_PHOENIX_H
 #define SG_PHOENIX_H
 

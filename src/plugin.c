@@ -739,7 +739,7 @@ static int is_computed(const char *k)
 }
 
 /* The producer's own metadata keys go into the built table at the top of
- * the stack, except over computed ones (DESIGN §5). */
+ * the stack, except over computed ones (plugins/README.md). */
 static void merge_own(lua_State *L, const sg_draft *d)
 {
     int md = lua_gettop(L);

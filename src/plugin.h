@@ -1,4 +1,4 @@
-/* The plugin host (DESIGN §5): every *.lua file in the plugins directory,
+/* The plugin host (plugins/README.md): every *.lua file in the plugins directory,
  * each in its own sandbox, loaded in priority order, reloaded file by file
  * without dropping anything that works. */
 #ifndef SG_PLUGIN_H
@@ -36,7 +36,7 @@ void sg_plugins_push_draft(lua_State *L, const sg_draft *d);
  * a run of calls reads the time once per call. NULL: a clock of its own. */
 
 /* Run the draft's builder with (args, update). On SG_BUILD_OK, out holds
- * the built metadata merged with the producer's own (DESIGN §5) as new
+ * the built metadata merged with the producer's own (plugins/README.md) as new
  * JSON text, and perhaps a new text: the caller owns out->block. */
 int sg_plugins_build(sg_plugins *pm, const sg_draft *d, sg_built *out, uint64_t *clock);
 

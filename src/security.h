@@ -1,4 +1,4 @@
-/* Who may do what (DESIGN §7, issue "security"): publisher API keys with
+/* Who may do what (README, Security): publisher API keys with
  * conversation patterns and rates, HS256 JWTs for subscribers whose claims
  * name the conversations they may join, an admin key, and the Origin
  * allow-list. With nothing configured everything is open and the gateway

@@ -1,4 +1,4 @@
-/* Server-Sent Events subscribers (DESIGN §4.2). */
+/* Server-Sent Events subscribers (docs/protocol.md, section 4). */
 #ifndef SG_SSE_H
 #define SG_SSE_H
 

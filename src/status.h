@@ -1,4 +1,4 @@
-/* The status update model (DESIGN §2): categories, validation of what a
+/* The status update model (docs/protocol.md, section 1): categories, validation of what a
  * producer sends, and the one-time JSON encoding every client receives. */
 #ifndef SG_STATUS_H
 #define SG_STATUS_H

@@ -1,4 +1,4 @@
-/* The history store seam (DESIGN §1, §9): append, range by seq, trim. The
+/* The history store seam (docs/architecture.md): append, range by seq, trim. The
  * interface is asynchronous so a durable or Redis store can plug in; the
  * in-memory store calls every callback at once. */
 #ifndef SG_STORE_H

@@ -1,4 +1,4 @@
-/* Webhook delivery (DESIGN §6): endpoints from the config select updates
+/* Webhook delivery (docs/protocol.md, section 5): endpoints from the config select updates
  * (categories, a conversation pattern, a plugin forwarder's match), batch
  * them by size and delay, and deliver them signed per Standard Webhooks
  * with libcurl's multi interface on the event loop. Failures are retried on
