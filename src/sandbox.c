@@ -66,8 +66,15 @@ static uint64_t now_ns(void)
 
 static void sb_hook(lua_State *L, lua_Debug *ar);
 
-static void watchdog(int sig)
+static struct sigaction prev_alarm; /* whoever had SIGALRM before (a fuzzer's timeout) */
+
+static void watchdog(int sig, siginfo_t *info, void *ctx)
 {
+    if (prev_alarm.sa_flags & SA_SIGINFO) {
+        if (prev_alarm.sa_sigaction) prev_alarm.sa_sigaction(sig, info, ctx);
+    } else if (prev_alarm.sa_handler != SIG_DFL && prev_alarm.sa_handler != SIG_IGN && prev_alarm.sa_handler) {
+        prev_alarm.sa_handler(sig);
+    }
     sg_sandbox *sb = running;
     if (sb && !sb->hooked) {
         sb->hooked = 1;
@@ -84,10 +91,10 @@ static void start_watchdog(void)
     if (live_sandboxes++ > 0) return;
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = watchdog;
-    sa.sa_flags = SA_RESTART;
+    sa.sa_sigaction = watchdog;
+    sa.sa_flags = SA_RESTART | SA_SIGINFO;
     sigemptyset(&sa.sa_mask);
-    sigaction(SIGALRM, &sa, NULL);
+    sigaction(SIGALRM, &sa, &prev_alarm);
     struct itimerval it = {{0, WATCHDOG_US}, {0, WATCHDOG_US}};
     setitimer(ITIMER_REAL, &it, NULL);
 }
@@ -97,7 +104,7 @@ static void stop_watchdog(void)
     if (--live_sandboxes > 0) return;
     struct itimerval off = {{0, 0}, {0, 0}};
     setitimer(ITIMER_REAL, &off, NULL);
-    signal(SIGALRM, SIG_DFL);
+    sigaction(SIGALRM, &prev_alarm, NULL);
 }
 
 /* ---- memory ----

@@ -194,6 +194,10 @@ static size_t whole_frames(sg_ws *ws, struct evbuffer *in)
         if (h[1] & 0x80) hl += 4;
         int op = h[0] & 0x0f, fin = h[0] & 0x80;
         int data = op == 0 || op == 1 || op == 2;
+        if (!data && len > 125) { /* control frames carry 125 bytes at most (RFC 6455 5.5) */
+            sg_ws_close(ws, SG_WS_CLOSE_PROTOCOL, "a control frame's payload is over 125 bytes");
+            return 0;
+        }
         if (data && (len > max || (op == 0 && frag + len > max))) {
             sg_log(SG_LOG_INFO, "websocket_message_too_big", "peer=%s announced=%llu limit=%zu",
                    ws->conn->peer, (unsigned long long)(op == 0 ? frag + len : len), max);

@@ -452,6 +452,21 @@ describe("WebSocket limits", function()
     ws:close()
   end)
 
+  it("refuses a control frame over 125 bytes with 1002, whatever length it announces (found by the ws fuzzer: a length that wrapped hung the gateway)", function()
+    for _, n in ipairs({ 200, math.maxinteger, -16 }) do -- -16: 2^64 - 16 as the 64-bit length field
+      local ws = assert(ws_.open(gw))
+      local hdr
+      if n == 200 then hdr = string.char(0x89, 0x80 | 126) .. string.pack(">I2", n)
+      else hdr = string.char(0x89, 0x80 | 127) .. string.pack(">i8", n) end
+      ws:send(hdr .. "\18\52\86\120ab")
+      local f = ws:expect_close(3)
+      assert.is_table(f, "no close frame for length " .. n)
+      assert.equal(1002, f.code)
+      ws:close()
+    end
+    assert_alive(gw)
+  end)
+
   it("answers a close frame with a one-byte payload with 1002", function()
     local ws = assert(ws_.open(gw))
     ws:send(ws_.frame("x", { opcode = 8 }))
