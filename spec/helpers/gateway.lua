@@ -51,6 +51,10 @@ local function read_file(path)
   return s
 end
 M.read_file = read_file
+M.write_file = write_file
+
+-- A new temporary directory.
+function M.tmpdir() return (sh("mktemp -d"):gsub("%s+$", "")) end
 
 -- Start a gateway. opts: config keys for the temporary config file, plus
 -- `args` (extra command-line arguments). Returns a handle with port, pid,

@@ -13,8 +13,8 @@ local function sh(cmd)
   p:close()
   return out, tonumber(out:match("rc=(%d+)%s*$"))
 end
-local function tmpdir() return (sh("mktemp -d"):match("^(%S+)")) end
-local function write(path, s) local f = assert(io.open(path, "w")); f:write(s); f:close() end
+local tmpdir = gw_.tmpdir
+local write = gw_.write_file
 local root = (sh("pwd"):match("^(%S+)"))
 local bin = gw_.bin:sub(1, 1) == "/" and gw_.bin or (root .. "/" .. gw_.bin)
 

@@ -6,12 +6,8 @@ local gw_ = require("gateway")
 local ws_ = require("rawws")
 local socket = require("socket")
 
-local function tmpdir()
-  local p = io.popen("mktemp -d"); local d = p:read("l"); p:close(); return d
-end
-local function write(dir, name, src)
-  local f = assert(io.open(dir .. "/" .. name, "w")); f:write(src); f:close()
-end
+local tmpdir = gw_.tmpdir
+local function write(dir, name, src) gw_.write_file(dir .. "/" .. name, src) end
 
 -- The gateway answers a publish and serves history within a few seconds.
 local function assert_alive(gw, conv)

@@ -5,12 +5,8 @@ local gw_ = require("gateway")
 local ws_ = require("rawws")
 local cjson = gw_.json
 
-local function tmpdir()
-  local p = io.popen("mktemp -d"); local d = p:read("l"); p:close(); return d
-end
-local function write(dir, name, src)
-  local f = assert(io.open(dir .. "/" .. name, "w")); f:write(src); f:close()
-end
+local tmpdir = gw_.tmpdir
+local function write(dir, name, src) gw_.write_file(dir .. "/" .. name, src) end
 local function copy(dir, ...)
   for _, f in ipairs({ ... }) do os.execute(string.format("cp plugins/%s %s/", f, dir)) end
 end
