@@ -34,11 +34,12 @@ build/obj/%.o: src/%.c $(wildcard src/*.h) | build/obj
 	$(CC) $(WARN) $(CFLAGS) $(PCFLAGS) -MMD -c -o $@ $<
 
 # The model as a Lua module, so unit specs exercise the real C validation.
-build/statusgw_model.so: src/lmodel.c src/status.c src/jtext.c src/log.c $(wildcard src/*.h) | build/obj
-	$(CC) $(WARN) $(CFLAGS) $(PCFLAGS) -fPIC -shared -o $@ src/lmodel.c src/status.c src/jtext.c src/log.c $(PLIBS)
+MODEL_SRCS := src/lmodel.c src/status.c src/jtext.c src/log.c src/clock.c
+build/statusgw_model.so: $(MODEL_SRCS) $(wildcard src/*.h) | build/obj
+	$(CC) $(WARN) $(CFLAGS) $(PCFLAGS) -fPIC -shared -o $@ $(MODEL_SRCS) $(PLIBS)
 
 # The plugin host as a Lua module: plugin specs run the real C host.
-PLUGIN_SRCS := src/lplugin.c src/plugin.c src/sandbox.c src/lpattern.c src/status.c src/jtext.c src/config.c src/log.c
+PLUGIN_SRCS := src/lplugin.c src/plugin.c src/sandbox.c src/lpattern.c src/status.c src/jtext.c src/config.c src/log.c src/clock.c
 build/statusgw_plugin.so: $(PLUGIN_SRCS) $(wildcard src/*.h) | build/obj
 	$(CC) $(WARN) $(CFLAGS) $(PCFLAGS) -fPIC -shared -o $@ $(PLUGIN_SRCS) $(PLIBS)
 
@@ -48,8 +49,8 @@ build/asan/statusgw: $(AOBJS)
 	$(CC) $(ASAN) -o $@ $^ $(PLIBS)
 
 # The Lua modules too, for the unit specs (scripts/test preloads the runtime).
-build/asan/statusgw_model.so: src/lmodel.c src/status.c src/jtext.c src/log.c $(wildcard src/*.h) | build/asan/obj
-	$(CC) $(WARN) $(ASAN) $(PCFLAGS) -fPIC -shared -o $@ src/lmodel.c src/status.c src/jtext.c src/log.c $(PLIBS)
+build/asan/statusgw_model.so: $(MODEL_SRCS) $(wildcard src/*.h) | build/asan/obj
+	$(CC) $(WARN) $(ASAN) $(PCFLAGS) -fPIC -shared -o $@ $(MODEL_SRCS) $(PLIBS)
 
 build/asan/statusgw_plugin.so: $(PLUGIN_SRCS) $(wildcard src/*.h) | build/asan/obj
 	$(CC) $(WARN) $(ASAN) $(PCFLAGS) -fPIC -shared -o $@ $(PLUGIN_SRCS) $(PLIBS)

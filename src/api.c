@@ -1,5 +1,6 @@
 #include "api.h"
 
+#include "clock.h"
 #include "log.h"
 #include "ingest.h"
 #include "jtext.h"

@@ -1,6 +1,7 @@
 #include "http.h"
 
 #include "api.h"
+#include "clock.h"
 #include "dict.h"
 #include "evread.h"
 #include "jtext.h"
@@ -133,18 +134,11 @@ static int over_header_limit(sg_conn *c, size_t n)
     return 0;
 }
 
-static uint64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
 static int on_message_begin(http_parser *p)
 {
     sg_conn *c = CONN(p);
     req_reset(c->req);
-    uint64_t now = mono_ns();
+    uint64_t now = sg_clock_running_ns();
     if (c->srv->cfg->access_log) c->req->t0_ns = now;
     c->deadline_ns = now + (uint64_t)c->srv->cfg->http_header_timeout_s * 1000000000ULL;
     return 0;
@@ -158,7 +152,7 @@ static void access_log(sg_conn *c, int status, size_t bytes)
     char path[160];
     const char *p = r->path ? r->path : "-";
     snprintf(path, sizeof(path), "%s", p);
-    double ms = r->t0_ns ? (double)(mono_ns() - r->t0_ns) / 1e6 : 0;
+    double ms = r->t0_ns ? (double)(sg_clock_running_ns() - r->t0_ns) / 1e6 : 0;
     sg_log(SG_LOG_INFO, "access", "peer=%s method=%s path=%s status=%d bytes=%zu duration_ms=%.3f key=%s error=%s",
            r->client[0] ? r->client : c->peer, r->path ? http_method_str(r->method) : "-", sg_log_q(path), status, bytes, ms,
            r->key_name ? sg_log_q(r->key_name) : "-", r->err_code ? r->err_code : "-");
@@ -242,7 +236,7 @@ static int on_headers_complete(http_parser *p)
     }
     r->method = p->method;
     r->headers_done = 1;
-    c->deadline_ns = mono_ns() + (uint64_t)c->srv->cfg->http_body_timeout_s * 1000000000ULL;
+    c->deadline_ns = sg_clock_running_ns() + (uint64_t)c->srv->cfg->http_body_timeout_s * 1000000000ULL;
     return 0;
 }
 
@@ -751,7 +745,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 static int past_deadline(sg_conn *c)
 {
     if (!c->deadline_ns || c->mode != SG_CONN_HTTP || c->closing || c->killed) return 0;
-    uint64_t now = mono_ns();
+    uint64_t now = sg_clock_running_ns();
     if (now >= c->deadline_ns) {
         sg_log(SG_LOG_INFO, "request_timeout", "peer=%s headers_complete=%d", c->peer,
                c->req && c->req->headers_done);

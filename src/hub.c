@@ -1,5 +1,6 @@
 #include "hub.h"
 
+#include "clock.h"
 #include "log.h"
 
 #include <stdlib.h>

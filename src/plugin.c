@@ -1,5 +1,6 @@
 #include "plugin.h"
 
+#include "clock.h"
 #include "jtext.h"
 #include "log.h"
 
@@ -55,20 +56,6 @@ struct sg_plugins {
     json_t *last_reload;
 };
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
-}
-
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* ---- calls and their accounting ---- */
 
 static void record_failure(sg_plugin *p, int status, const char *what, const char *why)
@@ -78,7 +65,7 @@ static void record_failure(sg_plugin *p, int status, const char *what, const cha
     else p->errors++;
     p->consecutive_failures++;
     snprintf(p->last_error, sizeof(p->last_error), "%s: %s", what, why);
-    p->last_error_ms = wall_ms();
+    p->last_error_ms = sg_clock_running_wall_ms();
     uint64_t total = p->errors + p->timeouts + p->ooms;
     if (total <= 10 || total % 1000 == 0)
         sg_log(SG_LOG_WARN, "plugin_error", "plugin=%s call=%s kind=%s failures=%llu error=%s",
@@ -101,9 +88,9 @@ static void record_failure(sg_plugin *p, int status, const char *what, const cha
  * the stack only on SG_SB_OK. */
 static int call_from(sg_plugin *p, int nargs, int nresults, const char *what, uint64_t *clock)
 {
-    uint64_t t0 = *clock ? *clock : now_ns();
+    uint64_t t0 = *clock ? *clock : sg_clock_running_ns();
     int st = sg_sandbox_call_at(p->sb, nargs, nresults, t0);
-    *clock = now_ns();
+    *clock = sg_clock_running_ns();
     p->calls++;
     p->time_ns += *clock - t0;
     if (st == SG_SB_OK)
@@ -115,7 +102,7 @@ static int call_from(sg_plugin *p, int nargs, int nresults, const char *what, ui
 
 static int call(sg_plugin *p, int nargs, int nresults, const char *what)
 {
-    uint64_t clock = now_ns();
+    uint64_t clock = sg_clock_running_ns();
     return call_from(p, nargs, nresults, what, &clock);
 }
 
@@ -504,7 +491,7 @@ static sg_plugin *plugin_load(sg_plugins *pm, const char *path, const sg_config 
     lua_pop(L, 1);
 
     p->ref = luaL_ref(L, LUA_REGISTRYINDEX); /* pops P */
-    p->loaded_ms = wall_ms();
+    p->loaded_ms = sg_clock_running_wall_ms();
     return p;
 
 fail_pop2:
@@ -685,7 +672,7 @@ json_t *sg_plugins_reload(sg_plugins *pm)
                                removed);
     json_decref(pm->last_reload);
     pm->last_reload = json_deep_copy(report);
-    json_object_set_new(pm->last_reload, "at_ms", json_integer(wall_ms()));
+    json_object_set_new(pm->last_reload, "at_ms", json_integer(sg_clock_running_wall_ms()));
     return report;
 }
 
@@ -973,10 +960,10 @@ int sg_plugins_has_subscriber_filter(const sg_plugins *pm, const char *name)
 static int subscriber_call(sg_plugin *p, const char *name)
 {
     lua_State *L = sg_sandbox_state(p->sb);
-    uint64_t t0 = now_ns();
+    uint64_t t0 = sg_clock_running_ns();
     int st = sg_sandbox_call_at(p->sb, 2, 1, t0);
     p->calls++;
-    p->time_ns += now_ns() - t0;
+    p->time_ns += sg_clock_running_ns() - t0;
     if (st != SG_SB_OK) {
         p->subscriber_errors++;
         if (p->subscriber_errors <= 10 || p->subscriber_errors % 1000 == 0)

@@ -1,5 +1,6 @@
 #include "sandbox.h"
 
+#include "clock.h"
 #include "jtext.h"
 #include "log.h"
 
@@ -47,12 +48,6 @@ static int is_lazy_key(lua_State *L, int idx);
 /* The sandbox whose call is running, for the watchdog. */
 static sg_sandbox *volatile running;
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
-}
 
 /* ---- limits ----
  *
@@ -237,7 +232,7 @@ static void budget_init(enc_budget *g, lua_State *L)
     g->sb = sb;
     g->max = sb->mem < sb->lim.memory ? sb->lim.memory - sb->mem : 0;
     g->deadline_ns = sb->in_call ? sb->deadline_ns
-                                 : now_ns() + (uint64_t)sb->lim.timeout_ms * 1000000ULL;
+                                 : sg_clock_running_ns() + (uint64_t)sb->lim.timeout_ms * 1000000ULL;
 }
 
 /* Spend n bytes of output: 0, or -1 with err once over the size or time. */
@@ -247,7 +242,7 @@ static int budget_spend(enc_budget *g, size_t n, char *err, size_t errlen)
     if (!g->sb || g->failed) return g->failed ? -1 : 0;
     if (g->used > g->max)
         g->failed = ABORT_OOM;
-    else if ((++g->ticks & 255) == 0 && now_ns() > g->deadline_ns)
+    else if ((++g->ticks & 255) == 0 && sg_clock_running_ns() > g->deadline_ns)
         g->failed = ABORT_TIMEOUT;
     if (!g->failed) return 0;
     sg_sandbox *sb = g->sb;
@@ -276,7 +271,7 @@ static void sb_hook(lua_State *L, lua_Debug *ar)
     if (!sb->in_call) return;
     if (!sb->abort) {
         sb->steps += HOOK_EVERY;
-        if (sb->steps > sb->lim.instructions || now_ns() > sb->deadline_ns)
+        if (sb->steps > sb->lim.instructions || sg_clock_running_ns() > sb->deadline_ns)
             sb->abort = ABORT_TIMEOUT;
     }
     if (sb->abort) {
@@ -290,7 +285,7 @@ void sg_sandbox_check_budget(lua_State *L)
 {
     sg_sandbox *sb = from_state(L);
     if (!sb || !sb->in_call) return;
-    if (!sb->abort && now_ns() > sb->deadline_ns) sb->abort = ABORT_TIMEOUT;
+    if (!sb->abort && sg_clock_running_ns() > sb->deadline_ns) sb->abort = ABORT_TIMEOUT;
     if (!sb->abort) return;
     if (!sb->hooked) { /* so that a pcall in the plugin cannot carry on */
         sb->hooked = 1;
@@ -312,7 +307,7 @@ const char *sg_sandbox_status_name(int status)
 
 int sg_sandbox_call(sg_sandbox *sb, int nargs, int nresults)
 {
-    return sg_sandbox_call_at(sb, nargs, nresults, now_ns());
+    return sg_sandbox_call_at(sb, nargs, nresults, sg_clock_running_ns());
 }
 
 int sg_sandbox_call_at(sg_sandbox *sb, int nargs, int nresults, uint64_t start_ns)
@@ -1082,9 +1077,7 @@ static int api_print(lua_State *L)
 
 static int api_now_ms(lua_State *L)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    lua_pushinteger(L, (lua_Integer)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+    lua_pushinteger(L, (lua_Integer)sg_clock_running_wall_ms());
     return 1;
 }
 

@@ -1,5 +1,6 @@
 #include "status.h"
 
+#include "clock.h"
 #include "jtext.h"
 
 #include <stdarg.h>
@@ -551,41 +552,6 @@ void sg_format_ts(int64_t ms, char *out)
     two(out + 21, m % 100);
     out[23] = 'Z';
     out[24] = 0;
-}
-
-/* ---- the clock ---- */
-
-static int clock_held;
-static uint64_t held_mono_ns;
-static int64_t held_wall_ms;
-
-void sg_clock_hold(void)
-{
-    clock_held = 0;
-    held_mono_ns = sg_clock_mono_ns();
-    held_wall_ms = sg_clock_wall_ms();
-    clock_held = 1;
-}
-
-void sg_clock_release(void)
-{
-    clock_held = 0;
-}
-
-uint64_t sg_clock_mono_ns(void)
-{
-    if (clock_held) return held_mono_ns;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
-}
-
-int64_t sg_clock_wall_ms(void)
-{
-    if (clock_held) return held_wall_ms;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 sg_update *sg_update_new(const sg_draft *d, uint64_t seq, int64_t ts_ms)

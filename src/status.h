@@ -135,13 +135,6 @@ static inline sg_update *sg_update_ref(sg_update *u)
 }
 void sg_update_unref(sg_update *u);
 
-/* The clock. Between hold and release it stands still: the updates of one
- * request are received at one instant, and reading the clock once per
- * request rather than several times per update is measurably cheaper. */
-void sg_clock_hold(void);
-void sg_clock_release(void);
-uint64_t sg_clock_mono_ns(void);
-int64_t sg_clock_wall_ms(void); /* Unix ms */
 
 /* Format Unix ms as 2026-11-27T09:12:44.123Z into out (>= 25 bytes). */
 void sg_format_ts(int64_t ms, char *out);

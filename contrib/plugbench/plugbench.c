@@ -8,6 +8,7 @@
  * per update; DIR empty is the baseline. Run by scripts/bench plugins. */
 #include "config.h"
 #include "plugin.h"
+#include "clock.h"
 #include "status.h"
 
 #include <getopt.h>
