@@ -18,7 +18,7 @@ OBJS     = $(patsubst src/%.c,build/obj/%.o,$(DAEMON))
 AOBJS    = $(patsubst src/%.c,build/asan/obj/%.o,$(DAEMON))
 ASAN    := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined
 
-.PHONY: all asan run test clean install uninstall deps bench bench-tools fuzz fuzz-build
+.PHONY: all asan run test clean install uninstall deps bench bench-tools fuzz fuzz-build check-layers
 
 all: deps build/statusgw build/statusgw_model.so build/statusgw_plugin.so build/loadgen
 
@@ -102,6 +102,10 @@ build/plugbench: contrib/plugbench/plugbench.c $(filter-out build/obj/main.o,$(O
 
 bench: all bench-tools
 	scripts/bench
+
+# No include cycle among src/ modules (also part of the unit specs).
+check-layers:
+	lua5.4 /usr/bin/busted spec/unit/layers_spec.lua
 
 run: all
 	./build/statusgw --config etc/statusgw.lua

@@ -77,6 +77,7 @@ static void setup_server(void)
     cfg.plugins_dir = strdup(pd ? pd : "plugins");
     sg_categories_init(&cfg, err, sizeof(err));
     srv.cfg = &cfg;
+    srv.handle = sg_api_handle;
     srv.security = sg_security_new(&cfg, err, sizeof(err));
     srv.base = event_base_new();
     srv.store = sg_store_memory_new(cfg.history_size);

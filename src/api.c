@@ -9,7 +9,7 @@
 #include "plugin.h"
 #include "sse.h"
 #include "webhook.h"
-#include "ws.h"
+#include "phoenix.h"
 
 #include <event2/buffer.h>
 #include <stdio.h>
@@ -803,7 +803,7 @@ void sg_api_handle(sg_conn *c, sg_req *r)
         }
     }
     if (strcmp(p, "/socket/websocket") == 0) {
-        sg_ws_upgrade(c, r);
+        sg_ws_upgrade(c, r, &sg_phx_handler);
     } else if (strcmp(p, "/api/v1/status") == 0) {
         if (post) handle_publish(c, r); else method_not_allowed(c, "POST");
     } else if (strcmp(p, "/api/v1/status/bulk") == 0) {

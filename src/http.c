@@ -1,6 +1,5 @@
 #include "http.h"
 
-#include "api.h"
 #include "clock.h"
 #include "dict.h"
 #include "evread.h"
@@ -644,7 +643,7 @@ static void process_http(sg_conn *c)
             http_parser_pause(&c->parser, 0);
             c->srv->requests++;
             int upgraded = c->parser.upgrade;
-            sg_api_handle(c, c->req);
+            c->srv->handle(c, c->req);
             if (c->mode != SG_CONN_HTTP) {
                 /* a subscriber: request state is dead weight from here on */
                 req_free(c->req);

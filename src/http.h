@@ -115,6 +115,9 @@ enum { SG_WQ_ANSWERS, SG_WQ_DELIVERIES };
 
 struct sg_server {
     struct event_base *base;
+    /* the layer above: routes one complete request (api.c's sg_api_handle),
+     * writing a response or handing the connection to a transport */
+    void (*handle)(sg_conn *c, sg_req *r);
     const sg_config *cfg;
     sg_hub *hub;
     sg_store *store;

@@ -235,6 +235,7 @@ int main(int argc, char **argv)
     int rc = 0;
     sg_server srv = {0};
     srv.cfg = &cfg;
+    srv.handle = sg_api_handle;
     srv.security = sec;
     srv.base = event_base_new();
     srv.store = sg_store_memory_new(cfg.history_size);

@@ -514,8 +514,9 @@ static void handle_event(phx_chan *ch, json_t *jr, json_t *ref, const char *even
     }
 }
 
-void sg_phx_on_text(sg_phx *p, const char *msg, size_t len)
+static void phx_on_text(void *state, const char *msg, size_t len)
 {
+    sg_phx *p = state;
     json_t *m = json_loadb(msg, len, 0, NULL);
     json_t *jr = json_array_get(m, 0), *ref = json_array_get(m, 1);
     json_t *jt = json_array_get(m, 2), *je = json_array_get(m, 3), *payload = json_array_get(m, 4);
@@ -550,7 +551,7 @@ void sg_phx_on_text(sg_phx *p, const char *msg, size_t len)
     json_decref(m);
 }
 
-sg_phx *sg_phx_new(sg_ws *ws)
+static void *phx_open(sg_ws *ws)
 {
     sg_phx *p = calloc(1, sizeof(*p));
     if (!p) return NULL;
@@ -559,10 +560,13 @@ sg_phx *sg_phx_new(sg_ws *ws)
     return p;
 }
 
-void sg_phx_free(sg_phx *p)
+static void phx_free(void *state)
 {
+    sg_phx *p = state;
     if (!p) return;
     while (p->chans)
         chan_free(p, p->chans);
     free(p);
 }
+
+const sg_ws_handler sg_phx_handler = {phx_open, phx_on_text, phx_free};

@@ -8,10 +8,8 @@
 
 typedef struct sg_phx sg_phx;
 
-sg_phx *sg_phx_new(sg_ws *ws);
-/* Leave every channel and free. */
-void sg_phx_free(sg_phx *p);
-/* One complete text message from the client. */
-void sg_phx_on_text(sg_phx *p, const char *msg, size_t len);
+/* The Phoenix Channels handler for sg_ws_upgrade: a socket's state, one
+ * complete text message at a time, and on close every channel left. */
+extern const sg_ws_handler sg_phx_handler;
 
 #endif

@@ -871,6 +871,24 @@ static int replacement(lua_State *L, const sg_draft *orig, const sg_limits *lim,
     return rc;
 }
 
+/* The refusal statusgw.refuse made, at idx, as the producer's error. */
+static void refusal_error(lua_State *L, int idx, sg_error *err)
+{
+    idx = lua_absindex(L, idx);
+    sg_lua_raw_field(L, idx, "status");
+    sg_lua_raw_field(L, idx, "code");
+    sg_lua_raw_field(L, idx, "message");
+    sg_lua_raw_field(L, idx, "retry_after");
+    const char *code = lua_tostring(L, -3);
+    const char *msg = lua_tostring(L, -2);
+    sg_error_set(err, (int)lua_tointeger(L, -4), code ? sg_error_code_intern(code) : NULL, NULL, "%s",
+                 msg ? msg : "");
+    if (!err->code) err->code = "refused";
+    err->retry_after = (int)lua_tointeger(L, -1);
+    if (err->status == 429 && err->retry_after < 1) err->retry_after = 1;
+    lua_pop(L, 4);
+}
+
 /* One filter over one draft: 1 to keep it (perhaps replaced), 0 to drop
  * it, -1 to refuse the publish (err filled from statusgw.refuse). */
 static int filter_one(sg_plugin *p, sg_draft *d, const sg_limits *lim, uint64_t *clock, sg_error *err)
@@ -892,7 +910,8 @@ static int filter_one(sg_plugin *p, sg_draft *d, const sg_limits *lim, uint64_t 
         p->dropped++;
         return 0;
     }
-    if (sg_lua_refusal(L, -1, err)) {
+    if (sg_lua_is_refusal(L, -1)) {
+        refusal_error(L, -1, err);
         lua_pop(L, 1);
         p->refused++;
         return -1;

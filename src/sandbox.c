@@ -1139,7 +1139,11 @@ static int api_refuse(lua_State *L)
     lua_Integer retry = luaL_optinteger(L, 4, 0);
     luaL_argcheck(L, status >= 400 && status <= 499 && status != 401 && status != 407, 1,
                   "a refusal is a 4xx status (not 401 or 407)");
-    luaL_argcheck(L, sg_error_code_intern(code) != NULL, 2, "a code is 1-47 characters of [a-z0-9_]");
+    size_t cl = strlen(code);
+    int code_ok = cl >= 1 && cl <= 47;
+    for (size_t i = 0; code_ok && i < cl; i++)
+        code_ok = (code[i] >= 'a' && code[i] <= 'z') || (code[i] >= '0' && code[i] <= '9') || code[i] == '_';
+    luaL_argcheck(L, code_ok, 2, "a code is 1-47 characters of [a-z0-9_]");
     luaL_argcheck(L, ml < 200, 3, "a message is at most 199 bytes");
     luaL_argcheck(L, retry >= 0 && retry <= 86400, 4, "retry_after is 0 to 86400 seconds");
     lua_createtable(L, 0, 4);
@@ -1163,26 +1167,14 @@ static int api_refuse(lua_State *L)
     return 1;
 }
 
-int sg_lua_refusal(lua_State *L, int idx, sg_error *err)
+int sg_lua_is_refusal(lua_State *L, int idx)
 {
     idx = lua_absindex(L, idx);
     if (!lua_istable(L, idx) || !lua_getmetatable(L, idx)) return 0;
     lua_rawgetp(L, LUA_REGISTRYINDEX, &refusal_mt_key);
     int is = lua_rawequal(L, -1, -2);
     lua_pop(L, 2);
-    if (!is) return 0;
-    sg_lua_raw_field(L, idx, "status");
-    sg_lua_raw_field(L, idx, "code");
-    sg_lua_raw_field(L, idx, "message");
-    sg_lua_raw_field(L, idx, "retry_after");
-    const char *code = lua_tostring(L, -3);
-    sg_error_set(err, (int)lua_tointeger(L, -4), code ? sg_error_code_intern(code) : NULL, NULL, "%s",
-                 lua_tostring(L, -2) ? lua_tostring(L, -2) : "");
-    if (!err->code) err->code = "refused";
-    err->retry_after = (int)lua_tointeger(L, -1);
-    if (err->status == 429 && err->retry_after < 1) err->retry_after = 1;
-    lua_pop(L, 4);
-    return 1;
+    return is;
 }
 
 static int api_emit(lua_State *L)

@@ -10,8 +10,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "status.h"
-
 typedef struct sg_sandbox sg_sandbox;
 
 typedef struct sg_sandbox_limits {
@@ -60,9 +58,9 @@ void sg_lua_open_patterns(lua_State *L);
  * abort the gateway. */
 int sg_lua_raw_field(lua_State *L, int t, const char *k);
 
-/* Whether the value at idx is what statusgw.refuse made; if so, err is
- * filled from it (status, code, message, retry_after). */
-int sg_lua_refusal(lua_State *L, int idx, sg_error *err);
+/* Whether the value at idx is what statusgw.refuse made: a table with
+ * status, code, message and retry_after, checked when it was made. */
+int sg_lua_is_refusal(lua_State *L, int idx);
 
 /* JSON <-> Lua. Objects become tables with string keys, arrays sequences,
  * null the statusgw.json.null sentinel. */

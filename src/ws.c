@@ -1,7 +1,6 @@
 #include "ws.h"
 
 #include "log.h"
-#include "phoenix.h"
 #include "security.h"
 
 #include <ctype.h>
@@ -20,7 +19,8 @@
 struct sg_ws {
     sg_conn *conn;
     wslay_event_context_ptr ctx;
-    sg_phx *phx;
+    const sg_ws_handler *h;
+    void *state; /* the handler's */
     int close_sent; /* a close frame is out: nothing more may be written */
     size_t feed;        /* bytes of whole frames wslay may take now */
     int in_fragmented;  /* a message continues in frames still to come */
@@ -150,7 +150,7 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
 {
     sg_ws *ws = arg;
     if (m->opcode == WSLAY_TEXT_FRAME) {
-        sg_phx_on_text(ws->phx, (const char *)m->msg, m->msg_length);
+        if (ws->state) ws->h->on_text(ws->state, (const char *)m->msg, m->msg_length);
     } else if (m->opcode == WSLAY_BINARY_FRAME) {
         sg_ws_close(ws, SG_WS_CLOSE_UNSUPPORTED, "binary messages are not supported");
     }
@@ -266,7 +266,7 @@ static void ws_on_close(sg_conn *c)
 {
     sg_ws *ws = c->proto_data;
     if (!ws) return;
-    sg_phx_free(ws->phx);
+    if (ws->state) ws->h->on_close(ws->state);
     if (ws->ctx) wslay_event_context_free(ws->ctx);
     sg_claims_clear(&ws->claims);
     free(ws->token);
@@ -363,7 +363,7 @@ static void refuse(sg_conn *c, int status, const char *code, const char *msg, co
     sg_http_json(c, status, sg_error_json(&e), extra);
 }
 
-void sg_ws_upgrade(sg_conn *c, sg_req *r)
+void sg_ws_upgrade(sg_conn *c, sg_req *r, const sg_ws_handler *h)
 {
     const char *upgrade = sg_req_header(r, "upgrade");
     const char *connection = sg_req_header(r, "connection");
@@ -415,6 +415,7 @@ void sg_ws_upgrade(sg_conn *c, sg_req *r)
         return;
     }
     ws->conn = c;
+    ws->h = h;
     char tok[4096];
     if (sg_req_query(r, "token", tok, sizeof(tok)) == 0)
         ws->token = strdup(tok);
@@ -447,6 +448,7 @@ void sg_ws_upgrade(sg_conn *c, sg_req *r)
     c->srv->n_ws++;
     struct timeval idle = {c->srv->cfg->ws_idle_s, 0};
     sg_conn_set_idle(c, &idle);
-    ws->phx = sg_phx_new(ws);
+    ws->state = h->open(ws);
+    if (!ws->state) sg_ws_close(ws, SG_WS_CLOSE_INTERNAL, "out of memory");
     sg_log(SG_LOG_DEBUG, "websocket_open", "peer=%s", c->peer);
 }

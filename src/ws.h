@@ -17,13 +17,21 @@
 #define SG_WS_CLOSE_UNSUPPORTED 1003
 #define SG_WS_CLOSE_INVALID_DATA 1007
 #define SG_WS_CLOSE_TOO_BIG 1009
+#define SG_WS_CLOSE_INTERNAL 1011
 #define SG_WS_CLOSE_SLOW_CONSUMER 4008
 
 typedef struct sg_ws sg_ws;
 
 /* Serve GET /socket/websocket: validate the handshake, answer 101 and hand
  * the connection to the Phoenix protocol, or answer an HTTP error. */
-void sg_ws_upgrade(sg_conn *c, sg_req *r);
+/* The protocol spoken over the socket (Phoenix Channels: phoenix.c). */
+typedef struct sg_ws_handler {
+    void *(*open)(sg_ws *ws); /* its state for a new socket; NULL: out of memory */
+    void (*on_text)(void *state, const char *msg, size_t len);
+    void (*on_close)(void *state); /* the socket is going: free the state */
+} sg_ws_handler;
+
+void sg_ws_upgrade(sg_conn *c, sg_req *r, const sg_ws_handler *h);
 
 /* Write one text frame (payload copied). -1 once the socket is closing. */
 int sg_ws_send_text(sg_ws *ws, const char *data, size_t len);
