@@ -134,23 +134,29 @@ static int check_plugins(const sg_config *cfg, sg_plugins *pm, char *err, size_t
     return sg_plugins_check_names(pm, err, errlen);
 }
 
-int main(int argc, char **argv)
+/* What the command line asked for. */
+typedef struct args {
+    const char *config_path, *listen, *plugins, *level;
+    int check_only;
+} args;
+
+/* -1 to go on, or the exit status (0 for --version and --help). */
+static int parse_args(int argc, char **argv, args *a)
 {
-    if (argc >= 2 && strcmp(argv[1], "check-plugin") == 0) return check_plugin(argc, argv);
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},   {"listen", required_argument, NULL, 'l'},
         {"plugins", required_argument, NULL, 'p'},  {"log-level", required_argument, NULL, 'L'},
         {"check-config", no_argument, NULL, 'C'},   {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0}};
-    const char *config_path = NULL, *listen = NULL, *plugins = NULL, *level = NULL;
-    int check_only = 0, o;
+    memset(a, 0, sizeof(*a));
+    int o;
     while ((o = getopt_long(argc, argv, "c:l:p:L:CVh", opts, NULL)) != -1) {
         switch (o) {
-        case 'c': config_path = optarg; break;
-        case 'l': listen = optarg; break;
-        case 'p': plugins = optarg; break;
-        case 'L': level = optarg; break;
-        case 'C': check_only = 1; break;
+        case 'c': a->config_path = optarg; break;
+        case 'l': a->listen = optarg; break;
+        case 'p': a->plugins = optarg; break;
+        case 'L': a->level = optarg; break;
+        case 'C': a->check_only = 1; break;
         case 'V': printf("statusgw %s\n", SG_VERSION); return 0;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -161,130 +167,155 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    return -1;
+}
 
-    sg_config cfg;
+/* The config file with the flags over it, the categories and the security
+ * layer. 0, or 2 with the message written (and everything freed). */
+static int configure(const args *a, sg_config *cfg, sg_security **sec)
+{
     char err[512];
-    if (sg_config_load(&cfg, config_path, err, sizeof(err)) < 0) {
-        fprintf(stderr, "statusgw: bad config: %s\n", err);
-        sg_config_free(&cfg);
-        return 2;
+    const char *bad = NULL;
+    *sec = NULL;
+    if (sg_config_load(cfg, a->config_path, err, sizeof(err)) < 0) {
+        bad = err;
+    } else if (a->listen && sg_config_set_listen(cfg, a->listen) < 0) {
+        snprintf(err, sizeof(err), "--listen must be ADDR:PORT, got '%s'", a->listen);
+        bad = err;
+    } else if (a->level && (cfg->log_level = sg_log_parse_level(a->level)) < 0) {
+        snprintf(err, sizeof(err), "--log-level must be debug, info, warn or error");
+        bad = err;
     }
-    if (listen && sg_config_set_listen(&cfg, listen) < 0) {
-        fprintf(stderr, "statusgw: --listen must be ADDR:PORT, got '%s'\n", listen);
-        sg_config_free(&cfg);
-        return 2;
+    if (!bad && a->plugins) {
+        free(cfg->plugins_dir);
+        cfg->plugins_dir = strdup(a->plugins);
     }
-    if (plugins) {
-        free(cfg.plugins_dir);
-        cfg.plugins_dir = strdup(plugins);
-    }
-    if (level && (cfg.log_level = sg_log_parse_level(level)) < 0) {
-        fprintf(stderr, "statusgw: --log-level must be debug, info, warn or error\n");
-        sg_config_free(&cfg);
-        return 2;
-    }
-    sg_log_level = cfg.log_level;
-    if (sg_categories_init(&cfg, err, sizeof(err)) < 0) {
-        fprintf(stderr, "statusgw: bad config: %s\n", err);
-        sg_config_free(&cfg);
-        return 2;
-    }
-    sg_security *sec = sg_security_new(&cfg, err, sizeof(err));
-    if (!sec) {
-        fprintf(stderr, "statusgw: bad config: %s\n", err);
-        sg_categories_free();
-        sg_config_free(&cfg);
-        return 2;
-    }
-    if (check_only) {
-        sg_security_free(sec);
-        if (sg_log_level < SG_LOG_WARN) sg_log_level = SG_LOG_WARN; /* a check says only what is wrong */
-        sg_plugins *pm = sg_plugins_new(cfg.plugins_dir, &cfg, NULL, NULL, NULL);
-        if (pm) json_decref(sg_plugins_reload(pm));
-        int bad = !pm || check_plugins(&cfg, pm, err, sizeof(err)) < 0 || sg_webhooks_check(&cfg, err, sizeof(err)) < 0;
-        sg_plugins_free(pm);
-        if (bad) {
-            fprintf(stderr, "statusgw: bad config: %s\n", err);
-            sg_categories_free();
-            sg_config_free(&cfg);
-            return 2;
-        }
-        printf("statusgw: config %s is valid\n", config_path ? config_path : "(defaults)");
-        sg_config_free(&cfg);
-        return 0;
-    }
+    if (!bad) sg_log_level = cfg->log_level;
+    if (!bad && sg_categories_init(cfg, err, sizeof(err)) < 0) bad = err;
+    if (!bad && !(*sec = sg_security_new(cfg, err, sizeof(err)))) bad = err;
+    if (!bad) return 0;
+    fprintf(stderr, "statusgw: %s%s\n", strncmp(bad, "--", 2) == 0 ? "" : "bad config: ", bad);
+    sg_categories_free();
+    sg_config_free(cfg);
+    return 2;
+}
 
+/* --check-config: the config, its plugins' settings and its webhooks. */
+static int check_config(const args *a, sg_config *cfg, sg_security *sec)
+{
+    char err[512];
+    sg_security_free(sec);
+    if (sg_log_level < SG_LOG_WARN) sg_log_level = SG_LOG_WARN; /* a check says only what is wrong */
+    sg_plugins *pm = sg_plugins_new(cfg->plugins_dir, cfg, NULL, NULL, NULL);
+    if (pm) json_decref(sg_plugins_reload(pm));
+    int bad = !pm || check_plugins(cfg, pm, err, sizeof(err)) < 0 || sg_webhooks_check(cfg, err, sizeof(err)) < 0;
+    sg_plugins_free(pm);
+    if (bad)
+        fprintf(stderr, "statusgw: bad config: %s\n", err);
+    else
+        printf("statusgw: config %s is valid\n", a->config_path ? a->config_path : "(defaults)");
+    sg_categories_free();
+    sg_config_free(cfg);
+    return bad ? 2 : 0;
+}
+
+/* Say who may do what; an open gateway stays on loopback. */
+static void announce_security(sg_config *cfg, sg_security *sec)
+{
     if (sg_security_open(sec)) {
         /* nothing to check credentials against: stay where only this host reaches */
-        if (strcmp(cfg.listen_host, "127.0.0.1") != 0 && strcmp(cfg.listen_host, "::1") != 0 &&
-            strcmp(cfg.listen_host, "localhost") != 0) {
+        if (strcmp(cfg->listen_host, "127.0.0.1") != 0 && strcmp(cfg->listen_host, "::1") != 0 &&
+            strcmp(cfg->listen_host, "localhost") != 0) {
             sg_log(SG_LOG_WARN, "insecure_listen_refused",
                    "requested=%s:%d listen=127.0.0.1:%d reason=\"no api_keys or jwt_secret configured\"",
-                   cfg.listen_host, cfg.listen_port, cfg.listen_port);
-            free(cfg.listen_host);
-            cfg.listen_host = strdup("127.0.0.1");
+                   cfg->listen_host, cfg->listen_port, cfg->listen_port);
+            free(cfg->listen_host);
+            cfg->listen_host = strdup("127.0.0.1");
         }
         sg_log(SG_LOG_WARN, "open_mode",
                "auth=none listen=loopback msg=\"set security.api_keys and security.jwt_secret to expose the gateway\"");
-    } else {
-        if (!sg_security_has_api_keys(sec))
-            sg_log(SG_LOG_WARN, "open_publishing", "msg=\"no security.api_keys: anyone who reaches the port may publish\"");
-        if (!sg_security_has_jwt(sec))
-            sg_log(SG_LOG_WARN, "open_subscribing", "msg=\"no security.jwt_secret: anyone who reaches the port may subscribe\"");
+        return;
     }
-    int rc = 0;
-    sg_server srv = {0};
-    srv.cfg = &cfg;
-    srv.handle = sg_api_handle;
-    srv.security = sec;
-    srv.base = event_base_new();
-    srv.store = sg_store_memory_new(cfg.history_size);
-    srv.hub = srv.base && srv.store ? sg_hub_new(srv.base, &cfg, srv.store) : NULL;
-    srv.plugins = sg_plugins_new(cfg.plugins_dir, &cfg, srv.base, sg_ingest_emit, &srv);
-    if (!srv.hub || !srv.plugins || sg_ingest_init(&srv) < 0) {
+    if (!sg_security_has_api_keys(sec))
+        sg_log(SG_LOG_WARN, "open_publishing", "msg=\"no security.api_keys: anyone who reaches the port may publish\"");
+    if (!sg_security_has_jwt(sec))
+        sg_log(SG_LOG_WARN, "open_subscribing", "msg=\"no security.jwt_secret: anyone who reaches the port may subscribe\"");
+}
+
+/* Make the server's parts, load the plugins, start the webhooks and the
+ * listener. 0, or the exit status with the message written. */
+static int server_open(sg_server *srv, sg_config *cfg, sg_security *sec)
+{
+    char err[512];
+    srv->cfg = cfg;
+    srv->handle = sg_api_handle;
+    srv->security = sec;
+    srv->base = event_base_new();
+    srv->store = sg_store_memory_new(cfg->history_size);
+    srv->hub = srv->base && srv->store ? sg_hub_new(srv->base, cfg, srv->store) : NULL;
+    srv->plugins = sg_plugins_new(cfg->plugins_dir, cfg, srv->base, sg_ingest_emit, srv);
+    if (!srv->hub || !srv->plugins || sg_ingest_init(srv) < 0) {
         fprintf(stderr, "statusgw: out of memory at start\n");
-        rc = 1;
-        goto done;
+        return 1;
     }
-    sg_hub_on_forget(srv.hub, forget_conversation, srv.plugins);
-    sg_filter_set_plugins(srv.plugins);
-    json_decref(sg_server_reload(&srv, "start"));
-    if (check_plugins(&cfg, srv.plugins, err, sizeof(err)) < 0) {
+    sg_hub_on_forget(srv->hub, forget_conversation, srv->plugins);
+    sg_filter_set_plugins(srv->plugins);
+    json_decref(sg_server_reload(srv, "start"));
+    if (check_plugins(cfg, srv->plugins, err, sizeof(err)) < 0) {
         sg_log(SG_LOG_ERROR, "bad_config", "reason=%s", sg_log_q(err));
         fprintf(stderr, "statusgw: bad config: %s\n", err);
-        rc = 2;
-        goto done;
+        return 2;
     }
-    srv.webhooks = sg_webhooks_new(srv.base, &cfg, srv.plugins, err, sizeof(err));
-    if (!srv.webhooks) {
+    srv->webhooks = sg_webhooks_new(srv->base, cfg, srv->plugins, err, sizeof(err));
+    if (!srv->webhooks) {
         fprintf(stderr, "statusgw: bad config: %s\n", err);
-        rc = 2;
-        goto done;
+        return 2;
     }
-    if (sg_server_start(&srv, err, sizeof(err)) < 0) {
+    if (sg_server_start(srv, err, sizeof(err)) < 0) {
         sg_log(SG_LOG_ERROR, "listen_failed", "reason=%s", sg_log_q(err));
         fprintf(stderr, "statusgw: %s\n", err);
-        rc = 2;
-        goto done;
+        return 2;
     }
-    sg_log(SG_LOG_INFO, "started",
-           "version=%s listen=%s:%d config=%s store=%s batch_size=%d flush_ms=%d history=%d",
-           SG_VERSION, cfg.listen_host, cfg.listen_port,
-           config_path ? sg_log_q(config_path) : "defaults", srv.store->ops->name,
-           cfg.batch_size, cfg.flush_ms, cfg.history_size);
-    event_base_dispatch(srv.base);
-    sg_log(SG_LOG_INFO, "stopped", "requests=%llu", (unsigned long long)srv.requests);
-done:
-    sg_server_stop(&srv);
-    sg_webhooks_free(srv.webhooks);
-    sg_api_free(&srv);
-    sg_ingest_free(&srv);
-    sg_hub_free(srv.hub);
-    sg_plugins_free(srv.plugins);
-    sg_security_free(srv.security);
-    sg_dict_free(srv.per_ip);
-    if (srv.store) srv.store->ops->free(srv.store);
-    if (srv.base) event_base_free(srv.base);
+    return 0;
+}
+
+static void server_close(sg_server *srv)
+{
+    sg_server_stop(srv);
+    sg_webhooks_free(srv->webhooks);
+    sg_api_free(srv);
+    sg_ingest_free(srv);
+    sg_hub_free(srv->hub);
+    sg_plugins_free(srv->plugins);
+    sg_security_free(srv->security);
+    sg_dict_free(srv->per_ip);
+    if (srv->store) srv->store->ops->free(srv->store);
+    if (srv->base) event_base_free(srv->base);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 2 && strcmp(argv[1], "check-plugin") == 0) return check_plugin(argc, argv);
+    args a;
+    int rc = parse_args(argc, argv, &a);
+    if (rc >= 0) return rc;
+    sg_config cfg;
+    sg_security *sec;
+    if ((rc = configure(&a, &cfg, &sec)) != 0) return rc;
+    if (a.check_only) return check_config(&a, &cfg, sec);
+    announce_security(&cfg, sec);
+    sg_server srv = {0};
+    rc = server_open(&srv, &cfg, sec);
+    if (rc == 0) {
+        sg_log(SG_LOG_INFO, "started",
+               "version=%s listen=%s:%d config=%s store=%s batch_size=%d flush_ms=%d history=%d",
+               SG_VERSION, cfg.listen_host, cfg.listen_port,
+               a.config_path ? sg_log_q(a.config_path) : "defaults", srv.store->ops->name,
+               cfg.batch_size, cfg.flush_ms, cfg.history_size);
+        event_base_dispatch(srv.base);
+        sg_log(SG_LOG_INFO, "stopped", "requests=%llu", (unsigned long long)srv.requests);
+    }
+    server_close(&srv);
     sg_categories_free();
     sg_config_free(&cfg);
     libevent_global_shutdown();
