@@ -381,15 +381,119 @@ static void bulk_done(void *arg, size_t i, int rc, const sg_publish_result *res,
     run->replies.n += it->reply_len;
 }
 
+/* Split an NDJSON body into items, one a non-blank line, and parse each
+ * into a draft of its own. The count in *n; -1 with a 413 in err past max. */
+static int ndjson_items(const char *p, const char *end, item *items, size_t max, size_t *n,
+                        const sg_limits *lim, sg_error *err)
+{
+    int line = 0;
+    *n = 0;
+    while (p < end && *n <= max) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *le = nl ? nl : end;
+        line++;
+        const char *q = p;
+        while (q < le && (*q == ' ' || *q == '\t' || *q == '\r'))
+            q++;
+        if (q < le) {
+            items[*n].s = p;
+            items[*n].n = (size_t)(le - p);
+            items[(*n)++].line = line;
+        }
+        p = nl ? nl + 1 : end;
+    }
+    if (*n > max) {
+        sg_error_set(err, 413, "too_many_items", NULL, "more than %zu updates in one request", max);
+        return -1;
+    }
+    for (size_t i = 0; i < *n; i++) {
+        item *it = &items[i];
+        it->rc = sg_draft_parse(it->s, it->n, lim, &it->d, &it->err);
+        if (it->rc < 0 && (strcmp(it->err.code, "invalid_json") == 0 || strcmp(it->err.code, "invalid_utf8") == 0)) {
+            char msg[sizeof(it->err.message)];
+            snprintf(msg, sizeof(msg), "line %d: %.180s", it->line, it->err.message);
+            snprintf(it->err.message, sizeof(it->err.message), "%s", msg);
+        }
+    }
+    return 0;
+}
+
+/* Admit the parsed items (the key's pattern and rate) and take the
+ * admitted ones through ingest together, plugin by plugin. -1 when out of
+ * memory. */
+static int bulk_ingest(sg_conn *c, sg_api_key *key, item *items, size_t n, bulk_run *run)
+{
+    run->items = items;
+    run->admitted = malloc(n * sizeof(*run->admitted));
+    sg_draft **ds = malloc(n * sizeof(*ds));
+    if (!run->admitted || !ds) {
+        free(run->admitted);
+        free(ds);
+        return -1;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        items[i].rc = admit(key, &items[i].d, items[i].rc, &items[i].err);
+        if (items[i].rc == 0) {
+            run->admitted[k] = i;
+            ds[k++] = &items[i].d;
+        }
+    }
+    sg_clock_hold();
+    sg_ingest_many(c->srv, ds, k, NULL, bulk_done, run);
+    sg_clock_release();
+    free(run->admitted);
+    free(ds);
+    return 0;
+}
+
+/* 202 {"accepted","dropped","rejected","results":[…]}, in input order. */
+static void bulk_reply(sg_conn *c, item *items, size_t n, bulk_run *run)
+{
+    /* the counts lead the answer but are known last: room is kept for them */
+    enum { HEAD = 64 };
+    obuf b = {0};
+    int accepted = 0, dropped = 0;
+    if (ob_room(&b, HEAD)) b.n = HEAD;
+    ob_put(&b, "\"results\":[", 11);
+    for (size_t i = 0; i < n; i++) {
+        if (i) ob_put(&b, ",", 1);
+        if (items[i].rc == 0 && items[i].reply_len > 0) {
+            /* a deliberate drop is answered as such, and is not accepted */
+            if (items[i].dropped) dropped++;
+            else accepted++;
+            ob_put(&b, run->replies.s + items[i].reply_off, items[i].reply_len);
+            continue;
+        }
+        if (items[i].rc == 0) /* accepted, but its reply found no memory */
+            sg_error_set(&items[i].err, 503, "out_of_memory", NULL, "out of memory");
+        json_t *ej = sg_error_json(&items[i].err);
+        char *es = json_dumps(ej, JSON_COMPACT);
+        if (es) ob_put(&b, es, strlen(es));
+        free(es);
+        json_decref(ej);
+    }
+    ob_put(&b, "]}\n", 3);
+    char head[HEAD];
+    int hn = snprintf(head, sizeof(head), "{\"accepted\":%d,\"dropped\":%d,\"rejected\":%d,", accepted,
+                      dropped, (int)n - accepted - dropped);
+    if (b.s) {
+        memcpy(b.s + HEAD - hn, head, (size_t)hn);
+        sg_http_respond(c, 202, "application/json", b.s + HEAD - hn, b.n - HEAD + (size_t)hn, NULL);
+    } else {
+        sg_error err;
+        sg_error_set(&err, 503, "out_of_memory", NULL, "out of memory");
+        sg_http_error(c, &err);
+    }
+    free(b.s);
+}
+
 static void handle_bulk(sg_conn *c, sg_req *r)
 {
     sg_error err;
     sg_api_key *key;
-    if (sg_security_publisher(c->srv->security, sg_req_header(r, "authorization"), &key, &err) < 0) {
-        sg_http_error(c, &err);
-        return;
-    }
-    if (!key && keyless_ok(c, r, &err) < 0) {
+    if (sg_security_publisher(c->srv->security, sg_req_header(r, "authorization"), &key, &err) < 0 ||
+        (!key && keyless_ok(c, r, &err) < 0)) {
         sg_http_error(c, &err);
         return;
     }
@@ -407,113 +511,30 @@ static void handle_bulk(sg_conn *c, sg_req *r)
     item *items = calloc(max + 1, sizeof(*items)); /* zeroed: every draft can be freed */
     char *scratch = ndjson ? NULL : malloc(r->body_len + 1);
     size_t n = 0;
-    const char *p = r->body ? r->body : "", *end = p + r->body_len;
+    const char *p = r->body ? r->body : "";
+    bulk_run run = {0};
+    int rc;
     if (!items || (!ndjson && !scratch)) {
         sg_error_set(&err, 503, "out_of_memory", NULL, "out of memory");
-        sg_http_error(c, &err);
-        goto out;
-    }
-    if (ndjson) {
-        int line = 0;
-        while (p < end && n <= max) {
-            const char *nl = memchr(p, '\n', (size_t)(end - p));
-            const char *le = nl ? nl : end;
-            line++;
-            const char *q = p;
-            while (q < le && (*q == ' ' || *q == '\t' || *q == '\r'))
-                q++;
-            if (q < le) {
-                items[n].s = p;
-                items[n].n = (size_t)(le - p);
-                items[n++].line = line;
-            }
-            p = nl ? nl + 1 : end;
-        }
-        if (n > max) {
-            sg_error_set(&err, 413, "too_many_items", NULL, "more than %zu updates in one request", max);
-            sg_http_error(c, &err);
-            goto out;
-        }
-    } else if (parse_array(p, r->body_len, scratch, items, max, &n, &lim, &err) < 0) {
-        sg_http_error(c, &err);
-        goto out;
-    }
-    if (n == 0) {
-        sg_error_set(&err, 400, "empty_bulk", NULL, "the bulk request holds no updates");
-        sg_http_error(c, &err);
-        goto out;
-    }
-    /* NDJSON lines are parsed now, each into a draft of its own */
-    for (size_t i = 0; ndjson && i < n; i++) {
-        items[i].rc = sg_draft_parse(items[i].s, items[i].n, &lim, &items[i].d, &items[i].err);
-        if (items[i].rc < 0 && (strcmp(items[i].err.code, "invalid_json") == 0 ||
-                                strcmp(items[i].err.code, "invalid_utf8") == 0)) {
-            char msg[sizeof(items[i].err.message)];
-            snprintf(msg, sizeof(msg), "line %d: %.180s", items[i].line, items[i].err.message);
-            snprintf(items[i].err.message, sizeof(items[i].err.message), "%s", msg);
-        }
-    }
-    /* the admitted ones go through ingest together, plugin by plugin */
-    bulk_run run = {items, NULL, {0}};
-    run.admitted = malloc(n * sizeof(*run.admitted));
-    sg_draft **ds = malloc(n * sizeof(*ds));
-    if (!run.admitted || !ds) {
-        free(run.admitted);
-        free(ds);
-        sg_error_set(&err, 503, "out_of_memory", NULL, "out of memory");
-        sg_http_error(c, &err);
-        goto out;
-    }
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++) {
-        items[i].rc = admit(key, &items[i].d, items[i].rc, &items[i].err);
-        if (items[i].rc == 0) {
-            run.admitted[k] = i;
-            ds[k++] = &items[i].d;
-        }
-    }
-    sg_clock_hold();
-    sg_ingest_many(c->srv, ds, k, NULL, bulk_done, &run);
-    sg_clock_release();
-    free(run.admitted);
-    free(ds);
-    /* the counts lead the answer but are known last: room is kept for them */
-    enum { HEAD = 64 };
-    obuf b = {0};
-    int accepted = 0, dropped = 0;
-    if (ob_room(&b, HEAD)) b.n = HEAD;
-    ob_put(&b, "\"results\":[", 11);
-    for (size_t i = 0; i < n; i++) {
-        if (i) ob_put(&b, ",", 1);
-        if (items[i].rc == 0 && items[i].reply_len > 0) {
-            /* a deliberate drop is answered as such, and is not accepted */
-            if (items[i].dropped) dropped++;
-            else accepted++;
-            ob_put(&b, run.replies.s + items[i].reply_off, items[i].reply_len);
-            continue;
-        }
-        if (items[i].rc == 0) /* accepted, but its reply found no memory */
-            sg_error_set(&items[i].err, 503, "out_of_memory", NULL, "out of memory");
-        json_t *ej = sg_error_json(&items[i].err);
-        char *es = json_dumps(ej, JSON_COMPACT);
-        if (es) ob_put(&b, es, strlen(es));
-        free(es);
-        json_decref(ej);
-    }
-    free(run.replies.s);
-    ob_put(&b, "]}\n", 3);
-    char head[HEAD];
-    int hn = snprintf(head, sizeof(head), "{\"accepted\":%d,\"dropped\":%d,\"rejected\":%d,", accepted,
-                      dropped, (int)n - accepted - dropped);
-    if (b.s) {
-        memcpy(b.s + HEAD - hn, head, (size_t)hn);
-        sg_http_respond(c, 202, "application/json", b.s + HEAD - hn, b.n - HEAD + (size_t)hn, NULL);
+        rc = -1;
+    } else if (ndjson) {
+        rc = ndjson_items(p, p + r->body_len, items, max, &n, &lim, &err);
     } else {
-        sg_error_set(&err, 503, "out_of_memory", NULL, "out of memory");
-        sg_http_error(c, &err);
+        rc = parse_array(p, r->body_len, scratch, items, max, &n, &lim, &err);
     }
-    free(b.s);
-out:
+    if (rc == 0 && n == 0) {
+        sg_error_set(&err, 400, "empty_bulk", NULL, "the bulk request holds no updates");
+        rc = -1;
+    }
+    if (rc == 0 && bulk_ingest(c, key, items, n, &run) < 0) {
+        sg_error_set(&err, 503, "out_of_memory", NULL, "out of memory");
+        rc = -1;
+    }
+    if (rc == 0)
+        bulk_reply(c, items, n, &run);
+    else
+        sg_http_error(c, &err);
+    free(run.replies.s);
     /* array drafts point into scratch; a plugin may have given one a
      * buffer of its own */
     for (size_t i = 0; i < n; i++)
