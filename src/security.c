@@ -49,134 +49,160 @@ static int ct_equal(const char *a, const char *b)
     return d == 0;
 }
 
+/* ---- the config's security table: one parser per key ---- */
+
+static int parse_api_key(sg_api_key *ak, json_t *e, size_t i, char *err, size_t errlen)
+{
+    static const char *const known[] = {"key", "name", "conversations", "rate", "burst", NULL};
+    char where[64];
+    snprintf(where, sizeof(where), "security.api_keys[%zu]", i + 1);
+    if (json_is_object(e) && sg_config_check_keys(e, where, known, err, errlen) < 0) return -1;
+    json_t *key = json_is_string(e) ? e : json_object_get(e, "key");
+    if (!json_is_string(key) || json_string_length(key) < 16) {
+        snprintf(err, errlen, "%s: a key must be a string of at least 16 characters", where);
+        return -1;
+    }
+    ak->key = strdup(json_string_value(key));
+    json_t *name = json_object_get(e, "name"), *pat = json_object_get(e, "conversations");
+    json_t *rate = json_object_get(e, "rate"), *burst = json_object_get(e, "burst");
+    char def[32];
+    snprintf(def, sizeof(def), "key-%zu", i + 1);
+    ak->name = strdup(json_is_string(name) ? json_string_value(name) : def);
+    if (pat && !json_is_string(pat)) {
+        snprintf(err, errlen, "%s: conversations must be a glob pattern", where);
+        return -1;
+    }
+    ak->pattern = pat ? strdup(json_string_value(pat)) : NULL;
+    if ((rate && (!json_is_number(rate) || json_number_value(rate) <= 0)) ||
+        (burst && (!json_is_number(burst) || json_number_value(burst) < 1))) {
+        snprintf(err, errlen, "%s: rate must be > 0 and burst >= 1", where);
+        return -1;
+    }
+    ak->rate = rate ? json_number_value(rate) : 0;
+    ak->burst = burst ? json_number_value(burst) : (ak->rate > 0 ? ak->rate * 2 : 0);
+    if (ak->burst < 1 && ak->rate > 0) ak->burst = 1;
+    ak->tokens = ak->burst;
+    return 0;
+}
+
+static int parse_api_keys(sg_security *s, json_t *v, char *err, size_t errlen)
+{
+    if (json_is_object(v) && json_object_size(v) == 0) return 0; /* {} is an empty list */
+    if (!json_is_array(v)) {
+        snprintf(err, errlen, "security.api_keys must be a list of keys or { key = ..., conversations = ..., rate = ... }");
+        return -1;
+    }
+    s->keys = calloc(json_array_size(v) + 1, sizeof(sg_api_key));
+    size_t i;
+    json_t *e;
+    json_array_foreach(v, i, e)
+    {
+        if (parse_api_key(&s->keys[s->n_keys++], e, i, err, errlen) < 0) return -1;
+    }
+    return 0;
+}
+
+/* A list of strings, each checked by ok (NULL: any), into *out. */
+static int parse_strings(json_t *v, const char *name, const char *example, int (*ok)(const char *),
+                         char ***out, int *n, char *err, size_t errlen)
+{
+    if (json_is_object(v) && json_object_size(v) == 0) return 0;
+    if (!json_is_array(v)) {
+        snprintf(err, errlen, "security.%s must be a list like { \"%s\" }", name, example);
+        return -1;
+    }
+    *out = calloc(json_array_size(v) + 1, sizeof(char *));
+    size_t i;
+    json_t *o;
+    json_array_foreach(v, i, o)
+    {
+        const char *x = json_string_value(o);
+        if (!x || (ok && !ok(x))) {
+            snprintf(err, errlen, "security.%s: '%s' is not %s", name, x ? x : "(not a string)",
+                     ok ? "an IP address" : "a string");
+            return -1;
+        }
+        (*out)[(*n)++] = strdup(x);
+    }
+    return 0;
+}
+
+static int is_ip(const char *a)
+{
+    unsigned char buf[16];
+    return inet_pton(AF_INET, a, buf) == 1 || inet_pton(AF_INET6, a, buf) == 1;
+}
+
+static int parse_key(sg_security *s, const char *k, json_t *v, char *err, size_t errlen)
+{
+    if (strcmp(k, "api_keys") == 0) return parse_api_keys(s, v, err, errlen);
+    if (strcmp(k, "allowed_origins") == 0)
+        return parse_strings(v, k, "https://app.example.com", NULL, &s->origins, &s->n_origins, err, errlen);
+    if (strcmp(k, "trusted_proxies") == 0)
+        return parse_strings(v, k, "127.0.0.1", is_ip, &s->proxies, &s->n_proxies, err, errlen);
+    if (strcmp(k, "jwt_secret") == 0) {
+        if (!json_is_string(v) || json_string_length(v) < 32) {
+            snprintf(err, errlen, "security.jwt_secret must be a string of at least 32 bytes");
+            return -1;
+        }
+        s->jwt_secret_len = json_string_length(v);
+        s->jwt_secret = (unsigned char *)strdup(json_string_value(v));
+        return 0;
+    }
+    if (strcmp(k, "jwt_leeway_s") == 0) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 3600) {
+            snprintf(err, errlen, "security.jwt_leeway_s must be 0 to 3600");
+            return -1;
+        }
+        s->leeway_s = (int)json_integer_value(v);
+        return 0;
+    }
+    if (strcmp(k, "admin_key") == 0) {
+        if (!json_is_string(v) || json_string_length(v) < 16) {
+            snprintf(err, errlen, "security.admin_key must be a string of at least 16 characters");
+            return -1;
+        }
+        s->admin_key = strdup(json_string_value(v));
+        return 0;
+    }
+    int *flag = strcmp(k, "metrics_key_required") == 0           ? &s->metrics_key_required
+                : strcmp(k, "allow_keyless_remote_publish") == 0 ? &s->keyless_remote_publish
+                                                                 : NULL;
+    if (!flag) {
+        static const char *const known[] = {"api_keys", "jwt_secret", "jwt_leeway_s", "admin_key",
+                                            "allowed_origins", "trusted_proxies", "metrics_key_required",
+                                            "allow_keyless_remote_publish", NULL};
+        json_t *one = json_pack("{s:n}", k);
+        sg_config_check_keys(one, "security", known, err, errlen);
+        json_decref(one);
+        return -1;
+    }
+    if (!json_is_boolean(v)) {
+        snprintf(err, errlen, "security.%s must be true or false", k);
+        return -1;
+    }
+    *flag = json_is_true(v);
+    return 0;
+}
+
 sg_security *sg_security_new(const sg_config *cfg, char *err, size_t errlen)
 {
     sg_security *s = calloc(1, sizeof(*s));
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
     s->leeway_s = 30;
-    json_t *sec = cfg->security;
-    if (!sec) return s;
     const char *k;
     json_t *v;
-    json_object_foreach(sec, k, v)
+    json_object_foreach(cfg->security, k, v)
     {
-        if (strcmp(k, "api_keys") == 0) {
-            if (json_is_object(v) && json_object_size(v) == 0) continue;
-            if (!json_is_array(v)) {
-                snprintf(err, errlen, "security.api_keys must be a list of keys or { key = ..., conversations = ..., rate = ... }");
-                goto fail;
-            }
-            s->keys = calloc(json_array_size(v) + 1, sizeof(sg_api_key));
-            size_t i;
-            json_t *e;
-            json_array_foreach(v, i, e)
-            {
-                sg_api_key *ak = &s->keys[s->n_keys++];
-                static const char *const known[] = {"key", "name", "conversations", "rate", "burst", NULL};
-                char where[64];
-                snprintf(where, sizeof(where), "security.api_keys[%zu]", i + 1);
-                if (json_is_object(e) && sg_config_check_keys(e, where, known, err, errlen) < 0) goto fail;
-                json_t *key = json_is_string(e) ? e : json_object_get(e, "key");
-                if (!json_is_string(key) || json_string_length(key) < 16) {
-                    snprintf(err, errlen, "security.api_keys[%zu]: a key must be a string of at least 16 characters", i + 1);
-                    goto fail;
-                }
-                ak->key = strdup(json_string_value(key));
-                json_t *name = json_object_get(e, "name"), *pat = json_object_get(e, "conversations");
-                json_t *rate = json_object_get(e, "rate"), *burst = json_object_get(e, "burst");
-                char def[32];
-                snprintf(def, sizeof(def), "key-%zu", i + 1);
-                ak->name = strdup(json_is_string(name) ? json_string_value(name) : def);
-                if (pat && !json_is_string(pat)) {
-                    snprintf(err, errlen, "security.api_keys[%zu]: conversations must be a glob pattern", i + 1);
-                    goto fail;
-                }
-                ak->pattern = pat ? strdup(json_string_value(pat)) : NULL;
-                if ((rate && (!json_is_number(rate) || json_number_value(rate) <= 0)) ||
-                    (burst && (!json_is_number(burst) || json_number_value(burst) < 1))) {
-                    snprintf(err, errlen, "security.api_keys[%zu]: rate must be > 0 and burst >= 1", i + 1);
-                    goto fail;
-                }
-                ak->rate = rate ? json_number_value(rate) : 0;
-                ak->burst = burst ? json_number_value(burst) : (ak->rate > 0 ? ak->rate * 2 : 0);
-                if (ak->burst < 1 && ak->rate > 0) ak->burst = 1;
-                ak->tokens = ak->burst;
-            }
-        } else if (strcmp(k, "jwt_secret") == 0) {
-            if (!json_is_string(v) || json_string_length(v) < 32) {
-                snprintf(err, errlen, "security.jwt_secret must be a string of at least 32 bytes");
-                goto fail;
-            }
-            s->jwt_secret_len = json_string_length(v);
-            s->jwt_secret = (unsigned char *)strdup(json_string_value(v));
-        } else if (strcmp(k, "jwt_leeway_s") == 0) {
-            if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 3600) {
-                snprintf(err, errlen, "security.jwt_leeway_s must be 0 to 3600");
-                goto fail;
-            }
-            s->leeway_s = (int)json_integer_value(v);
-        } else if (strcmp(k, "admin_key") == 0) {
-            if (!json_is_string(v) || json_string_length(v) < 16) {
-                snprintf(err, errlen, "security.admin_key must be a string of at least 16 characters");
-                goto fail;
-            }
-            s->admin_key = strdup(json_string_value(v));
-        } else if (strcmp(k, "allowed_origins") == 0) {
-            if (json_is_object(v) && json_object_size(v) == 0) continue;
-            if (!json_is_array(v)) {
-                snprintf(err, errlen, "security.allowed_origins must be a list like { \"https://app.example.com\" }");
-                goto fail;
-            }
-            s->origins = calloc(json_array_size(v) + 1, sizeof(char *));
-            size_t i;
-            json_t *o;
-            json_array_foreach(v, i, o)
-            {
-                if (!json_is_string(o)) {
-                    snprintf(err, errlen, "security.allowed_origins: every entry is a string");
-                    goto fail;
-                }
-                s->origins[s->n_origins++] = strdup(json_string_value(o));
-            }
-        } else if (strcmp(k, "trusted_proxies") == 0) {
-            if (json_is_object(v) && json_object_size(v) == 0) continue;
-            if (!json_is_array(v)) {
-                snprintf(err, errlen, "security.trusted_proxies must be a list of addresses like { \"127.0.0.1\" }");
-                goto fail;
-            }
-            s->proxies = calloc(json_array_size(v) + 1, sizeof(char *));
-            size_t i;
-            json_t *o;
-            json_array_foreach(v, i, o)
-            {
-                unsigned char buf[16];
-                const char *a = json_string_value(o);
-                if (!a || (inet_pton(AF_INET, a, buf) != 1 && inet_pton(AF_INET6, a, buf) != 1)) {
-                    snprintf(err, errlen, "security.trusted_proxies: '%s' is not an IP address", a ? a : "?");
-                    goto fail;
-                }
-                s->proxies[s->n_proxies++] = strdup(a);
-            }
-        } else if (strcmp(k, "metrics_key_required") == 0 || strcmp(k, "allow_keyless_remote_publish") == 0) {
-            if (!json_is_boolean(v)) {
-                snprintf(err, errlen, "security.%s must be true or false", k);
-                goto fail;
-            }
-            if (k[0] == 'm') s->metrics_key_required = json_is_true(v);
-            else s->keyless_remote_publish = json_is_true(v);
-        } else {
-            static const char *const known[] = {"api_keys", "jwt_secret", "jwt_leeway_s", "admin_key",
-                                                "allowed_origins", "trusted_proxies", "metrics_key_required",
-                                                "allow_keyless_remote_publish", NULL};
-            json_t *one = json_pack("{s:n}", k);
-            sg_config_check_keys(one, "security", known, err, errlen);
-            json_decref(one);
-            goto fail;
+        if (parse_key(s, k, v, err, errlen) < 0) {
+            sg_security_free(s);
+            return NULL;
         }
     }
     return s;
-fail:
-    sg_security_free(s);
-    return NULL;
 }
 
 void sg_security_free(sg_security *s)
