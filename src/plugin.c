@@ -287,8 +287,6 @@ static int when_matches(const sg_plugin *p, const sg_draft *d)
     return 0;
 }
 
-/* Load one file into a fresh sandbox and run its init. NULL with
- * "file:line: message" in err on any failure. */
 /* Check plugins.<name> against what the plugin declares: `enabled`
  * (a boolean), and, when the plugin has a `settings` table of
  * name = "number" | "integer" | "string" | "boolean" | "table", every
@@ -342,6 +340,196 @@ static int check_settings(lua_State *L, int P, const char *name, json_t *conf, c
     return rc;
 }
 
+/* ---- a plugin's table, field by field ----
+ *
+ * Each field a plugin may define has a loader that reads it raw from the
+ * plugin's table P, checks it and keeps what it means; the loaders run in
+ * the table's order (the name first, then the config's view of it, init,
+ * and what the plugin provides, which init may shape). A loader leaves the
+ * stack as it found it, and returns 0, or -1 with the message in ctx->err. */
+
+typedef struct load_ctx {
+    const sg_config *cfg;
+    const char *base; /* the file's base name, for messages */
+    json_t *conf;     /* plugins.<name>, or NULL */
+    char *err;
+    size_t errlen;
+    int config_error; /* the failure is the config's (a bad setting) */
+} load_ctx;
+
+static int field_name(sg_plugin *p, lua_State *L, int P, load_ctx *x)
+{
+    int t = sg_lua_raw_field(L, P, "name");
+    if (t == LUA_TSTRING) {
+        free(p->name);
+        p->name = strdup(lua_tostring(L, -1));
+    }
+    lua_pop(L, 1);
+    if (t != LUA_TSTRING && t != LUA_TNIL) {
+        snprintf(x->err, x->errlen, "%s: name must be a string", x->base);
+        return -1;
+    }
+    for (const char *c = p->name; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_' || *c == '-')) {
+            snprintf(x->err, x->errlen, "%s: name '%s' must be [a-z0-9_-]", x->base, p->name);
+            return -1;
+        }
+    x->conf = x->cfg->plugins ? json_object_get(x->cfg->plugins, p->name) : NULL;
+    return 0;
+}
+
+/* settings and enabled: the config's plugins.<name>, checked against what
+ * the plugin declares; on unless the plugin waits to be asked (enabled =
+ * false) and the config does not ask; the config can switch any plugin off */
+static int field_settings(sg_plugin *p, lua_State *L, int P, load_ctx *x)
+{
+    if (x->conf && !json_is_object(x->conf)) {
+        snprintf(x->err, x->errlen, "plugins.%s must be a table of settings", p->name);
+        x->config_error = 1;
+        return -1;
+    }
+    if (x->conf && check_settings(L, P, p->name, x->conf, x->err, x->errlen) < 0) {
+        x->config_error = 1;
+        return -1;
+    }
+    int on = 1;
+    int t = sg_lua_raw_field(L, P, "enabled");
+    if (t == LUA_TBOOLEAN) on = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (t != LUA_TNIL && t != LUA_TBOOLEAN) {
+        snprintf(x->err, x->errlen, "%s: enabled must be true or false", x->base);
+        return -1;
+    }
+    json_t *en = json_object_get(x->conf, "enabled");
+    if (en) on = json_is_true(en);
+    p->off = p->disabled = !on;
+    return 0;
+}
+
+/* init(config) with plugins.<name>; a plugin that is off is not initialized */
+static int field_init(sg_plugin *p, lua_State *L, int P, load_ctx *x)
+{
+    if (p->off) return 0;
+    if (sg_lua_raw_field(L, P, "init") != LUA_TFUNCTION) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    if (x->conf)
+        sg_lua_push_json(L, x->conf);
+    else
+        lua_newtable(L);
+    if (sg_sandbox_call(p->sb, 1, 0) != SG_SB_OK) {
+        snprintf(x->err, x->errlen, "%s (in init)", sg_sandbox_error(p->sb));
+        return -1;
+    }
+    return 0;
+}
+
+static int field_priority(sg_plugin *p, lua_State *L, int P, load_ctx *x)
+{
+    p->priority = 100;
+    int t = sg_lua_raw_field(L, P, "priority");
+    int ok = t == LUA_TNIL || lua_isinteger(L, -1);
+    if (t != LUA_TNIL && ok) p->priority = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    if (!ok) snprintf(x->err, x->errlen, "%s: priority must be an integer", x->base);
+    return ok ? 0 : -1;
+}
+
+static int field_failure_policy(sg_plugin *p, lua_State *L, int P, load_ctx *x)
+{
+    int t = sg_lua_raw_field(L, P, "failure_policy");
+    const char *fp = t == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    int ok = t == LUA_TNIL || (fp && (strcmp(fp, "pass") == 0 || strcmp(fp, "drop") == 0));
+    if (ok && fp) p->drop_on_failure = fp[0] == 'd';
+    lua_pop(L, 1);
+    if (!ok) snprintf(x->err, x->errlen, "%s: failure_policy must be \"pass\" or \"drop\"", x->base);
+    return ok ? 0 : -1;
+}
+
+/* builders, subscriber_filters and webhooks: tables of names */
+static int field_names(sg_plugin *p, lua_State *L, int P, load_ctx *x)
+{
+    char why[400];
+    if (!(p->builders = names_of(L, P, "builders", why, sizeof(why), 0)) ||
+        !(p->subscriber_filters = names_of(L, P, "subscriber_filters", why, sizeof(why), 0)) ||
+        !(p->webhooks = names_of(L, P, "webhooks", why, sizeof(why), 1))) {
+        snprintf(x->err, x->errlen, "%s: %s", x->base, why);
+        return -1;
+    }
+    if (load_builders(p, L, P) < 0) {
+        snprintf(x->err, x->errlen, "%s: out of memory", x->base);
+        return -1;
+    }
+    return 0;
+}
+
+/* filter, captured by reference, and filter_when */
+static int field_filter(sg_plugin *p, lua_State *L, int P, load_ctx *x)
+{
+    int t = sg_lua_raw_field(L, P, "filter");
+    if (t != LUA_TNIL && t != LUA_TFUNCTION) {
+        lua_pop(L, 1);
+        snprintf(x->err, x->errlen, "%s: filter must be a function", x->base);
+        return -1;
+    }
+    p->filter_ref = t == LUA_TFUNCTION ? luaL_ref(L, LUA_REGISTRYINDEX) : (lua_pop(L, 1), LUA_NOREF);
+    char why[400];
+    if (load_when(p, L, P, why, sizeof(why)) < 0) {
+        snprintf(x->err, x->errlen, "%s: %s", x->base, why);
+        return -1;
+    }
+    return 0;
+}
+
+static int field_aggregator(sg_plugin *p, lua_State *L, int P, load_ctx *x)
+{
+    int t = sg_lua_raw_field(L, P, "aggregator");
+    if (t == LUA_TNIL) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    if (t != LUA_TTABLE) {
+        lua_pop(L, 1);
+        snprintf(x->err, x->errlen, "%s: aggregator must be a table", x->base);
+        return -1;
+    }
+    sg_lua_raw_field(L, -1, "interval_ms");
+    sg_lua_raw_field(L, -2, "observe");
+    sg_lua_raw_field(L, -3, "summarize");
+    int ok = lua_isinteger(L, -3) && lua_tointeger(L, -3) >= SG_MIN_AGGREGATOR_MS && lua_isfunction(L, -2) &&
+             lua_isfunction(L, -1);
+    if (ok) p->agg_interval_ms = (int)lua_tointeger(L, -3);
+    lua_pop(L, 4);
+    if (!ok) {
+        snprintf(x->err, x->errlen, "%s: aggregator needs interval_ms (>= %d), observe and summarize functions",
+                 x->base, SG_MIN_AGGREGATOR_MS);
+        return -1;
+    }
+    lua_newtable(L);
+    p->states_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_newtable(L);
+    p->dirty_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 0;
+}
+
+static const struct plugin_field {
+    const char *name; /* the field (or fields) it reads */
+    int (*load)(sg_plugin *p, lua_State *L, int P, load_ctx *x);
+} plugin_fields[] = {
+    {"name", field_name},
+    {"settings, enabled", field_settings},
+    {"init", field_init},
+    {"priority", field_priority},
+    {"failure_policy", field_failure_policy},
+    {"builders, subscriber_filters, webhooks", field_names},
+    {"filter, filter_when", field_filter},
+    {"aggregator", field_aggregator},
+};
+
+/* Load one file into a fresh sandbox, read its table and run its init.
+ * NULL with "file:line: message" in err on any failure; *config_error is
+ * set when the failure is a setting the config gives it. */
 static sg_plugin *plugin_load(sg_plugins *pm, const char *path, const sg_config *cfg, char *err,
                               size_t errlen, int *config_error)
 {
@@ -360,147 +548,31 @@ static sg_plugin *plugin_load(sg_plugins *pm, const char *path, const sg_config 
     p->sb = sg_sandbox_new(p->name, &lim, emit_trampoline, pm);
     if (!p->sb) {
         snprintf(err, errlen, "%s: out of memory", path);
-        goto fail;
+        plugin_free(p);
+        return NULL;
     }
     lua_State *L = sg_sandbox_state(p->sb);
-    char why[400];
-    if (sg_sandbox_load(p->sb, path, why, sizeof(why)) != SG_SB_OK) {
-        snprintf(err, errlen, "%s", why);
-        goto fail;
+    if (sg_sandbox_load(p->sb, path, err, errlen) != SG_SB_OK) {
+        plugin_free(p);
+        return NULL;
     }
-    if (!lua_istable(L, -1)) {
+    load_ctx x = {cfg, base, NULL, err, errlen, 0};
+    int P = lua_gettop(L), rc = 0;
+    if (!lua_istable(L, P)) {
         snprintf(err, errlen, "%s: must return a table (local P = {...} ... return P)", base);
-        lua_pop(L, 1);
-        goto fail;
+        rc = -1;
     }
-    int P = lua_gettop(L);
-    if (sg_lua_raw_field(L, P, "name") == LUA_TSTRING) {
-        free(p->name);
-        p->name = strdup(lua_tostring(L, -1));
-    } else if (!lua_isnil(L, -1)) {
-        snprintf(err, errlen, "%s: name must be a string", base);
-        goto fail_pop;
+    for (size_t i = 0; rc == 0 && i < sizeof(plugin_fields) / sizeof(plugin_fields[0]); i++)
+        rc = plugin_fields[i].load(p, L, P, &x);
+    if (rc < 0) {
+        if (config_error) *config_error = x.config_error;
+        lua_settop(L, 0);
+        plugin_free(p);
+        return NULL;
     }
-    lua_pop(L, 1);
-    for (const char *c = p->name; *c; c++)
-        if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_' || *c == '-')) {
-            snprintf(err, errlen, "%s: name '%s' must be [a-z0-9_-]", base, p->name);
-            goto fail_pop;
-        }
-    json_t *conf = cfg->plugins ? json_object_get(cfg->plugins, p->name) : NULL;
-    if (conf && !json_is_object(conf)) {
-        snprintf(err, errlen, "plugins.%s must be a table of settings", p->name);
-        if (config_error) *config_error = 1;
-        goto fail_pop;
-    }
-    if (conf && check_settings(L, P, p->name, conf, err, errlen) < 0) {
-        if (config_error) *config_error = 1;
-        goto fail_pop;
-    }
-    /* on unless the plugin says it waits to be asked (enabled = false)
-     * and the config does not ask; the config can switch any plugin off */
-    int on = 1;
-    int et = sg_lua_raw_field(L, P, "enabled");
-    if (et == LUA_TBOOLEAN) on = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    if (et != LUA_TNIL && et != LUA_TBOOLEAN) {
-        snprintf(err, errlen, "%s: enabled must be true or false", base);
-        goto fail_pop;
-    }
-    json_t *en = json_object_get(conf, "enabled");
-    if (en) on = json_is_true(en);
-    p->off = p->disabled = !on;
-    /* init(config) with plugins.<name> from the config file, before
-     * reading what the plugin provides, so init can shape it; a plugin
-     * that is off is not initialized */
-    if (p->off) {
-        /* nothing to run */
-    } else if (sg_lua_raw_field(L, P, "init") == LUA_TFUNCTION) {
-        if (conf)
-            sg_lua_push_json(L, conf);
-        else
-            lua_newtable(L);
-        if (sg_sandbox_call(p->sb, 1, 0) != SG_SB_OK) {
-            snprintf(err, errlen, "%s (in init)", sg_sandbox_error(p->sb));
-            goto fail_pop;
-        }
-    } else {
-        lua_pop(L, 1);
-    }
-    p->priority = 100;
-    if (sg_lua_raw_field(L, P, "priority") != LUA_TNIL) {
-        if (!lua_isinteger(L, -1)) {
-            snprintf(err, errlen, "%s: priority must be an integer", base);
-            goto fail_pop2;
-        }
-        p->priority = (int)lua_tointeger(L, -1);
-    }
-    lua_pop(L, 1);
-    if (sg_lua_raw_field(L, P, "failure_policy") != LUA_TNIL) {
-        const char *fp = lua_tostring(L, -1);
-        if (!fp || (strcmp(fp, "pass") != 0 && strcmp(fp, "drop") != 0)) {
-            snprintf(err, errlen, "%s: failure_policy must be \"pass\" or \"drop\"", base);
-            goto fail_pop2;
-        }
-        p->drop_on_failure = fp[0] == 'd';
-    }
-    lua_pop(L, 1);
-    if (!(p->builders = names_of(L, P, "builders", why, sizeof(why), 0)) ||
-        !(p->subscriber_filters = names_of(L, P, "subscriber_filters", why, sizeof(why), 0)) ||
-        !(p->webhooks = names_of(L, P, "webhooks", why, sizeof(why), 1))) {
-        snprintf(err, errlen, "%s: %s", base, why);
-        goto fail_pop;
-    }
-    if (load_builders(p, L, P) < 0) {
-        snprintf(err, errlen, "%s: out of memory", base);
-        goto fail_pop;
-    }
-    int t = sg_lua_raw_field(L, P, "filter");
-    if (t != LUA_TNIL && t != LUA_TFUNCTION) {
-        snprintf(err, errlen, "%s: filter must be a function", base);
-        goto fail_pop2;
-    }
-    p->filter_ref = t == LUA_TFUNCTION ? luaL_ref(L, LUA_REGISTRYINDEX) : (lua_pop(L, 1), LUA_NOREF);
-    if (load_when(p, L, P, why, sizeof(why)) < 0) {
-        snprintf(err, errlen, "%s: %s", base, why);
-        goto fail_pop;
-    }
-    t = sg_lua_raw_field(L, P, "aggregator");
-    if (t == LUA_TTABLE) {
-        sg_lua_raw_field(L, -1, "interval_ms");
-        sg_lua_raw_field(L, -2, "observe");
-        sg_lua_raw_field(L, -3, "summarize");
-        if (!lua_isinteger(L, -3) || lua_tointeger(L, -3) < SG_MIN_AGGREGATOR_MS ||
-            !lua_isfunction(L, -2) || !lua_isfunction(L, -1)) {
-            snprintf(err, errlen,
-                     "%s: aggregator needs interval_ms (>= %d), observe and summarize functions",
-                     base, SG_MIN_AGGREGATOR_MS);
-            lua_pop(L, 4);
-            goto fail_pop;
-        }
-        p->agg_interval_ms = (int)lua_tointeger(L, -3);
-        lua_pop(L, 3);
-        lua_newtable(L);
-        p->states_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-        lua_newtable(L);
-        p->dirty_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    } else if (t != LUA_TNIL) {
-        snprintf(err, errlen, "%s: aggregator must be a table", base);
-        goto fail_pop2;
-    }
-    lua_pop(L, 1);
-
     p->ref = luaL_ref(L, LUA_REGISTRYINDEX); /* pops P */
     p->loaded_ms = sg_clock_running_wall_ms();
     return p;
-
-fail_pop2:
-    lua_pop(L, 1);
-fail_pop:
-    lua_settop(L, 0);
-fail:
-    plugin_free(p);
-    return NULL;
 }
 
 static json_t *describe(const sg_plugin *p)
