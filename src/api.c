@@ -18,6 +18,8 @@
 #include <strings.h>
 
 #define PREFIX_CONV "/api/v1/conversations/"
+#define PREFIX_ADMIN "/admin/"
+#define PREFIX_WEBHOOKS "/admin/webhooks/"
 
 static int ctype_is(const sg_req *r, const char *want)
 {
@@ -732,7 +734,7 @@ static void handle_conversation(sg_conn *c, sg_req *r)
 static void handle_redeliver(sg_conn *c, sg_req *r)
 {
     char name[128];
-    const char *rest = r->path + 16;
+    const char *rest = r->path + strlen(PREFIX_WEBHOOKS);
     const char *slash = strchr(rest, '/');
     sg_error err;
     if (!slash || strcmp(slash, "/redeliver") != 0 || (size_t)(slash - rest) >= sizeof(name)) {
@@ -762,10 +764,124 @@ static int sec_fetch_cross_site(const sg_req *r)
     return s && strcasecmp(s, "cross-site") == 0;
 }
 
+/* Who may send this request at all: the Host and Origin (open mode
+ * answers this machine's pages only), CORS preflights, a stopping
+ * gateway, and the admin checks. 1 to go on to the route, 0 when it was
+ * answered here. */
+static int request_allowed(sg_conn *c, sg_req *r, const char *path)
+{
+    sg_security *sec = c->srv->security;
+    sg_error err;
+    sg_security_client(sec, c->peer, sg_req_header(r, "x-forwarded-for"), sg_req_header(r, "x-real-ip"),
+                       r->client, sizeof(r->client));
+    /* in open mode only this machine's names: another name pointed at
+     * 127.0.0.1 (DNS rebinding) is another site */
+    const char *origin = sg_req_header(r, "origin");
+    if (!sg_security_host_ok(sec, sg_req_header(r, "host"))) {
+        sg_security_stats_of(sec)->origin_denied++;
+        sg_error_set(&err, 403, "host_not_allowed", NULL,
+                     "an open gateway answers loopback host names only (or a host security.allowed_origins names)");
+    } else if (origin && !sg_security_origin_ok(sec, origin)) {
+        sg_security_stats_of(sec)->origin_denied++;
+        sg_error_set(&err, 403, "origin_not_allowed", NULL,
+                     "this Origin is not allowed (security.allowed_origins; an open gateway allows loopback pages only)");
+    } else if (r->method == HTTP_OPTIONS) { /* CORS preflight */
+        if (origin && sg_security_has_origins(sec)) r->cors_origin = strdup(origin);
+        sg_http_respond(c, 204, NULL, NULL, 0,
+                        r->cors_origin ? "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
+                                         "Access-Control-Allow-Headers: Authorization, Content-Type, "
+                                         "Last-Event-ID\r\nAccess-Control-Max-Age: 600\r\n"
+                                       : "Allow: GET, POST, OPTIONS\r\n");
+        return 0;
+    } else if (c->srv->shutting_down) {
+        sg_error_set(&err, 503, "shutting_down", NULL, "the gateway is shutting down");
+    } else if (strncmp(path, PREFIX_ADMIN, strlen(PREFIX_ADMIN)) == 0 &&
+               (!sg_security_admin_origin_ok(sec, origin) || sec_fetch_cross_site(r))) {
+        sg_security_stats_of(sec)->admin_denied++;
+        sg_error_set(&err, 403, "cross_site_request", NULL, "admin actions are never run for another site's page");
+    } else if (strncmp(path, PREFIX_ADMIN, strlen(PREFIX_ADMIN)) == 0 &&
+               sg_security_admin(sec, sg_req_header(r, "authorization"), r->client, &err) < 0) {
+        /* err is set */
+    } else {
+        if (origin && sg_security_has_origins(sec)) r->cors_origin = strdup(origin);
+        return 1;
+    }
+    sg_http_error(c, &err);
+    return 0;
+}
+
+static void handle_ws(sg_conn *c, sg_req *r)
+{
+    sg_ws_upgrade(c, r, &sg_phx_handler);
+}
+
+static void handle_metrics(sg_conn *c, sg_req *r)
+{
+    sg_error err;
+    if (!sg_security_metrics_ok(c->srv->security, sg_req_header(r, "authorization"), r->client)) {
+        sg_error_set(&err, 401, "unauthorized", NULL,
+                     "security.metrics_key_required: send an API key or the admin key as Authorization: Bearer …");
+        sg_http_error(c, &err);
+        return;
+    }
+    struct evbuffer *b = evbuffer_new();
+    if (!b) {
+        sg_error_set(&err, 503, "out_of_memory", NULL, "out of memory");
+        sg_http_error(c, &err);
+        return;
+    }
+    sg_metrics_render(c->srv, b);
+    size_t len = evbuffer_get_length(b);
+    sg_http_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", (const char *)evbuffer_pullup(b, -1),
+                    len, NULL);
+    evbuffer_free(b);
+}
+
+static void handle_stats(sg_conn *c, sg_req *r)
+{
+    if (may_read_all(c, r)) stats_reply(c);
+}
+
+static void handle_admin_plugins(sg_conn *c, sg_req *r)
+{
+    sg_http_json(c, 200, sg_plugins_admin(c->srv->plugins), NULL);
+}
+
+static void handle_admin_webhooks(sg_conn *c, sg_req *r)
+{
+    sg_http_json(c, 200, sg_webhooks_admin(c->srv->webhooks), NULL);
+}
+
+static void handle_reload(sg_conn *c, sg_req *r)
+{
+    sg_http_json(c, 200, sg_server_reload(c->srv, "admin"), NULL);
+}
+
+/* The routes: a path (or a prefix), the one method it takes (ANY: the
+ * handler checks), and its handler. */
+#define ANY (-1)
+static const struct route {
+    const char *path;
+    int prefix;
+    int method;
+    void (*handle)(sg_conn *c, sg_req *r);
+} routes[] = {
+    {"/socket/websocket", 0, ANY, handle_ws},
+    {"/api/v1/status", 0, HTTP_POST, handle_publish},
+    {"/api/v1/status/bulk", 0, HTTP_POST, handle_bulk},
+    {"/api/v1/conversations", 0, HTTP_GET, handle_list},
+    {PREFIX_CONV, 1, ANY, handle_conversation},
+    {"/metrics", 0, HTTP_GET, handle_metrics},
+    {"/api/v1/stats", 0, HTTP_GET, handle_stats},
+    {"/admin/plugins", 0, HTTP_GET, handle_admin_plugins},
+    {"/admin/webhooks", 0, HTTP_GET, handle_admin_webhooks},
+    {PREFIX_WEBHOOKS, 1, ANY, handle_redeliver},
+    {"/admin/reload", 0, HTTP_POST, handle_reload},
+};
+
 void sg_api_handle(sg_conn *c, sg_req *r)
 {
     const char *p = r->path ? r->path : "/";
-    int get = r->method == HTTP_GET, post = r->method == HTTP_POST;
     sg_error err;
     if (strcmp(p, "/healthz") == 0) {
         sg_http_json(c, 200, json_pack("{s:s}", "status", "ok"), NULL);
@@ -773,99 +889,19 @@ void sg_api_handle(sg_conn *c, sg_req *r)
     }
     if (strcmp(p, "/readyz") == 0) {
         int ready = !c->srv->shutting_down;
-        sg_http_json(c, ready ? 200 : 503,
-                     json_pack("{s:s}", "status", ready ? "ready" : "shutting_down"), NULL);
+        sg_http_json(c, ready ? 200 : 503, json_pack("{s:s}", "status", ready ? "ready" : "shutting_down"), NULL);
         return;
     }
-    sg_security *sec = c->srv->security;
-    sg_security_client(sec, c->peer, sg_req_header(r, "x-forwarded-for"), sg_req_header(r, "x-real-ip"),
-                       r->client, sizeof(r->client));
-    /* in open mode only this machine's names: another name pointed at
-     * 127.0.0.1 (DNS rebinding) is another site */
-    if (!sg_security_host_ok(sec, sg_req_header(r, "host"))) {
-        sg_security_stats_of(sec)->origin_denied++;
-        sg_error_set(&err, 403, "host_not_allowed", NULL,
-                     "an open gateway answers loopback host names only (or a host security.allowed_origins names)");
-        sg_http_error(c, &err);
+    if (!request_allowed(c, r, p)) return;
+    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+        const struct route *rt = &routes[i];
+        if (rt->prefix ? strncmp(p, rt->path, strlen(rt->path)) != 0 : strcmp(p, rt->path) != 0) continue;
+        if (rt->method != ANY && (int)r->method != rt->method)
+            method_not_allowed(c, rt->method == HTTP_GET ? "GET" : "POST");
+        else
+            rt->handle(c, r);
         return;
     }
-    const char *origin = sg_req_header(r, "origin");
-    if (origin && !sg_security_origin_ok(sec, origin)) {
-        sg_security_stats_of(sec)->origin_denied++;
-        sg_error_set(&err, 403, "origin_not_allowed", NULL,
-                     "this Origin is not allowed (security.allowed_origins; an open gateway allows loopback pages only)");
-        sg_http_error(c, &err);
-        return;
-    }
-    if (origin && sg_security_has_origins(sec)) r->cors_origin = strdup(origin);
-    if (r->method == HTTP_OPTIONS) { /* CORS preflight */
-        sg_http_respond(c, 204, NULL, NULL, 0,
-                        r->cors_origin ? "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n"
-                                         "Access-Control-Allow-Headers: Authorization, Content-Type, "
-                                         "Last-Event-ID\r\nAccess-Control-Max-Age: 600\r\n"
-                                       : "Allow: GET, POST, OPTIONS\r\n");
-        return;
-    }
-    if (c->srv->shutting_down) {
-        sg_error_set(&err, 503, "shutting_down", NULL, "the gateway is shutting down");
-        sg_http_error(c, &err);
-        return;
-    }
-    if (strncmp(p, "/admin/", 7) == 0) {
-        if (!sg_security_admin_origin_ok(sec, origin) || sec_fetch_cross_site(r)) {
-            sg_security_stats_of(sec)->admin_denied++;
-            sg_error_set(&err, 403, "cross_site_request", NULL, "admin actions are never run for another site's page");
-            sg_http_error(c, &err);
-            return;
-        }
-        if (sg_security_admin(sec, sg_req_header(r, "authorization"), r->client, &err) < 0) {
-            sg_http_error(c, &err);
-            return;
-        }
-    }
-    if (strcmp(p, "/socket/websocket") == 0) {
-        sg_ws_upgrade(c, r, &sg_phx_handler);
-    } else if (strcmp(p, "/api/v1/status") == 0) {
-        if (post) handle_publish(c, r); else method_not_allowed(c, "POST");
-    } else if (strcmp(p, "/api/v1/status/bulk") == 0) {
-        if (post) handle_bulk(c, r); else method_not_allowed(c, "POST");
-    } else if (strcmp(p, "/api/v1/conversations") == 0) {
-        if (get) handle_list(c, r); else method_not_allowed(c, "GET");
-    } else if (strncmp(p, PREFIX_CONV, strlen(PREFIX_CONV)) == 0) {
-        handle_conversation(c, r);
-    } else if (strcmp(p, "/metrics") == 0) {
-        if (!get) {
-            method_not_allowed(c, "GET");
-            return;
-        }
-        if (!sg_security_metrics_ok(sec, sg_req_header(r, "authorization"), r->client)) {
-            sg_error_set(&err, 401, "unauthorized", NULL,
-                         "security.metrics_key_required: send an API key or the admin key as Authorization: Bearer …");
-            sg_http_error(c, &err);
-            return;
-        }
-        struct evbuffer *b = evbuffer_new();
-        sg_metrics_render(c->srv, b);
-        size_t len = evbuffer_get_length(b);
-        sg_http_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8",
-                        (const char *)evbuffer_pullup(b, -1), len, NULL);
-        evbuffer_free(b);
-    } else if (strcmp(p, "/api/v1/stats") == 0) {
-        if (!get) method_not_allowed(c, "GET");
-        else if (may_read_all(c, r)) stats_reply(c);
-    } else if (strcmp(p, "/admin/plugins") == 0) {
-        if (get) sg_http_json(c, 200, sg_plugins_admin(c->srv->plugins), NULL);
-        else method_not_allowed(c, "GET");
-    } else if (strcmp(p, "/admin/webhooks") == 0) {
-        if (get) sg_http_json(c, 200, sg_webhooks_admin(c->srv->webhooks), NULL);
-        else method_not_allowed(c, "GET");
-    } else if (strncmp(p, "/admin/webhooks/", 16) == 0) {
-        handle_redeliver(c, r);
-    } else if (strcmp(p, "/admin/reload") == 0) {
-        if (post) sg_http_json(c, 200, sg_server_reload(c->srv, "admin"), NULL);
-        else method_not_allowed(c, "POST");
-    } else {
-        sg_error_set(&err, 404, "not_found", NULL, "no such endpoint: %.200s", p);
-        sg_http_error(c, &err);
-    }
+    sg_error_set(&err, 404, "not_found", NULL, "no such endpoint: %.200s", p);
+    sg_http_error(c, &err);
 }
