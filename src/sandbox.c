@@ -1025,12 +1025,14 @@ char *sg_lua_to_json_text(lua_State *L, int idx, size_t *len, char *err, size_t 
         tb_free(&b);
         return NULL;
     }
-    char *s = b.s;
-    if (s == b.inl) { /* 64 bytes to spare: callers append a little */
+    char *s;
+    if (b.s == b.inl) { /* 64 bytes to spare: callers append a little */
         s = malloc(b.n + 65);
         if (s) memcpy(s, b.inl, b.n);
-    } else if (!tb_room(&b, 1)) {
-        s = NULL;
+    } else {
+        /* room for the NUL: a text that fills its buffer exactly moves it
+         * (found by the luajson fuzzer: s was taken before the move) */
+        s = tb_room(&b, 1) ? b.s : NULL;
     }
     if (!s) {
         tb_free(&b);

@@ -52,6 +52,32 @@ describe("plugin sandbox", function()
   end)
 end)
 
+describe("a filter's result as JSON text", function()
+  it("is whole at every length, across every growth of the encoding buffer", function()
+    -- a result whose text fills its buffer exactly once moved it after the
+    -- text was taken (found by the luajson fuzzer); the sanitizer run of
+    -- these specs reads every byte
+    -- a builder's metadata: numbers grow the text a byte or two at a
+    -- time, and it ends with "]}", so some length ends exactly where a
+    -- buffer does
+    local host = ph.host({ ["grow.lua"] = [[
+      local P = {}
+      P.builders = { grow = function(args)
+        local list = { args.first }
+        for i = 2, args.m do list[i] = 1 end
+        return { n = list }
+      end }
+      return P ]] })
+    for m = 150, 1100 do
+      for _, first in ipairs({ 1, 11 }) do
+        local st, md = host:build("grow", { m = m, first = first }, {})
+        assert.equal("ok", st)
+        assert.equal(m, #md.n)
+      end
+    end
+  end)
+end)
+
 describe("statusgw.json.encode", function()
   it("writes escapes, UTF-8 and long strings as jansson does, and refuses bytes that are not UTF-8", function()
     local host = ph.host({ ["enc.lua"] = [[
