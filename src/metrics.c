@@ -82,7 +82,8 @@ static const char *label(const char *s)
     return b;
 }
 
-void sg_metrics_render(sg_server *s, struct evbuffer *o)
+/* Updates: received, published, rejected, dropped, delivered, batching. */
+static void render_updates(sg_server *s, struct evbuffer *o)
 {
     const sg_hub_stats *st = sg_hub_get_stats(s->hub);
     family(o, "statusgw_updates_received_total", "counter", "Updates producers tried to publish.");
@@ -111,6 +112,12 @@ void sg_metrics_render(sg_server *s, struct evbuffer *o)
            "Time from a publish being accepted to its flush to subscribers.");
     histogram(o, "statusgw_publish_to_deliver_seconds", sg_latency_bounds, SG_LATENCY_BUCKETS,
               st->latency_hist, st->latency_sum, st->latency_count);
+}
+
+/* Connections, conversations and credentials. */
+static void render_connections(sg_server *s, struct evbuffer *o)
+{
+    const sg_hub_stats *st = sg_hub_get_stats(s->hub);
     family(o, "statusgw_connections", "gauge", "Open connections, by transport.");
     evbuffer_add_printf(o, "statusgw_connections{transport=\"http\"} %d\n",
                         s->n_conns - s->n_sse - s->n_ws);
@@ -142,7 +149,11 @@ void sg_metrics_render(sg_server *s, struct evbuffer *o)
     evbuffer_add_printf(o, "statusgw_auth_denied_total{kind=\"subscriber\"} %llu\n", (unsigned long long)ss->subscriber_denied);
     evbuffer_add_printf(o, "statusgw_auth_denied_total{kind=\"admin\"} %llu\n", (unsigned long long)ss->admin_denied);
     evbuffer_add_printf(o, "statusgw_auth_denied_total{kind=\"origin\"} %llu\n", (unsigned long long)ss->origin_denied);
+}
 
+/* Every plugin's counters, labelled by plugin. */
+static void render_plugins(sg_server *s, struct evbuffer *o)
+{
     json_t *pa = sg_plugins_admin(s->plugins);
     json_t *plugins = json_object_get(pa, "plugins");
     static const char *pc[][3] = {{"calls", "statusgw_plugin_calls_total", "Calls into each plugin."},
@@ -169,7 +180,13 @@ void sg_metrics_render(sg_server *s, struct evbuffer *o)
                             label(json_string_value(json_object_get(p, "name"))),
                             strcmp(json_string_value(json_object_get(p, "state")), "active") == 0);
     json_decref(pa);
+}
 
+/* Every webhook endpoint's outcomes, labelled by endpoint. */
+static void render_webhooks(sg_server *s, struct evbuffer *o)
+{
+    size_t i;
+    json_t *p;
     json_t *wa = sg_webhooks_admin(s->webhooks);
     json_t *eps = json_object_get(wa, "endpoints");
     /* metric family, outcome label, field of the admin document */
@@ -197,6 +214,14 @@ void sg_metrics_render(sg_server *s, struct evbuffer *o)
                             label(json_string_value(json_object_get(p, "name"))),
                             strcmp(json_string_value(json_object_get(p, "state")), "active") == 0);
     json_decref(wa);
+}
+
+void sg_metrics_render(sg_server *s, struct evbuffer *o)
+{
+    render_updates(s, o);
+    render_connections(s, o);
+    render_plugins(s, o);
+    render_webhooks(s, o);
     family(o, "statusgw_uptime_seconds", "gauge", "Seconds since the gateway started.");
     evbuffer_add_printf(o, "statusgw_uptime_seconds %.3f\n", (sg_now_ms() - s->started_ms) / 1000.0);
 }

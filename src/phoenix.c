@@ -299,6 +299,41 @@ static void push_replay(phx_chan *ch, sg_update **ups, size_t n)
     }
 }
 
+/* A new channel on the socket, subscribed to the hub (filter: taken). */
+static phx_chan *chan_new(sg_phx *p, const char *topic, json_t *jr, sg_conv *cv, uint64_t cats,
+                          sg_filter *filter, int batch)
+{
+    phx_chan *ch = calloc(1, sizeof(*ch));
+    if (!ch) abort(); /* a few hundred bytes: as the rest of the join, out of memory is fatal */
+    ch->phx = p;
+    ch->topic = strdup(topic);
+    ch->join_ref = json_incref(jr);
+    ch->conv = cv;
+    ch->cats = cats;
+    ch->filter = filter;
+    ch->batch = batch;
+    ch->next = p->chans;
+    p->chans = ch;
+    p->n_chans++;
+    chan_subscribe(ch);
+    return ch;
+}
+
+/* What a resuming client missed: seqs in (last_seq, flushed] into missed
+ * (what is still queued arrives with the next flush). 1 when nothing it
+ * missed is lost: its epoch is the conversation's and history holds all. */
+static int join_missed(sg_server *srv, sg_conv *cv, uint64_t cats, json_t *jepoch, uint64_t since,
+                       struct collect *missed)
+{
+    int same_epoch = !jepoch || json_is_null(jepoch) || strcmp(json_string_value(jepoch), cv->epoch) == 0;
+    if (!same_epoch) since = 0;
+    if (since > cv->flushed_seq) since = cv->flushed_seq;
+    if (since < cv->flushed_seq)
+        sg_hub_history(srv->hub, cv, since, cv->flushed_seq, (size_t)-1, cats, on_collect, missed);
+    uint64_t first_kept = missed->oldest ? missed->oldest : cv->flushed_seq + 1;
+    return same_epoch && first_kept <= since + 1;
+}
+
 static void handle_join(sg_phx *p, json_t *jr, json_t *ref, const char *topic, json_t *payload)
 {
     sg_server *srv = p->srv;
@@ -372,41 +407,15 @@ static void handle_join(sg_phx *p, json_t *jr, json_t *ref, const char *topic, j
         chan_free(p, old);
     }
 
-    phx_chan *ch = calloc(1, sizeof(*ch));
+    phx_chan *ch = chan_new(p, topic, jr, cv, cats, filter, json_is_true(json_object_get(payload, "batch")));
     if (n_changes) {
         memcpy(ch->changes, ring, sizeof(ring));
         ch->n_changes = n_changes;
         ch->next_change = next_change;
     }
-    ch->phx = p;
-    ch->topic = strdup(topic);
-    ch->join_ref = json_incref(jr);
-    ch->conv = cv;
-    ch->cats = cats;
-    ch->filter = filter;
-    ch->batch = json_is_true(json_object_get(payload, "batch"));
-    ch->next = p->chans;
-    p->chans = ch;
-    p->n_chans++;
-    chan_subscribe(ch);
-
-    /* what a resuming client missed: seqs in (last_seq, flushed]; what is
-     * still queued arrives with the next flush */
     struct collect missed = {0};
     int resume = !wildcard && jlast && json_is_integer(jlast);
-    int recovered = 0;
-    if (resume) {
-        uint64_t since = (uint64_t)json_integer_value(jlast);
-        int same_epoch = !jepoch || json_is_null(jepoch) ||
-                         strcmp(json_string_value(jepoch), cv->epoch) == 0;
-        if (!same_epoch) since = 0;
-        if (since > cv->flushed_seq) since = cv->flushed_seq;
-        if (since < cv->flushed_seq)
-            sg_hub_history(srv->hub, cv, since, cv->flushed_seq, (size_t)-1, cats, on_collect,
-                           &missed);
-        uint64_t first_kept = missed.oldest ? missed.oldest : cv->flushed_seq + 1;
-        recovered = same_epoch && first_kept <= since + 1;
-    }
+    int recovered = resume && join_missed(srv, cv, cats, jepoch, (uint64_t)json_integer_value(jlast), &missed);
     json_t *resp = json_pack("{s:s, s:o, s:o, s:o, s:I, s:b}", "conversation_id", wildcard ? "*" : cv->id,
                              "available_categories", category_list(sg_category_all()),
                              "subscribed_categories", category_list(cats), "epoch",
