@@ -121,102 +121,47 @@ static void answer(sg_conn *c, int rc, const sg_publish_result *res, const sg_er
 
 /* ---- publishes that wait for their plugins ----
  *
- * A publish that would run plugins (a builder, ingest filters) waits,
- * parsed, until this loop turn has read every request that arrived; then
- * all of them go through the plugins together, plugin by plugin
- * (sg_ingest_many): each plugin's state stays warm in the cache for the
- * run instead of being evicted by the network work between requests. The
- * connection parses no further request until its answer is written. */
+ * A publish that would run plugins waits (ingest.c, sg_ingest_defer) until
+ * this loop turn has read every request that arrived; the connection
+ * parses no further request until its answer is written, then goes on
+ * with what it pipelined. */
 
-typedef struct waiting {
+typedef struct awaiting {
     sg_conn *c; /* NULL once the connection is gone */
-    sg_draft d;
-} waiting;
+} awaiting;
 
-struct sg_publish_batch {
-    waiting **w;
-    size_t n, cap;
-    struct event *ev;
-};
-
-static void batch_done(void *arg, size_t i, int rc, const sg_publish_result *res,
-                       const sg_error *err)
+static void deferred_done(void *arg, int rc, const sg_publish_result *res, const sg_error *err)
 {
-    waiting **w = arg;
+    awaiting *a = arg;
     count(rc, res, err);
-    if (w[i]->c) answer(w[i]->c, rc, res, err);
+    if (a->c) answer(a->c, rc, res, err);
 }
 
-static void on_batch(evutil_socket_t fd, short what, void *arg)
+static void deferred_release(void *arg, int resume)
 {
-    sg_server *s = arg;
-    struct sg_publish_batch *b = s->batch;
-    /* take the run: what resumed connections send now waits for the next */
-    waiting **w = b->w;
-    size_t n = b->n;
-    b->w = NULL;
-    b->n = b->cap = 0;
-    sg_draft **ds = malloc((n ? n : 1) * sizeof(*ds));
-    if (ds) {
-        for (size_t i = 0; i < n; i++)
-            ds[i] = &w[i]->d;
-        sg_clock_hold();
-        sg_ingest_many(s, ds, n, NULL, batch_done, w);
-        sg_clock_release();
-    } else {
-        sg_error err;
-        sg_error_set(&err, 503, "out_of_memory", NULL, "out of memory");
-        for (size_t i = 0; i < n; i++)
-            batch_done(w, i, -1, NULL, &err);
+    awaiting *a = arg;
+    if (a->c) {
+        if (resume) sg_conn_resume(a->c);
+        else a->c->awaited_by = NULL;
     }
-    for (size_t i = 0; i < n; i++) {
-        if (w[i]->c) sg_conn_resume(w[i]->c);
-        sg_draft_free(&w[i]->d);
-        free(w[i]);
-    }
-    free(ds);
-    free(w);
+    free(a);
 }
 
-/* Queue the draft (moved, the caller's is cleared) for this turn's run.
- * 0, or -1 when there is no memory for it: publish it at once then. */
+static const sg_ingest_waiter publish_waiter = {deferred_done, deferred_release};
+
+/* Queue the draft (moved) for this turn's run. 0, or -1 when there is no
+ * memory for it: publish it at once then. */
 static int wait_for_batch(sg_conn *c, sg_draft *d)
 {
-    sg_server *s = c->srv;
-    struct sg_publish_batch *b = s->batch;
-    if (!b && !(b = s->batch = calloc(1, sizeof(*b)))) return -1;
-    if (!b->ev && !(b->ev = event_new(s->base, -1, 0, on_batch, s))) return -1;
-    if (b->n == b->cap) {
-        size_t cap = b->cap ? 2 * b->cap : 16;
-        waiting **nw = realloc(b->w, cap * sizeof(*nw));
-        if (!nw) return -1;
-        b->w = nw;
-        b->cap = cap;
+    awaiting *a = malloc(sizeof(*a));
+    if (!a) return -1;
+    a->c = c;
+    if (sg_ingest_defer(c->srv, d, &publish_waiter, a) < 0) {
+        free(a);
+        return -1;
     }
-    waiting *w = malloc(sizeof(*w));
-    if (!w) return -1;
-    w->c = c;
-    w->d = *d;
-    memset(d, 0, sizeof(*d));
-    b->w[b->n++] = w;
-    sg_conn_await(c, &w->c);
-    if (b->n == 1) event_active(b->ev, EV_TIMEOUT, 0);
+    sg_conn_await(c, &a->c);
     return 0;
-}
-
-void sg_api_free(sg_server *s)
-{
-    struct sg_publish_batch *b = s->batch;
-    if (!b) return;
-    for (size_t i = 0; i < b->n; i++) {
-        if (b->w[i]->c) b->w[i]->c->awaited_by = NULL;
-        sg_draft_free(&b->w[i]->d);
-        free(b->w[i]);
-    }
-    free(b->w);
-    if (b->ev) event_free(b->ev);
-    free(b);
-    s->batch = NULL;
 }
 
 static void handle_publish(sg_conn *c, sg_req *r)

@@ -8,7 +8,4 @@
  * to a transport. */
 void sg_api_handle(sg_conn *c, sg_req *r);
 
-/* Free publishes still waiting for their plugins (at exit). */
-void sg_api_free(sg_server *s);
-
 #endif

@@ -125,7 +125,6 @@ struct sg_server {
     struct sg_ingest_queue *ingest;
     struct sg_webhooks *webhooks;
     struct sg_security *security;
-    struct sg_publish_batch *batch; /* publishes waiting for their plugins (api.c) */
     struct sg_dict *per_ip; /* peer address -> open connections (int in the pointer) */
     uint64_t refused_connections, refused_per_ip;
     struct evconnlistener *listener;

@@ -1,5 +1,6 @@
 #include "ingest.h"
 
+#include "clock.h"
 #include "log.h"
 #include "plugin.h"
 #include "webhook.h"
@@ -15,11 +16,21 @@ typedef struct emitted {
     char plugin[64];
 } emitted;
 
+typedef struct deferred {
+    sg_draft d;
+    const sg_ingest_waiter *w;
+    void *arg;
+} deferred;
+
 struct sg_ingest_queue {
     emitted *head, *tail;
     int n;
     int hop; /* the hop of the emitted update being published, 0 otherwise */
     struct event *ev; /* a timer: runs after the loop has polled */
+    /* publishes waiting for this turn's plugin run */
+    deferred **run;
+    size_t n_run, cap_run;
+    struct event *run_ev;
 };
 
 /* Sequence one update in the hub and hand it to webhooks and aggregators. */
@@ -149,6 +160,67 @@ int sg_ingest(sg_server *s, sg_draft *d, const char *emitted_by, sg_publish_resu
     return o.rc;
 }
 
+/* ---- publishes that run plugins, together at the end of the turn ---- */
+
+static void run_done(void *arg, size_t i, int rc, const sg_publish_result *res, const sg_error *err)
+{
+    deferred **run = arg;
+    run[i]->w->done(run[i]->arg, rc, res, err);
+}
+
+static void on_run(evutil_socket_t fd, short what, void *arg)
+{
+    sg_server *s = arg;
+    struct sg_ingest_queue *q = s->ingest;
+    /* take the run: what resumed connections send now waits for the next */
+    deferred **run = q->run;
+    size_t n = q->n_run;
+    q->run = NULL;
+    q->n_run = q->cap_run = 0;
+    sg_draft **ds = malloc((n ? n : 1) * sizeof(*ds));
+    if (ds) {
+        for (size_t i = 0; i < n; i++)
+            ds[i] = &run[i]->d;
+        sg_clock_hold();
+        sg_ingest_many(s, ds, n, NULL, run_done, run);
+        sg_clock_release();
+    } else {
+        sg_error err;
+        sg_error_set(&err, 503, "out_of_memory", NULL, "out of memory");
+        for (size_t i = 0; i < n; i++)
+            run_done(run, i, -1, NULL, &err);
+    }
+    for (size_t i = 0; i < n; i++) {
+        run[i]->w->release(run[i]->arg, 1);
+        sg_draft_free(&run[i]->d);
+        free(run[i]);
+    }
+    free(ds);
+    free(run);
+}
+
+int sg_ingest_defer(sg_server *s, sg_draft *d, const sg_ingest_waiter *w, void *arg)
+{
+    struct sg_ingest_queue *q = s->ingest;
+    if (!q->run_ev && !(q->run_ev = event_new(s->base, -1, 0, on_run, s))) return -1;
+    if (q->n_run == q->cap_run) {
+        size_t cap = q->cap_run ? 2 * q->cap_run : 16;
+        deferred **nr = realloc(q->run, cap * sizeof(*nr));
+        if (!nr) return -1;
+        q->run = nr;
+        q->cap_run = cap;
+    }
+    deferred *x = malloc(sizeof(*x));
+    if (!x) return -1;
+    x->d = *d;
+    memset(d, 0, sizeof(*d));
+    x->w = w;
+    x->arg = arg;
+    q->run[q->n_run++] = x;
+    if (q->n_run == 1) event_active(q->run_ev, EV_TIMEOUT, 0);
+    return 0;
+}
+
 /* ---- what plugins emit ---- */
 
 /* Run on_emitted once the loop has polled its sockets (a zero timeout;
@@ -253,6 +325,13 @@ void sg_ingest_free(sg_server *s)
         free(e);
     }
     event_free(q->ev);
+    for (size_t i = 0; i < q->n_run; i++) { /* stopping before the turn ended */
+        q->run[i]->w->release(q->run[i]->arg, 0);
+        sg_draft_free(&q->run[i]->d);
+        free(q->run[i]);
+    }
+    free(q->run);
+    if (q->run_ev) event_free(q->run_ev);
     free(q);
     s->ingest = NULL;
 }

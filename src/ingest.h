@@ -28,6 +28,21 @@ typedef void (*sg_ingest_done)(void *arg, size_t i, int rc, const sg_publish_res
 void sg_ingest_many(sg_server *s, sg_draft **ds, size_t n, const char *emitted_by,
                     sg_ingest_done done, void *arg);
 
+/* A publish that runs plugins (a builder, ingest filters) waits until the
+ * loop turn has read every request that arrived; then all of them go
+ * through ingest together (sg_ingest_many), so that each plugin's state
+ * stays warm for the run instead of being evicted by the network work
+ * between requests. done answers each, in the run's order of fates; then
+ * release(arg, 1) for each, once every answer is written (release(arg, 0)
+ * when the gateway stops first). */
+typedef struct sg_ingest_waiter {
+    void (*done)(void *arg, int rc, const sg_publish_result *res, const sg_error *err);
+    void (*release)(void *arg, int resume);
+} sg_ingest_waiter;
+/* Queue the draft (moved: the caller's is cleared) for this turn's run.
+ * 0, or -1 when there is no memory for it (the draft is the caller's). */
+int sg_ingest_defer(sg_server *s, sg_draft *d, const sg_ingest_waiter *w, void *arg);
+
 /* statusgw.emit: validate now, publish on the next loop turn. */
 int sg_ingest_emit(void *server, json_t *update, const char *plugin, char *err, size_t errlen);
 

@@ -283,7 +283,6 @@ static void server_close(sg_server *srv)
 {
     sg_server_stop(srv);
     sg_webhooks_free(srv->webhooks);
-    sg_api_free(srv);
     sg_ingest_free(srv);
     sg_hub_free(srv->hub);
     sg_plugins_free(srv->plugins);
