@@ -1,6 +1,6 @@
 #include "security.h"
 
-#include "hub.h"
+#include "clock.h"
 #include "log.h"
 
 #include <arpa/inet.h>
@@ -296,7 +296,7 @@ int sg_security_may_publish(sg_api_key *k, const char *conv, sg_error *err)
     if (!k) return 0;
     if (sg_security_key_covers(k, conv, err) < 0) return -1;
     if (k->rate > 0) {
-        int64_t now = sg_mono_ms();
+        int64_t now = (int64_t)(sg_clock_mono_ns() / 1000000);
         if (k->last_ms) k->tokens += (now - k->last_ms) * k->rate / 1000.0;
         if (k->tokens > k->burst) k->tokens = k->burst;
         k->last_ms = now;

@@ -1,6 +1,6 @@
 #include "webhook.h"
 
-#include "hub.h"
+#include "clock.h"
 #include "log.h"
 #include "plugin.h"
 
@@ -291,7 +291,7 @@ static void dead_letter(endpoint *ep, const char *id, const char *body, size_t l
 {
     sg_webhooks *wh = ep->wh;
     char ts[25];
-    sg_format_ts(sg_now_ms(), ts);
+    sg_format_ts(sg_clock_wall_ms(), ts);
     json_t *line = json_pack("{s:s, s:s, s:s, s:i, s:i, s:I, s:s, s:s%, s:O}", "endpoint", ep->name,
                              "webhook_id", id, "reason", reason, "attempts", attempts, "updates",
                              n_updates, "last_status", (json_int_t)status, "failed_at", ts, "body",
@@ -483,7 +483,7 @@ static void finished(endpoint *ep, wh_msg *m, CURLcode rc, long status)
         ep->delivered_msgs++;
         ep->delivered_updates += m->n_updates;
         ep->queued -= m->n_updates;
-        ep->last_success_ms = sg_now_ms();
+        ep->last_success_ms = sg_clock_wall_ms();
         msg_free(m);
         return;
     }
@@ -494,7 +494,7 @@ static void finished(endpoint *ep, wh_msg *m, CURLcode rc, long status)
         snprintf(m->last_error, sizeof(m->last_error), "HTTP %ld", status);
     snprintf(ep->last_error, sizeof(ep->last_error), "%s (webhook-id %s, attempt %d)", m->last_error,
              m->id, m->attempts);
-    ep->last_error_ms = sg_now_ms();
+    ep->last_error_ms = sg_clock_wall_ms();
     sg_log(SG_LOG_WARN, "webhook_attempt_failed", "endpoint=%s webhook_id=%s attempt=%d status=%ld error=%s",
            ep->name, m->id, m->attempts, status, sg_log_q(m->last_error));
     if (rc == CURLE_OK && status == 410) {
@@ -647,7 +647,7 @@ static void make_batch(endpoint *ep)
             cap += ep->pending[i]->json_len + 1;
         m->body = malloc(cap);
         char ts[25];
-        sg_format_ts(sg_now_ms(), ts);
+        sg_format_ts(sg_clock_wall_ms(), ts);
         size_t o = (size_t)snprintf(m->body, cap, "{\"type\":\"status.updates\",\"timestamp\":\"%s\",\"data\":{\"updates\":[", ts);
         for (int i = 0; i < n; i++) {
             if (i) m->body[o++] = ',';

@@ -74,5 +74,8 @@ describe("layers", function()
     end
     assert.is_nil(g.ws.phoenix, "ws includes phoenix")
     assert.is_nil(g.sandbox.status, "sandbox includes status")
+    -- time comes from the clock, not from the hub
+    assert.is_nil(g.security.hub, "security includes hub")
+    assert.is_nil(g.webhook.hub, "webhook includes hub")
   end)
 end)
