@@ -550,7 +550,7 @@ static int may_read(sg_conn *c, sg_req *r, const char *conv)
     sg_security *sec = c->srv->security;
     if (sg_security_open(sec)) return 1;
     const char *auth = sg_req_header(r, "authorization");
-    char tok[4096] = "";
+    char tok[SG_MAX_TOKEN] = "";
     if (sg_bearer(auth, tok, sizeof(tok)) < 0) sg_req_query(r, "token", tok, sizeof(tok));
     sg_api_key *key;
     sg_error err, ignored;
@@ -678,7 +678,7 @@ static void handle_conversation(sg_conn *c, sg_req *r)
 /* POST /admin/webhooks/{name}/redeliver */
 static void handle_redeliver(sg_conn *c, sg_req *r)
 {
-    char name[128];
+    char name[128]; /* an endpoint's name, as the config gave it */
     const char *rest = r->path + strlen(PREFIX_WEBHOOKS);
     const char *slash = strchr(rest, '/');
     sg_error err;

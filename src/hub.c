@@ -245,7 +245,7 @@ sg_conv *sg_hub_conv(sg_hub *h, const char *id, size_t len, int create, sg_error
     if (c || !create) {
         if (!c && err)
             sg_error_set(err, 404, "conversation_not_found", NULL,
-                         "no conversation '%.*s' is active", (int)(len > 128 ? 128 : len), id);
+                         "no conversation '%.*s' is active", (int)(len > SG_MAX_CONV_ID ? SG_MAX_CONV_ID : len), id);
         return c;
     }
     int empty = create == SG_CONV_WATCH;

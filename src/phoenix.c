@@ -7,6 +7,7 @@
 #include <string.h>
 
 #define PHX_MAX_LISTED_CATEGORIES 10 /* per join or change request */
+#define TOPIC_PREFIX "status:" /* status:<conversation_id>, status:system, status:* */
 #define PHX_RATE_LIMIT 30            /* category / filter changes ... */
 #define PHX_RATE_WINDOW_MS 60000     /* ... per this window */
 
@@ -83,7 +84,7 @@ static void reply_error(sg_phx *p, json_t *jr, json_t *ref, const char *topic, c
 
 static void topic_of(const sg_group *g, const sg_conv *c, char *out, size_t n)
 {
-    snprintf(out, n, "status:%s", (g->variant & V_WILDCARD) ? "*" : c->id);
+    snprintf(out, n, TOPIC_PREFIX "%s", (g->variant & V_WILDCARD) ? "*" : c->id);
 }
 
 static sg_blob *phx_encode(const sg_group *g, const sg_conv *c, sg_update **ups, size_t n)
@@ -337,11 +338,11 @@ static int join_missed(sg_server *srv, sg_conv *cv, uint64_t cats, json_t *jepoc
 static void handle_join(sg_phx *p, json_t *jr, json_t *ref, const char *topic, json_t *payload)
 {
     sg_server *srv = p->srv;
-    if (strncmp(topic, "status:", 7) != 0) {
+    if (strncmp(topic, TOPIC_PREFIX, strlen(TOPIC_PREFIX)) != 0) {
         reply_error(p, jr, ref, topic, "unmatched topic");
         return;
     }
-    const char *id = topic + 7;
+    const char *id = topic + strlen(TOPIC_PREFIX);
     int wildcard = strcmp(id, "*") == 0;
     if (!wildcard && !sg_conv_id_valid(id, strlen(id))) {
         reply(p, jr, ref, topic, 0,

@@ -12,6 +12,9 @@
 #include "config.h"
 #include "status.h"
 
+/* The longest subscriber token read from a request (?token= or a header). */
+#define SG_MAX_TOKEN 4096
+
 typedef struct sg_security sg_security;
 typedef struct sg_api_key sg_api_key;
 

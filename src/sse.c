@@ -154,7 +154,7 @@ void sg_sse_start(sg_conn *c, sg_req *r, const char *conv_id)
         sg_http_error(c, &err);
         return;
     }
-    char tok[4096] = "";
+    char tok[SG_MAX_TOKEN] = "";
     if (sg_bearer(sg_req_header(r, "authorization"), tok, sizeof(tok)) < 0)
         sg_req_query(r, "token", tok, sizeof(tok));
     sg_claims cl;

@@ -416,7 +416,7 @@ void sg_ws_upgrade(sg_conn *c, sg_req *r, const sg_ws_handler *h)
     }
     ws->conn = c;
     ws->h = h;
-    char tok[4096];
+    char tok[SG_MAX_TOKEN];
     if (sg_req_query(r, "token", tok, sizeof(tok)) == 0)
         ws->token = strdup(tok);
     else
