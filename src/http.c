@@ -99,6 +99,12 @@ const char *sg_req_header(const sg_req *r, const char *name)
     return NULL;
 }
 
+void sg_req_token(const sg_req *r, char *out, size_t outlen)
+{
+    out[0] = 0;
+    if (sg_bearer(sg_req_header(r, "authorization"), out, outlen) < 0) sg_req_query(r, "token", out, outlen);
+}
+
 int sg_req_query(const sg_req *r, const char *name, char *out, size_t outlen)
 {
     size_t nl = strlen(name);

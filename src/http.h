@@ -173,6 +173,8 @@ const char *sg_http_reason(int status);
 
 /* The value of a request header (name lower-case), or NULL. */
 const char *sg_req_header(const sg_req *r, const char *name);
+/* A subscriber's token: Authorization: Bearer, or ?token= ("" when none). */
+void sg_req_token(const sg_req *r, char *out, size_t outlen);
 /* Copy the percent-decoded query parameter into out; -1 when absent. */
 int sg_req_query(const sg_req *r, const char *name, char *out, size_t outlen);
 

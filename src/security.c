@@ -390,6 +390,25 @@ int sg_security_subscriber(sg_security *s, const char *token, sg_claims *c, sg_e
     return 0;
 }
 
+int sg_security_subscriber_check(sg_security *s, const char *origin, const char *token, const char *conv,
+                                 sg_claims *claims, sg_error *err)
+{
+    if (!sg_security_origin_ok(s, origin)) {
+        s->stats.origin_denied++;
+        sg_error_set(err, 403, "origin_not_allowed", NULL,
+                     "this Origin is not allowed (security.allowed_origins; an open gateway allows loopback pages only)");
+        return -1;
+    }
+    if (sg_security_subscriber(s, token, claims, err) < 0) return -1;
+    if (conv && !sg_claims_allow(claims, conv)) {
+        sg_claims_clear(claims);
+        s->stats.subscriber_denied++;
+        sg_error_set(err, 403, "forbidden", NULL, "the token does not cover conversation '%s'", conv);
+        return -1;
+    }
+    return 0;
+}
+
 int sg_claims_allow(const sg_claims *c, const char *conv)
 {
     if (c->admin) return 1;

@@ -81,6 +81,12 @@ int sg_security_admin(sg_security *s, const char *authorization, const char *pee
  * filled (open mode: all allowed), or -1 with err 401. The caller frees
  * claims with sg_claims_clear. */
 int sg_security_subscriber(sg_security *s, const char *token, sg_claims *claims, sg_error *err);
+/* Everything a subscriber's request is checked for, in one place (SSE,
+ * WebSocket, history): its Origin (403), its token (401), and, when conv
+ * is not NULL, whether the claims cover conv (403). 0 with claims filled
+ * (the caller clears them), or -1 with err. */
+int sg_security_subscriber_check(sg_security *s, const char *origin, const char *token, const char *conv,
+                                 sg_claims *claims, sg_error *err);
 /* May these claims read topic conv ("*" and "system" need admin)? */
 int sg_claims_allow(const sg_claims *c, const char *conv);
 void sg_claims_clear(sg_claims *c);

@@ -148,28 +148,14 @@ void sg_sse_start(sg_conn *c, sg_req *r, const char *conv_id)
     sg_server *srv = c->srv;
     sg_error err;
     char buf[4096];
-    if (!sg_security_origin_ok(srv->security, sg_req_header(r, "origin"))) {
-        sg_security_stats_of(srv->security)->origin_denied++;
-        sg_error_set(&err, 403, "origin_not_allowed", NULL, "this Origin is not in security.allowed_origins");
-        sg_http_error(c, &err);
-        return;
-    }
-    char tok[SG_MAX_TOKEN] = "";
-    if (sg_bearer(sg_req_header(r, "authorization"), tok, sizeof(tok)) < 0)
-        sg_req_query(r, "token", tok, sizeof(tok));
+    char tok[SG_MAX_TOKEN];
+    sg_req_token(r, tok, sizeof(tok));
     sg_claims cl;
-    if (sg_security_subscriber(srv->security, tok, &cl, &err) < 0) {
+    if (sg_security_subscriber_check(srv->security, sg_req_header(r, "origin"), tok, conv_id, &cl, &err) < 0) {
         sg_http_error(c, &err);
         return;
     }
-    int allowed = sg_claims_allow(&cl, conv_id);
     sg_claims_clear(&cl);
-    if (!allowed) {
-        sg_security_stats_of(srv->security)->subscriber_denied++;
-        sg_error_set(&err, 403, "forbidden", NULL, "the token does not cover conversation '%s'", conv_id);
-        sg_http_error(c, &err);
-        return;
-    }
     uint64_t mask = sg_category_all();
     if (sg_req_query(r, "categories", buf, sizeof(buf)) == 0) {
         char bad[80];

@@ -403,11 +403,6 @@ void sg_ws_upgrade(sg_conn *c, sg_req *r, const sg_ws_handler *h)
                NULL);
         return;
     }
-    if (!sg_security_origin_ok(c->srv->security, sg_req_header(r, "origin"))) {
-        sg_security_stats_of(c->srv->security)->origin_denied++;
-        refuse(c, 403, "origin_not_allowed", "this Origin is not in security.allowed_origins", NULL);
-        return;
-    }
 
     sg_ws *ws = calloc(1, sizeof(*ws));
     if (!ws) {
@@ -422,10 +417,11 @@ void sg_ws_upgrade(sg_conn *c, sg_req *r, const sg_ws_handler *h)
     else
         ws->token = subprotocol_token(protocols);
     sg_error aerr;
-    if (sg_security_subscriber(c->srv->security, ws->token, &ws->claims, &aerr) < 0) {
+    if (sg_security_subscriber_check(c->srv->security, sg_req_header(r, "origin"), ws->token, NULL, &ws->claims,
+                                     &aerr) < 0) {
         free(ws->token);
         free(ws);
-        refuse(c, 401, aerr.code, aerr.message, NULL);
+        refuse(c, aerr.status, aerr.code, aerr.message, NULL);
         return;
     }
 
