@@ -121,11 +121,22 @@ static void on_replay(void *arg, int status, sg_update **ups, size_t n, uint64_t
                                 (unsigned long long)from, (unsigned long long)to);
         }
     }
-    for (size_t i = 0; i < n; i++) {
-        char *buf = malloc(frame_len(cv, ups[i]));
-        if (!buf) break;
-        evbuffer_add(out, buf, frame_write(buf, cv, ups[i]));
-        free(buf);
+    /* the replayed frames written straight into the output, in one
+     * reservation: no copy and no allocation per update */
+    size_t need = 0;
+    for (size_t i = 0; i < n; i++)
+        need += frame_len(cv, ups[i]);
+    struct evbuffer_iovec v;
+    if (n && evbuffer_reserve_space(out, (ev_ssize_t)need, &v, 1) == 1) {
+        size_t len = 0;
+        for (size_t i = 0; i < n; i++)
+            len += frame_write((char *)v.iov_base + len, cv, ups[i]);
+        v.iov_len = len;
+        evbuffer_commit_space(out, &v, 1);
+    } else if (n) {
+        /* no room for the replay: the stream ends, and the client resumes */
+        sg_log(SG_LOG_WARN, "sse_replay_failed", "conversation=%s updates=%zu reason=out_of_memory", cv->id, n);
+        sg_conn_close_after_write(rp->conn);
     }
 }
 
