@@ -188,6 +188,14 @@ sg_filter *sg_filter_parse(json_t *spec, char *err, size_t errlen)
         }
     }
     f->spec = json_deep_copy(spec);
+    /* the key is canonical: keys sorted, and categories as the set they
+     * name (in the registry's order), so that equal filters share a group
+     * whatever order a client listed them in */
+    if (json_object_get(f->spec, "categories")) {
+        json_t *cats = json_array();
+        sg_category_mask_to_json(f->mask, cats);
+        json_object_set_new(f->spec, "categories", cats);
+    }
     f->key = json_dumps(f->spec, JSON_COMPACT | JSON_SORT_KEYS);
     return f;
 fail:

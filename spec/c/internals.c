@@ -1,0 +1,360 @@
+/* Unit tests for C internals the daemon-level specs cannot aim at: the
+ * dict, the memory store's contract, the hub's flush order and grouping,
+ * and the subscriber filter operators. Output is TAP ("ok N - name" /
+ * "not ok N - name"), counted by scripts/test; the binary exits non-zero
+ * on any failure. Built by `make build/internals` (and its sanitizer twin). */
+#include "clock.h"
+#include "config.h"
+#include "dict.h"
+#include "filter.h"
+#include "hub.h"
+#include "log.h"
+#include "status.h"
+#include "store.h"
+
+#include <event2/event.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int n_tests, n_failed, cur_failed;
+static const char *cur_name;
+
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            if (!cur_failed) printf("# %s: %s:%d: %s\n", cur_name, __FILE__, __LINE__, #cond);    \
+            cur_failed = 1;                                                                        \
+        }                                                                                          \
+    } while (0)
+
+static void run(const char *name, void (*fn)(void))
+{
+    cur_name = name;
+    cur_failed = 0;
+    fn();
+    n_tests++;
+    if (cur_failed) n_failed++;
+    printf("%s %d - %s\n", cur_failed ? "not ok" : "ok", n_tests, name);
+}
+
+static sg_config cfg;
+
+/* ---- dict ---- */
+
+static void dict_basics(void)
+{
+    sg_dict *d = sg_dict_new();
+    char key[32];
+    static int vals[5000];
+    for (int i = 0; i < 5000; i++) {
+        snprintf(key, sizeof(key), "conv-%d", i);
+        CHECK(sg_dict_set(d, key, strlen(key), &vals[i]) == 0);
+    }
+    CHECK(sg_dict_size(d) == 5000);
+    for (int i = 0; i < 5000; i++) {
+        snprintf(key, sizeof(key), "conv-%d", i);
+        CHECK(sg_dict_get(d, key, strlen(key)) == &vals[i]);
+    }
+    CHECK(sg_dict_get(d, "conv-5000", 9) == NULL);
+    CHECK(sg_dict_get(d, "conv-1", 5) == NULL); /* a prefix is another key */
+    /* replace, then delete every other key */
+    CHECK(sg_dict_set(d, "conv-7", 6, &vals[8]) == 0);
+    CHECK(sg_dict_get(d, "conv-7", 6) == &vals[8]);
+    CHECK(sg_dict_size(d) == 5000);
+    for (int i = 0; i < 5000; i += 2) {
+        snprintf(key, sizeof(key), "conv-%d", i);
+        CHECK(sg_dict_del(d, key, strlen(key)) == &vals[i]);
+    }
+    CHECK(sg_dict_size(d) == 2500);
+    CHECK(sg_dict_del(d, "conv-0", 6) == NULL);
+    CHECK(sg_dict_get(d, "conv-9", 6) == &vals[9]);
+    /* keys with NUL bytes and the empty key are keys like any other */
+    CHECK(sg_dict_set(d, "a\0b", 3, &vals[1]) == 0);
+    CHECK(sg_dict_get(d, "a\0c", 3) == NULL);
+    CHECK(sg_dict_get(d, "a\0b", 3) == &vals[1]);
+    CHECK(sg_dict_set(d, "", 0, &vals[2]) == 0);
+    CHECK(sg_dict_get(d, "", 0) == &vals[2]);
+    sg_dict_free(d);
+}
+
+/* ---- updates and drafts ---- */
+
+static sg_update *update(const char *conv, const char *cat, const char *text, uint64_t seq)
+{
+    char json[512];
+    snprintf(json, sizeof(json), "{\"conversation_id\":\"%s\",\"category\":\"%s\",\"text\":\"%s\"}", conv, cat,
+             text);
+    sg_limits lim = {4096, 65536};
+    sg_draft d;
+    sg_error e;
+    if (sg_draft_parse(json, strlen(json), &lim, &d, &e) < 0) return NULL;
+    sg_update *u = sg_update_new(&d, seq, 1700000000000LL);
+    sg_draft_free(&d);
+    return u;
+}
+
+static int publish(sg_hub *h, const char *conv, const char *cat, const char *text, const char *md)
+{
+    char json[512];
+    snprintf(json, sizeof(json), "{\"conversation_id\":\"%s\",\"category\":\"%s\",\"text\":\"%s\"%s%s}", conv,
+             cat, text, md ? ",\"metadata\":" : "", md ? md : "");
+    sg_limits lim = {4096, 65536};
+    sg_draft d;
+    sg_error e;
+    if (sg_draft_parse(json, strlen(json), &lim, &d, &e) < 0) return -1;
+    sg_publish_result r;
+    int rc = sg_hub_publish(h, &d, &r, &e);
+    sg_draft_free(&d);
+    return rc;
+}
+
+/* ---- the memory store's contract ---- */
+
+struct got {
+    int calls, status;
+    uint64_t seqs[64];
+    size_t n;
+    uint64_t oldest;
+};
+
+static void on_range(void *arg, int status, sg_update **ups, size_t n, uint64_t oldest)
+{
+    struct got *g = arg;
+    g->calls++;
+    g->status = status;
+    g->n = n;
+    g->oldest = oldest;
+    for (size_t i = 0; i < n && i < 64; i++)
+        g->seqs[i] = ups[i]->seq;
+}
+
+static void on_done(void *arg, int status)
+{
+    (*(int *)arg)++;
+}
+
+static void store_contract(void)
+{
+    sg_store *s = sg_store_memory_new(5);
+    char epoch[SG_EPOCH_LEN + 1];
+    uint64_t last = 99;
+    sg_store_conv *c = s->ops->open(s, "c1", epoch, &last);
+    CHECK(c != NULL);
+    CHECK(last == 0);
+    CHECK(strlen(epoch) == SG_EPOCH_LEN);
+    int done = 0;
+    for (uint64_t seq = 1; seq <= 8; seq++) {
+        sg_update *u = update("c1", seq % 2 ? "tool" : "info", "x", seq);
+        s->ops->append(c, u, on_done, &done);
+        sg_update_unref(u); /* the store took its own reference */
+    }
+    CHECK(done == 8); /* the memory store answers at once */
+    struct got g = {0};
+    s->ops->range(c, 0, 0, (size_t)-1, sg_category_all(), on_range, &g);
+    CHECK(g.calls == 1 && g.status == 0);
+    CHECK(g.n == 5); /* trimmed to the history size */
+    CHECK(g.seqs[0] == 4 && g.seqs[4] == 8);
+    CHECK(g.oldest == 4);
+    memset(&g, 0, sizeof(g));
+    s->ops->range(c, 5, 7, (size_t)-1, sg_category_all(), on_range, &g); /* (since, upto] */
+    CHECK(g.n == 2 && g.seqs[0] == 6 && g.seqs[1] == 7);
+    memset(&g, 0, sizeof(g));
+    uint64_t tool = 1ULL << sg_category_index("tool", 4);
+    s->ops->range(c, 0, 0, (size_t)-1, tool, on_range, &g);
+    CHECK(g.n == 2 && g.seqs[0] == 5 && g.seqs[1] == 7);
+    CHECK(g.oldest == 4); /* the oldest held, whatever its category */
+    memset(&g, 0, sizeof(g));
+    s->ops->range(c, 0, 0, 2, sg_category_all(), on_range, &g); /* limit */
+    CHECK(g.n == 2 && g.seqs[0] == 4);
+    s->ops->close(c, 1);
+    s->ops->free(s);
+}
+
+/* ---- the hub: flush order, grouping ---- */
+
+struct frames {
+    int blobs;              /* frames built */
+    int deliveries;         /* appends to subscribers */
+    char seen[4096];        /* "sub:seq,seq;" per delivery */
+    size_t len;
+};
+
+static sg_blob *t_encode(const sg_group *g, const sg_conv *c, sg_update **ups, size_t n)
+{
+    struct frames *f = g->subs ? g->subs->owner : NULL;
+    sg_blob *b = sg_blob_new(n * 24 + 1);
+    for (size_t i = 0; i < n; i++)
+        b->len += (size_t)snprintf(b->data + b->len, 24, "%llu,", (unsigned long long)ups[i]->seq);
+    b->n_updates = (int)n;
+    if (f) f->blobs++;
+    return b;
+}
+
+static void t_deliver(sg_sub *s, sg_blob *b)
+{
+    struct frames *f = s->owner;
+    f->deliveries++;
+    f->len += (size_t)snprintf(f->seen + f->len, sizeof(f->seen) - f->len, "%.*s;", (int)b->len, b->data);
+}
+
+static const sg_sub_class t_class = {"test", t_encode, t_deliver};
+
+static void hub_flush_order_and_grouping(void)
+{
+    struct event_base *base = event_base_new();
+    sg_store *store = sg_store_memory_new(100);
+    cfg.batch_size = 3;
+    cfg.flush_ms = 60000; /* only the batch size flushes in this test */
+    sg_hub *h = sg_hub_new(base, &cfg, store);
+    sg_error err;
+    sg_conv *c = sg_hub_conv(h, "g1", 2, SG_CONV_WATCH, &err);
+    CHECK(c != NULL);
+    struct frames fa = {0}, fb = {0};
+    sg_sub a, b, t;
+    memset(&a, 0, sizeof(a));
+    memset(&b, 0, sizeof(b));
+    memset(&t, 0, sizeof(t));
+    /* a and b: the same categories, one group, one frame per flush; t: tool only */
+    sg_hub_subscribe(h, c, &a, &t_class, sg_category_all(), 0, NULL, &fa);
+    sg_hub_subscribe(h, c, &b, &t_class, sg_category_all(), 0, NULL, &fa);
+    struct frames ft = {0};
+    sg_hub_subscribe(h, c, &t, &t_class, 1ULL << sg_category_index("tool", 4), 0, NULL, &ft);
+    CHECK(publish(h, "g1", "info", "1", NULL) == 0);
+    CHECK(publish(h, "g1", "tool", "2", NULL) == 0);
+    CHECK(fa.deliveries == 0); /* queued, not flushed */
+    CHECK(publish(h, "g1", "info", "3", NULL) == 0); /* the batch is full: flushed */
+    CHECK(fa.blobs == 1);      /* one frame for the group of two */
+    CHECK(fa.deliveries == 2);
+    CHECK(strcmp(fa.seen, "1,2,3,;1,2,3,;") == 0);
+    CHECK(ft.deliveries == 1);
+    CHECK(strcmp(ft.seen, "2,;") == 0); /* only its category, in order */
+    CHECK(c->flushed_seq == 3);
+    /* a flush with nothing for a group sends it nothing */
+    CHECK(publish(h, "g1", "info", "4", NULL) == 0);
+    sg_hub_flush_all(h);
+    CHECK(ft.deliveries == 1);
+    CHECK(strcmp(fa.seen, "1,2,3,;1,2,3,;4,;4,;") == 0);
+    sg_hub_unsubscribe(h, &a);
+    sg_hub_unsubscribe(h, &b);
+    sg_hub_unsubscribe(h, &t);
+    (void)fb;
+    sg_hub_free(h);
+    store->ops->free(store);
+    event_base_free(base);
+    cfg.batch_size = SG_DEFAULT_BATCH_SIZE;
+    cfg.flush_ms = SG_DEFAULT_FLUSH_MS;
+}
+
+static void hub_watch_slots(void)
+{
+    struct event_base *base = event_base_new();
+    sg_store *store = sg_store_memory_new(10);
+    cfg.max_conversations = 2;
+    sg_hub *h = sg_hub_new(base, &cfg, store);
+    sg_error err;
+    CHECK(publish(h, "p1", "info", "x", NULL) == 0);
+    CHECK(publish(h, "p2", "info", "x", NULL) == 0);
+    /* watching opens empty conversations apart, evicting nothing */
+    CHECK(sg_hub_conv(h, "w1", 2, SG_CONV_WATCH, &err) != NULL);
+    CHECK(sg_hub_conv(h, "w2", 2, SG_CONV_WATCH, &err) != NULL);
+    CHECK(sg_hub_conv(h, "p1", 2, SG_CONV_FIND, &err) != NULL);
+    CHECK(sg_hub_conv(h, "p2", 2, SG_CONV_FIND, &err) != NULL);
+    /* a third empty one evicts an idle empty one, never one with history */
+    CHECK(sg_hub_conv(h, "w3", 2, SG_CONV_WATCH, &err) != NULL);
+    CHECK(sg_hub_conv(h, "p1", 2, SG_CONV_FIND, &err) != NULL);
+    CHECK(sg_hub_conv(h, "p2", 2, SG_CONV_FIND, &err) != NULL);
+    /* a producer's third conversation evicts the idle one with history */
+    CHECK(publish(h, "p3", "info", "x", NULL) == 0);
+    CHECK(sg_hub_conv(h, "p1", 2, SG_CONV_FIND, &err) == NULL);
+    sg_hub_free(h);
+    store->ops->free(store);
+    event_base_free(base);
+    cfg.max_conversations = SG_DEFAULT_MAX_CONVERSATIONS;
+}
+
+/* ---- subscriber filter operators ---- */
+
+static int matches(const char *filter_json, const char *cat, const char *text, const char *md)
+{
+    json_t *spec = json_loads(filter_json, 0, NULL);
+    char err[200];
+    sg_filter *f = sg_filter_parse(spec, err, sizeof(err));
+    json_decref(spec);
+    if (!f && err[0]) return -1;
+    char json[512];
+    snprintf(json, sizeof(json), "{\"conversation_id\":\"f\",\"category\":\"%s\",\"text\":\"%s\"%s%s}", cat, text,
+             md ? ",\"metadata\":" : "", md ? md : "");
+    sg_limits lim = {4096, 65536};
+    sg_draft d;
+    sg_error e;
+    if (sg_draft_parse(json, strlen(json), &lim, &d, &e) < 0) return -2;
+    sg_update *u = sg_update_new(&d, 1, 1700000000000LL);
+    sg_draft_free(&d);
+    json_t *decoded = NULL;
+    int m = sg_filter_match(f, u, &decoded);
+    json_decref(decoded);
+    sg_update_unref(u);
+    sg_filter_unref(f);
+    return m;
+}
+
+static void filter_operators(void)
+{
+    const char *md = "{\"tool\":\"search_code\",\"duration_ms\":1500,\"nested\":{\"n\":3}}";
+    CHECK(matches("{\"metadata\":{\"tool\":{\"eq\":\"search_code\"}}}", "tool", "x", md) == 1);
+    CHECK(matches("{\"metadata\":{\"tool\":{\"ne\":\"search_code\"}}}", "tool", "x", md) == 0);
+    CHECK(matches("{\"metadata\":{\"tool\":{\"ne\":\"other\"}}}", "tool", "x", md) == 1);
+    CHECK(matches("{\"metadata\":{\"missing\":{\"ne\":\"x\"}}}", "tool", "x", md) == 1); /* absent: not equal */
+    CHECK(matches("{\"metadata\":{\"duration_ms\":{\"gt\":1000}}}", "tool", "x", md) == 1);
+    CHECK(matches("{\"metadata\":{\"duration_ms\":{\"gt\":1500}}}", "tool", "x", md) == 0);
+    CHECK(matches("{\"metadata\":{\"duration_ms\":{\"gte\":1500}}}", "tool", "x", md) == 1);
+    CHECK(matches("{\"metadata\":{\"duration_ms\":{\"lt\":1500}}}", "tool", "x", md) == 0);
+    CHECK(matches("{\"metadata\":{\"duration_ms\":{\"lte\":1500}}}", "tool", "x", md) == 1);
+    CHECK(matches("{\"metadata\":{\"tool\":{\"gt\":1}}}", "tool", "x", md) == 0); /* not a number */
+    CHECK(matches("{\"metadata\":{\"duration_ms\":{\"exists\":true}}}", "tool", "x", md) == 1);
+    CHECK(matches("{\"metadata\":{\"missing\":{\"exists\":true}}}", "tool", "x", md) == 0);
+    CHECK(matches("{\"text\":{\"contains\":\"search\"}}", "tool", "running search now", NULL) == 1);
+    CHECK(matches("{\"text\":{\"contains\":\"search\"}}", "tool", "idle", NULL) == 0);
+    CHECK(matches("{\"categories\":[\"error\"]}", "tool", "x", NULL) == 0);
+    CHECK(matches("{\"categories\":[\"error\"],\"text\":\"x\"}", "error", "x", NULL) == 1); /* plain value: eq */
+    CHECK(matches("{\"metadata\":{\"tool\":{\"bogus\":1}}}", "tool", "x", md) == -1);      /* unknown operator */
+}
+
+static void filter_sharing(void)
+{
+    /* equal filters have equal keys, so their subscribers share a group */
+    char err[200];
+    json_t *s1 = json_loads("{\"metadata\":{\"a\":1,\"b\":{\"gte\":2}},\"categories\":[\"tool\",\"info\"]}", 0, NULL);
+    json_t *s2 = json_loads("{\"categories\":[\"info\",\"tool\"],\"metadata\":{\"b\":{\"gte\":2},\"a\":1}}", 0, NULL);
+    json_t *s3 = json_loads("{\"categories\":[\"info\",\"tool\"],\"metadata\":{\"b\":{\"gte\":3},\"a\":1}}", 0, NULL);
+    sg_filter *f1 = sg_filter_parse(s1, err, sizeof(err)), *f2 = sg_filter_parse(s2, err, sizeof(err)),
+              *f3 = sg_filter_parse(s3, err, sizeof(err));
+    CHECK(f1 && f2 && f3);
+    CHECK(strcmp(sg_filter_key(f1), sg_filter_key(f2)) == 0);
+    CHECK(strcmp(sg_filter_key(f1), sg_filter_key(f3)) != 0);
+    sg_filter_unref(f1);
+    sg_filter_unref(f2);
+    sg_filter_unref(f3);
+    json_decref(s1);
+    json_decref(s2);
+    json_decref(s3);
+}
+
+int main(void)
+{
+    char err[256];
+    sg_log_level = SG_LOG_ERROR + 1;
+    sg_config_load(&cfg, NULL, err, sizeof(err));
+    sg_categories_init(&cfg, err, sizeof(err));
+    run("dict: set, get, replace, delete over 5,000 keys; NUL and empty keys", dict_basics);
+    run("memory store: answers at once, trims, ranges by (since, upto], category and limit", store_contract);
+    run("hub: flushes at batch_size in seq order, one frame per group, categories per group", hub_flush_order_and_grouping);
+    run("hub: watched empty conversations are counted apart and never evict history", hub_watch_slots);
+    run("filters: eq ne gt gte lt lte contains exists, categories, unknown operators", filter_operators);
+    run("filters: equal filters share a key whatever their order", filter_sharing);
+    printf("1..%d\n", n_tests);
+    sg_categories_free();
+    sg_config_free(&cfg);
+    return n_failed ? 1 : 0;
+}
