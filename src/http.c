@@ -615,6 +615,8 @@ void sg_conn_take(sg_conn *c, int mode, const sg_conn_proto *p, void *data)
     sg_conn_kick(c);
 }
 
+#define REJECT_LINGER_S 2
+
 static void reject(sg_conn *c, int status, const char *detail)
 {
     sg_error e;
@@ -624,8 +626,15 @@ static void reject(sg_conn *c, int status, const char *detail)
                                        : "bad_request";
     sg_error_set(&e, status, code, NULL, "%s", detail);
     c->req->keep_alive = 0;
+    /* written first, with the close left to the lingering below (closing
+     * set for the call keeps the answer from closing the connection) */
+    c->closing = 1;
     sg_http_error(c, &e);
-    sg_conn_close_after_write(c);
+    c->closing = 0;
+    /* what the client still sends (the rest of a body over the limit) is
+     * read and dropped for a moment: closing with it unread would reset
+     * the connection, and the reset would discard the answer */
+    sg_conn_linger_close(c, REJECT_LINGER_S);
 }
 
 /* Parse and dispatch every complete request in the input, in order. */
