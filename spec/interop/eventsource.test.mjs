@@ -15,7 +15,7 @@ describe("EventSource against statusgw", () => {
     const gaps = [];
     es.addEventListener("status_update", (e) => got.push({ id: e.lastEventId, u: JSON.parse(e.data) }));
     es.addEventListener("gap", (e) => gaps.push(JSON.parse(e.data)));
-    await new Promise((resolve, reject) => { es.onopen = resolve; es.onerror = reject; });
+    await g.withTimeout(new Promise((resolve, reject) => { es.onopen = resolve; es.onerror = reject; }), 5000, "the event stream to open");
     es.onerror = null;
     const first = await g.publish(gw, { conversation_id: id, category: "info", text: "one" });
     await g.publish(gw, { conversation_id: id, category: "tool", text: "not asked for" });

@@ -23,7 +23,7 @@ describe("the shipped config, watched by phoenix.js and EventSource", () => {
     const viaSse = [];
     const es = new EventSource(`${gw.url}/api/v1/conversations/${id}/events`);
     es.addEventListener("status_update", (e) => viaSse.push(JSON.parse(e.data)));
-    await new Promise((res) => { es.onopen = res; });
+    await g.opened(es);
 
     const acked = [];
     for (let i = 1; i <= 1000; i += 50) { // 50 at a time, as a busy producer would

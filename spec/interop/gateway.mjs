@@ -23,6 +23,18 @@ export function freePort() {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+// p, or a failure after ms: no wait in these specs is unbounded.
+export function withTimeout(p, ms, what) {
+  let t;
+  const limit = new Promise((_, reject) => { t = setTimeout(() => reject(new Error("timed out waiting for " + what)), ms); });
+  return Promise.race([p, limit]).finally(() => clearTimeout(t));
+}
+
+// An EventSource's first open, within 5 s.
+export function opened(es, ms = 5000) {
+  return withTimeout(new Promise((res) => { es.onopen = res; }), ms, "the event stream to open");
+}
+
 function luaValue(v) {
   if (typeof v === "string") return JSON.stringify(v);
   if (Array.isArray(v)) return "{" + v.map(luaValue).join(", ") + "}";

@@ -130,7 +130,7 @@ describe("phoenix.js against statusgw", () => {
     const s = g.socket(gw, { heartbeatIntervalMs: 50 });
     const ch = s.channel(`status:${g.conv("hb")}`, {});
     await g.join(ch);
-    const latency = await new Promise((resolve) => s.ping(resolve));
+    const latency = await g.withTimeout(new Promise((resolve) => s.ping(resolve)), 5000, "the ping");
     assert.ok(latency >= 0);
     await g.sleep(300); // several heartbeats answered, or phoenix.js would have closed
     assert.equal(s.isConnected(), true);
@@ -161,7 +161,7 @@ describe("phoenix.js against statusgw", () => {
     const first = await g.join(ch);
     for (let i = 1; i <= 3; i++) await g.publish(gw, { conversation_id: id, category: "info", text: `u${i}` });
     await g.waitFor(() => seen.length === 3);
-    await new Promise((r) => ch.leave().receive("ok", r));
+    await g.withTimeout(new Promise((r) => ch.leave().receive("ok", r)), 5000, "the leave reply");
     for (let i = 4; i <= 6; i++) await g.publish(gw, { conversation_id: id, category: "info", text: `u${i}` });
     await g.sleep(100);
     ch = s.channel(`status:${id}`, { categories: ["*"], epoch: first.epoch, last_seq: 3 });

@@ -27,16 +27,16 @@ const post = (gw, path, body, headers = {}) => fetch(`${gw.url}${path}`, {
   method: "POST", headers: { "content-type": "application/json", ...headers }, body: JSON.stringify(body) });
 
 function wsOpen(gw, query = "", opts = {}) {
-  return new Promise((resolve) => {
+  return g.withTimeout(new Promise((resolve) => {
     const ws = new WebSocket(`ws://127.0.0.1:${gw.port}/socket/websocket?vsn=2.0.0${query}`, opts.protocols, { headers: opts.headers });
     ws.on("open", () => resolve({ ws, status: 101 }));
     ws.on("unexpected-response", (_req, res) => resolve({ status: res.statusCode }));
     ws.on("error", () => {});
-  });
+  }), 5000, "the WebSocket upgrade");
 }
 
 function joinRaw(ws, topic, payload = {}) {
-  return new Promise((resolve) => {
+  return g.withTimeout(new Promise((resolve) => {
     const ref = String(Math.random());
     const onMsg = (m) => {
       const [, r, , ev, p] = JSON.parse(m);
@@ -44,7 +44,7 @@ function joinRaw(ws, topic, payload = {}) {
     };
     ws.on("message", onMsg);
     ws.send(JSON.stringify([ref, ref, topic, "phx_join", payload]));
-  });
+  }), 5000, "the join reply");
 }
 
 describe("security", () => {
@@ -170,7 +170,7 @@ describe("security", () => {
     });
     const got = [];
     es.addEventListener("status_update", (e) => got.push(JSON.parse(e.data).text));
-    await new Promise((res) => { es.onopen = res; });
+    await g.opened(es);
     await post(gw, "/api/v1/status", { conversation_id: "sse-1", category: "info", text: "hello" }, { authorization: `Bearer ${KEY_ALL}` });
     await g.waitFor(() => got.length === 1);
     es.close();
@@ -220,13 +220,13 @@ describe("connection limits", () => {
   it("refuses connections past max_connections_per_ip (429) and max_connections (503)", async () => {
     const gw = await g.start({ max_connections_per_ip: 3, max_connections: 5 });
     const socks = [];
-    const open = () => new Promise((resolve) => {
+    const open = () => g.withTimeout(new Promise((resolve) => {
       const s = net.connect(gw.port, "127.0.0.1", () => resolve(s));
       socks.push(s);
-    });
+    }), 5000, "a connection");
     for (let i = 0; i < 3; i++) await open();
     const fourth = await open();
-    const answer = await new Promise((resolve) => { let d = ""; fourth.on("data", (c) => (d += c)); fourth.on("close", () => resolve(d)); });
+    const answer = await g.withTimeout(new Promise((resolve) => { let d = ""; fourth.on("data", (c) => (d += c)); fourth.on("close", () => resolve(d)); }), 5000, "the refusal");
     assert.match(answer, /^HTTP\/1\.1 429/);
     assert.match(answer, /too_many_connections_from_address/);
     for (const s of socks) s.destroy();
@@ -235,10 +235,11 @@ describe("connection limits", () => {
     assert.equal(await g.stop(gw), 0);
 
     const gw2 = await g.start({ max_connections: 2 });
-    const a = await new Promise((r) => { const s = net.connect(gw2.port, "127.0.0.1", () => r(s)); });
-    const b = await new Promise((r) => { const s = net.connect(gw2.port, "127.0.0.1", () => r(s)); });
+    const conn = () => g.withTimeout(new Promise((r) => { const s = net.connect(gw2.port, "127.0.0.1", () => r(s)); }), 5000, "a connection");
+    const a = await conn();
+    const b = await conn();
     const c = net.connect(gw2.port, "127.0.0.1");
-    const third = await new Promise((resolve) => { let d = ""; c.on("data", (x) => (d += x)); c.on("close", () => resolve(d)); });
+    const third = await g.withTimeout(new Promise((resolve) => { let d = ""; c.on("data", (x) => (d += x)); c.on("close", () => resolve(d)); }), 5000, "the refusal");
     assert.match(third, /^HTTP\/1\.1 503/);
     a.destroy(); b.destroy();
     await g.sleep(100);
