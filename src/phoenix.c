@@ -1,5 +1,6 @@
 #include "phoenix.h"
 
+#include "rate.h"
 #include "log.h"
 
 #include <stdio.h>
@@ -22,8 +23,7 @@ typedef struct phx_chan {
     uint64_t cats;
     sg_filter *filter;
     int batch;
-    int64_t changes[PHX_RATE_LIMIT]; /* ring of recent change times */
-    int n_changes, next_change;
+    sg_rate changes; /* subscription changes: PHX_RATE_LIMIT per PHX_RATE_WINDOW_MS */
     struct phx_chan *next;
 } phx_chan;
 
@@ -240,22 +240,12 @@ static int parse_categories(sg_phx *p, json_t *jr, json_t *ref, const char *topi
 /* Count a subscription change; -1 after replying rate_limit_exceeded. */
 static int rate_limited(phx_chan *ch, json_t *jr, json_t *ref)
 {
-    int64_t now = sg_mono_ms();
-    if (ch->n_changes == PHX_RATE_LIMIT) {
-        int64_t oldest = ch->changes[ch->next_change];
-        if (now - oldest < PHX_RATE_WINDOW_MS) {
-            reply(ch->phx, jr, ref, ch->topic, 0,
-                  json_pack("{s:s, s:i, s:i, s:I}", "reason", "rate_limit_exceeded", "limit",
-                            PHX_RATE_LIMIT, "window_s", PHX_RATE_WINDOW_MS / 1000,
-                            "retry_after_ms", (json_int_t)(PHX_RATE_WINDOW_MS - (now - oldest))));
-            return -1;
-        }
-    } else {
-        ch->n_changes++;
-    }
-    ch->changes[ch->next_change] = now;
-    ch->next_change = (ch->next_change + 1) % PHX_RATE_LIMIT;
-    return 0;
+    int64_t wait_ms = sg_rate_take(&ch->changes, sg_mono_ms());
+    if (wait_ms == 0) return 0;
+    reply(ch->phx, jr, ref, ch->topic, 0,
+          json_pack("{s:s, s:i, s:i, s:I}", "reason", "rate_limit_exceeded", "limit", PHX_RATE_LIMIT, "window_s",
+                    PHX_RATE_WINDOW_MS / 1000, "retry_after_ms", (json_int_t)wait_ms));
+    return -1;
 }
 
 struct collect {
@@ -393,27 +383,21 @@ static void handle_join(sg_phx *p, json_t *jr, json_t *ref, const char *topic, j
     /* a second join of a topic changes its subscription: it counts against
      * the same limit as set_categories and set_filter, and the count
      * carries over to the new channel */
-    int64_t ring[PHX_RATE_LIMIT];
-    int n_changes = 0, next_change = 0;
+    sg_rate changes;
+    sg_rate_init(&changes, PHX_RATE_LIMIT * 1000.0 / PHX_RATE_WINDOW_MS, PHX_RATE_LIMIT);
     if (old) {
         if (rate_limited(old, jr, ref) < 0) {
             sg_filter_unref(filter);
             return;
         }
-        memcpy(ring, old->changes, sizeof(ring));
-        n_changes = old->n_changes;
-        next_change = old->next_change;
+        changes = old->changes;
         /* a second join of a topic replaces the first, as in Phoenix */
         send_json(p, old->join_ref, old->join_ref, topic, "phx_close", json_object());
         chan_free(p, old);
     }
 
     phx_chan *ch = chan_new(p, topic, jr, cv, cats, filter, json_is_true(json_object_get(payload, "batch")));
-    if (n_changes) {
-        memcpy(ch->changes, ring, sizeof(ring));
-        ch->n_changes = n_changes;
-        ch->next_change = next_change;
-    }
+    ch->changes = changes;
     struct collect missed = {0};
     int resume = !wildcard && jlast && json_is_integer(jlast);
     int recovered = resume && join_missed(srv, cv, cats, jepoch, (uint64_t)json_integer_value(jlast), &missed);

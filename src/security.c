@@ -1,6 +1,7 @@
 #include "security.h"
 
 #include "clock.h"
+#include "rate.h"
 #include "log.h"
 
 #include <arpa/inet.h>
@@ -18,8 +19,8 @@ struct sg_api_key {
     char *key;
     char *name;
     char *pattern; /* NULL: any conversation */
-    double rate, burst, tokens; /* rate 0: unlimited */
-    int64_t last_ms;
+    double rate, burst; /* rate 0: unlimited */
+    sg_rate limit;
 };
 
 static int loopback(const char *peer);
@@ -81,7 +82,7 @@ static int parse_api_key(sg_api_key *ak, json_t *e, size_t i, char *err, size_t 
     ak->rate = rate ? json_number_value(rate) : 0;
     ak->burst = burst ? json_number_value(burst) : (ak->rate > 0 ? ak->rate * 2 : 0);
     if (ak->burst < 1 && ak->rate > 0) ak->burst = 1;
-    ak->tokens = ak->burst;
+    sg_rate_init(&ak->limit, ak->rate, ak->burst);
     return 0;
 }
 
@@ -295,18 +296,12 @@ int sg_security_may_publish(sg_api_key *k, const char *conv, sg_error *err)
 {
     if (!k) return 0;
     if (sg_security_key_covers(k, conv, err) < 0) return -1;
-    if (k->rate > 0) {
-        int64_t now = (int64_t)(sg_clock_mono_ns() / 1000000);
-        if (k->last_ms) k->tokens += (now - k->last_ms) * k->rate / 1000.0;
-        if (k->tokens > k->burst) k->tokens = k->burst;
-        k->last_ms = now;
-        if (k->tokens < 1) {
-            sg_error_set(err, 429, "rate_limited", NULL, "the key '%s' is over its rate of %g updates/s",
-                         k->name, k->rate);
-            err->retry_after = (int)ceil((1 - k->tokens) / k->rate);
-            return -1;
-        }
-        k->tokens -= 1;
+    int64_t wait_ms = sg_rate_take(&k->limit, (int64_t)(sg_clock_mono_ns() / 1000000));
+    if (wait_ms > 0) {
+        sg_error_set(err, 429, "rate_limited", NULL, "the key '%s' is over its rate of %g updates/s", k->name,
+                     k->rate);
+        err->retry_after = (int)((wait_ms + 999) / 1000);
+        return -1;
     }
     return 0;
 }

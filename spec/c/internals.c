@@ -9,6 +9,7 @@
 #include "filter.h"
 #include "hub.h"
 #include "log.h"
+#include "rate.h"
 #include "status.h"
 #include "store.h"
 
@@ -76,6 +77,38 @@ static void dict_basics(void)
     CHECK(sg_dict_set(d, "", 0, &vals[2]) == 0);
     CHECK(sg_dict_get(d, "", 0) == &vals[2]);
     sg_dict_free(d);
+}
+
+/* ---- the rate limiter ---- */
+
+static void rate_gcra(void)
+{
+    sg_rate r;
+    sg_rate_init(&r, 2, 3); /* 2 a second, bursts of 3 */
+    int64_t t = 1000000;
+    CHECK(sg_rate_take(&r, t) == 0);
+    CHECK(sg_rate_take(&r, t) == 0);
+    CHECK(sg_rate_take(&r, t) == 0);
+    int64_t wait = sg_rate_take(&r, t);
+    CHECK(wait > 0 && wait <= 500); /* the next token in half a second */
+    CHECK(sg_rate_take(&r, t + wait - 1) > 0);
+    CHECK(sg_rate_take(&r, t + wait) == 0);
+    CHECK(sg_rate_take(&r, t + wait) > 0);
+    /* idle long enough, the whole burst is back, and no more */
+    t += 10000;
+    for (int i = 0; i < 3; i++)
+        CHECK(sg_rate_take(&r, t) == 0);
+    CHECK(sg_rate_take(&r, t) > 0);
+    /* no limit */
+    sg_rate_init(&r, 0, 0);
+    for (int i = 0; i < 1000; i++)
+        CHECK(sg_rate_take(&r, t) == 0);
+    /* 30 a minute, bursts of 30 (a channel's subscription changes) */
+    sg_rate_init(&r, 0.5, 30);
+    for (int i = 0; i < 30; i++)
+        CHECK(sg_rate_take(&r, t) == 0);
+    wait = sg_rate_take(&r, t);
+    CHECK(wait > 1900 && wait <= 2000);
 }
 
 /* ---- updates and drafts ---- */
@@ -348,6 +381,7 @@ int main(void)
     sg_config_load(&cfg, NULL, err, sizeof(err));
     sg_categories_init(&cfg, err, sizeof(err));
     run("dict: set, get, replace, delete over 5,000 keys; NUL and empty keys", dict_basics);
+    run("rate: GCRA passes the burst, then one event per interval, and says how long to wait", rate_gcra);
     run("memory store: answers at once, trims, ranges by (since, upto], category and limit", store_contract);
     run("hub: flushes at batch_size in seq order, one frame per group, categories per group", hub_flush_order_and_grouping);
     run("hub: watched empty conversations are counted apart and never evict history", hub_watch_slots);
