@@ -11,6 +11,7 @@
 #include "webhook.h"
 #include "phoenix.h"
 
+#include <errno.h>
 #include <event2/buffer.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -511,12 +512,14 @@ static void stats_reply(sg_conn *c)
 static int query_uint(sg_req *r, const char *name, unsigned long long def,
                       unsigned long long *out, sg_error *err)
 {
-    char buf[32];
+    char buf[64];
     *out = def;
     if (sg_req_query(r, name, buf, sizeof(buf)) < 0) return 0;
     char *end;
+    errno = 0;
     *out = strtoull(buf, &end, 10);
-    if (!buf[0] || *end || buf[0] == '-') {
+    /* a value that fills the buffer was cut short: refused like one out of range */
+    if (!buf[0] || *end || buf[0] == '-' || errno == ERANGE || strlen(buf) >= sizeof(buf) - 1) {
         sg_error_set(err, 400, "invalid_parameter", name, "%s must be a non-negative integer",
                      name);
         return -1;

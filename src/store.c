@@ -68,7 +68,10 @@ static void mem_range(sg_store_conv *c, uint64_t since, uint64_t upto, size_t li
     uint64_t oldest = c->count ? c->ring[c->head]->seq : 0;
     /* seqs in the ring are consecutive, so skip straight to since + 1 */
     int start = 0;
-    if (c->count && since >= oldest) start = (int)(since - oldest + 1);
+    if (c->count && since >= oldest) { /* in 64 bits: a since far past the ring is no index */
+        uint64_t skip = since - oldest + 1;
+        start = skip >= (uint64_t)c->count ? c->count : (int)skip;
+    }
     for (int i = start; i < c->count && n < want; i++) {
         sg_update *u = c->ring[(c->head + i) % cap];
         if (upto && u->seq > upto) break;

@@ -200,6 +200,14 @@ static void store_contract(void)
     memset(&g, 0, sizeof(g));
     s->ops->range(c, 0, 0, 2, sg_category_all(), on_range, &g); /* limit */
     CHECK(g.n == 2 && g.seqs[0] == 4);
+    /* a since far past the ring is nothing to send, not an index (found by
+     * the http fuzzer: since - oldest + 1 cast to int went negative) */
+    uint64_t far[] = {9, 1ULL << 31, (1ULL << 32) + 5, UINT64_MAX - 1, UINT64_MAX};
+    for (size_t i = 0; i < sizeof(far) / sizeof(far[0]); i++) {
+        memset(&g, 0, sizeof(g));
+        s->ops->range(c, far[i], 0, (size_t)-1, sg_category_all(), on_range, &g);
+        CHECK(g.calls == 1 && g.n == 0 && g.oldest == 4);
+    }
     s->ops->close(c, 1);
     s->ops->free(s);
 }

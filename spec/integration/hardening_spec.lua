@@ -514,8 +514,34 @@ describe("error paths", function()
     assert.equal("not_found", b.error.code)
   end)
 
+  it("reads history from a since far past the newest seq without crashing (found by the http fuzzer)", function()
+    local auth = { Authorization = "Bearer pk_read_0123456789abcdef" }
+    gw_.sleep(1.1) -- the key's token is back
+    assert.equal(202, (gw_.request(gw, "POST", "/api/v1/status", '{"conversation_id":"far","category":"info","text":"x"}', auth)))
+    for _, since in ipairs({ "5", "2147483648", "4294967301", "18446744073709551615" }) do
+      local st, b = gw_.request(gw, "GET", "/api/v1/conversations/far/history?since=" .. since, nil, auth)
+      assert.equal(200, st, since)
+      assert.equal(0, #b.updates)
+    end
+    -- past 64 bits (and cut short by a buffer before): refused, not wrapped
+    local st, b = gw_.request(gw, "GET", "/api/v1/conversations/far/history?since=" .. string.rep("9", 40), nil, auth)
+    assert.equal(400, st)
+    assert.equal("invalid_parameter", b.error.code)
+    -- the Phoenix history event takes the same path
+    local ws = assert(ws_.open(gw, "/socket/websocket?vsn=2.0.0"))
+    ws:send_json({ "1", "1", "status:far", "phx_join", { categories = { "*" } } })
+    local joined = ws:read_msg()
+    assert.equal("ok", joined[5].status)
+    ws:send_text('["1","2","status:far","history",{"since":9223372036854775807}]') -- exact, by hand
+    local m = ws:read_msg()
+    assert.equal("ok", m[5].status)
+    assert.equal(0, #m[5].response.updates)
+    ws:close()
+  end)
+
   it("spends no publish tokens on reading history with an API key", function()
     local auth = { Authorization = "Bearer pk_read_0123456789abcdef" }
+    gw_.sleep(1.1) -- the key's token is back (one a second, bursts of one)
     assert.equal(202, (gw_.request(gw, "POST", "/api/v1/status", '{"conversation_id":"rd","category":"info","text":"x"}', auth)))
     gw_.sleep(1.1) -- the token is back
     for _ = 1, 5 do assert.equal(200, (gw_.request(gw, "GET", "/api/v1/conversations/rd/history", nil, auth))) end
