@@ -88,6 +88,10 @@ FUZZ_SECONDS ?= 60
 
 fuzz-build: $(patsubst %,build/fuzz/fuzz_%,$(FUZZ_TARGETS))
 
+# the instrumented objects are kept between builds (make would otherwise
+# treat them as intermediate files and delete them)
+.SECONDARY: $(FOBJS)
+
 build/fuzz/obj/%.o: src/%.c $(wildcard src/*.h) | build/fuzz/obj
 	clang $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link $(PCFLAGS) -c -o $@ $<
 
