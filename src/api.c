@@ -716,12 +716,15 @@ static int request_allowed(sg_conn *c, sg_req *r, const char *path)
 {
     sg_security *sec = c->srv->security;
     sg_error err;
-    sg_security_client(sec, c->peer, sg_req_header(r, "x-forwarded-for"), sg_req_header(r, "x-real-ip"),
-                       r->client, sizeof(r->client));
+    /* the forwarded headers are looked up only where a proxy is trusted,
+     * the Host only in open mode: each lookup walks the headers */
+    int proxied = sg_security_trusts_proxies(sec);
+    sg_security_client(sec, c->peer, proxied ? sg_req_header(r, "x-forwarded-for") : NULL,
+                       proxied ? sg_req_header(r, "x-real-ip") : NULL, r->client, sizeof(r->client));
     /* in open mode only this machine's names: another name pointed at
      * 127.0.0.1 (DNS rebinding) is another site */
     const char *origin = sg_req_header(r, "origin");
-    if (!sg_security_host_ok(sec, sg_req_header(r, "host"))) {
+    if (sg_security_open(sec) && !sg_security_host_ok(sec, sg_req_header(r, "host"))) {
         sg_security_stats_of(sec)->origin_denied++;
         sg_error_set(&err, 403, "host_not_allowed", NULL,
                      "an open gateway answers loopback host names only (or a host security.allowed_origins names)");

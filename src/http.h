@@ -85,6 +85,7 @@ struct sg_conn {
     uint64_t deadline_ns; /* the request being read must be whole by then; 0: none */
     int short_timeout;    /* the read timeout is the time left to deadline_ns */
     int linger;           /* closing: 1 output pending, 2 write side shut; input is dropped */
+    uint64_t read_ns;     /* when the read being parsed happened (0 outside one) */
     sg_req *req;     /* HTTP mode only: freed when a transport takes over */
     const sg_conn_proto *proto;
     void *proto_data;

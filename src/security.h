@@ -67,6 +67,7 @@ int sg_security_metrics_ok(sg_security *s, const char *auth, const char *client)
 /* The client's address: peer, or, when peer is in trusted_proxies, what
  * X-Forwarded-For (rightmost untrusted) or X-Real-IP says. */
 int sg_security_trusted_proxy(const sg_security *s, const char *peer);
+int sg_security_trusts_proxies(const sg_security *s); /* any trusted_proxies at all */
 void sg_security_client(const sg_security *s, const char *peer, const char *xff, const char *xreal,
                         char *out, size_t outlen);
 
