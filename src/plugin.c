@@ -1068,11 +1068,10 @@ static int subscriber_call(sg_plugin *p, const char *name)
     return pass;
 }
 
-/* 1 pass, 0 drop, -1 failed */
-static int subscriber_filter(sg_plugins *pm, const char *name, json_t *args, json_t *update)
+/* Call p's subscriber filter `name`: 1 pass, 0 drop, -1 failed. */
+static int subscriber_filter(sg_plugin *p, const char *name, json_t *args, json_t *update)
 {
-    sg_plugin *p = find_named(pm, offsetof(sg_plugin, subscriber_filters), name);
-    if (!p || p->disabled) return p ? -1 : 1;
+    if (p->disabled) return -1;
     lua_State *L = sg_sandbox_state(p->sb);
     if (push_field(p, "subscriber_filters", name) != LUA_TFUNCTION) {
         lua_pop(L, 1);
@@ -1085,10 +1084,10 @@ static int subscriber_filter(sg_plugins *pm, const char *name, json_t *args, jso
 
 int sg_plugins_subscriber_filter(sg_plugins *pm, const char *name, json_t *args, json_t *update)
 {
-    int rc = subscriber_filter(pm, name, args, update);
-    if (rc >= 0) return rc;
     sg_plugin *p = find_named(pm, offsetof(sg_plugin, subscriber_filters), name);
-    return !p || !p->drop_on_failure; /* the plugin's failure_policy */
+    if (!p) return 1;
+    int rc = subscriber_filter(p, name, args, update);
+    return rc >= 0 ? rc : !p->drop_on_failure; /* a failure: the plugin's failure_policy */
 }
 
 int sg_plugins_subscriber_filter_try(sg_plugins *pm, const char *name, json_t *args, char *err,
@@ -1097,12 +1096,12 @@ int sg_plugins_subscriber_filter_try(sg_plugins *pm, const char *name, json_t *a
     json_t *u = json_pack("{s:s, s:i, s:s, s:s, s:s, s:{}}", "conversation_id", "statusgw-trial", "seq", 0,
                           "category", "info", "text", "", "timestamp", "1970-01-01T00:00:00.000Z",
                           "metadata");
-    int rc = u ? subscriber_filter(pm, name, args, u) : 1;
+    sg_plugin *p = find_named(pm, offsetof(sg_plugin, subscriber_filters), name);
+    int rc = u && p ? subscriber_filter(p, name, args, u) : 1;
     json_decref(u);
     if (rc >= 0) return 0;
-    sg_plugin *p = find_named(pm, offsetof(sg_plugin, subscriber_filters), name);
     snprintf(err, errlen, "subscriber filter '%s' fails with these args: %s", name,
-             !p ? "no such filter" : p->disabled ? "its plugin is disabled" : sg_sandbox_error(p->sb));
+             p->disabled ? "its plugin is disabled" : sg_sandbox_error(p->sb));
     return -1;
 }
 
