@@ -600,14 +600,38 @@ static void handle_list(sg_conn *c, sg_req *r)
                  NULL);
 }
 
+/* A history read: the answer's head is written when it is asked, the
+ * updates when the store answers (now, or on a later loop turn). */
+typedef struct history_read {
+    sg_conn *c; /* NULL once the connection is gone */
+    struct evbuffer *b;
+    int waiting; /* the handler returned: resume the connection when done */
+} history_read;
+
 static void on_history(void *arg, int status, sg_update **ups, size_t n, uint64_t oldest)
 {
-    struct evbuffer *b = arg;
-    for (size_t i = 0; i < n; i++) {
-        if (i) evbuffer_add(b, ",", 1);
-        evbuffer_add(b, ups[i]->json, ups[i]->json_len);
+    history_read *h = arg;
+    sg_conn *c = h->c;
+    if (c && status < 0) {
+        sg_error err;
+        sg_error_set(&err, 503, "store_unavailable", NULL, "history could not be read; retry shortly");
+        sg_http_error(c, &err);
+    } else if (c) {
+        for (size_t i = 0; i < n; i++) {
+            if (i) evbuffer_add(h->b, ",", 1);
+            evbuffer_add(h->b, ups[i]->json, ups[i]->json_len);
+        }
+        evbuffer_add_printf(h->b, "],\"oldest_seq\":%llu}\n", (unsigned long long)oldest);
+        size_t len = evbuffer_get_length(h->b);
+        sg_http_respond(c, 200, "application/json", (const char *)evbuffer_pullup(h->b, -1), len, NULL);
     }
-    evbuffer_add_printf(b, "],\"oldest_seq\":%llu}\n", (unsigned long long)oldest);
+    if (!h->waiting) {
+        h->waiting = -1; /* answered inside the call */
+        return;
+    }
+    if (c) sg_conn_resume(c);
+    evbuffer_free(h->b);
+    free(h);
 }
 
 static void handle_history(sg_conn *c, sg_req *r, const char *id)
@@ -633,14 +657,24 @@ static void handle_history(sg_conn *c, sg_req *r, const char *id)
         sg_http_error(c, &err);
         return;
     }
-    struct evbuffer *b = evbuffer_new();
-    evbuffer_add_printf(b, "{\"conversation_id\":\"%s\",\"epoch\":\"%s\",\"last_seq\":%llu,"
-                           "\"updates\":[",
+    history_read *h = calloc(1, sizeof(*h));
+    if (!h || !(h->b = evbuffer_new())) {
+        free(h);
+        sg_error_set(&err, 503, "out_of_memory", NULL, "the gateway is out of memory");
+        sg_http_error(c, &err);
+        return;
+    }
+    h->c = c;
+    evbuffer_add_printf(h->b, "{\"conversation_id\":\"%s\",\"epoch\":\"%s\",\"last_seq\":%llu,"
+                              "\"updates\":[",
                         cv->id, cv->epoch, (unsigned long long)cv->last_seq);
-    sg_hub_history(c->srv->hub, cv, since, 0, limit, mask, on_history, b);
-    size_t len = evbuffer_get_length(b);
-    sg_http_respond(c, 200, "application/json", (const char *)evbuffer_pullup(b, -1), len, NULL);
-    evbuffer_free(b);
+    if (sg_hub_history(c->srv->hub, cv, since, 0, limit, mask, on_history, h)) {
+        h->waiting = 1; /* the connection parses nothing more until the answer */
+        sg_conn_await(c, &h->c);
+        return;
+    }
+    evbuffer_free(h->b);
+    free(h);
 }
 
 static void handle_conversation(sg_conn *c, sg_req *r)

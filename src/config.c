@@ -50,6 +50,7 @@ static const struct int_key int_keys[] = {
     IK("max_connections", max_connections, 1, 10000000),
     IK("max_connections_per_ip", max_connections_per_ip, 0, 10000000),
     IK("max_channels_per_socket", max_channels_per_socket, 1, 100000),
+    IK("store_delay_ms", store_delay_ms, 0, 60000),
 };
 
 /* ---- names and paths ---- */
@@ -136,6 +137,7 @@ static void defaults(sg_config *c)
     memset(c, 0, sizeof(*c));
     sg_config_set_listen(c, SG_DEFAULT_LISTEN);
     c->plugins_dir = strdup("plugins");
+    snprintf(c->store, sizeof(c->store), "memory");
     c->log_level = SG_LOG_INFO;
     c->batch_size = SG_DEFAULT_BATCH_SIZE;
     c->flush_ms = SG_DEFAULT_FLUSH_MS;
@@ -253,20 +255,26 @@ static int apply_key(sg_config *c, lua_State *L, const char *key, char *err, siz
         return 0;
     }
     if (strcmp(key, "listen") == 0 || strcmp(key, "plugins_dir") == 0 ||
-        strcmp(key, "log_level") == 0) {
+        strcmp(key, "log_level") == 0 || strcmp(key, "store") == 0) {
         if (lua_type(L, -1) != LUA_TSTRING) {
             snprintf(err, errlen, "%s must be a string", key);
             return -1;
         }
         const char *v = lua_tostring(L, -1);
-        if (key[0] == 'l' && key[1] == 'i') {
+        if (strcmp(key, "listen") == 0) {
             if (sg_config_set_listen(c, v) < 0) {
                 snprintf(err, errlen, "listen must be \"host:port\", got \"%s\"", v);
                 return -1;
             }
-        } else if (key[0] == 'p') {
+        } else if (strcmp(key, "plugins_dir") == 0) {
             free(c->plugins_dir);
             c->plugins_dir = strdup(v);
+        } else if (strcmp(key, "store") == 0) {
+            if (strcmp(v, "memory") != 0) {
+                snprintf(err, errlen, "store must be \"memory\", got \"%.40s\"", v);
+                return -1;
+            }
+            snprintf(c->store, sizeof(c->store), "%s", v);
         } else {
             int lv = sg_log_parse_level(v);
             if (lv < 0) {
@@ -307,7 +315,7 @@ static int apply_key(sg_config *c, lua_State *L, const char *key, char *err, siz
     size_t nk = 0;
     for (size_t i = 0; i < sizeof(int_keys) / sizeof(int_keys[0]); i++)
         known[nk++] = int_keys[i].name;
-    static const char *const more[] = {"listen", "plugins_dir", "log_level", "access_log", "categories",
+    static const char *const more[] = {"listen", "plugins_dir", "log_level", "store", "access_log", "categories",
                                        "plugins", "webhooks", "security", NULL};
     for (int i = 0; more[i]; i++)
         known[nk++] = more[i];

@@ -89,6 +89,10 @@ typedef struct sg_config {
     int max_connections_per_ip;
     int max_channels_per_socket;
     int access_log; /* one line per request */
+    char store[16];     /* the history store: "memory" */
+    int store_delay_ms; /* > 0: every store answer comes this much later, on
+                         * a later loop turn (testing clients against a slow
+                         * store); 0: off */
     /* sections other modules read, as JSON (owned; NULL when absent) */
     json_t *plugins;  /* plugins.<name> = config passed to init() */
     json_t *webhooks;

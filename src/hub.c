@@ -92,6 +92,64 @@ static void arm_flush_timer(sg_hub *h)
     event_add(h->flush_ev, &tv);
 }
 
+/* ---- resuming subscribers ----
+ *
+ * A subscriber that resumes is subscribed at once, and what the
+ * conversation flushes while its replay is read is held: the replay covers
+ * (since, upto], upto being the newest seq flushed when it subscribed, and
+ * the held frames carry what came after. */
+
+typedef struct sg_hold {
+    sg_hub *hub;
+    sg_replay_fn cb;
+    sg_replay rp;
+    uint64_t upto;
+    sg_read *read;    /* the read in flight, or NULL */
+    sg_blob **frames; /* held, in order */
+    size_t n, cap, bytes;
+    int overflow;     /* more than output_cap was held: dropped */
+    int in_cb;        /* cb is running */
+    int abandoned;    /* unsubscribed while cb ran */
+} sg_hold;
+
+static int grow_frames(sg_hold *hd)
+{
+    size_t cap = hd->cap ? hd->cap * 2 : 8;
+    sg_blob **f = realloc(hd->frames, cap * sizeof(*f));
+    if (!f) return -1;
+    hd->frames = f;
+    hd->cap = cap;
+    return 0;
+}
+
+static void hold_drop_frames(sg_hold *hd)
+{
+    for (size_t i = 0; i < hd->n; i++)
+        sg_blob_unref(hd->frames[i]);
+    hd->n = hd->bytes = 0;
+}
+
+static void hold_free(sg_hold *hd)
+{
+    hold_drop_frames(hd);
+    free(hd->frames);
+    free(hd);
+}
+
+static void hold_frame(sg_sub *s, sg_blob *b)
+{
+    sg_hold *hd = s->hold;
+    if (hd->overflow) return;
+    if (hd->bytes + b->len > hd->hub->cfg->output_cap || (hd->n == hd->cap && grow_frames(hd) < 0)) {
+        hold_drop_frames(hd);
+        hd->overflow = 1;
+        return;
+    }
+    b->refcnt++;
+    hd->frames[hd->n++] = b;
+    hd->bytes += b->len;
+}
+
 /* ---- fan-out ---- */
 
 /* Encode what group g receives of this flush once, and append the frame to
@@ -111,8 +169,10 @@ static void deliver_group(sg_group *g, sg_conv *c, sg_update **ups, int n, json_
                g->cls->name);
         return;
     }
-    for (sg_sub *s = g->subs; s; s = s->next)
-        if (!s->dead) g->cls->deliver(s, b);
+    for (sg_sub *s = g->subs; s; s = s->next) {
+        if (s->state == SG_SUB_LIVE) g->cls->deliver(s, b);
+        else if (s->state == SG_SUB_HOLDING) hold_frame(s, b);
+    }
     sg_blob_unref(b);
 }
 
@@ -423,6 +483,83 @@ int sg_hub_publish(sg_hub *h, const sg_draft *d, sg_publish_result *res, sg_erro
     return 0;
 }
 
+/* ---- resuming ---- */
+
+/* The store answered the read of what s missed: hand it to the transport,
+ * then what was held. */
+static void on_resume_read(void *arg, int status, sg_update **ups, size_t n, uint64_t oldest)
+{
+    sg_sub *s = arg;
+    sg_hold *hd = s->hold;
+    sg_replay *rp = &hd->rp;
+    hd->read = NULL;
+    /* what the store still holds starts at oldest; what came after upto
+     * is held, however far the store was trimmed meanwhile */
+    uint64_t first_kept = oldest ? oldest : hd->upto + 1;
+    uint64_t last_lost = first_kept - 1 < hd->upto ? first_kept - 1 : hd->upto;
+    rp->status = status < 0 || hd->overflow ? -1 : 0;
+    rp->ups = rp->status == 0 ? ups : NULL;
+    rp->n = rp->status == 0 ? n : 0;
+    rp->gap_from = rp->epoch_changed ? 1 : rp->since + 1;
+    rp->gap_to = last_lost;
+    rp->recovered = rp->status == 0 && !rp->epoch_changed && last_lost <= rp->since;
+    hd->in_cb = 1;
+    hd->cb(s, rp);
+    hd->in_cb = 0;
+    if (hd->abandoned) { /* unsubscribed from within cb */
+        hold_free(hd);
+        return;
+    }
+    s->hold = NULL;
+    if (s->state == SG_SUB_HOLDING) s->state = rp->status == 0 ? SG_SUB_LIVE : SG_SUB_DEAD;
+    for (size_t i = 0; i < hd->n && s->state == SG_SUB_LIVE; i++)
+        s->group->cls->deliver(s, hd->frames[i]);
+    hold_free(hd);
+}
+
+void sg_hub_resume(sg_hub *h, sg_sub *s, const char *epoch, uint64_t last_seq, sg_replay_fn cb)
+{
+    sg_conv *c = s->conv;
+    sg_replay rp = {0};
+    rp.epoch_changed = epoch && strcmp(epoch, c->epoch) != 0;
+    rp.since = rp.epoch_changed ? 0 : last_seq;
+    if (rp.since > c->flushed_seq) rp.since = c->flushed_seq; /* a seq from the future */
+    if (rp.since == c->flushed_seq) { /* nothing flushed it has not seen */
+        rp.recovered = !rp.epoch_changed;
+        rp.gap_from = 1; /* no range lost: gap_to 0 */
+        cb(s, &rp);
+        return;
+    }
+    sg_hold *hd = calloc(1, sizeof(*hd));
+    if (!hd) {
+        rp.status = -1;
+        cb(s, &rp);
+        return;
+    }
+    hd->hub = h;
+    hd->cb = cb;
+    hd->rp = rp;
+    hd->upto = c->flushed_seq;
+    s->hold = hd;
+    s->state = SG_SUB_HOLDING;
+    sg_read *r = sg_store_read(h->store, c->hist, rp.since, hd->upto, (size_t)-1, s->group->mask,
+                               on_resume_read, s);
+    if (r) hd->read = r; /* answered later; hd is s's until then */
+}
+
+/* s goes: its resume, if any, with it. */
+static void resume_cancel(sg_sub *s)
+{
+    sg_hold *hd = s->hold;
+    s->hold = NULL;
+    if (hd->in_cb) {
+        hd->abandoned = 1;
+        return;
+    }
+    sg_read_cancel(hd->read);
+    hold_free(hd);
+}
+
 /* ---- subscribers ---- */
 
 void sg_hub_subscribe(sg_hub *h, sg_conv *c, sg_sub *s, const sg_sub_class *cls,
@@ -459,6 +596,7 @@ void sg_hub_unsubscribe(sg_hub *h, sg_sub *s)
     sg_group *g = s->group;
     if (!g) return;
     sg_conv *c = s->conv;
+    if (s->hold) resume_cancel(s);
     if (s->prev) s->prev->next = s->next; else g->subs = s->next;
     if (s->next) s->next->prev = s->prev;
     s->prev = s->next = NULL;
@@ -519,10 +657,10 @@ void sg_hub_rate(const sg_hub *h, int seconds, uint64_t *total, uint64_t *errors
         }
 }
 
-void sg_hub_history(sg_hub *h, sg_conv *c, uint64_t since, uint64_t upto, size_t limit,
-                    uint64_t mask, sg_store_range_fn cb, void *arg)
+sg_read *sg_hub_history(sg_hub *h, sg_conv *c, uint64_t since, uint64_t upto, size_t limit,
+                        uint64_t mask, sg_store_range_fn cb, void *arg)
 {
-    h->store->ops->range(c->hist, since, upto, limit, mask, cb, arg);
+    return sg_store_read(h->store, c->hist, since, upto, limit, mask, cb, arg);
 }
 
 /* ---- lifecycle ---- */

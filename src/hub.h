@@ -27,7 +27,7 @@ typedef struct sg_sub_class {
      * (n >= 1, oldest first). Returns a new blob or NULL (out of memory). */
     sg_blob *(*encode)(const sg_group *g, const sg_conv *c, sg_update **ups, size_t n);
     /* Append the shared frame to the subscriber's connection. May mark the
-     * subscriber dead (slow consumer) but must not unsubscribe it. */
+     * subscriber SG_SUB_DEAD (slow consumer) but must not unsubscribe it. */
     void (*deliver)(sg_sub *s, sg_blob *b);
 } sg_sub_class;
 
@@ -41,12 +41,19 @@ struct sg_group {
     sg_group *next;
 };
 
+enum {
+    SG_SUB_LIVE = 0,  /* frames are delivered */
+    SG_SUB_DEAD,      /* disconnecting: receives nothing more */
+    SG_SUB_HOLDING,   /* resuming: frames wait until its replay is written */
+};
+
 struct sg_sub {
     sg_group *group;
     sg_conv *conv;
     sg_sub *prev, *next;
     void *owner; /* the transport's connection state */
-    int dead;    /* disconnecting: receives nothing more */
+    int state;   /* SG_SUB_* */
+    struct sg_hold *hold; /* while resuming (hub.c) */
 };
 
 struct sg_conv {
@@ -153,9 +160,33 @@ extern const double sg_latency_bounds[SG_LATENCY_BUCKETS - 1];
 /* Publishes and error-category publishes over the last `seconds`. */
 void sg_hub_rate(const sg_hub *h, int seconds, uint64_t *total, uint64_t *errors);
 
-/* Read history through the store; see sg_store_ops.range. */
-void sg_hub_history(sg_hub *h, sg_conv *c, uint64_t since, uint64_t upto, size_t limit,
-                    uint64_t mask, sg_store_range_fn cb, void *arg);
+/* Read history through the store (sg_store_read: the answer may come on a
+ * later loop turn; cancel the handle when the reader goes first). */
+sg_read *sg_hub_history(sg_hub *h, sg_conv *c, uint64_t since, uint64_t upto, size_t limit,
+                        uint64_t mask, sg_store_range_fn cb, void *arg);
+
+/* What a resuming subscriber missed, and whether any of it is lost. */
+typedef struct sg_replay {
+    int status;        /* 0; -1 when it could not be read (the store failed,
+                        * or more was published meanwhile than output_cap
+                        * holds): close, and let the client resume again */
+    int recovered;     /* everything it missed is in ups */
+    int epoch_changed; /* its epoch is not the conversation's */
+    uint64_t since;    /* its last seq in this epoch (0 after an epoch change) */
+    uint64_t gap_from, gap_to; /* the seqs lost, when gap_to >= gap_from */
+    sg_update **ups;   /* what it missed that history holds, in its
+                        * categories, oldest first; borrowed */
+    size_t n;
+} sg_replay;
+typedef void (*sg_replay_fn)(sg_sub *s, const sg_replay *rp);
+
+/* Resume s, subscribed a moment ago, from the client's epoch (NULL: the
+ * conversation's) and last seq. cb writes what it missed (rp), now or on
+ * a later loop turn; until then what the conversation flushes is held for
+ * s, and goes out right after cb, so that the client sees every seq once,
+ * in order. cb may mark s SG_SUB_DEAD but must not unsubscribe it. An
+ * unsubscribe before the answer cancels it. */
+void sg_hub_resume(sg_hub *h, sg_sub *s, const char *epoch, uint64_t last_seq, sg_replay_fn cb);
 
 int64_t sg_now_ms(void);   /* wall clock, Unix ms */
 int64_t sg_mono_ms(void);  /* monotonic ms */

@@ -252,6 +252,8 @@ static int server_open(sg_server *srv, sg_config *cfg, sg_security *sec)
     srv->security = sec;
     srv->base = event_base_new();
     srv->store = sg_store_memory_new(cfg->history_size);
+    if (srv->store && cfg->store_delay_ms > 0)
+        srv->store = sg_store_deferred_new(srv->store, srv->base, cfg->store_delay_ms);
     srv->hub = srv->base && srv->store ? sg_hub_new(srv->base, cfg, srv->store) : NULL;
     srv->plugins = sg_plugins_new(cfg->plugins_dir, cfg, srv->base, sg_ingest_emit, srv);
     if (!srv->hub || !srv->plugins || sg_ingest_init(srv) < 0) {

@@ -24,14 +24,25 @@ typedef struct phx_chan {
     sg_filter *filter;
     int batch;
     sg_rate changes; /* subscription changes: PHX_RATE_LIMIT per PHX_RATE_WINDOW_MS */
+    json_t *joining; /* the join's ref while what it missed is read, else NULL */
     struct phx_chan *next;
 } phx_chan;
+
+/* A history event waiting for the store. */
+typedef struct phx_read {
+    struct phx_read *prev, *next;
+    sg_phx *p;
+    sg_read *read;
+    json_t *jr, *ref;
+    char *topic;
+} phx_read;
 
 struct sg_phx {
     sg_ws *ws;
     sg_server *srv;
     phx_chan *chans;
     int n_chans;
+    phx_read *reads; /* history events waiting for the store */
 };
 
 /* ---- frames ---- */
@@ -141,7 +152,7 @@ static void phx_deliver(sg_sub *s, sg_blob *b)
 {
     phx_chan *ch = (phx_chan *)s;
     if (sg_ws_send_shared(ch->phx->ws, b) < 0)
-        s->dead = 1;
+        s->state = SG_SUB_DEAD;
     else
         ch->phx->srv->delivered_ws += b->n_updates;
 }
@@ -180,6 +191,7 @@ static void chan_free(sg_phx *p, phx_chan *ch)
     sg_hub_unsubscribe(p->srv->hub, &ch->sub);
     sg_filter_unref(ch->filter);
     json_decref(ch->join_ref);
+    json_decref(ch->joining);
     free(ch->topic);
     free(ch);
 }
@@ -248,29 +260,6 @@ static int rate_limited(phx_chan *ch, json_t *jr, json_t *ref)
     return -1;
 }
 
-struct collect {
-    sg_update **ups;
-    size_t n;
-    uint64_t oldest;
-};
-
-static void on_collect(void *arg, int status, sg_update **ups, size_t n, uint64_t oldest)
-{
-    struct collect *c = arg;
-    c->oldest = oldest;
-    c->ups = n ? malloc(sizeof(*ups) * n) : NULL;
-    c->n = c->ups ? n : 0;
-    for (size_t i = 0; i < c->n; i++)
-        c->ups[i] = sg_update_ref(ups[i]);
-}
-
-static void collect_free(struct collect *c)
-{
-    for (size_t i = 0; i < c->n; i++)
-        sg_update_unref(c->ups[i]);
-    free(c->ups);
-}
-
 /* Push stored updates to one channel (a replay), as its live pushes look. */
 static void push_replay(phx_chan *ch, sg_update **ups, size_t n)
 {
@@ -310,19 +299,45 @@ static phx_chan *chan_new(sg_phx *p, const char *topic, json_t *jr, sg_conv *cv,
     return ch;
 }
 
-/* What a resuming client missed: seqs in (last_seq, flushed] into missed
- * (what is still queued arrives with the next flush). 1 when nothing it
- * missed is lost: its epoch is the conversation's and history holds all. */
-static int join_missed(sg_server *srv, sg_conv *cv, uint64_t cats, json_t *jepoch, uint64_t since,
-                       struct collect *missed)
+/* The join's answer: what the channel gets, and whether a resuming
+ * client lost nothing. */
+static void join_reply(phx_chan *ch, json_t *ref, int recovered)
 {
-    int same_epoch = !jepoch || json_is_null(jepoch) || strcmp(json_string_value(jepoch), cv->epoch) == 0;
-    if (!same_epoch) since = 0;
-    if (since > cv->flushed_seq) since = cv->flushed_seq;
-    if (since < cv->flushed_seq)
-        sg_hub_history(srv->hub, cv, since, cv->flushed_seq, (size_t)-1, cats, on_collect, missed);
-    uint64_t first_kept = missed->oldest ? missed->oldest : cv->flushed_seq + 1;
-    return same_epoch && first_kept <= since + 1;
+    int wildcard = ch->conv->is_wildcard;
+    json_t *resp = json_pack("{s:s, s:o, s:o, s:o, s:I, s:b}", "conversation_id",
+                             wildcard ? "*" : ch->conv->id, "available_categories",
+                             category_list(sg_category_all()), "subscribed_categories",
+                             category_list(ch->cats), "epoch",
+                             wildcard ? json_null() : json_string(ch->conv->epoch), "last_seq",
+                             (json_int_t)(wildcard ? 0 : ch->conv->last_seq), "recovered", recovered);
+    if (ch->filter) json_object_set_new(resp, "filter", sg_filter_json(ch->filter));
+    if (ch->batch) json_object_set_new(resp, "batch", json_true());
+    reply(ch->phx, ch->join_ref, ref, ch->topic, 1, resp);
+}
+
+/* What a resuming channel missed came from the store (now or later):
+ * answer the join, then replay it; live pushes follow. */
+static void on_join_replay(sg_sub *s, const sg_replay *rp)
+{
+    phx_chan *ch = (phx_chan *)s;
+    sg_phx *p = ch->phx;
+    json_t *ref = ch->joining;
+    ch->joining = NULL;
+    if (rp->status < 0) {
+        sg_log(SG_LOG_WARN, "join_replay_failed", "peer=%s topic=%s", sg_ws_peer(p->ws),
+               sg_log_q(ch->topic));
+        reply(p, ch->join_ref, ref, ch->topic, 0,
+              json_pack("{s:s, s:s}", "reason", "history_unavailable", "message",
+                        "what this channel missed could not be read; join again"));
+        json_decref(ref);
+        chan_free(p, ch);
+        return;
+    }
+    join_reply(ch, ref, rp->recovered);
+    json_decref(ref);
+    if (rp->n) push_replay(ch, rp->ups, rp->n);
+    sg_log(SG_LOG_DEBUG, "channel_joined", "peer=%s topic=%s resume=1 recovered=%d",
+           sg_ws_peer(p->ws), sg_log_q(ch->topic), rp->recovered);
 }
 
 static void handle_join(sg_phx *p, json_t *jr, json_t *ref, const char *topic, json_t *payload)
@@ -398,32 +413,53 @@ static void handle_join(sg_phx *p, json_t *jr, json_t *ref, const char *topic, j
 
     phx_chan *ch = chan_new(p, topic, jr, cv, cats, filter, json_is_true(json_object_get(payload, "batch")));
     ch->changes = changes;
-    struct collect missed = {0};
-    int resume = !wildcard && jlast && json_is_integer(jlast);
-    int recovered = resume && join_missed(srv, cv, cats, jepoch, (uint64_t)json_integer_value(jlast), &missed);
-    json_t *resp = json_pack("{s:s, s:o, s:o, s:o, s:I, s:b}", "conversation_id", wildcard ? "*" : cv->id,
-                             "available_categories", category_list(sg_category_all()),
-                             "subscribed_categories", category_list(cats), "epoch",
-                             wildcard ? json_null() : json_string(cv->epoch), "last_seq",
-                             (json_int_t)(wildcard ? 0 : cv->last_seq), "recovered", recovered);
-    if (ch->filter) json_object_set_new(resp, "filter", sg_filter_json(ch->filter));
-    if (ch->batch) json_object_set_new(resp, "batch", json_true());
-    reply(p, jr, ref, topic, 1, resp);
-    if (missed.n) push_replay(ch, missed.ups, missed.n);
-    collect_free(&missed);
-    sg_log(SG_LOG_DEBUG, "channel_joined", "peer=%s topic=%s resume=%d recovered=%d",
-           sg_ws_peer(p->ws), sg_log_q(topic), resume, recovered);
+    if (wildcard || !jlast || !json_is_integer(jlast)) {
+        join_reply(ch, ref, 0);
+        sg_log(SG_LOG_DEBUG, "channel_joined", "peer=%s topic=%s resume=0", sg_ws_peer(p->ws),
+               sg_log_q(topic));
+        return;
+    }
+    ch->joining = json_incref(ref ? ref : json_null());
+    sg_hub_resume(srv->hub, &ch->sub, json_is_string(jepoch) ? json_string_value(jepoch) : NULL,
+                  (uint64_t)json_integer_value(jlast), on_join_replay);
+}
+
+static void read_free(phx_read *r)
+{
+    if (r->p) {
+        if (r->prev) r->prev->next = r->next; else r->p->reads = r->next;
+        if (r->next) r->next->prev = r->prev;
+    }
+    json_decref(r->jr);
+    json_decref(r->ref);
+    free(r->topic);
+    free(r);
 }
 
 static void on_history_reply(void *arg, int status, sg_update **ups, size_t n, uint64_t oldest)
 {
-    struct evbuffer *b = arg;
-    evbuffer_add_printf(b, "{\"status\":\"ok\",\"response\":{\"updates\":[");
-    for (size_t i = 0; i < n; i++) {
-        if (i) evbuffer_add(b, ",", 1);
-        evbuffer_add(b, ups[i]->json, ups[i]->json_len);
+    phx_read *r = arg;
+    sg_phx *p = r->p;
+    if (status < 0) {
+        reply(p, r->jr, r->ref, r->topic, 0,
+              json_pack("{s:s, s:s}", "reason", "history_unavailable", "message",
+                        "history could not be read; try again"));
+        read_free(r);
+        return;
     }
-    evbuffer_add_printf(b, "],\"oldest_seq\":%llu}}", (unsigned long long)oldest);
+    struct evbuffer *b = evbuffer_new();
+    if (b) {
+        evbuffer_add_printf(b, "{\"status\":\"ok\",\"response\":{\"updates\":[");
+        for (size_t i = 0; i < n; i++) {
+            if (i) evbuffer_add(b, ",", 1);
+            evbuffer_add(b, ups[i]->json, ups[i]->json_len);
+        }
+        evbuffer_add_printf(b, "],\"oldest_seq\":%llu}}", (unsigned long long)oldest);
+        size_t len = evbuffer_get_length(b);
+        send_raw(p, r->jr, r->ref, r->topic, "phx_reply", (const char *)evbuffer_pullup(b, -1), len);
+        evbuffer_free(b);
+    }
+    read_free(r);
 }
 
 static void handle_history(phx_chan *ch, json_t *jr, json_t *ref, json_t *payload)
@@ -444,13 +480,22 @@ static void handle_history(phx_chan *ch, json_t *jr, json_t *ref, json_t *payloa
     uint64_t mask = sg_category_all();
     json_t *jc = json_object_get(payload, "categories");
     if (jc && parse_categories(p, jr, ref, ch->topic, jc, &mask) < 0) return;
-    struct evbuffer *b = evbuffer_new();
-    sg_hub_history(p->srv->hub, ch->conv, js ? (uint64_t)json_integer_value(js) : 0, 0,
-                   jl ? (size_t)json_integer_value(jl) : (size_t)p->srv->cfg->history_size, mask,
-                   on_history_reply, b);
-    size_t len = evbuffer_get_length(b);
-    send_raw(p, jr, ref, ch->topic, "phx_reply", (const char *)evbuffer_pullup(b, -1), len);
-    evbuffer_free(b);
+    phx_read *r = calloc(1, sizeof(*r));
+    if (!r || !(r->topic = strdup(ch->topic))) {
+        free(r);
+        reply_error(p, jr, ref, ch->topic, "out_of_memory");
+        return;
+    }
+    r->p = p;
+    r->jr = json_incref(jr);
+    r->ref = json_incref(ref);
+    r->next = p->reads;
+    if (p->reads) p->reads->prev = r;
+    p->reads = r;
+    sg_read *rd = sg_hub_history(p->srv->hub, ch->conv, js ? (uint64_t)json_integer_value(js) : 0, 0,
+                                 jl ? (size_t)json_integer_value(jl) : (size_t)p->srv->cfg->history_size,
+                                 mask, on_history_reply, r);
+    if (rd) r->read = rd; /* answered later; r is freed by the answer or by phx_free */
 }
 
 static json_t *descriptions(void)
@@ -534,6 +579,9 @@ static void phx_on_text(void *state, const char *msg, size_t len)
         phx_chan *ch = find_chan(p, topic);
         if (!ch) {
             reply_error(p, jr, ref, topic, "unmatched topic");
+        } else if (ch->joining && strcmp(event, "phx_leave") != 0) {
+            /* as a Phoenix channel does nothing before its join returns */
+            reply_error(p, jr, ref, topic, "join_in_progress");
         } else if (strcmp(event, "phx_leave") == 0) {
             reply(p, jr, ref, topic, 1, json_object());
             send_json(p, ch->join_ref, ch->join_ref, topic, "phx_close", json_object());
@@ -560,6 +608,10 @@ static void phx_free(void *state)
     if (!p) return;
     while (p->chans)
         chan_free(p, p->chans);
+    while (p->reads) {
+        sg_read_cancel(p->reads->read);
+        read_free(p->reads);
+    }
     free(p);
 }
 

@@ -48,7 +48,7 @@ static void sse_deliver(sg_sub *s, sg_blob *b)
     sg_conn *c = ss->conn;
     struct evbuffer *out = bufferevent_get_output(c->bev);
     if (evbuffer_get_length(out) + b->len > c->srv->cfg->output_cap) {
-        s->dead = 1;
+        s->state = SG_SUB_DEAD;
         c->srv->slow_consumers++;
         sg_log(SG_LOG_WARN, "slow_consumer", "transport=sse peer=%s conversation=%s unsent=%zu",
                c->peer, s->conv->id, evbuffer_get_length(out));
@@ -86,58 +86,58 @@ static void sse_on_shutdown(sg_conn *c)
 
 static const sg_conn_proto sse_proto = {"sse", sse_on_read, sse_on_close, sse_on_shutdown, NULL};
 
-struct replay {
-    sg_conn *conn;
-    sg_conv *conv;
-    uint64_t since;
-    int epoch_changed;
-};
-
-/* Write the stored updates a resuming client missed, announcing a gap
- * first when history no longer holds all of them. */
-static void on_replay(void *arg, int status, sg_update **ups, size_t n, uint64_t oldest)
+/* What a resuming client missed came from the store (now or later): a gap
+ * event first when history no longer holds all of it, then the updates;
+ * live events follow. */
+static void on_replay(sg_sub *s, const sg_replay *rp)
 {
-    struct replay *rp = arg;
-    struct evbuffer *out = bufferevent_get_output(rp->conn->bev);
-    sg_conv *cv = rp->conv;
-    uint64_t first_kept = oldest ? oldest : cv->flushed_seq + 1;
-    if (status == 0 && (rp->epoch_changed || first_kept > rp->since + 1)) {
-        uint64_t to = first_kept - 1;
-        uint64_t from = rp->epoch_changed ? 1 : rp->since + 1;
-        if (rp->epoch_changed && to < from) {
-            /* the client's epoch is gone, but nothing of this one was
-             * missed: no range to name (it would run from 1 to 0) */
-            evbuffer_add_printf(out,
-                                "id: %s:%llu\nevent: gap\ndata: {\"conversation_id\":\"%s\","
-                                "\"epoch\":\"%s\",\"reason\":\"epoch_changed\"}\n\n",
-                                cv->epoch, (unsigned long long)to, cv->id, cv->epoch);
-        } else if (rp->epoch_changed || to > rp->since) {
-            evbuffer_add_printf(out,
-                                "id: %s:%llu\nevent: gap\ndata: {\"conversation_id\":\"%s\","
-                                "\"epoch\":\"%s\",\"reason\":\"%s\",\"from_seq\":%llu,"
-                                "\"to_seq\":%llu}\n\n",
-                                cv->epoch, (unsigned long long)to, cv->id, cv->epoch,
-                                rp->epoch_changed ? "epoch_changed" : "history_trimmed",
-                                (unsigned long long)from, (unsigned long long)to);
-        }
+    sse_sub *ss = (sse_sub *)s;
+    sg_conn *c = ss->conn;
+    sg_conv *cv = s->conv;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    if (rp->status < 0) {
+        /* the stream ends, and the client resumes from where it was */
+        sg_log(SG_LOG_WARN, "sse_replay_failed", "peer=%s conversation=%s", c->peer, cv->id);
+        sg_conn_close_after_write(c);
+        return;
+    }
+    if (!rp->recovered && rp->epoch_changed && rp->gap_to < rp->gap_from) {
+        /* the client's epoch is gone, but nothing of this one was missed:
+         * no range to name (it would run from 1 to 0) */
+        evbuffer_add_printf(out,
+                            "id: %s:%llu\nevent: gap\ndata: {\"conversation_id\":\"%s\","
+                            "\"epoch\":\"%s\",\"reason\":\"epoch_changed\"}\n\n",
+                            cv->epoch, (unsigned long long)rp->gap_to, cv->id, cv->epoch);
+    } else if (!rp->recovered) {
+        evbuffer_add_printf(out,
+                            "id: %s:%llu\nevent: gap\ndata: {\"conversation_id\":\"%s\","
+                            "\"epoch\":\"%s\",\"reason\":\"%s\",\"from_seq\":%llu,"
+                            "\"to_seq\":%llu}\n\n",
+                            cv->epoch, (unsigned long long)rp->gap_to, cv->id, cv->epoch,
+                            rp->epoch_changed ? "epoch_changed" : "history_trimmed",
+                            (unsigned long long)rp->gap_from, (unsigned long long)rp->gap_to);
     }
     /* the replayed frames written straight into the output, in one
      * reservation: no copy and no allocation per update */
-    size_t need = 0;
+    size_t need = 0, n = rp->n;
     for (size_t i = 0; i < n; i++)
-        need += frame_len(cv, ups[i]);
+        need += frame_len(cv, rp->ups[i]);
     struct evbuffer_iovec v;
     if (n && evbuffer_reserve_space(out, (ev_ssize_t)need, &v, 1) == 1) {
         size_t len = 0;
         for (size_t i = 0; i < n; i++)
-            len += frame_write((char *)v.iov_base + len, cv, ups[i]);
+            len += frame_write((char *)v.iov_base + len, cv, rp->ups[i]);
         v.iov_len = len;
         evbuffer_commit_space(out, &v, 1);
     } else if (n) {
         /* no room for the replay: the stream ends, and the client resumes */
-        sg_log(SG_LOG_WARN, "sse_replay_failed", "conversation=%s updates=%zu reason=out_of_memory", cv->id, n);
-        sg_conn_close_after_write(rp->conn);
+        sg_log(SG_LOG_WARN, "sse_replay_failed", "peer=%s conversation=%s updates=%zu reason=out_of_memory",
+               c->peer, cv->id, n);
+        s->state = SG_SUB_DEAD;
+        sg_conn_close_after_write(c);
+        return;
     }
+    sg_conn_deliver(c);
 }
 
 /* Parse "<epoch>:<seq>"; -1 when malformed. */
@@ -214,18 +214,11 @@ void sg_sse_start(sg_conn *c, sg_req *r, const char *conv_id)
                         r->cors_origin ? "Access-Control-Allow-Origin: " : "",
                         r->cors_origin ? r->cors_origin : "", r->cors_origin ? "\r\nVary: Origin\r\n" : "",
                         srv->cfg->sse_retry_ms);
-    if (resume) {
-        struct replay rp = {c, cv, since, strcmp(epoch, cv->epoch) != 0};
-        if (rp.epoch_changed) rp.since = 0;
-        if (rp.since > cv->flushed_seq) rp.since = cv->flushed_seq;
-        if (rp.epoch_changed || rp.since < cv->flushed_seq)
-            sg_hub_history(srv->hub, cv, rp.since, cv->flushed_seq, (size_t)-1, mask,
-                           on_replay, &rp);
-    }
     sg_conn_take(c, SG_CONN_SSE, &sse_proto, ss);
     sg_hub_subscribe(srv->hub, cv, &ss->sub, &sse_class, mask, 0, NULL, ss);
     srv->n_sse++;
     sg_conn_set_idle(c, NULL);
+    if (resume) sg_hub_resume(srv->hub, &ss->sub, epoch, since, on_replay);
     sg_log(SG_LOG_DEBUG, "sse_subscribed", "peer=%s conversation=%s resume=%d since=%llu",
            c->peer, cv->id, resume, (unsigned long long)since);
 }

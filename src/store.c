@@ -108,3 +108,43 @@ sg_store *sg_store_memory_new(int history_size)
     m->cap = history_size;
     return &m->base;
 }
+
+/* ---- reads that may answer later ---- */
+
+struct sg_read {
+    sg_store_range_fn cb; /* NULL once cancelled */
+    void *arg;
+    int waiting;  /* the call returned: the answer comes on a later turn */
+    int answered; /* the answer came inside the call */
+};
+
+static void read_done(void *arg, int status, sg_update **ups, size_t n, uint64_t oldest)
+{
+    sg_read *r = arg;
+    if (r->cb) r->cb(r->arg, status, ups, n, oldest);
+    if (r->waiting) free(r);
+    else r->answered = 1;
+}
+
+sg_read *sg_store_read(sg_store *s, sg_store_conv *c, uint64_t since, uint64_t upto, size_t limit,
+                       uint64_t mask, sg_store_range_fn cb, void *arg)
+{
+    sg_read *r = malloc(sizeof(*r));
+    if (!r) {
+        cb(arg, -1, NULL, 0, 0);
+        return NULL;
+    }
+    *r = (sg_read){cb, arg, 0, 0};
+    s->ops->range(c, since, upto, limit, mask, read_done, r);
+    if (r->answered) {
+        free(r);
+        return NULL;
+    }
+    r->waiting = 1;
+    return r;
+}
+
+void sg_read_cancel(sg_read *r)
+{
+    if (r) r->cb = NULL;
+}

@@ -1,6 +1,10 @@
-/* The history store seam (docs/architecture.md): append, range by seq, trim. The
- * interface is asynchronous so a durable or Redis store can plug in; the
- * in-memory store calls every callback at once. */
+/* The history store seam (docs/architecture.md): append, range by seq, trim.
+ * The interface is asynchronous so that a durable or Redis store can plug
+ * in: a callback may come at once, inside the call, or on a later loop
+ * turn. Callers read through sg_store_read, whose answer can be cancelled
+ * when the reader goes away first. The in-memory store answers at once;
+ * the deferred store (a test double, `store_delay_ms`) answers every call
+ * on a later loop turn. */
 #ifndef SG_STORE_H
 #define SG_STORE_H
 
@@ -34,8 +38,11 @@ typedef struct sg_store_ops {
      * limit of them. upto 0 means no upper bound. */
     void (*range)(sg_store_conv *c, uint64_t since, uint64_t upto, size_t limit, uint64_t mask,
                   sg_store_range_fn cb, void *arg);
-    /* Close the handle; drop != 0 also forgets the history. */
+    /* Close the handle; drop != 0 also forgets the history. Reads still
+     * pending on it are answered all the same. */
     void (*close)(sg_store_conv *c, int drop);
+    /* Free the store. Callbacks still pending are called first, with
+     * status -1. */
     void (*free)(sg_store *s);
 } sg_store_ops;
 
@@ -45,6 +52,24 @@ struct sg_store {
 
 /* The built-in store: a ring of `history_size` updates per conversation. */
 sg_store *sg_store_memory_new(int history_size);
+
+struct event_base;
+/* A store that answers every call of inner (owned) on a later loop turn,
+ * delay_ms after it; ranges are read from inner when they are answered.
+ * For testing transports and clients against a slow store. */
+sg_store *sg_store_deferred_new(sg_store *inner, struct event_base *base, int delay_ms);
+
+/* A read in flight. */
+typedef struct sg_read sg_read;
+
+/* Read a range (see sg_store_ops.range). cb is called exactly once: inside
+ * this call, and then NULL is returned, or on a later loop turn, and then
+ * the returned handle may be passed to sg_read_cancel until it is. On
+ * out of memory cb is called at once with status -1. */
+sg_read *sg_store_read(sg_store *s, sg_store_conv *c, uint64_t since, uint64_t upto, size_t limit,
+                       uint64_t mask, sg_store_range_fn cb, void *arg);
+/* The reader is going away: its callback will not be called. */
+void sg_read_cancel(sg_read *r);
 
 /* Fill out with SG_EPOCH_LEN random hex characters and a NUL. */
 void sg_store_new_epoch(char *out);

@@ -212,6 +212,52 @@ static void store_contract(void)
     s->ops->free(s);
 }
 
+/* ---- the deferred store: the seam's contract when answers come later ---- */
+
+static void store_deferred_contract(void)
+{
+    struct event_base *base = event_base_new();
+    sg_store *s = sg_store_deferred_new(sg_store_memory_new(3), base, 0);
+    char epoch[SG_EPOCH_LEN + 1];
+    uint64_t last = 99;
+    sg_store_conv *c = s->ops->open(s, "d1", epoch, &last);
+    CHECK(c != NULL && last == 0);
+    int done = 0;
+    for (uint64_t seq = 1; seq <= 4; seq++) {
+        sg_update *u = update("d1", "info", "x", seq);
+        s->ops->append(c, u, on_done, &done);
+        sg_update_unref(u);
+    }
+    CHECK(done == 0); /* answered on a later turn */
+    struct got g = {0}, g2 = {0}, g3 = {0};
+    sg_read *r = sg_store_read(s, c, 0, 0, (size_t)-1, sg_category_all(), on_range, &g);
+    CHECK(r != NULL && g.calls == 0);
+    /* a cancelled read is never answered */
+    sg_read *r2 = sg_store_read(s, c, 0, 0, (size_t)-1, sg_category_all(), on_range, &g2);
+    sg_read_cancel(r2);
+    /* appended before the answer: a range is read when it is answered */
+    sg_update *u5 = update("d1", "info", "x", 5);
+    s->ops->append(c, u5, NULL, NULL);
+    sg_update_unref(u5);
+    event_base_loop(base, EVLOOP_ONCE);
+    CHECK(done == 4);
+    CHECK(g.calls == 1 && g.status == 0 && g.n == 3 && g.seqs[0] == 3 && g.seqs[2] == 5 && g.oldest == 3);
+    CHECK(g2.calls == 0);
+    /* a conversation closed with a read pending still answers it */
+    memset(&g, 0, sizeof(g));
+    CHECK(sg_store_read(s, c, 3, 0, (size_t)-1, sg_category_all(), on_range, &g) != NULL);
+    s->ops->close(c, 1);
+    event_base_loop(base, EVLOOP_ONCE);
+    CHECK(g.calls == 1 && g.n == 2 && g.seqs[0] == 4);
+    /* freeing the store answers what is pending with status -1 */
+    c = s->ops->open(s, "d2", epoch, &last);
+    CHECK(sg_store_read(s, c, 0, 0, (size_t)-1, sg_category_all(), on_range, &g3) != NULL);
+    s->ops->close(c, 1);
+    s->ops->free(s);
+    CHECK(g3.calls == 1 && g3.status == -1);
+    event_base_free(base);
+}
+
 /* ---- the hub: flush order, grouping ---- */
 
 struct frames {
@@ -314,6 +360,71 @@ static void hub_watch_slots(void)
     cfg.max_conversations = SG_DEFAULT_MAX_CONVERSATIONS;
 }
 
+/* ---- resuming subscribers on a store that answers later ---- */
+
+static void on_resumed(sg_sub *s, const sg_replay *rp)
+{
+    struct frames *f = s->owner;
+    f->len += (size_t)snprintf(f->seen + f->len, sizeof(f->seen) - f->len, "replay%s:", rp->recovered ? "+" : "-");
+    for (size_t i = 0; i < rp->n; i++)
+        f->len += (size_t)snprintf(f->seen + f->len, sizeof(f->seen) - f->len, "%llu,",
+                                   (unsigned long long)rp->ups[i]->seq);
+    if (!rp->recovered && rp->gap_to >= rp->gap_from)
+        f->len += (size_t)snprintf(f->seen + f->len, sizeof(f->seen) - f->len, "gap%llu-%llu",
+                                   (unsigned long long)rp->gap_from, (unsigned long long)rp->gap_to);
+    f->len += (size_t)snprintf(f->seen + f->len, sizeof(f->seen) - f->len, ";");
+}
+
+static void hub_resume_deferred(void)
+{
+    struct event_base *base = event_base_new();
+    sg_store *store = sg_store_deferred_new(sg_store_memory_new(4), base, 0);
+    cfg.batch_size = 1; /* every publish flushes at once */
+    sg_hub *h = sg_hub_new(base, &cfg, store);
+    sg_error err;
+    for (int i = 0; i < 3; i++)
+        CHECK(publish(h, "r1", "info", "x", NULL) == 0);
+    sg_conv *c = sg_hub_conv(h, "r1", 2, SG_CONV_FIND, &err);
+    struct frames fa = {0}, fb = {0}, fc = {0};
+    sg_sub a, b, cc;
+    /* a resumes from 1: its replay (2, 3] is read while 4 and 5 are
+     * flushed; they are held and follow the replay */
+    sg_hub_subscribe(h, c, &a, &t_class, sg_category_all(), 0, NULL, &fa);
+    sg_hub_resume(h, &a, c->epoch, 1, on_resumed);
+    CHECK(a.state == SG_SUB_HOLDING && fa.len == 0);
+    /* b resumes from an epoch that is gone; c resumes and leaves at once */
+    sg_hub_subscribe(h, c, &b, &t_class, sg_category_all(), 0, NULL, &fb);
+    sg_hub_resume(h, &b, "0123456789abcdef", 2, on_resumed);
+    sg_hub_subscribe(h, c, &cc, &t_class, sg_category_all(), 0, NULL, &fc);
+    sg_hub_resume(h, &cc, c->epoch, 0, on_resumed);
+    CHECK(publish(h, "r1", "info", "x", NULL) == 0);
+    CHECK(publish(h, "r1", "info", "x", NULL) == 0);
+    sg_hub_unsubscribe(h, &cc);
+    CHECK(fa.len == 0); /* held */
+    event_base_loop(base, EVLOOP_ONCE);
+    /* the store was trimmed to 4 meanwhile (2..5): a's replay is whole */
+    CHECK(strcmp(fa.seen, "replay+:2,3,;4,;5,;") == 0);
+    /* b's epoch is gone: all that is held of this one, and 1 is lost */
+    CHECK(strcmp(fb.seen, "replay-:2,3,gap1-1;4,;5,;") == 0);
+    CHECK(fc.len == 0); /* unsubscribed before the answer: nothing */
+    CHECK(a.state == SG_SUB_LIVE && a.hold == NULL);
+    CHECK(publish(h, "r1", "info", "x", NULL) == 0);
+    CHECK(strcmp(fa.seen, "replay+:2,3,;4,;5,;6,;") == 0);
+    /* nothing missed: answered at once, with no read */
+    struct frames fd = {0};
+    sg_sub d;
+    sg_hub_subscribe(h, c, &d, &t_class, sg_category_all(), 0, NULL, &fd);
+    sg_hub_resume(h, &d, c->epoch, 6, on_resumed);
+    CHECK(strcmp(fd.seen, "replay+:;") == 0 && d.state == SG_SUB_LIVE);
+    sg_hub_unsubscribe(h, &a);
+    sg_hub_unsubscribe(h, &b);
+    sg_hub_unsubscribe(h, &d);
+    sg_hub_free(h);
+    store->ops->free(store);
+    event_base_free(base);
+    cfg.batch_size = SG_DEFAULT_BATCH_SIZE;
+}
+
 /* ---- subscriber filter operators ---- */
 
 static int matches(const char *filter_json, const char *cat, const char *text, const char *md)
@@ -391,6 +502,8 @@ int main(void)
     run("dict: set, get, replace, delete over 5,000 keys; NUL and empty keys", dict_basics);
     run("rate: GCRA passes the burst, then one event per interval, and says how long to wait", rate_gcra);
     run("memory store: answers at once, trims, ranges by (since, upto], category and limit", store_contract);
+    run("deferred store: answers later, reads when it answers, cancels, answers at close and free", store_deferred_contract);
+    run("hub: resumes hold live frames until a late replay, then deliver them in order; gaps; cancel", hub_resume_deferred);
     run("hub: flushes at batch_size in seq order, one frame per group, categories per group", hub_flush_order_and_grouping);
     run("hub: watched empty conversations are counted apart and never evict history", hub_watch_slots);
     run("filters: eq ne gt gte lt lte contains exists, categories, unknown operators", filter_operators);

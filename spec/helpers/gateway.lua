@@ -70,6 +70,11 @@ function M.start(opts)
       os.execute("mkdir -p " .. dir .. "/plugins")
       opts.plugins_dir = dir .. "/plugins"
     end
+    -- STATUSGW_STORE_DELAY_MS: every gateway on a store that answers late
+    -- (scripts/test runs the resume and history specs so)
+    if opts.store_delay_ms == nil and os.getenv("STATUSGW_STORE_DELAY_MS") then
+      opts.store_delay_ms = tonumber(os.getenv("STATUSGW_STORE_DELAY_MS"))
+    end
     local cfg = {}
     for k, v in pairs(opts) do
       if k ~= "args" and k ~= "cwd" then cfg[#cfg + 1] = "  " .. k .. " = " .. lua_value(v) .. "," end

@@ -55,6 +55,9 @@ export async function start(config = {}, port, { host = "127.0.0.1", configFile 
       fs.mkdirSync(path.join(dir, "plugins"));
       config = { ...config, plugins_dir: path.join(dir, "plugins") };
     }
+    // STATUSGW_STORE_DELAY_MS: a store that answers late (scripts/test)
+    if (config.store_delay_ms === undefined && process.env.STATUSGW_STORE_DELAY_MS)
+      config = { ...config, store_delay_ms: Number(process.env.STATUSGW_STORE_DELAY_MS) };
     fs.writeFileSync(cfg, "return {\n" + Object.entries(config).map(([k, v]) => `  ${k} = ${luaValue(v)},`).join("\n") + "\n}\n");
   }
   const log = fs.openSync(path.join(dir, "statusgw.log"), "a");
