@@ -1,6 +1,8 @@
 #include "api.h"
 
 #include "clock.h"
+#include "hub.h"
+#include "server.h"
 #include "log.h"
 #include "ingest.h"
 #include "jtext.h"

@@ -659,7 +659,7 @@ static void process_http(sg_conn *c)
         evbuffer_drain(in, n);
         if (e == HPE_PAUSED) {
             http_parser_pause(&c->parser, 0);
-            c->srv->requests++;
+            c->srv->net.requests++;
             int upgraded = c->parser.upgrade;
             c->srv->handle(c, c->req);
             if (c->mode != SG_CONN_HTTP) {
@@ -842,7 +842,7 @@ void sg_http_accept(sg_server *s, evutil_socket_t fd, struct sockaddr *sa, int s
                                                : (void *)&((struct sockaddr_in *)sa)->sin_addr,
                      peer, sizeof(peer));
     if (s->n_conns >= s->cfg->max_connections) {
-        s->refused_connections++;
+        s->net.refused_connections++;
         sg_log(SG_LOG_WARN, "connection_refused", "peer=%s reason=max_connections limit=%d", peer,
                s->cfg->max_connections);
         refuse_connection(fd, 503, "too_many_connections", "the gateway is at its connection limit");
@@ -855,7 +855,7 @@ void sg_http_accept(sg_server *s, evutil_socket_t fd, struct sockaddr *sa, int s
         if (!s->per_ip) s->per_ip = sg_dict_new();
         mine = (intptr_t)sg_dict_get(s->per_ip, peer, strlen(peer));
         if (mine >= s->cfg->max_connections_per_ip) {
-            s->refused_per_ip++;
+            s->net.refused_per_ip++;
             sg_log(SG_LOG_WARN, "connection_refused", "peer=%s reason=max_connections_per_ip limit=%d",
                    peer, s->cfg->max_connections_per_ip);
             refuse_connection(fd, 429, "too_many_connections_from_address",

@@ -11,18 +11,10 @@
 #include <jansson.h>
 
 #include "config.h"
-#include "hub.h"
+#include "server_t.h"
 #include "status.h"
 
 #define SG_MAX_HEADERS 64
-
-typedef struct sg_server sg_server;
-typedef struct sg_conn sg_conn;
-struct sg_plugins;
-struct sg_ingest_queue;
-struct sg_webhooks;
-struct sg_security;
-struct sg_dict;
 
 typedef struct sg_header {
     char *name; /* lower-cased */
@@ -111,54 +103,6 @@ void sg_conn_await(sg_conn *c, sg_conn **slot);
 /* The awaited answer is written: go on with any requests pipelined after
  * it, and send what the connection holds at the end of the loop turn. */
 void sg_conn_resume(sg_conn *c);
-
-enum { SG_WQ_ANSWERS, SG_WQ_DELIVERIES };
-
-struct sg_server {
-    struct event_base *base;
-    /* the layer above: routes one complete request (api.c's sg_api_handle),
-     * writing a response or handing the connection to a transport */
-    void (*handle)(sg_conn *c, sg_req *r);
-    const sg_config *cfg;
-    sg_hub *hub;
-    sg_store *store;
-    struct sg_plugins *plugins;
-    struct sg_ingest_queue *ingest;
-    struct sg_webhooks *webhooks;
-    struct sg_security *security;
-    struct sg_dict *per_ip; /* peer address -> open connections (int in the pointer) */
-    uint64_t refused_connections, refused_per_ip;
-    struct evconnlistener *listener;
-    sg_conn *conns;
-    int n_conns;
-    sg_conn *reap;
-    struct event *reap_ev;
-    /* connections with something to write soon: HTTP answers (all of them
-     * once this loop turn's reads are done) and pushed updates (in slices) */
-    struct sg_writeq { sg_conn *head, *tail; struct event *ev; int armed; } wq[2];
-    struct event *heartbeat_ev; /* SSE comments */
-    struct event *sigint_ev, *sigterm_ev, *sighup_ev;
-    struct event *shutdown_timer;
-    struct event *shutdown_check; /* exits the loop once nothing is left */
-    int shutting_down;
-    int64_t started_ms;
-    uint64_t requests;
-    uint64_t slow_consumers;
-    uint64_t delivered_sse;
-    uint64_t delivered_ws;
-    int n_sse;
-    int n_ws;
-};
-
-/* Bind the listener and register signals. -1 with err filled (port in use). */
-int sg_server_start(sg_server *s, char *err, size_t errlen);
-/* Stop accepting, flush, say goodbye to every client; the loop exits once
- * every connection is gone or the shutdown timeout passes. */
-void sg_server_shutdown(sg_server *s, const char *why);
-/* Reload plugins (SIGHUP, POST /admin/reload); returns the report. */
-json_t *sg_server_reload(sg_server *s, const char *why);
-/* Close every connection and free server resources. */
-void sg_server_stop(sg_server *s);
 
 /* ---- responses ---- */
 

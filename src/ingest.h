@@ -4,7 +4,8 @@
 #ifndef SG_INGEST_H
 #define SG_INGEST_H
 
-#include "http.h"
+#include "hub.h"
+#include "server_t.h"
 
 /* Publish one validated update. The builder and the filters may change the
  * draft (the caller still frees it). emitted_by names the plugin that

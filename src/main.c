@@ -2,6 +2,7 @@
 #include "api.h"
 #include "config.h"
 #include "http.h"
+#include "server.h"
 #include "hub.h"
 #include "dict.h"
 #include "ingest.h"
@@ -314,7 +315,7 @@ int main(int argc, char **argv)
                a.config_path ? sg_log_q(a.config_path) : "defaults", srv.store->ops->name,
                cfg.batch_size, cfg.flush_ms, cfg.history_size);
         event_base_dispatch(srv.base);
-        sg_log(SG_LOG_INFO, "stopped", "requests=%llu", (unsigned long long)srv.requests);
+        sg_log(SG_LOG_INFO, "stopped", "requests=%llu", (unsigned long long)srv.net.requests);
     }
     server_close(&srv);
     sg_categories_free();

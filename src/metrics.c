@@ -1,8 +1,10 @@
 #include "metrics.h"
 
+#include "config.h"
 #include "hub.h"
 #include "plugin.h"
 #include "security.h"
+#include "server_t.h"
 #include "webhook.h"
 
 #include <math.h>
@@ -102,9 +104,9 @@ static void render_updates(sg_server *s, struct evbuffer *o)
     evbuffer_add_printf(o, "statusgw_updates_duplicate_total %llu\n", (unsigned long long)st->duplicates);
     family(o, "statusgw_deliveries_total", "counter", "Updates handed to subscribers, by transport.");
     evbuffer_add_printf(o, "statusgw_deliveries_total{transport=\"websocket\"} %llu\n",
-                        (unsigned long long)s->delivered_ws);
+                        (unsigned long long)s->net.delivered_ws);
     evbuffer_add_printf(o, "statusgw_deliveries_total{transport=\"sse\"} %llu\n",
-                        (unsigned long long)s->delivered_sse);
+                        (unsigned long long)s->net.delivered_sse);
     family(o, "statusgw_batch_size", "histogram", "Updates per conversation flush.");
     histogram(o, "statusgw_batch_size", sg_batch_bounds, SG_BATCH_BUCKETS, st->batch_hist,
               (double)st->batch_sum, st->flushes);
@@ -120,14 +122,14 @@ static void render_connections(sg_server *s, struct evbuffer *o)
     const sg_hub_stats *st = sg_hub_get_stats(s->hub);
     family(o, "statusgw_connections", "gauge", "Open connections, by transport.");
     evbuffer_add_printf(o, "statusgw_connections{transport=\"http\"} %d\n",
-                        s->n_conns - s->n_sse - s->n_ws);
-    evbuffer_add_printf(o, "statusgw_connections{transport=\"sse\"} %d\n", s->n_sse);
-    evbuffer_add_printf(o, "statusgw_connections{transport=\"websocket\"} %d\n", s->n_ws);
+                        s->n_conns - s->net.n_sse - s->net.n_ws);
+    evbuffer_add_printf(o, "statusgw_connections{transport=\"sse\"} %d\n", s->net.n_sse);
+    evbuffer_add_printf(o, "statusgw_connections{transport=\"websocket\"} %d\n", s->net.n_ws);
     family(o, "statusgw_connections_refused_total", "counter", "Connections refused by a limit.");
     evbuffer_add_printf(o, "statusgw_connections_refused_total{limit=\"max_connections\"} %llu\n",
-                        (unsigned long long)s->refused_connections);
+                        (unsigned long long)s->net.refused_connections);
     evbuffer_add_printf(o, "statusgw_connections_refused_total{limit=\"max_connections_per_ip\"} %llu\n",
-                        (unsigned long long)s->refused_per_ip);
+                        (unsigned long long)s->net.refused_per_ip);
     family(o, "statusgw_conversations", "gauge", "Conversations in memory.");
     evbuffer_add_printf(o, "statusgw_conversations %zu\n", sg_hub_count(s->hub));
     family(o, "statusgw_queued_updates", "gauge", "Updates accepted and waiting for their flush.");
@@ -139,9 +141,9 @@ static void render_connections(sg_server *s, struct evbuffer *o)
                         (unsigned long long)st->expired);
     family(o, "statusgw_slow_consumer_disconnects_total", "counter", "Subscribers cut off over the output cap.");
     evbuffer_add_printf(o, "statusgw_slow_consumer_disconnects_total %llu\n",
-                        (unsigned long long)s->slow_consumers);
+                        (unsigned long long)s->net.slow_consumers);
     family(o, "statusgw_http_requests_total", "counter", "HTTP requests parsed.");
-    evbuffer_add_printf(o, "statusgw_http_requests_total %llu\n", (unsigned long long)s->requests);
+    evbuffer_add_printf(o, "statusgw_http_requests_total %llu\n", (unsigned long long)s->net.requests);
 
     sg_security_stats *ss = sg_security_stats_of(s->security);
     family(o, "statusgw_auth_denied_total", "counter", "Requests refused for credentials or origin.");
@@ -287,6 +289,6 @@ json_t *sg_stats_json(sg_server *s)
                      "rate_per_s", "last_1m", r3(t1 / 60.0), "last_5m", r3(t5 / 300.0),
                      "error_rate", "last_1m", r3(t1 ? (double)e1 / t1 : 0.0), "last_5m", r3(t5 ? (double)e5 / t5 : 0.0),
                      "top_conversations", tops, "plugins", plugins, "webhooks", hooks,
-                     "connections", "websocket", s->n_ws, "sse", s->n_sse, "http", s->n_conns - s->n_ws - s->n_sse,
+                     "connections", "websocket", s->net.n_ws, "sse", s->net.n_sse, "http", s->n_conns - s->net.n_ws - s->net.n_sse,
                      "conversations", (int)sg_hub_count(s->hub), "uptime_s", r3((sg_now_ms() - s->started_ms) / 1000.0));
 }

@@ -6,7 +6,9 @@
 #include <event2/buffer.h>
 #include <jansson.h>
 
-#include "http.h"
+#include "metrics_t.h"
+
+typedef struct sg_server sg_server;
 
 /* Count a publish attempt, and a refused one by its error code. */
 void sg_metrics_received(int n);

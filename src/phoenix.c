@@ -1,7 +1,11 @@
 #include "phoenix.h"
 
-#include "rate.h"
+#include "hub.h"
 #include "log.h"
+#include "rate.h"
+#include "security.h"
+
+#include <openssl/evp.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +44,8 @@ typedef struct phx_read {
 struct sg_phx {
     sg_ws *ws;
     sg_server *srv;
+    const char *peer; /* the connection's, for logs */
+    sg_claims claims; /* what the socket's token lets it join */
     phx_chan *chans;
     int n_chans;
     phx_read *reads; /* history events waiting for the store */
@@ -154,7 +160,7 @@ static void phx_deliver(sg_sub *s, sg_blob *b)
     if (sg_ws_send_shared(ch->phx->ws, b) < 0)
         s->state = SG_SUB_DEAD;
     else
-        ch->phx->srv->delivered_ws += b->n_updates;
+        ch->phx->srv->net.delivered_ws += b->n_updates;
 }
 
 static const sg_sub_class phx_class = {"websocket", phx_encode, phx_deliver};
@@ -324,7 +330,7 @@ static void on_join_replay(sg_sub *s, const sg_replay *rp)
     json_t *ref = ch->joining;
     ch->joining = NULL;
     if (rp->status < 0) {
-        sg_log(SG_LOG_WARN, "join_replay_failed", "peer=%s topic=%s", sg_ws_peer(p->ws),
+        sg_log(SG_LOG_WARN, "join_replay_failed", "peer=%s topic=%s", p->peer,
                sg_log_q(ch->topic));
         reply(p, ch->join_ref, ref, ch->topic, 0,
               json_pack("{s:s, s:s}", "reason", "history_unavailable", "message",
@@ -337,7 +343,7 @@ static void on_join_replay(sg_sub *s, const sg_replay *rp)
     json_decref(ref);
     if (rp->n) push_replay(ch, rp->ups, rp->n);
     sg_log(SG_LOG_DEBUG, "channel_joined", "peer=%s topic=%s resume=1 recovered=%d",
-           sg_ws_peer(p->ws), sg_log_q(ch->topic), rp->recovered);
+           p->peer, sg_log_q(ch->topic), rp->recovered);
 }
 
 static void handle_join(sg_phx *p, json_t *jr, json_t *ref, const char *topic, json_t *payload)
@@ -355,8 +361,8 @@ static void handle_join(sg_phx *p, json_t *jr, json_t *ref, const char *topic, j
                         "conversation ids are 1-128 characters of [A-Za-z0-9._:@-]"));
         return;
     }
-    if (!sg_ws_may_join(p->ws, id)) {
-        sg_log(SG_LOG_INFO, "join_unauthorized", "peer=%s topic=%s", sg_ws_peer(p->ws), sg_log_q(topic));
+    if (!sg_claims_allow(&p->claims, id)) {
+        sg_log(SG_LOG_INFO, "join_unauthorized", "peer=%s topic=%s", p->peer, sg_log_q(topic));
         reply_error(p, jr, ref, topic, "unauthorized");
         return;
     }
@@ -415,7 +421,7 @@ static void handle_join(sg_phx *p, json_t *jr, json_t *ref, const char *topic, j
     ch->changes = changes;
     if (wildcard || !jlast || !json_is_integer(jlast)) {
         join_reply(ch, ref, 0);
-        sg_log(SG_LOG_DEBUG, "channel_joined", "peer=%s topic=%s resume=0", sg_ws_peer(p->ws),
+        sg_log(SG_LOG_DEBUG, "channel_joined", "peer=%s topic=%s resume=0", p->peer,
                sg_log_q(topic));
         return;
     }
@@ -561,7 +567,7 @@ static void phx_on_text(void *state, const char *msg, size_t len)
     json_t *jt = json_array_get(m, 2), *je = json_array_get(m, 3), *payload = json_array_get(m, 4);
     if (!json_is_array(m) || json_array_size(m) != 5 || !(json_is_string(jr) || json_is_null(jr)) ||
         !(json_is_string(ref) || json_is_null(ref)) || !json_is_string(jt) || !json_is_string(je)) {
-        sg_log(SG_LOG_INFO, "websocket_bad_message", "peer=%s bytes=%zu", sg_ws_peer(p->ws), len);
+        sg_log(SG_LOG_INFO, "websocket_bad_message", "peer=%s bytes=%zu", p->peer, len);
         sg_ws_close(p->ws, SG_WS_CLOSE_UNSUPPORTED,
                     "expected a Phoenix V2 message [join_ref, ref, topic, event, payload]");
         json_decref(m);
@@ -593,12 +599,69 @@ static void phx_on_text(void *state, const char *msg, size_t len)
     json_decref(m);
 }
 
-static void *phx_open(sg_ws *ws)
+static char *b64url_decode(const char *s)
 {
-    sg_phx *p = calloc(1, sizeof(*p));
+    size_t n = strlen(s);
+    char *std = malloc(n + 4);
+    if (!std) return NULL;
+    size_t i;
+    for (i = 0; i < n; i++)
+        std[i] = s[i] == '-' ? '+' : s[i] == '_' ? '/' : s[i];
+    while (i % 4)
+        std[i++] = '=';
+    std[i] = 0;
+    unsigned char *out = malloc(i + 1);
+    int len = out ? EVP_DecodeBlock(out, (unsigned char *)std, (int)i) : -1;
+    free(std);
+    if (len < 0) {
+        free(out);
+        return NULL;
+    }
+    if ((size_t)len > n * 3 / 4) len = (int)(n * 3 / 4); /* drop the padding's bytes */
+    out[len] = 0;
+    return (char *)out;
+}
+
+/* phoenix.js 1.8 offers "phoenix, base64url.bearer.phx.<token>" */
+static char *subprotocol_token(const char *list)
+{
+    static const char pre[] = "base64url.bearer.phx.";
+    const char *p = list ? strstr(list, pre) : NULL;
     if (!p) return NULL;
+    p += sizeof(pre) - 1;
+    size_t n = strcspn(p, ", \t");
+    char *enc = strndup(p, n);
+    char *tok = enc ? b64url_decode(enc) : NULL;
+    free(enc);
+    return tok;
+}
+
+/* A socket asks to speak Phoenix V2: the serializer's version, then the
+ * token (?token=, or phoenix.js's subprotocol) with the Origin. */
+static void *phx_accept(sg_ws *ws, sg_conn *c, sg_req *r, sg_error *err)
+{
+    char vsn[32], tok[SG_MAX_TOKEN] = "";
+    if (sg_req_query(r, "vsn", vsn, sizeof(vsn)) == 0 && strncmp(vsn, "2.", 2) != 0) {
+        sg_error_set(err, 400, "unsupported_vsn", NULL, "only the Phoenix V2 serializer (vsn=2.0.0) is spoken");
+        return NULL;
+    }
+    if (sg_req_query(r, "token", tok, sizeof(tok)) < 0) {
+        char *t = subprotocol_token(sg_req_header(r, "sec-websocket-protocol"));
+        if (t) snprintf(tok, sizeof(tok), "%s", t);
+        free(t);
+    }
+    sg_phx *p = calloc(1, sizeof(*p));
+    if (!p) {
+        sg_error_set(err, 503, "out_of_memory", NULL, "the gateway is out of memory");
+        return NULL;
+    }
+    if (sg_security_subscriber_check(c->srv->security, sg_req_header(r, "origin"), tok, NULL, &p->claims, err) < 0) {
+        free(p);
+        return NULL;
+    }
     p->ws = ws;
-    p->srv = sg_ws_server(ws);
+    p->srv = c->srv;
+    p->peer = c->peer;
     return p;
 }
 
@@ -612,7 +675,8 @@ static void phx_free(void *state)
         sg_read_cancel(p->reads->read);
         read_free(p->reads);
     }
+    sg_claims_clear(&p->claims);
     free(p);
 }
 
-const sg_ws_handler sg_phx_handler = {phx_open, phx_on_text, phx_free};
+const sg_ws_handler sg_phx_handler = {"phoenix", phx_accept, phx_on_text, phx_free};

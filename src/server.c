@@ -1,5 +1,8 @@
 /* The listener, signals and the shutdown sequence. */
+#include "server.h"
+
 #include "http.h"
+#include "hub.h"
 #include "log.h"
 #include "plugin.h"
 #include "webhook.h"

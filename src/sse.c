@@ -1,5 +1,6 @@
 #include "sse.h"
 
+#include "hub.h"
 #include "log.h"
 #include "security.h"
 
@@ -49,14 +50,14 @@ static void sse_deliver(sg_sub *s, sg_blob *b)
     struct evbuffer *out = bufferevent_get_output(c->bev);
     if (evbuffer_get_length(out) + b->len > c->srv->cfg->output_cap) {
         s->state = SG_SUB_DEAD;
-        c->srv->slow_consumers++;
+        c->srv->net.slow_consumers++;
         sg_log(SG_LOG_WARN, "slow_consumer", "transport=sse peer=%s conversation=%s unsent=%zu",
                c->peer, s->conv->id, evbuffer_get_length(out));
         sg_conn_kill(c);
         return;
     }
     sg_blob_append(out, b);
-    c->srv->delivered_sse += b->n_updates;
+    c->srv->net.delivered_sse += b->n_updates;
     sg_conn_deliver(c);
 }
 
@@ -74,7 +75,7 @@ static void sse_on_close(sg_conn *c)
     sse_sub *ss = c->proto_data;
     if (!ss) return;
     sg_hub_unsubscribe(c->srv->hub, &ss->sub);
-    c->srv->n_sse--;
+    c->srv->net.n_sse--;
     free(ss);
     c->proto_data = NULL;
 }
@@ -216,7 +217,7 @@ void sg_sse_start(sg_conn *c, sg_req *r, const char *conv_id)
                         srv->cfg->sse_retry_ms);
     sg_conn_take(c, SG_CONN_SSE, &sse_proto, ss);
     sg_hub_subscribe(srv->hub, cv, &ss->sub, &sse_class, mask, 0, NULL, ss);
-    srv->n_sse++;
+    srv->net.n_sse++;
     sg_conn_set_idle(c, NULL);
     if (resume) sg_hub_resume(srv->hub, &ss->sub, epoch, since, on_replay);
     sg_log(SG_LOG_DEBUG, "sse_subscribed", "peer=%s conversation=%s resume=%d since=%llu",

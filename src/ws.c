@@ -1,7 +1,7 @@
 #include "ws.h"
 
+#include "hub.h"
 #include "log.h"
-#include "security.h"
 
 #include <ctype.h>
 #include <event2/buffer.h>
@@ -25,24 +25,7 @@ struct sg_ws {
     size_t feed;        /* bytes of whole frames wslay may take now */
     int in_fragmented;  /* a message continues in frames still to come */
     uint64_t frag_len;  /* payload bytes of the fragmented message so far, as announced */
-    char *token;
-    sg_claims claims;
 };
-
-sg_server *sg_ws_server(const sg_ws *ws)
-{
-    return ws->conn->srv;
-}
-
-const char *sg_ws_peer(const sg_ws *ws)
-{
-    return ws->conn->peer;
-}
-
-int sg_ws_may_join(const sg_ws *ws, const char *conv)
-{
-    return sg_claims_allow(&ws->claims, conv);
-}
 
 size_t sg_ws_text_header(uint8_t *h, size_t len)
 {
@@ -86,7 +69,7 @@ int sg_ws_send_shared(sg_ws *ws, sg_blob *b)
     struct evbuffer *out = bufferevent_get_output(c->bev);
     size_t unsent = evbuffer_get_length(out);
     if (unsent + b->len > c->srv->cfg->output_cap) {
-        c->srv->slow_consumers++;
+        c->srv->net.slow_consumers++;
         sg_log(SG_LOG_WARN, "slow_consumer", "transport=websocket peer=%s unsent=%zu", c->peer,
                unsent);
         sg_ws_close(ws, SG_WS_CLOSE_SLOW_CONSUMER, "slow consumer");
@@ -268,11 +251,9 @@ static void ws_on_close(sg_conn *c)
     if (!ws) return;
     if (ws->state) ws->h->on_close(ws->state);
     if (ws->ctx) wslay_event_context_free(ws->ctx);
-    sg_claims_clear(&ws->claims);
-    free(ws->token);
     free(ws);
     c->proto_data = NULL;
-    c->srv->n_ws--;
+    c->srv->net.n_ws--;
 }
 
 static void ws_on_shutdown(sg_conn *c)
@@ -318,43 +299,6 @@ static int has_token(const char *list, const char *tok)
 }
 
 /* Decode base64url (no padding) into a new string; NULL when malformed. */
-static char *b64url_decode(const char *s)
-{
-    size_t n = strlen(s);
-    char *std = malloc(n + 4);
-    if (!std) return NULL;
-    size_t i;
-    for (i = 0; i < n; i++)
-        std[i] = s[i] == '-' ? '+' : s[i] == '_' ? '/' : s[i];
-    while (i % 4)
-        std[i++] = '=';
-    std[i] = 0;
-    unsigned char *out = malloc(i + 1);
-    int len = out ? EVP_DecodeBlock(out, (unsigned char *)std, (int)i) : -1;
-    free(std);
-    if (len < 0) {
-        free(out);
-        return NULL;
-    }
-    if ((size_t)len > n * 3 / 4) len = (int)(n * 3 / 4); /* drop the padding's bytes */
-    out[len] = 0;
-    return (char *)out;
-}
-
-/* phoenix.js 1.8 offers "phoenix, base64url.bearer.phx.<token>" */
-static char *subprotocol_token(const char *list)
-{
-    static const char pre[] = "base64url.bearer.phx.";
-    const char *p = list ? strstr(list, pre) : NULL;
-    if (!p) return NULL;
-    p += sizeof(pre) - 1;
-    size_t n = strcspn(p, ", \t");
-    char *enc = strndup(p, n);
-    char *tok = enc ? b64url_decode(enc) : NULL;
-    free(enc);
-    return tok;
-}
-
 static void refuse(sg_conn *c, int status, const char *code, const char *msg, const char *extra)
 {
     sg_error e;
@@ -370,7 +314,6 @@ void sg_ws_upgrade(sg_conn *c, sg_req *r, const sg_ws_handler *h)
     const char *version = sg_req_header(r, "sec-websocket-version");
     const char *key = sg_req_header(r, "sec-websocket-key");
     const char *protocols = sg_req_header(r, "sec-websocket-protocol");
-    char vsn[32];
     if (r->method != HTTP_GET) {
         refuse(c, 405, "method_not_allowed", "a WebSocket upgrade is a GET", "Allow: GET\r\n");
         return;
@@ -398,12 +341,6 @@ void sg_ws_upgrade(sg_conn *c, sg_req *r, const sg_ws_handler *h)
                NULL);
         return;
     }
-    if (sg_req_query(r, "vsn", vsn, sizeof(vsn)) == 0 && strncmp(vsn, "2.", 2) != 0) {
-        refuse(c, 400, "unsupported_vsn", "only the Phoenix V2 serializer (vsn=2.0.0) is spoken",
-               NULL);
-        return;
-    }
-
     sg_ws *ws = calloc(1, sizeof(*ws));
     if (!ws) {
         refuse(c, 503, "out_of_memory", "the gateway is out of memory", NULL);
@@ -411,21 +348,15 @@ void sg_ws_upgrade(sg_conn *c, sg_req *r, const sg_ws_handler *h)
     }
     ws->conn = c;
     ws->h = h;
-    char tok[SG_MAX_TOKEN];
-    if (sg_req_query(r, "token", tok, sizeof(tok)) == 0)
-        ws->token = strdup(tok);
-    else
-        ws->token = subprotocol_token(protocols);
     sg_error aerr;
-    if (sg_security_subscriber_check(c->srv->security, sg_req_header(r, "origin"), ws->token, NULL, &ws->claims,
-                                     &aerr) < 0) {
-        free(ws->token);
+    ws->state = h->accept(ws, c, r, &aerr);
+    if (!ws->state) {
         free(ws);
         refuse(c, aerr.status, aerr.code, aerr.message, NULL);
         return;
     }
 
-
+    int offered = h->subprotocol && protocols && has_token(protocols, h->subprotocol);
     char buf[64];
     unsigned char sha[SHA_DIGEST_LENGTH];
     char accept[64];
@@ -435,16 +366,12 @@ void sg_ws_upgrade(sg_conn *c, sg_req *r, const sg_ws_handler *h)
     evbuffer_add_printf(bufferevent_get_output(c->bev),
                         "HTTP/1.1 101 Switching Protocols\r\nServer: statusgw\r\n"
                         "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                        "Sec-WebSocket-Accept: %s\r\n%s\r\n",
-                        accept,
-                        protocols && has_token(protocols, "phoenix")
-                            ? "Sec-WebSocket-Protocol: phoenix\r\n"
-                            : "");
+                        "Sec-WebSocket-Accept: %s\r\n%s%s%s\r\n",
+                        accept, offered ? "Sec-WebSocket-Protocol: " : "", offered ? h->subprotocol : "",
+                        offered ? "\r\n" : "");
     sg_conn_take(c, SG_CONN_WS, &ws_proto, ws);
-    c->srv->n_ws++;
+    c->srv->net.n_ws++;
     struct timeval idle = {c->srv->cfg->ws_idle_s, 0};
     sg_conn_set_idle(c, &idle);
-    ws->state = h->open(ws);
-    if (!ws->state) sg_ws_close(ws, SG_WS_CLOSE_INTERNAL, "out of memory");
     sg_log(SG_LOG_DEBUG, "websocket_open", "peer=%s", c->peer);
 }

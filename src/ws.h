@@ -22,15 +22,20 @@
 
 typedef struct sg_ws sg_ws;
 
-/* Serve GET /socket/websocket: validate the handshake, answer 101 and hand
- * the connection to the Phoenix protocol, or answer an HTTP error. */
-/* The protocol spoken over the socket (Phoenix Channels: phoenix.c). */
+/* The protocol spoken over the socket (Phoenix Channels: phoenix.c). The
+ * WebSocket layer knows nothing of it: it validates the handshake, asks
+ * accept, answers 101, and hands over each complete text message. */
 typedef struct sg_ws_handler {
-    void *(*open)(sg_ws *ws); /* its state for a new socket; NULL: out of memory */
+    const char *subprotocol; /* named in the 101 when the client offers it; NULL: none */
+    /* After a valid handshake, before the 101: the protocol's state for the
+     * new socket, or NULL with err set (answered as an HTTP error: a bad
+     * request, unauthorized, out of memory). */
+    void *(*accept)(sg_ws *ws, sg_conn *c, sg_req *r, sg_error *err);
     void (*on_text)(void *state, const char *msg, size_t len);
     void (*on_close)(void *state); /* the socket is going: free the state */
 } sg_ws_handler;
 
+/* Serve a WebSocket upgrade request with h, or answer an HTTP error. */
 void sg_ws_upgrade(sg_conn *c, sg_req *r, const sg_ws_handler *h);
 
 /* Write one text frame (payload copied). -1 once the socket is closing. */
@@ -47,11 +52,5 @@ void sg_ws_close(sg_ws *ws, int code, const char *reason);
 /* Write a FIN text frame header for len payload bytes into h (10 bytes
  * room); returns its length. */
 size_t sg_ws_text_header(uint8_t *h, size_t len);
-
-sg_server *sg_ws_server(const sg_ws *ws);
-const char *sg_ws_peer(const sg_ws *ws);
-/* Whether the socket's token lets it join conversation conv ("*" and
- * "system" included). */
-int sg_ws_may_join(const sg_ws *ws, const char *conv);
 
 #endif

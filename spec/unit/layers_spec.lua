@@ -73,6 +73,15 @@ describe("layers", function()
       assert.is_nil(g.http[above], "http includes " .. above)
     end
     assert.is_nil(g.ws.phoenix, "ws includes phoenix")
+    -- the WebSocket layer knows no protocol and no tokens: Phoenix checks them
+    assert.is_nil(g.ws.security, "ws includes security")
+    -- metrics and ingest reach the server through its type, not the connection layer
+    assert.is_nil(g.metrics.http, "metrics includes http")
+    assert.is_nil(g.ingest.http, "ingest includes http")
+    -- the server's type header points at types and includes only the counters' type
+    local inc = {}
+    for n in pairs(g.server_t) do inc[#inc + 1] = n end
+    assert.same({ "metrics_t" }, inc)
     assert.is_nil(g.sandbox.status, "sandbox includes status")
     -- time comes from the clock, not from the hub
     assert.is_nil(g.security.hub, "security includes hub")
