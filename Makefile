@@ -39,7 +39,7 @@ build/statusgw_model.so: $(MODEL_SRCS) $(wildcard src/*.h) | build/obj
 	$(CC) $(WARN) $(CFLAGS) $(PCFLAGS) -fPIC -shared -o $@ $(MODEL_SRCS) $(PLIBS)
 
 # The plugin host as a Lua module: plugin specs run the real C host.
-PLUGIN_SRCS := src/lplugin.c src/plugin.c src/sandbox.c src/lpattern.c src/status.c src/jtext.c src/config.c src/log.c src/clock.c
+PLUGIN_SRCS := src/lplugin.c src/plugin.c src/sandbox.c src/luajson.c src/lazy.c src/hostapi.c src/lpattern.c src/status.c src/jtext.c src/config.c src/log.c src/clock.c
 build/statusgw_plugin.so: $(PLUGIN_SRCS) $(wildcard src/*.h) | build/obj
 	$(CC) $(WARN) $(CFLAGS) $(PCFLAGS) -fPIC -shared -o $@ $(PLUGIN_SRCS) $(PLIBS)
 

@@ -22,8 +22,10 @@
 #include "hub.h"
 #include "ingest.h"
 #include "filter.h"
+#include "hostapi.h"
 #include "jtext.h"
 #include "log.h"
+#include "luajson.h"
 #include "plugin.h"
 #include "sandbox.h"
 #include "security.h"
@@ -151,8 +153,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     sg_config_load(&cfg, NULL, err, sizeof(err));
     sg_categories_init(&cfg, err, sizeof(err));
     sg_sandbox_limits lim = {8 << 20, 1000000, 50};
-    sb = sg_sandbox_new("fuzz", &lim, NULL, NULL);
-    if (!sb) abort();
+    sb = sg_sandbox_new("fuzz", &lim);
+    if (!sb || sg_host_open(sg_sandbox_state(sb), "fuzz", NULL, NULL) < 0) abort();
 #endif
     return 0;
 }

@@ -2,6 +2,7 @@
 
 #include "log.h"
 #include "sandbox.h"
+#include "luajson.h"
 
 #include <lauxlib.h>
 #include <lualib.h>

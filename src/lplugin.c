@@ -6,6 +6,8 @@
 #include "sandbox.h"
 #include "jtext.h"
 #include "status.h"
+#include "hostapi.h"
+#include "luajson.h"
 
 #include <lauxlib.h>
 #include <lua.h>

@@ -3,6 +3,9 @@
 #include "clock.h"
 #include "jtext.h"
 #include "log.h"
+#include "hostapi.h"
+#include "lazy.h"
+#include "luajson.h"
 
 #include <dirent.h>
 #include <lauxlib.h>
@@ -545,7 +548,11 @@ static sg_plugin *plugin_load(sg_plugins *pm, const char *path, const sg_config 
     base = base ? base + 1 : path;
     p->name = strndup(base, strcspn(base, "."));
     sg_sandbox_limits lim = {cfg->plugin_memory, cfg->plugin_instructions, cfg->plugin_timeout_ms};
-    p->sb = sg_sandbox_new(p->name, &lim, emit_trampoline, pm);
+    p->sb = sg_sandbox_new(p->name, &lim);
+    if (p->sb && sg_host_open(sg_sandbox_state(p->sb), p->name, emit_trampoline, pm) < 0) {
+        sg_sandbox_free(p->sb);
+        p->sb = NULL;
+    }
     if (!p->sb) {
         snprintf(err, errlen, "%s: out of memory", path);
         plugin_free(p);

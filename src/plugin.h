@@ -8,6 +8,7 @@
 #include <jansson.h>
 
 #include "config.h"
+#include "hostapi.h"
 #include "sandbox.h"
 #include "status.h"
 

@@ -1,7 +1,9 @@
 /* A Lua 5.4 state for one plugin: a counting allocator with a memory cap, a
  * count hook enforcing an instruction budget and a wall-clock deadline per
- * call (which an inner pcall cannot swallow), only safe libraries, source
- * loaded in text mode, and the host API table `statusgw`. */
+ * call (which an inner pcall cannot swallow), only safe libraries (no
+ * files, no load, no finalizers), source loaded in text mode. The host API
+ * (hostapi.h), the Lua<->JSON bridge (luajson.h) and the lazy update tables
+ * (lazy.h) are built on it. */
 #ifndef SG_SANDBOX_H
 #define SG_SANDBOX_H
 
@@ -20,13 +22,9 @@ typedef struct sg_sandbox_limits {
 
 enum sg_sb_status { SG_SB_OK = 0, SG_SB_ERROR, SG_SB_TIMEOUT, SG_SB_OOM };
 
-/* statusgw.emit(update): the host publishes it; returns 0 or -1 with err. */
-typedef int (*sg_emit_fn)(void *arg, json_t *update, const char *plugin, char *err,
-                          size_t errlen);
-
-/* A new sandbox; name labels its log lines. NULL when out of memory. */
-sg_sandbox *sg_sandbox_new(const char *name, const sg_sandbox_limits *lim, sg_emit_fn emit,
-                           void *emit_arg);
+/* A new sandbox with the safe libraries; name labels its log lines. NULL
+ * when out of memory. */
+sg_sandbox *sg_sandbox_new(const char *name, const sg_sandbox_limits *lim);
 void sg_sandbox_free(sg_sandbox *sb);
 lua_State *sg_sandbox_state(sg_sandbox *sb);
 
@@ -58,26 +56,23 @@ void sg_lua_open_patterns(lua_State *L);
  * abort the gateway. */
 int sg_lua_raw_field(lua_State *L, int t, const char *k);
 
-/* Whether the value at idx is what statusgw.refuse made: a table with
- * status, code, message and retry_after, checked when it was made. */
-int sg_lua_is_refusal(lua_State *L, int idx);
+/* What encoding a plugin's value may cost. Encoding (json.encode, emit,
+ * what a builder, filter or forwarder returns) spends it as it goes: the
+ * output may reach what is left of the state's memory cap, within the
+ * call's deadline (or timeout_ms of its own after a call). Over either,
+ * sg_budget_spend fails, and inside a call the call is over its budget. In
+ * a state that is not a sandbox's (config, specs) nothing is limited. */
+typedef struct sg_budget {
+    sg_sandbox *sb; /* NULL: no limits */
+    size_t max;     /* output bytes it may reach */
+    size_t used;
+    uint64_t deadline_ns;
+    unsigned ticks;
+    int failed; /* over the size or the time */
+} sg_budget;
 
-/* JSON <-> Lua. Objects become tables with string keys, arrays sequences,
- * null the statusgw.json.null sentinel. */
-void sg_lua_push_json(lua_State *L, json_t *v);
-/* NULL with a sentence in err (functions, cycles, NaN, mixed keys...). */
-json_t *sg_lua_to_json(lua_State *L, int idx, char *err, size_t errlen);
-
-/* The same with JSON text: push text the scanner (jtext.h) accepted, and
- * encode a Lua value as compact JSON (a new string, NUL-terminated, its
- * length in *len; NULL with a sentence in err). */
-void sg_lua_push_json_text(lua_State *L, const char *s, size_t n);
-char *sg_lua_to_json_text(lua_State *L, int idx, size_t *len, char *err, size_t errlen);
-
-/* Give the table at t the fields text, source, idempotency_key (strings)
- * and metadata (decoded from the JSON text s[3]), each filled in on first
- * use: reading it, pairs, or encoding the table. A NULL s[f] is a field
- * the table does not have. */
-void sg_lua_set_lazy(lua_State *L, int t, const char *const s[4], const size_t n[4]);
+void sg_budget_init(sg_budget *g, lua_State *L);
+/* Spend n bytes: 0, or -1 with a sentence in err once over. */
+int sg_budget_spend(sg_budget *g, size_t n, char *err, size_t errlen);
 
 #endif

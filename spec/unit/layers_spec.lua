@@ -87,4 +87,24 @@ describe("layers", function()
     assert.is_nil(g.security.hub, "security includes hub")
     assert.is_nil(g.webhook.hub, "webhook includes hub")
   end)
+
+  it("has no function over 100 lines in src/", function()
+    -- a function's body runs from a "{" in the first column to the next "}" there
+    local long = {}
+    local p = io.popen("ls src/*.c")
+    for file in p:lines() do
+      local n, start, prev, name = 0, nil, "", nil
+      for line in io.lines(file) do
+        n = n + 1
+        if line == "{" then start, name = n, prev
+        elseif line == "}" and start then
+          if n - start - 1 > 100 then long[#long + 1] = string.format("%s: %s (%d lines)", file, name, n - start - 1) end
+          start = nil
+        end
+        prev = line
+      end
+    end
+    p:close()
+    assert.same({}, long)
+  end)
 end)
