@@ -20,7 +20,7 @@ ASAN    := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined
 
 .PHONY: all asan run test clean install uninstall deps bench bench-tools fuzz fuzz-build check-layers
 
-all: deps build/statusgw build/statusgw_model.so build/statusgw_plugin.so build/loadgen build/internals
+all: deps build/statusgw build/statusgw_model.so build/statusgw_plugin.so build/loadgen build/internals build/connections
 
 deps:
 ifneq ($(DEPS_OK),yes)
@@ -43,7 +43,7 @@ PLUGIN_SRCS := src/lplugin.c src/plugin.c src/sandbox.c src/luajson.c src/lazy.c
 build/statusgw_plugin.so: $(PLUGIN_SRCS) $(wildcard src/*.h) | build/obj
 	$(CC) $(WARN) $(CFLAGS) $(PCFLAGS) -fPIC -shared -o $@ $(PLUGIN_SRCS) $(PLIBS)
 
-asan: deps build/asan/statusgw build/asan/statusgw_model.so build/asan/statusgw_plugin.so build/asan/internals
+asan: deps build/asan/statusgw build/asan/statusgw_model.so build/asan/statusgw_plugin.so build/asan/internals build/asan/connections
 
 build/asan/statusgw: $(AOBJS)
 	$(CC) $(ASAN) -o $@ $^ $(PLIBS)
@@ -64,10 +64,10 @@ build/obj build/asan/obj build/fuzz/obj: | deps
 	@mkdir -p $@
 
 # C unit tests of the internals (spec/c): the daemon's modules without main.
-build/internals: spec/c/internals.c $(filter-out build/obj/main.o,$(OBJS))
+build/internals build/connections: build/%: spec/c/%.c $(filter-out build/obj/main.o,$(OBJS))
 	$(CC) $(WARN) $(CFLAGS) $(PCFLAGS) -Isrc -o $@ $^ $(PLIBS)
 
-build/asan/internals: spec/c/internals.c $(filter-out build/asan/obj/main.o,$(AOBJS))
+build/asan/internals build/asan/connections: build/asan/%: spec/c/%.c $(filter-out build/asan/obj/main.o,$(AOBJS))
 	$(CC) $(WARN) $(ASAN) $(PCFLAGS) -Isrc -o $@ $^ $(PLIBS)
 
 # Fuzz targets (fuzz/fuzz_gateway.c): clang's libFuzzer with address and

@@ -164,9 +164,11 @@ static void deliver_group(sg_group *g, sg_conv *c, sg_update **ups, int n, json_
             sel[k++] = ups[i];
     if (k == 0) return;
     sg_blob *b = g->cls->encode(g, c, sel, k);
-    if (!b) {
-        sg_log(SG_LOG_ERROR, "encode_failed", "conversation=%s transport=%s", c->id,
-               g->cls->name);
+    if (!b) { /* out of memory: its members are cut off, and resume */
+        sg_log(SG_LOG_ERROR, "encode_failed", "conversation=%s transport=%s subscribers=%d reason=out_of_memory",
+               c->id, g->cls->name, g->n);
+        for (sg_sub *s = g->subs; s; s = s->next)
+            if (s->state != SG_SUB_DEAD) g->cls->deliver(s, NULL);
         return;
     }
     for (sg_sub *s = g->subs; s; s = s->next) {
@@ -562,8 +564,8 @@ static void resume_cancel(sg_sub *s)
 
 /* ---- subscribers ---- */
 
-void sg_hub_subscribe(sg_hub *h, sg_conv *c, sg_sub *s, const sg_sub_class *cls,
-                      uint64_t mask, int variant, sg_filter *filter, void *owner)
+int sg_hub_subscribe(sg_hub *h, sg_conv *c, sg_sub *s, const sg_sub_class *cls,
+                     uint64_t mask, int variant, sg_filter *filter, void *owner)
 {
     sg_group *g = c->groups;
     while (g && !(g->cls == cls && g->mask == mask && g->variant == variant &&
@@ -571,7 +573,7 @@ void sg_hub_subscribe(sg_hub *h, sg_conv *c, sg_sub *s, const sg_sub_class *cls,
         g = g->next;
     if (!g) {
         g = calloc(1, sizeof(*g));
-        if (!g) abort(); /* a few bytes; nothing sensible to do without them */
+        if (!g) return -1;
         g->cls = cls;
         g->mask = mask;
         g->variant = variant;
@@ -589,6 +591,7 @@ void sg_hub_subscribe(sg_hub *h, sg_conv *c, sg_sub *s, const sg_sub_class *cls,
     g->n++;
     c->n_subs++;
     touch(h, c);
+    return 0;
 }
 
 void sg_hub_unsubscribe(sg_hub *h, sg_sub *s)

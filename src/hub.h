@@ -27,7 +27,11 @@ typedef struct sg_sub_class {
      * (n >= 1, oldest first). Returns a new blob or NULL (out of memory). */
     sg_blob *(*encode)(const sg_group *g, const sg_conv *c, sg_update **ups, size_t n);
     /* Append the shared frame to the subscriber's connection. May mark the
-     * subscriber SG_SUB_DEAD (slow consumer) but must not unsubscribe it. */
+     * subscriber SG_SUB_DEAD (slow consumer) but must not unsubscribe it.
+     * b is NULL when the frame could not be built (out of memory): the
+     * transport then cuts the subscriber off, as it does when the frame
+     * cannot be appended, so that the client resumes from its last seq
+     * instead of missing updates in silence. */
     void (*deliver)(sg_sub *s, sg_blob *b);
 } sg_sub_class;
 
@@ -130,8 +134,9 @@ int sg_hub_publish(sg_hub *h, const sg_draft *d, sg_publish_result *res, sg_erro
 
 /* Subscribe s to c with a category mask and an optional filter (borrowed;
  * the group takes its own reference). s is owned by the caller and must be
- * unsubscribed before it is freed. */
-void sg_hub_subscribe(sg_hub *h, sg_conv *c, sg_sub *s, const sg_sub_class *cls,
+ * unsubscribed before it is freed. 0, or -1 when out of memory (s is not
+ * subscribed). */
+int sg_hub_subscribe(sg_hub *h, sg_conv *c, sg_sub *s, const sg_sub_class *cls,
                       uint64_t mask, int variant, sg_filter *filter, void *owner);
 
 /* The pseudo-conversation whose subscribers receive every conversation's

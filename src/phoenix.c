@@ -59,11 +59,16 @@ static void send_raw(sg_phx *p, json_t *join_ref, json_t *ref, const char *topic
 {
     json_t *head = json_pack("[OOss]", join_ref ? join_ref : json_null(), ref ? ref : json_null(),
                              topic, event);
-    char *h = json_dumps(head, JSON_COMPACT);
+    char *h = head ? json_dumps(head, JSON_COMPACT) : NULL;
     json_decref(head);
-    if (!h) return;
+    if (!h) {
+        sg_ws_close(p->ws, SG_WS_CLOSE_INTERNAL, "out of memory");
+        return;
+    }
     size_t hl = strlen(h);
     char *frame = malloc(hl + plen + 2);
+    if (!frame) /* out of memory: the socket closes, and the client rejoins */
+        sg_ws_close(p->ws, SG_WS_CLOSE_INTERNAL, "out of memory");
     if (frame) {
         memcpy(frame, h, hl - 1); /* without the closing ']' */
         frame[hl - 1] = ',';
@@ -78,9 +83,10 @@ static void send_raw(sg_phx *p, json_t *join_ref, json_t *ref, const char *topic
 static void send_json(sg_phx *p, json_t *join_ref, json_t *ref, const char *topic,
                       const char *event, json_t *payload)
 {
-    char *s = json_dumps(payload, JSON_COMPACT);
+    char *s = payload ? json_dumps(payload, JSON_COMPACT) : NULL;
     json_decref(payload);
     if (s) send_raw(p, join_ref, ref, topic, event, s, strlen(s));
+    else sg_ws_close(p->ws, SG_WS_CLOSE_INTERNAL, "out of memory");
     free(s);
 }
 
@@ -157,7 +163,9 @@ static sg_blob *phx_encode(const sg_group *g, const sg_conv *c, sg_update **ups,
 static void phx_deliver(sg_sub *s, sg_blob *b)
 {
     phx_chan *ch = (phx_chan *)s;
-    if (sg_ws_send_shared(ch->phx->ws, b) < 0)
+    if (!b) /* the frame could not be built: the socket closes, and the client rejoins */
+        sg_ws_close(ch->phx->ws, SG_WS_CLOSE_INTERNAL, "out of memory");
+    if (!b || sg_ws_send_shared(ch->phx->ws, b) < 0)
         s->state = SG_SUB_DEAD;
     else
         ch->phx->srv->net.delivered_ws += b->n_updates;
@@ -174,17 +182,20 @@ static phx_chan *find_chan(sg_phx *p, const char *topic)
     return NULL;
 }
 
-static void chan_subscribe(phx_chan *ch)
+/* 0, or -1 when out of memory (not subscribed). */
+static int chan_subscribe(phx_chan *ch)
 {
     int variant = (ch->batch ? V_BATCH : 0) | (ch->conv->is_wildcard ? V_WILDCARD : 0);
-    sg_hub_subscribe(ch->phx->srv->hub, ch->conv, &ch->sub, &phx_class, ch->cats, variant,
-                     ch->filter, ch);
+    return sg_hub_subscribe(ch->phx->srv->hub, ch->conv, &ch->sub, &phx_class, ch->cats, variant,
+                            ch->filter, ch);
 }
 
+/* A changed subscription; out of memory closes the socket (the client
+ * rejoins with what it had). */
 static void chan_resubscribe(phx_chan *ch)
 {
     sg_hub_unsubscribe(ch->phx->srv->hub, &ch->sub);
-    chan_subscribe(ch);
+    if (chan_subscribe(ch) < 0) sg_ws_close(ch->phx->ws, SG_WS_CLOSE_INTERNAL, "out of memory");
 }
 
 static void chan_free(sg_phx *p, phx_chan *ch)
@@ -279,29 +290,39 @@ static void push_replay(phx_chan *ch, sg_update **ups, size_t n)
     if (!k) return;
     sg_group g = {.cls = &phx_class, .variant = ch->batch ? V_BATCH : 0};
     sg_blob *b = phx_encode(&g, ch->conv, sel, k);
-    if (b) {
-        sg_ws_send_shared(ch->phx->ws, b);
-        sg_blob_unref(b);
-    }
+    phx_deliver(&ch->sub, b); /* NULL (out of memory) closes: the client rejoins and resumes */
+    sg_blob_unref(b);
 }
 
-/* A new channel on the socket, subscribed to the hub (filter: taken). */
+/* A new channel on the socket, subscribed to the hub (filter: taken), or
+ * NULL when out of memory (filter released). */
 static phx_chan *chan_new(sg_phx *p, const char *topic, json_t *jr, sg_conv *cv, uint64_t cats,
                           sg_filter *filter, int batch)
 {
     phx_chan *ch = calloc(1, sizeof(*ch));
-    if (!ch) abort(); /* a few hundred bytes: as the rest of the join, out of memory is fatal */
+    char *t = strdup(topic);
+    if (!ch || !t) {
+        free(ch);
+        free(t);
+        sg_filter_unref(filter);
+        return NULL;
+    }
     ch->phx = p;
-    ch->topic = strdup(topic);
-    ch->join_ref = json_incref(jr);
+    ch->topic = t;
     ch->conv = cv;
     ch->cats = cats;
     ch->filter = filter;
     ch->batch = batch;
+    if (chan_subscribe(ch) < 0) {
+        sg_filter_unref(filter);
+        free(t);
+        free(ch);
+        return NULL;
+    }
+    ch->join_ref = json_incref(jr);
     ch->next = p->chans;
     p->chans = ch;
     p->n_chans++;
-    chan_subscribe(ch);
     return ch;
 }
 
@@ -418,6 +439,10 @@ static void handle_join(sg_phx *p, json_t *jr, json_t *ref, const char *topic, j
     }
 
     phx_chan *ch = chan_new(p, topic, jr, cv, cats, filter, json_is_true(json_object_get(payload, "batch")));
+    if (!ch) {
+        reply_error(p, jr, ref, topic, "out_of_memory");
+        return;
+    }
     ch->changes = changes;
     if (wildcard || !jlast || !json_is_integer(jlast)) {
         join_reply(ch, ref, 0);

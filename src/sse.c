@@ -48,7 +48,7 @@ static void sse_deliver(sg_sub *s, sg_blob *b)
     sse_sub *ss = (sse_sub *)s;
     sg_conn *c = ss->conn;
     struct evbuffer *out = bufferevent_get_output(c->bev);
-    if (evbuffer_get_length(out) + b->len > c->srv->cfg->output_cap) {
+    if (b && evbuffer_get_length(out) + b->len > c->srv->cfg->output_cap) {
         s->state = SG_SUB_DEAD;
         c->srv->net.slow_consumers++;
         sg_log(SG_LOG_WARN, "slow_consumer", "transport=sse peer=%s conversation=%s unsent=%zu",
@@ -56,7 +56,15 @@ static void sse_deliver(sg_sub *s, sg_blob *b)
         sg_conn_kill(c);
         return;
     }
-    sg_blob_append(out, b);
+    if (!b || sg_blob_append(out, b) < 0) {
+        /* out of memory: the stream ends after what it has, and the client
+         * resumes from its Last-Event-ID */
+        s->state = SG_SUB_DEAD;
+        sg_log(SG_LOG_WARN, "subscriber_cut", "transport=sse peer=%s conversation=%s reason=out_of_memory",
+               c->peer, s->conv->id);
+        sg_conn_close_after_write(c);
+        return;
+    }
     c->srv->net.delivered_sse += b->n_updates;
     sg_conn_deliver(c);
 }
@@ -216,8 +224,14 @@ void sg_sse_start(sg_conn *c, sg_req *r, const char *conv_id)
                         r->cors_origin ? r->cors_origin : "", r->cors_origin ? "\r\nVary: Origin\r\n" : "",
                         srv->cfg->sse_retry_ms);
     sg_conn_take(c, SG_CONN_SSE, &sse_proto, ss);
-    sg_hub_subscribe(srv->hub, cv, &ss->sub, &sse_class, mask, 0, NULL, ss);
     srv->net.n_sse++;
+    if (sg_hub_subscribe(srv->hub, cv, &ss->sub, &sse_class, mask, 0, NULL, ss) < 0) {
+        /* the headers are out: the stream ends, and the client retries */
+        sg_log(SG_LOG_WARN, "subscriber_cut", "transport=sse peer=%s conversation=%s reason=out_of_memory",
+               c->peer, cv->id);
+        sg_conn_close_after_write(c);
+        return;
+    }
     sg_conn_set_idle(c, NULL);
     if (resume) sg_hub_resume(srv->hub, &ss->sub, epoch, since, on_replay);
     sg_log(SG_LOG_DEBUG, "sse_subscribed", "peer=%s conversation=%s resume=%d since=%llu",

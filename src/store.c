@@ -63,9 +63,12 @@ static void mem_range(sg_store_conv *c, uint64_t since, uint64_t upto, size_t li
     sg_update *stack[128];
     sg_update **out = stack;
     size_t want = limit < (size_t)c->count ? limit : (size_t)c->count;
-    if (want > 128) out = malloc(sizeof(*out) * want);
-    size_t n = 0;
     uint64_t oldest = c->count ? c->ring[c->head]->seq : 0;
+    if (want > 128 && !(out = malloc(sizeof(*out) * want))) {
+        cb(arg, -1, NULL, 0, oldest); /* a read that failed: the reader says so */
+        return;
+    }
+    size_t n = 0;
     /* seqs in the ring are consecutive, so skip straight to since + 1 */
     int start = 0;
     if (c->count && since >= oldest) { /* in 64 bits: a since far past the ring is no index */

@@ -55,8 +55,14 @@ int sg_ws_send_text(sg_ws *ws, const char *data, size_t len)
 {
     if (!writable(ws)) return -1;
     uint8_t h[10];
+    size_t hl = sg_ws_text_header(h, len);
     struct evbuffer *out = bufferevent_get_output(ws->conn->bev);
-    evbuffer_add(out, h, sg_ws_text_header(h, len));
+    /* room first: a header without its payload would corrupt the stream */
+    if (evbuffer_expand(out, hl + len) < 0) {
+        sg_ws_close(ws, SG_WS_CLOSE_INTERNAL, "out of memory");
+        return -1;
+    }
+    evbuffer_add(out, h, hl);
     evbuffer_add(out, data, len);
     sg_conn_kick(ws->conn);
     return 0;
@@ -75,7 +81,10 @@ int sg_ws_send_shared(sg_ws *ws, sg_blob *b)
         sg_ws_close(ws, SG_WS_CLOSE_SLOW_CONSUMER, "slow consumer");
         return -1;
     }
-    sg_blob_append(out, b);
+    if (sg_blob_append(out, b) < 0) {
+        sg_ws_close(ws, SG_WS_CLOSE_INTERNAL, "out of memory");
+        return -1;
+    }
     sg_conn_deliver(c);
     return 0;
 }

@@ -38,11 +38,13 @@ typedef struct sg_ws_handler {
 /* Serve a WebSocket upgrade request with h, or answer an HTTP error. */
 void sg_ws_upgrade(sg_conn *c, sg_req *r, const sg_ws_handler *h);
 
-/* Write one text frame (payload copied). -1 once the socket is closing. */
+/* Write one text frame (payload copied). -1 once the socket is closing;
+ * out of memory closes it with 1011. */
 int sg_ws_send_text(sg_ws *ws, const char *data, size_t len);
 
 /* Append ready-made frames by reference. Past the output cap the socket
- * is closed with 4008 "slow consumer" and -1 returned. */
+ * is closed with 4008 "slow consumer" and -1 returned; when the frames
+ * cannot be appended (out of memory), with 1011. */
 int sg_ws_send_shared(sg_ws *ws, sg_blob *b);
 
 /* Send a close frame with code and reason, then close the connection once

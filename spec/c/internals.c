@@ -360,6 +360,48 @@ static void hub_watch_slots(void)
     cfg.max_conversations = SG_DEFAULT_MAX_CONVERSATIONS;
 }
 
+/* ---- out of memory in the fan-out: members are cut off, never skipped ---- */
+
+static sg_blob *t_encode_oom(const sg_group *g, const sg_conv *c, sg_update **ups, size_t n)
+{
+    return NULL;
+}
+
+static void t_deliver_cut(sg_sub *s, sg_blob *b)
+{
+    struct frames *f = s->owner;
+    f->len += (size_t)snprintf(f->seen + f->len, sizeof(f->seen) - f->len, "%s;", b ? "frame" : "cut");
+    if (!b) s->state = SG_SUB_DEAD;
+}
+
+static const sg_sub_class t_oom_class = {"oom", t_encode_oom, t_deliver_cut};
+
+static void hub_encode_oom_cuts(void)
+{
+    struct event_base *base = event_base_new();
+    sg_store *store = sg_store_memory_new(10);
+    cfg.batch_size = 1;
+    sg_hub *h = sg_hub_new(base, &cfg, store);
+    sg_error err;
+    sg_conv *c = sg_hub_conv(h, "o1", 2, SG_CONV_WATCH, &err);
+    struct frames fa = {0};
+    sg_sub a, b;
+    CHECK(sg_hub_subscribe(h, c, &a, &t_oom_class, sg_category_all(), 0, NULL, &fa) == 0);
+    CHECK(sg_hub_subscribe(h, c, &b, &t_oom_class, sg_category_all(), 0, NULL, &fa) == 0);
+    CHECK(publish(h, "o1", "info", "x", NULL) == 0);
+    /* each member is told, once: the transport closes it and it resumes */
+    CHECK(strcmp(fa.seen, "cut;cut;") == 0);
+    CHECK(publish(h, "o1", "info", "y", NULL) == 0);
+    CHECK(strcmp(fa.seen, "cut;cut;") == 0); /* dead: nothing more */
+    CHECK(publish(h, "o1", "info", "z", NULL) == 0);
+    sg_hub_unsubscribe(h, &a);
+    sg_hub_unsubscribe(h, &b);
+    sg_hub_free(h);
+    store->ops->free(store);
+    event_base_free(base);
+    cfg.batch_size = SG_DEFAULT_BATCH_SIZE;
+}
+
 /* ---- resuming subscribers on a store that answers later ---- */
 
 static void on_resumed(sg_sub *s, const sg_replay *rp)
@@ -504,6 +546,7 @@ int main(void)
     run("memory store: answers at once, trims, ranges by (since, upto], category and limit", store_contract);
     run("deferred store: answers later, reads when it answers, cancels, answers at close and free", store_deferred_contract);
     run("hub: resumes hold live frames until a late replay, then deliver them in order; gaps; cancel", hub_resume_deferred);
+    run("hub: a frame that cannot be built cuts its group's members off (they resume), never skips them", hub_encode_oom_cuts);
     run("hub: flushes at batch_size in seq order, one frame per group, categories per group", hub_flush_order_and_grouping);
     run("hub: watched empty conversations are counted apart and never evict history", hub_watch_slots);
     run("filters: eq ne gt gte lt lte contains exists, categories, unknown operators", filter_operators);
