@@ -1,13 +1,13 @@
 # statusgw: `make` builds, `make run` starts the gateway on the shipped config,
 # `make test` installs what is missing, builds, and runs every spec.
 
-PKGS    := lua5.4 libevent jansson openssl libcurl libjwt
+PKGS    := lua5.4 libevent jansson openssl libcurl libjwt sqlite3
 CC      ?= cc
 CFLAGS  ?= -O2 -g
 WARN    := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter
 DEPS_OK := $(shell pkg-config --exists $(PKGS) 2>/dev/null && test -f /usr/include/http_parser.h && test -f /usr/include/wslay/wslay.h && echo yes)
 PCFLAGS  = $(shell pkg-config --cflags $(PKGS))
-PLIBS    = $(shell pkg-config --libs $(PKGS)) -lhttp_parser -lwslay -lm
+PLIBS    = $(shell pkg-config --libs $(PKGS)) -lhttp_parser -lwslay -lm -lpthread
 PREFIX  ?= /usr/local
 SYSCONFDIR ?= $(PREFIX)/etc/statusgw
 STATEDIR   ?= /var/lib/statusgw

@@ -109,17 +109,86 @@ static size_t publish_reply(const sg_publish_result *res, char *out)
 
 #define REPLY_MAX (SG_MAX_CONV_ID + 448) /* conv id, epoch, or a plugin name escaped */
 
-/* Answer one publish: 202 with the reply, or the error. */
-static void answer(sg_conn *c, int rc, const sg_publish_result *res, const sg_error *err)
+/* ---- answers given once what they acknowledge is committed ----
+ *
+ * With a durable store, a 202 is written only once every update it
+ * acknowledges is committed (store.h, sync): the connection parses
+ * nothing more meanwhile, so pipelined answers keep their order. */
+
+typedef struct committed_answer {
+    sg_conn *c;  /* NULL once the connection is gone */
+    int waiting; /* 1: the handler returned, resume the connection; -1: answered inside sync */
+    int resume;  /* resume the connection after answering (a publish that waited for its plugins) */
+    size_t len;
+    char body[];
+} committed_answer;
+
+static void answer_committed(void *arg, int status)
+{
+    committed_answer *w = arg;
+    if (w->c && status == 0) {
+        sg_http_respond(w->c, 202, "application/json", w->body, w->len, NULL);
+    } else if (w->c) {
+        sg_error e;
+        sg_error_set(&e, 503, "store_unavailable", NULL,
+                     "the update could not be stored; retry (with the same idempotency_key, to be safe)");
+        sg_http_error(w->c, &e);
+    }
+    if (!w->waiting) {
+        w->waiting = -1;
+        return;
+    }
+    if (w->c && w->resume) sg_conn_resume(w->c);
+    free(w);
+}
+
+/* 202 with body, once it is committed. resume: the connection already
+ * awaits this answer (sg_conn_await) and is resumed after it. */
+static void respond_committed(sg_conn *c, const char *body, size_t len, int resume)
+{
+    sg_store *st = c->srv->store;
+    if (!st->ops->sync) {
+        sg_http_respond(c, 202, "application/json", body, len, NULL);
+        if (resume) sg_conn_resume(c);
+        return;
+    }
+    committed_answer *w = malloc(sizeof(*w) + len);
+    if (!w) {
+        sg_error e;
+        sg_error_set(&e, 503, "out_of_memory", NULL, "the gateway is out of memory");
+        sg_http_error(c, &e);
+        if (resume) sg_conn_resume(c);
+        return;
+    }
+    w->c = c;
+    w->waiting = 0;
+    w->resume = 1;
+    w->len = len;
+    memcpy(w->body, body, len);
+    st->ops->sync(st, answer_committed, w);
+    if (w->waiting == -1) { /* committed already */
+        free(w);
+        if (resume) sg_conn_resume(c);
+        return;
+    }
+    w->waiting = 1;
+    if (!resume) sg_conn_await(c, &w->c);
+    else c->awaited_by = &w->c; /* the slot moves to this answer */
+}
+
+/* Answer one publish: 202 with the reply (once committed), or the error.
+ * resume: as respond_committed. */
+static void answer(sg_conn *c, int rc, const sg_publish_result *res, const sg_error *err, int resume)
 {
     if (rc < 0) {
         sg_http_error(c, err);
+        if (resume) sg_conn_resume(c);
         return;
     }
     char reply[REPLY_MAX + 1];
     size_t n = publish_reply(res, reply);
     reply[n++] = '\n';
-    sg_http_respond(c, 202, "application/json", reply, n, NULL);
+    respond_committed(c, reply, n, resume);
 }
 
 /* ---- publishes that wait for their plugins ----
@@ -131,21 +200,36 @@ static void answer(sg_conn *c, int rc, const sg_publish_result *res, const sg_er
 
 typedef struct awaiting {
     sg_conn *c; /* NULL once the connection is gone */
+    int rc;
+    sg_error err;
+    size_t n;
+    char reply[REPLY_MAX + 1];
 } awaiting;
 
 static void deferred_done(void *arg, int rc, const sg_publish_result *res, const sg_error *err)
 {
     awaiting *a = arg;
     count(rc, res, err);
-    if (a->c) answer(a->c, rc, res, err);
+    a->rc = rc;
+    if (rc < 0) {
+        a->err = *err;
+    } else {
+        a->n = publish_reply(res, a->reply);
+        a->reply[a->n++] = '\n';
+    }
 }
 
 static void deferred_release(void *arg, int resume)
 {
     awaiting *a = arg;
-    if (a->c) {
-        if (resume) sg_conn_resume(a->c);
-        else a->c->awaited_by = NULL;
+    sg_conn *c = a->c;
+    if (c && !resume) {
+        c->awaited_by = NULL;
+    } else if (c && a->rc < 0) {
+        sg_http_error(c, &a->err);
+        sg_conn_resume(c);
+    } else if (c) {
+        respond_committed(c, a->reply, a->n, 1);
     }
     free(a);
 }
@@ -159,6 +243,8 @@ static int wait_for_batch(sg_conn *c, sg_draft *d)
     awaiting *a = malloc(sizeof(*a));
     if (!a) return -1;
     a->c = c;
+    a->rc = -1;
+    sg_error_set(&a->err, 503, "out_of_memory", NULL, "the gateway is out of memory");
     if (sg_ingest_defer(c->srv, d, &publish_waiter, a) < 0) {
         free(a);
         return -1;
@@ -202,7 +288,7 @@ static void handle_publish(sg_conn *c, sg_req *r)
     sg_clock_hold();
     int rc = sg_ingest(s, &d, NULL, &res, &err);
     count(rc, &res, &err);
-    answer(c, rc, &res, &err);
+    answer(c, rc, &res, &err, 0);
     sg_clock_release();
     sg_draft_free(&d);
 }
@@ -429,7 +515,7 @@ static void bulk_reply(sg_conn *c, item *items, size_t n, bulk_run *run)
                       dropped, (int)n - accepted - dropped);
     if (b.s) {
         memcpy(b.s + HEAD - hn, head, (size_t)hn);
-        sg_http_respond(c, 202, "application/json", b.s + HEAD - hn, b.n - HEAD + (size_t)hn, NULL);
+        respond_committed(c, b.s + HEAD - hn, b.n - HEAD + (size_t)hn, 0);
     } else {
         sg_error err;
         sg_error_set(&err, 503, "out_of_memory", NULL, "out of memory");
@@ -871,8 +957,11 @@ void sg_api_handle(sg_conn *c, sg_req *r)
         return;
     }
     if (strcmp(p, "/readyz") == 0) {
-        int ready = !c->srv->shutting_down;
-        sg_http_json(c, ready ? 200 : 503, json_pack("{s:s}", "status", ready ? "ready" : "shutting_down"), NULL);
+        sg_store *st = c->srv->store;
+        int store_ok = !st->ops->healthy || st->ops->healthy(st);
+        const char *state = c->srv->shutting_down ? "shutting_down" : !store_ok ? "store_unavailable" : "ready";
+        int ready = state[0] == 'r';
+        sg_http_json(c, ready ? 200 : 503, json_pack("{s:s}", "status", state), ready ? NULL : "Retry-After: 1\r\n");
         return;
     }
     if (!request_allowed(c, r, p)) return;

@@ -139,6 +139,8 @@ static void defaults(sg_config *c)
     sg_config_set_listen(c, SG_DEFAULT_LISTEN);
     c->plugins_dir = strdup("plugins");
     snprintf(c->store, sizeof(c->store), "memory");
+    snprintf(c->store_sync, sizeof(c->store_sync), "normal");
+    c->store_path = strdup("statusgw.db");
     c->log_level = SG_LOG_INFO;
     c->batch_size = SG_DEFAULT_BATCH_SIZE;
     c->flush_ms = SG_DEFAULT_FLUSH_MS;
@@ -256,7 +258,8 @@ static int apply_key(sg_config *c, lua_State *L, const char *key, char *err, siz
         return 0;
     }
     if (strcmp(key, "listen") == 0 || strcmp(key, "plugins_dir") == 0 ||
-        strcmp(key, "log_level") == 0 || strcmp(key, "store") == 0) {
+        strcmp(key, "log_level") == 0 || strcmp(key, "store") == 0 || strcmp(key, "store_path") == 0 ||
+        strcmp(key, "store_sync") == 0) {
         if (lua_type(L, -1) != LUA_TSTRING) {
             snprintf(err, errlen, "%s must be a string", key);
             return -1;
@@ -271,11 +274,20 @@ static int apply_key(sg_config *c, lua_State *L, const char *key, char *err, siz
             free(c->plugins_dir);
             c->plugins_dir = strdup(v);
         } else if (strcmp(key, "store") == 0) {
-            if (strcmp(v, "memory") != 0) {
-                snprintf(err, errlen, "store must be \"memory\", got \"%.40s\"", v);
+            if (strcmp(v, "memory") != 0 && strcmp(v, "sqlite") != 0) {
+                snprintf(err, errlen, "store must be \"memory\" or \"sqlite\", got \"%.40s\"", v);
                 return -1;
             }
             snprintf(c->store, sizeof(c->store), "%s", v);
+        } else if (strcmp(key, "store_sync") == 0) {
+            if (strcmp(v, "normal") != 0 && strcmp(v, "full") != 0 && strcmp(v, "off") != 0) {
+                snprintf(err, errlen, "store_sync must be \"normal\", \"full\" or \"off\", got \"%.40s\"", v);
+                return -1;
+            }
+            snprintf(c->store_sync, sizeof(c->store_sync), "%s", v);
+        } else if (strcmp(key, "store_path") == 0) {
+            free(c->store_path);
+            c->store_path = strdup(v);
         } else {
             int lv = sg_log_parse_level(v);
             if (lv < 0) {
@@ -316,7 +328,7 @@ static int apply_key(sg_config *c, lua_State *L, const char *key, char *err, siz
     size_t nk = 0;
     for (size_t i = 0; i < sizeof(int_keys) / sizeof(int_keys[0]); i++)
         known[nk++] = int_keys[i].name;
-    static const char *const more[] = {"listen", "plugins_dir", "log_level", "store", "access_log", "categories",
+    static const char *const more[] = {"listen", "plugins_dir", "log_level", "store", "store_path", "store_sync", "access_log", "categories",
                                        "plugins", "webhooks", "security", NULL};
     for (int i = 0; more[i]; i++)
         known[nk++] = more[i];
@@ -371,6 +383,11 @@ int sg_config_load(sg_config *c, const char *path, char *err, size_t errlen)
         free(c->plugins_dir);
         c->plugins_dir = pd;
     }
+    char *sp = sg_config_resolve(c, c->store_path);
+    if (sp) {
+        free(c->store_path);
+        c->store_path = sp;
+    }
     rc = 0;
 done:
     lua_close(L);
@@ -382,6 +399,7 @@ void sg_config_free(sg_config *c)
     free(c->path);
     free(c->listen_host);
     free(c->plugins_dir);
+    free(c->store_path);
     for (int i = 0; i < c->n_extra_categories; i++) {
         free(c->extra_categories[i]);
         free(c->extra_descriptions[i]);

@@ -89,7 +89,9 @@ typedef struct sg_config {
     int max_connections_per_ip;
     int max_channels_per_socket;
     int access_log; /* one line per request */
-    char store[16];     /* the history store: "memory" */
+    char store[16];     /* the history store: "memory" or "sqlite" */
+    char *store_path;   /* the SQLite file (relative to the config file) */
+    char store_sync[8]; /* SQLite's synchronous: "normal", "full", "off" */
     int store_delay_ms; /* > 0: every store answer comes this much later, on
                          * a later loop turn (testing clients against a slow
                          * store); 0: off */

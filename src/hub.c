@@ -3,6 +3,7 @@
 #include "clock.h"
 #include "log.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -26,6 +27,9 @@ struct sg_hub {
     struct event *cleanup_ev;
     sg_conv wildcard;
     int pending; /* queued updates over all conversations */
+    uint64_t committed_gen; /* the store's newest committed generation */
+    sg_conv *await_head;    /* due, waiting for a commit */
+    int durable;            /* the store commits later (sync): flushes wait for it */
     int n_empty; /* conversations a subscriber opened that hold no update yet */
     void (*on_forget)(void *arg, const char *id);
     void *on_forget_arg;
@@ -190,12 +194,34 @@ static void observe(uint64_t *hist, const double *bounds, int nb, double v)
 }
 
 
+static void await_unlink(sg_hub *h, sg_conv *c)
+{
+    if (!c->awaiting_commit) return;
+    if (c->aprev) c->aprev->anext = c->anext; else h->await_head = c->anext;
+    if (c->anext) c->anext->aprev = c->aprev;
+    c->aprev = c->anext = NULL;
+    c->awaiting_commit = 0;
+}
+
 /* Hand every queued update of c to its subscribers, oldest first. */
 static void conv_flush(sg_hub *h, sg_conv *c)
 {
     flush_unlink(h, c);
     int n = c->nq;
     if (n == 0) return;
+    if (c->pending_gen > h->committed_gen) {
+        /* not committed yet: nothing a subscriber sees may be lost by a
+         * crash. on_commit flushes it. */
+        if (!c->awaiting_commit) {
+            c->awaiting_commit = 1;
+            c->aprev = NULL;
+            c->anext = h->await_head;
+            if (h->await_head) h->await_head->aprev = c;
+            h->await_head = c;
+        }
+        return;
+    }
+    await_unlink(h, c);
     json_t *decoded[n];
     memset(decoded, 0, sizeof(decoded));
     for (sg_group *g = c->groups; g; g = g->next)
@@ -231,8 +257,22 @@ static void on_flush_timer(evutil_socket_t fd, short what, void *arg)
     arm_flush_timer(h);
 }
 
+/* The store committed generation gen: flush what waited for it. */
+static void on_commit(void *arg, uint64_t gen)
+{
+    sg_hub *h = arg;
+    h->committed_gen = gen;
+    sg_conv *c = h->await_head;
+    while (c) {
+        sg_conv *next = c->anext;
+        if (c->pending_gen <= gen) conv_flush(h, c);
+        c = next;
+    }
+}
+
 void sg_hub_flush_all(sg_hub *h)
 {
+    if (h->store->ops->drain) h->store->ops->drain(h->store); /* commits, then on_commit */
     while (h->flush_head)
         conv_flush(h, h->flush_head);
     arm_flush_timer(h);
@@ -253,15 +293,20 @@ static void idem_clear(sg_conv *c)
     c->idem = NULL;
 }
 
-/* Forget a conversation and its history. Only called with no subscribers. */
-static void conv_free(sg_hub *h, sg_conv *c)
+/* Forget a conversation; drop: its history too (a durable store keeps an
+ * evicted one's, for when it is touched again). Only called with no
+ * subscribers. */
+static void conv_free(sg_hub *h, sg_conv *c, int drop)
 {
+    if (c->pending_gen > h->committed_gen && h->store->ops->drain)
+        h->store->ops->drain(h->store); /* what it queued is delivered as committed */
     conv_flush(h, c);
+    await_unlink(h, c);
     if (h->on_forget) h->on_forget(h->on_forget_arg, c->id);
     lru_unlink(h, c);
     if (c->empty) h->n_empty--;
     sg_dict_del(h->convs, c->id, c->id_len);
-    h->store->ops->close(c->hist, 1);
+    h->store->ops->close(c->hist, drop);
     idem_clear(c);
     free(c->queue);
     free(c);
@@ -297,38 +342,73 @@ static int make_room(sg_hub *h, int empty, sg_error *err)
     sg_log(SG_LOG_INFO, "conversation_evicted", "conversation=%s last_seq=%llu", old->id,
            (unsigned long long)old->last_seq);
     h->stats.evictions++;
-    conv_free(h, old);
+    conv_free(h, old, !h->durable);
     return 0;
+}
+
+static void idem_remember(sg_hub *h, sg_conv *c, const char *key, uint64_t seq, int64_t expires_mono);
+
+struct recalling {
+    sg_hub *h;
+    sg_conv *c;
+};
+
+/* A key the store kept (its expiry on the wall clock) back in memory. */
+static void idem_recalled(void *arg, const char *key, uint64_t seq, int64_t expires_ms)
+{
+    struct recalling *r = arg;
+    idem_remember(r->h, r->c, key, seq, sg_mono_ms() + (expires_ms - sg_now_ms()));
 }
 
 sg_conv *sg_hub_conv(sg_hub *h, const char *id, size_t len, int create, sg_error *err)
 {
     sg_conv *c = sg_dict_get(h->convs, id, len);
-    if (c || !create) {
+    if (c || (!create && !h->durable)) {
         if (!c && err)
             sg_error_set(err, 404, "conversation_not_found", NULL,
                          "no conversation '%.*s' is active", (int)(len > SG_MAX_CONV_ID ? SG_MAX_CONV_ID : len), id);
         return c;
     }
-    int empty = create == SG_CONV_WATCH;
-    if (make_room(h, empty, err) < 0) return NULL;
     c = calloc(1, sizeof(*c));
-    if (!c) goto oom;
-    c->queue = calloc(h->cfg->batch_size, sizeof(sg_update *));
-    if (!c->queue) goto oom;
+    if (!c || !(c->queue = calloc(h->cfg->batch_size, sizeof(sg_update *)))) goto oom;
+    c->qcap = h->cfg->batch_size;
     memcpy(c->id, id, len);
     c->id[len] = 0;
     c->id_len = len;
-    c->hist = h->store->ops->open(h->store, c->id, c->epoch, &c->last_seq);
-    if (!c->hist) goto oom;
+    /* a durable store may hold it: found (a FIND too) or made */
+    errno = 0;
+    c->hist = h->store->ops->open(h->store, c->id, create != SG_CONV_FIND, c->epoch, &c->last_seq);
+    if (!c->hist) {
+        if (errno == ENOENT) {
+            sg_error_set(err, 404, "conversation_not_found", NULL, "no conversation '%s' is active", c->id);
+            free(c->queue);
+            free(c);
+            return NULL;
+        }
+        sg_error_set(err, 503, "store_unavailable", NULL, "the conversation could not be read from the store; retry shortly");
+        free(c->queue);
+        free(c);
+        return NULL;
+    }
+    int empty = create == SG_CONV_WATCH && c->last_seq == 0;
+    if (make_room(h, empty, err) < 0) {
+        h->store->ops->close(c->hist, 0);
+        free(c->queue);
+        free(c);
+        return NULL;
+    }
     c->flushed_seq = c->last_seq;
     if (sg_dict_set(h->convs, c->id, len, c) < 0) {
-        h->store->ops->close(c->hist, 1);
+        h->store->ops->close(c->hist, 0);
         goto oom;
+    }
+    if (c->last_seq && h->store->ops->recall) {
+        struct recalling r = {h, c};
+        h->store->ops->recall(c->hist, sg_now_ms(), idem_recalled, &r);
     }
     /* a subscriber's conversation stays empty (and counted apart) until
      * an update arrives; one the store already holds updates of is not */
-    c->empty = empty && c->last_seq == 0;
+    c->empty = empty;
     h->n_empty += c->empty;
     lru_push(h, c);
     touch(h, c);
@@ -349,12 +429,14 @@ static void on_cleanup_timer(evutil_socket_t fd, short what, void *arg)
     while (c && c->last_activity_mono < cutoff) {
         sg_conv *next = c->lnext;
         if (c->n_subs == 0) {
-            conv_free(h, c);
+            conv_free(h, c, 1);
             n++;
         }
         c = next;
     }
     h->stats.expired += n;
+    if (h->store->ops->sweep) /* and what the store keeps of those it no longer holds open */
+        h->store->ops->sweep(h->store, sg_now_ms() - (int64_t)h->cfg->conversation_ttl_s * 1000, sg_now_ms());
     if (n)
         sg_log(SG_LOG_INFO, "conversations_expired", "count=%zu remaining=%zu", n,
                sg_dict_size(h->convs));
@@ -375,7 +457,7 @@ static struct idem *idem_find(sg_hub *h, sg_conv *c, const char *key)
     return c->idem ? sg_dict_get(c->idem, key, strlen(key)) : NULL;
 }
 
-static void idem_remember(sg_hub *h, sg_conv *c, const char *key, uint64_t seq)
+static void idem_remember(sg_hub *h, sg_conv *c, const char *key, uint64_t seq, int64_t expires_mono)
 {
     size_t len = strlen(key);
     if (!c->idem && !(c->idem = sg_dict_new())) return;
@@ -383,7 +465,7 @@ static void idem_remember(sg_hub *h, sg_conv *c, const char *key, uint64_t seq)
     if (!e) return;
     e->next = NULL;
     e->seq = seq;
-    e->expires_mono = sg_mono_ms() + (int64_t)h->cfg->idempotency_window_s * 1000;
+    e->expires_mono = expires_mono;
     e->len = len;
     memcpy(e->key, key, len + 1);
     if (sg_dict_set(c->idem, e->key, len, e) < 0) {
@@ -397,6 +479,8 @@ static void idem_remember(sg_hub *h, sg_conv *c, const char *key, uint64_t seq)
 uint64_t sg_hub_seen(sg_hub *h, const char *id, size_t len, const char *key)
 {
     sg_conv *c = sg_dict_get(h->convs, id, len);
+    sg_error err;
+    if (!c && h->durable) c = sg_hub_conv(h, id, len, SG_CONV_FIND, &err); /* after a restart */
     struct idem *e = c ? idem_find(h, c, key) : NULL;
     return e ? e->seq : 0;
 }
@@ -411,7 +495,16 @@ void sg_hub_on_forget(sg_hub *h, void (*fn)(void *arg, const char *id), void *ar
 
 int sg_hub_publish(sg_hub *h, const sg_draft *d, sg_publish_result *res, sg_error *err)
 {
+    if (h->store->ops->healthy && !h->store->ops->healthy(h->store)) {
+        h->stats.rejected_store++;
+        sg_error_set(err, 503, "store_unavailable", NULL,
+                     "the store cannot write (see the gateway's log); retry shortly");
+        err->retry_after = 1;
+        return -1;
+    }
     sg_conv *c = sg_dict_get(h->convs, d->conv_id, d->conv_len);
+    if (!c && d->idempotency_key && h->durable) /* a retry after a restart: the store knows its key */
+        c = sg_hub_conv(h, d->conv_id, d->conv_len, SG_CONV_FIND, err);
     if (c && d->idempotency_key) {
         struct idem *e = idem_find(h, c, d->idempotency_key);
         if (e) {
@@ -432,6 +525,15 @@ int sg_hub_publish(sg_hub *h, const sg_draft *d, sg_publish_result *res, sg_erro
     if (!c && !(c = sg_hub_conv(h, d->conv_id, d->conv_len, SG_CONV_PUBLISH, err))) {
         if (err->status == 429) h->stats.rejected_full++;
         return -1;
+    }
+    if (c->nq == c->qcap) { /* held back for a commit: the queue grows */
+        sg_update **q = realloc(c->queue, sizeof(*q) * (size_t)c->qcap * 2);
+        if (!q) {
+            sg_error_set(err, 503, "out_of_memory", NULL, "the gateway is out of memory");
+            return -1;
+        }
+        c->queue = q;
+        c->qcap *= 2;
     }
     if (c->empty) { /* a watched conversation gets its first update: it counts now */
         c->empty = 0;
@@ -462,8 +564,13 @@ int sg_hub_publish(sg_hub *h, const sg_draft *d, sg_publish_result *res, sg_erro
     if (error_category < 0) error_category = sg_category_index("error", 5);
     if (u->category == error_category) h->stats.sec_errors[slot]++;
     h->stats.per_category[u->category]++;
-    h->store->ops->append(c->hist, u, NULL, NULL);
-    if (d->idempotency_key) idem_remember(h, c, d->idempotency_key, u->seq);
+    uint64_t gen = h->store->ops->append(c->hist, u, NULL, NULL);
+    if (gen > c->pending_gen) c->pending_gen = gen;
+    if (d->idempotency_key) {
+        int64_t window_ms = (int64_t)h->cfg->idempotency_window_s * 1000;
+        idem_remember(h, c, d->idempotency_key, u->seq, sg_mono_ms() + window_ms);
+        if (h->store->ops->remember) h->store->ops->remember(c->hist, d->idempotency_key, u->seq, sg_now_ms() + window_ms);
+    }
     touch(h, c);
 
     c->queue[c->nq++] = u; /* the queue owns the reference from sg_update_new */
@@ -675,6 +782,9 @@ sg_hub *sg_hub_new(struct event_base *base, const sg_config *cfg, sg_store *stor
     h->base = base;
     h->cfg = cfg;
     h->store = store;
+    h->durable = store->ops->sync != NULL;
+    store->on_commit = on_commit;
+    store->on_commit_arg = h;
     h->convs = sg_dict_new();
     h->wildcard.is_wildcard = 1;
     memcpy(h->wildcard.id, "*", 2);
@@ -694,8 +804,9 @@ sg_hub *sg_hub_new(struct event_base *base, const sg_config *cfg, sg_store *stor
 void sg_hub_free(sg_hub *h)
 {
     if (!h) return;
+    if (h->store->ops->drain) h->store->ops->drain(h->store);
     while (h->lru_head)
-        conv_free(h, h->lru_head);
+        conv_free(h, h->lru_head, 0);
     sg_dict_free(h->convs);
     if (h->flush_ev) event_free(h->flush_ev);
     if (h->cleanup_ev) event_free(h->cleanup_ev);

@@ -69,8 +69,11 @@ struct sg_conv {
     uint64_t published;   /* updates accepted since the conversation opened */
     uint64_t flushes;     /* batches handed to subscribers */
     sg_store_conv *hist;
-    sg_update **queue; /* batch_size slots */
-    int nq;
+    sg_update **queue; /* queued updates, oldest first */
+    int nq, qcap;
+    uint64_t pending_gen;  /* the store's commit that holds its newest update */
+    int awaiting_commit;   /* due, held back until pending_gen is committed */
+    sg_conv *aprev, *anext; /* the hub's list of those */
     int64_t due_ms;              /* flush deadline, when queued */
     sg_conv *fprev, *fnext;      /* flush list, by deadline */
     int in_flush_list;
@@ -104,6 +107,7 @@ typedef struct sg_hub_stats {
     uint64_t evictions;
     uint64_t expired;
     uint64_t rejected_full;
+    uint64_t rejected_store; /* refused while the store could not write */
     uint64_t per_category[SG_MAX_CATEGORIES];
 } sg_hub_stats;
 

@@ -44,8 +44,8 @@ void sg_log(int level, const char *event, const char *fmt, ...)
 
 const char *sg_log_q(const char *s)
 {
-    static char bufs[4][512];
-    static int next;
+    static _Thread_local char bufs[4][512]; /* the store's writer thread logs too */
+    static _Thread_local int next;
     char *b = bufs[next++ & 3];
     size_t o = 0;
     b[o++] = '"';

@@ -252,7 +252,20 @@ static int server_open(sg_server *srv, sg_config *cfg, sg_security *sec)
     srv->handle = sg_api_handle;
     srv->security = sec;
     srv->base = event_base_new();
-    srv->store = sg_store_memory_new(cfg->history_size);
+    if (strcmp(cfg->store, "sqlite") == 0) {
+        err[0] = 0;
+        srv->store = srv->base ? sg_store_sqlite_new(cfg->store_path, cfg->store_sync, cfg->history_size,
+                                                     srv->base, err, sizeof(err))
+                               : NULL;
+        if (!srv->store) {
+            sg_log(SG_LOG_ERROR, "store_failed", "store=sqlite path=%s reason=%s", sg_log_q(cfg->store_path),
+                   sg_log_q(err));
+            fprintf(stderr, "statusgw: store: %s\n", err);
+            return 2;
+        }
+    } else {
+        srv->store = sg_store_memory_new(cfg->history_size);
+    }
     if (srv->store && cfg->store_delay_ms > 0)
         srv->store = sg_store_deferred_new(srv->store, srv->base, cfg->store_delay_ms);
     srv->hub = srv->base && srv->store ? sg_hub_new(srv->base, cfg, srv->store) : NULL;

@@ -5,6 +5,7 @@
 #include "plugin.h"
 #include "security.h"
 #include "server_t.h"
+#include "store.h"
 #include "webhook.h"
 
 #include <math.h>
@@ -139,6 +140,9 @@ static void render_connections(sg_server *s, struct evbuffer *o)
                         (unsigned long long)st->evictions);
     evbuffer_add_printf(o, "statusgw_conversations_evicted_total{reason=\"idle\"} %llu\n",
                         (unsigned long long)st->expired);
+    family(o, "statusgw_store_up", "gauge", "1 while the store can write; 0 while publishes are refused (store_unavailable).");
+    evbuffer_add_printf(o, "statusgw_store_up{store=\"%s\"} %d\n", s->store->ops->name,
+                        !s->store->ops->healthy || s->store->ops->healthy(s->store));
     family(o, "statusgw_slow_consumer_disconnects_total", "counter", "Subscribers cut off over the output cap.");
     evbuffer_add_printf(o, "statusgw_slow_consumer_disconnects_total %llu\n",
                         (unsigned long long)s->net.slow_consumers);

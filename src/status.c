@@ -554,6 +554,22 @@ void sg_format_ts(int64_t ms, char *out)
     out[24] = 0;
 }
 
+sg_update *sg_update_stored(int category, uint64_t seq, int64_t ts_ms, const void *json, size_t len)
+{
+    sg_update *u = malloc(sizeof(*u) + len + 1);
+    if (!u) return NULL;
+    u->refcnt = 1;
+    u->category = category;
+    u->seq = seq;
+    u->ts_ms = ts_ms;
+    u->recv_ns = 0;
+    u->json = (char *)(u + 1);
+    memcpy(u->json, json, len);
+    u->json[len] = 0;
+    u->json_len = len;
+    return u;
+}
+
 sg_update *sg_update_new(const sg_draft *d, uint64_t seq, int64_t ts_ms)
 {
     const char *cat = sg_category_name(d->category);

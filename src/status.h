@@ -128,6 +128,10 @@ typedef struct sg_update {
  * (refcount 1). Returns NULL when out of memory. */
 sg_update *sg_update_new(const sg_draft *d, uint64_t seq, int64_t ts_ms);
 
+/* An update read back from a store: its category, seq, receive time and
+ * the encoded JSON it was delivered as (copied). NULL when out of memory. */
+sg_update *sg_update_stored(int category, uint64_t seq, int64_t ts_ms, const void *json, size_t len);
+
 static inline sg_update *sg_update_ref(sg_update *u)
 {
     u->refcnt++;

@@ -1,5 +1,6 @@
 #include "store.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,9 +32,13 @@ void sg_store_new_epoch(char *out)
     out[SG_EPOCH_LEN] = 0;
 }
 
-static sg_store_conv *mem_open(sg_store *s, const char *conv_id, char *epoch, uint64_t *last_seq)
+static sg_store_conv *mem_open(sg_store *s, const char *conv_id, int create, char *epoch, uint64_t *last_seq)
 {
     mem_store *m = (mem_store *)s;
+    if (!create) { /* nothing outlives the hub's handle in memory */
+        errno = ENOENT;
+        return NULL;
+    }
     sg_store_conv *c = calloc(1, sizeof(*c) + sizeof(sg_update *) * m->cap);
     if (!c) return NULL;
     c->store = m;
@@ -42,7 +47,7 @@ static sg_store_conv *mem_open(sg_store *s, const char *conv_id, char *epoch, ui
     return c;
 }
 
-static void mem_append(sg_store_conv *c, sg_update *u, sg_store_done_fn done, void *arg)
+static uint64_t mem_append(sg_store_conv *c, sg_update *u, sg_store_done_fn done, void *arg)
 {
     int cap = c->store->cap;
     if (c->count == cap) {
@@ -54,6 +59,7 @@ static void mem_append(sg_store_conv *c, sg_update *u, sg_store_done_fn done, vo
     c->ring[(c->head + c->count) % cap] = sg_update_ref(u);
     c->count++;
     if (done) done(arg, 0);
+    return 0;
 }
 
 static void mem_range(sg_store_conv *c, uint64_t since, uint64_t upto, size_t limit,
@@ -100,8 +106,8 @@ static void mem_free(sg_store *s)
     free(s);
 }
 
-static const sg_store_ops mem_ops = {"memory", mem_open, mem_append, mem_range, mem_close,
-                                     mem_free};
+static const sg_store_ops mem_ops = {.name = "memory", .open = mem_open, .append = mem_append,
+                                     .range = mem_range, .close = mem_close, .free = mem_free};
 
 sg_store *sg_store_memory_new(int history_size)
 {

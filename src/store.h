@@ -27,13 +27,20 @@ typedef void (*sg_store_done_fn)(void *arg, int status);
 typedef void (*sg_store_range_fn)(void *arg, int status, sg_update **ups, size_t n,
                                   uint64_t oldest);
 
+typedef void (*sg_store_key_fn)(void *arg, const char *key, uint64_t seq, int64_t expires_ms);
+
 typedef struct sg_store_ops {
     const char *name;
     /* Open a conversation's history. Fills epoch (SG_EPOCH_LEN + 1 bytes)
-     * and the newest seq it holds (0 for a new one). NULL on failure. */
-    sg_store_conv *(*open)(sg_store *s, const char *conv_id, char *epoch, uint64_t *last_seq);
-    /* Append u (the store takes a reference) and trim to the history size. */
-    void (*append)(sg_store_conv *c, sg_update *u, sg_store_done_fn done, void *arg);
+     * and the newest seq it holds (0 for a new one). With create 0, a
+     * conversation the store does not hold is NULL with errno ENOENT; NULL
+     * otherwise is a failure. */
+    sg_store_conv *(*open)(sg_store *s, const char *conv_id, int create, char *epoch, uint64_t *last_seq);
+    /* Append u (the store takes a reference) and trim to the history size.
+     * Returns the generation of the commit that will hold it: 0 when it is
+     * durable already (the memory store), UINT64_MAX when it never will be
+     * (out of memory); on_commit says when a generation is committed. */
+    uint64_t (*append)(sg_store_conv *c, sg_update *u, sg_store_done_fn done, void *arg);
     /* Updates with seq in (since, upto], in `mask`, oldest first, at most
      * limit of them. upto 0 means no upper bound. */
     void (*range)(sg_store_conv *c, uint64_t since, uint64_t upto, size_t limit, uint64_t mask,
@@ -41,19 +48,44 @@ typedef struct sg_store_ops {
     /* Close the handle; drop != 0 also forgets the history. Reads still
      * pending on it are answered all the same. */
     void (*close)(sg_store_conv *c, int drop);
-    /* Free the store. Callbacks still pending are called first, with
-     * status -1. */
+    /* Free the store. What waits is answered first: callbacks still
+     * pending are called (a durable store commits what it holds first;
+     * status -1 for what it cannot). */
     void (*free)(sg_store *s);
+
+    /* A durable store's (NULL in the memory store): */
+    /* done(arg, 0) once everything appended so far is committed (-1: it
+     * cannot be). */
+    void (*sync)(sg_store *s, sg_store_done_fn done, void *arg);
+    /* Commit everything now and answer what waits (shutdown; may block). */
+    void (*drain)(sg_store *s);
+    /* Keep an idempotency key, and read a conversation's unexpired ones. */
+    void (*remember)(sg_store_conv *c, const char *key, uint64_t seq, int64_t expires_ms);
+    void (*recall)(sg_store_conv *c, int64_t now_ms, sg_store_key_fn fn, void *arg);
+    /* Forget the conversations idle since cutoff_ms (wall clock) that no
+     * handle holds open, and expired keys. */
+    void (*sweep)(sg_store *s, int64_t cutoff_ms, int64_t now_ms);
+    /* 0 while writes fail (the disk is full, say): publishes are refused. */
+    int (*healthy)(sg_store *s);
 } sg_store_ops;
 
 struct sg_store {
     const sg_store_ops *ops;
+    /* set by the hub: generation gen (and every one before it) is committed */
+    void (*on_commit)(void *arg, uint64_t gen);
+    void *on_commit_arg;
 };
 
 /* The built-in store: a ring of `history_size` updates per conversation. */
 sg_store *sg_store_memory_new(int history_size);
 
 struct event_base;
+/* The durable store (store_sqlite.c): SQLite in WAL mode at path,
+ * synchronous = sync ("normal", "full" or "off"), a writer thread. NULL
+ * with a sentence in err naming what to fix. */
+sg_store *sg_store_sqlite_new(const char *path, const char *sync, int history_size,
+                              struct event_base *base, char *err, size_t errlen);
+
 /* A store that answers every call of inner (owned) on a later loop turn,
  * delay_ms after it; ranges are read from inner when they are answered.
  * For testing transports and clients against a slow store. */

@@ -5,6 +5,7 @@
 #include "store.h"
 
 #include <event2/event.h>
+#include <errno.h>
 #include <stdlib.h>
 
 typedef struct dstore dstore;
@@ -92,26 +93,29 @@ static int defer(dconv *c, dcall tmpl)
     return 0;
 }
 
-static sg_store_conv *d_open(sg_store *s, const char *conv_id, char *epoch, uint64_t *last_seq)
+static sg_store_conv *d_open(sg_store *s, const char *conv_id, int create, char *epoch, uint64_t *last_seq)
 {
     dstore *st = (dstore *)s;
     dconv *c = calloc(1, sizeof(*c));
     if (!c) return NULL;
     c->st = st;
-    c->inner = st->inner->ops->open(st->inner, conv_id, epoch, last_seq);
+    c->inner = st->inner->ops->open(st->inner, conv_id, create, epoch, last_seq);
     if (!c->inner) {
+        int e = errno;
         free(c);
+        errno = e;
         return NULL;
     }
     return (sg_store_conv *)c;
 }
 
-static void d_append(sg_store_conv *sc, sg_update *u, sg_store_done_fn done, void *arg)
+static uint64_t d_append(sg_store_conv *sc, sg_update *u, sg_store_done_fn done, void *arg)
 {
     dconv *c = (dconv *)sc;
     /* stored now, in order; only the answer waits */
     c->st->inner->ops->append(c->inner, u, NULL, NULL);
     if (done && defer(c, (dcall){.done_cb = done, .arg = arg}) < 0) done(arg, 0);
+    return 0;
 }
 
 static void d_range(sg_store_conv *sc, uint64_t since, uint64_t upto, size_t limit, uint64_t mask,
@@ -142,7 +146,8 @@ static void d_free(sg_store *s)
     free(st);
 }
 
-static const sg_store_ops deferred_ops = {"deferred", d_open, d_append, d_range, d_close, d_free};
+static const sg_store_ops deferred_ops = {.name = "deferred", .open = d_open, .append = d_append,
+                                          .range = d_range, .close = d_close, .free = d_free};
 
 sg_store *sg_store_deferred_new(sg_store *inner, struct event_base *base, int delay_ms)
 {

@@ -172,7 +172,7 @@ static void store_contract(void)
     sg_store *s = sg_store_memory_new(5);
     char epoch[SG_EPOCH_LEN + 1];
     uint64_t last = 99;
-    sg_store_conv *c = s->ops->open(s, "c1", epoch, &last);
+    sg_store_conv *c = s->ops->open(s, "c1", 1, epoch, &last);
     CHECK(c != NULL);
     CHECK(last == 0);
     CHECK(strlen(epoch) == SG_EPOCH_LEN);
@@ -220,7 +220,7 @@ static void store_deferred_contract(void)
     sg_store *s = sg_store_deferred_new(sg_store_memory_new(3), base, 0);
     char epoch[SG_EPOCH_LEN + 1];
     uint64_t last = 99;
-    sg_store_conv *c = s->ops->open(s, "d1", epoch, &last);
+    sg_store_conv *c = s->ops->open(s, "d1", 1, epoch, &last);
     CHECK(c != NULL && last == 0);
     int done = 0;
     for (uint64_t seq = 1; seq <= 4; seq++) {
@@ -250,7 +250,7 @@ static void store_deferred_contract(void)
     event_base_loop(base, EVLOOP_ONCE);
     CHECK(g.calls == 1 && g.n == 2 && g.seqs[0] == 4);
     /* freeing the store answers what is pending with status -1 */
-    c = s->ops->open(s, "d2", epoch, &last);
+    c = s->ops->open(s, "d2", 1, epoch, &last);
     CHECK(sg_store_read(s, c, 0, 0, (size_t)-1, sg_category_all(), on_range, &g3) != NULL);
     s->ops->close(c, 1);
     s->ops->free(s);

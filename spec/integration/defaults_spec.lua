@@ -169,7 +169,8 @@ describe("configuration errors", function()
         "webhooks endpoint 'a': unknown key 'batch_szie' %(did you mean 'batch_size'%?%)" },
       { "webhooks = { retry_schedule = {} }", "webhooks: unknown key 'retry_schedule' %(did you mean 'retry_schedule_s'%?%)" },
       { "plugins = { rate_limt = { rate = 5 } }", "plugins.rate_limt names no plugin" },
-      { "store = 'redis'", 'store must be "memory", got "redis"' },
+      { "store = 'redis'", 'store must be "memory" or "sqlite", got "redis"' },
+      { "store_sync = 'sometimes'", 'store_sync must be "normal", "full" or "off", got "sometimes"' },
       { "store_delay_ms = -1", "store_delay_ms must be between 0 and 60000, got %-1" },
       { "stroe = 'memory'", "unknown key 'stroe' %(did you mean 'store'%?%)" },
     }

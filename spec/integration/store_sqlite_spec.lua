@@ -1,0 +1,201 @@
+-- The durable store (store = "sqlite"): real SQLite files, real restarts,
+-- real SIGKILLs. What was acknowledged survives with its seq and epoch;
+-- resuming clients see no gap; idempotency keys outlive a restart; bad
+-- databases are refused at start with exit status 2.
+package.path = "spec/helpers/?.lua;" .. package.path
+local gw_ = require("gateway")
+local rawws = require("rawws")
+local cjson = require("cjson")
+local socket = require("socket")
+
+local function sh(cmd)
+  local p = io.popen(cmd .. " 2>&1; echo rc=$?")
+  local out = p:read("a")
+  p:close()
+  local rc = tonumber(out:match("rc=(%d+)%s*$"))
+  return out:gsub("rc=%d+%s*$", ""), rc
+end
+
+local function publish(gw, conv, text, extra)
+  local u = { conversation_id = conv, category = "info", text = text }
+  for k, v in pairs(extra or {}) do u[k] = v end
+  local status, body = gw_.publish(gw, u)
+  assert.are.equal(202, status, cjson.encode(body or {}))
+  return body
+end
+
+local function history(gw, conv)
+  return gw_.request(gw, "GET", "/api/v1/conversations/" .. conv .. "/history")
+end
+
+describe("the sqlite store", function()
+  local dir, db, gw
+  before_each(function()
+    dir = gw_.tmpdir()
+    db = dir .. "/var/statusgw.db" -- var/ does not exist yet: the gateway makes it
+  end)
+  after_each(function()
+    if gw then pcall(gw_.stop, gw) end
+    gw = nil
+    os.execute("rm -rf " .. dir)
+  end)
+
+  local function start(extra)
+    local opts = { store = "sqlite", store_path = db, flush_interval_ms = 20 }
+    for k, v in pairs(extra or {}) do opts[k] = v end
+    gw = gw_.start(opts)
+    return gw
+  end
+
+  it("keeps history, epoch and seq across a restart, and serves history before anything new is published", function()
+    start()
+    local first = publish(gw, "keep", "one")
+    publish(gw, "keep", "two")
+    gw_.stop(gw)
+    start()
+    local status, h = history(gw, "keep")
+    assert.are.equal(200, status)
+    assert.are.equal(first.epoch, h.epoch)
+    assert.are.equal(2, h.last_seq)
+    assert.are.same({ "one", "two" }, { h.updates[1].text, h.updates[2].text })
+    local third = publish(gw, "keep", "three")
+    assert.are.equal(3, third.seq)
+    assert.are.equal(first.epoch, third.epoch)
+    -- a conversation nobody published to is still unknown
+    assert.are.equal(404, (history(gw, "never")))
+  end)
+
+  it("trims to history_size and reports the oldest kept, across a restart", function()
+    start({ history_size = 3 })
+    for i = 1, 5 do publish(gw, "trim", "u" .. i) end
+    gw_.stop(gw)
+    start({ history_size = 3 })
+    local _, h = history(gw, "trim")
+    assert.are.equal(3, #h.updates)
+    assert.are.equal(3, h.updates[1].seq)
+    assert.are.equal(3, h.oldest_seq)
+  end)
+
+  it("deduplicates a retry after a restart by its idempotency key", function()
+    start()
+    local a = publish(gw, "idem", "once", { idempotency_key = "job-1" })
+    gw_.stop(gw)
+    start()
+    local b = publish(gw, "idem", "once, again", { idempotency_key = "job-1" })
+    assert.are.equal(a.seq, b.seq)
+    assert.is_true(b.duplicate)
+    local _, h = history(gw, "idem")
+    assert.are.equal(1, #h.updates)
+  end)
+
+  it("resumes an event stream after a restart with the missed updates and no gap", function()
+    start()
+    local e = publish(gw, "sse-r", "one").epoch
+    publish(gw, "sse-r", "two")
+    publish(gw, "sse-r", "three")
+    gw_.stop(gw)
+    start()
+    local stream = assert(gw_.sse(gw, "/api/v1/conversations/sse-r/events", { ["Last-Event-ID"] = e .. ":1" }))
+    publish(gw, "sse-r", "four")
+    local seen, gap = {}, false
+    for _ = 1, 6 do
+      local ev = stream:next(3)
+      if not ev then break end
+      if ev.event == "gap" then gap = true end
+      if ev.event == "status_update" then seen[#seen + 1] = ev.json.text end
+      if #seen == 3 then break end
+    end
+    stream:close()
+    assert.is_false(gap)
+    assert.are.same({ "two", "three", "four" }, seen)
+  end)
+
+  it("recovers a Phoenix join with epoch and last_seq after a restart", function()
+    start()
+    local e = publish(gw, "phx-r", "one").epoch
+    publish(gw, "phx-r", "two")
+    gw_.stop(gw)
+    start()
+    local ws = assert(rawws.open(gw))
+    ws:send_json({ "1", "1", "status:phx-r", "phx_join", { categories = { "*" }, epoch = e, last_seq = 1 } })
+    local reply = ws:read_msg(5)
+    local push = ws:read_msg(5)
+    ws:close()
+    assert.are.equal("ok", reply[5].status)
+    assert.is_true(reply[5].response.recovered)
+    assert.are.equal(e, reply[5].response.epoch)
+    assert.are.equal("two", push[5].text)
+  end)
+
+  it("loses nothing it acknowledged when killed with SIGKILL mid-stream (three times)", function()
+    start()
+    local acked = {}
+    for round = 1, 3 do
+      local conv = "kill-" .. round
+      local c = gw_.connect(gw)
+      local reqs = {}
+      for i = 1, 300 do
+        reqs[#reqs + 1] = gw_.build_request("POST", "/api/v1/status",
+          cjson.encode({ conversation_id = conv, category = "info", text = "n" .. i }))
+      end
+      c:send_raw(table.concat(reqs))
+      local n = 0
+      c.sock:settimeout(2)
+      while true do
+        local status, _, body = c:read_response()
+        if not status then break end
+        if status == 202 then
+          local r = cjson.decode(body)
+          acked[#acked + 1] = { conv = conv, seq = math.tointeger(r.seq), epoch = r.epoch, text = "n" .. (n + 1) }
+        end
+        n = n + 1
+        if n == 40 then gw_.signal(gw, "KILL") end
+      end
+      c:close()
+      assert.truthy(gw_.wait_exit(gw, 5))
+      gw.stopped = true
+      start()
+    end
+    assert.is_true(#acked >= 120, "acknowledged " .. #acked)
+    for _, a in ipairs(acked) do
+      local status, h = history(gw, a.conv)
+      assert.are.equal(200, status, a.conv)
+      assert.are.equal(a.epoch, h.epoch)
+      local found
+      for _, u in ipairs(h.updates) do
+        if u.seq == a.seq then found = u end
+      end
+      assert.truthy(found, a.conv .. " seq " .. a.seq .. " was acknowledged and is gone")
+      assert.are.equal(a.text, found.text)
+    end
+  end)
+
+  it("forgets idle conversations past conversation_ttl_s, rows and all", function()
+    start({ conversation_ttl_s = 1, cleanup_interval_s = 1 })
+    publish(gw, "idle", "x")
+    socket.sleep(2.6)
+    gw_.stop(gw)
+    start()
+    assert.are.equal(404, (history(gw, "idle")))
+  end)
+
+  it("refuses at start, with exit status 2, a file that is no database, a newer schema and a folder it cannot use", function()
+    local cfg = dir .. "/c.lua"
+    local function try(path)
+      gw_.write_file(cfg, string.format("return { store = 'sqlite', store_path = %q, plugins_dir = %q }", path, dir))
+      return sh(gw_.bin .. " --config " .. cfg .. " --listen 127.0.0.1:" .. gw_.free_port())
+    end
+    gw_.write_file(dir .. "/junk.db", string.rep("this is not a database\n", 200))
+    local out, rc = try(dir .. "/junk.db")
+    assert.are.equal(2, rc, out)
+    assert.matches("store_path '[^']*junk.db'", out)
+    os.execute("sqlite3 " .. dir .. "/new.db 'PRAGMA user_version = 99' >/dev/null 2>&1 || " ..
+      "lua5.4 -e 'os.exit(1)'")
+    out, rc = try(dir .. "/new.db")
+    assert.are.equal(2, rc, out)
+    assert.matches("schema version 99, newer than this statusgw reads", out)
+    out, rc = try("/proc/statusgw/x.db")
+    assert.are.equal(2, rc, out)
+    assert.matches("cannot make the folder", out)
+  end)
+end)
