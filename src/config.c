@@ -236,6 +236,54 @@ static int load_categories(sg_config *c, lua_State *L, char *err, size_t errlen)
 }
 
 /* Apply one key of the config table (key at -2, value at -1). */
+/* The keys whose value is a string. 1 when key is not one of them, else
+ * 0 or -1 with err. */
+static int apply_string_key(sg_config *c, lua_State *L, const char *key, char *err, size_t errlen)
+{
+    static const char *const names[] = {"listen", "plugins_dir", "log_level", "store", "store_path", "store_sync", NULL};
+    int known = 0;
+    for (int i = 0; names[i]; i++)
+        known |= strcmp(key, names[i]) == 0;
+    if (!known) return 1;
+    if (lua_type(L, -1) != LUA_TSTRING) {
+        snprintf(err, errlen, "%s must be a string", key);
+        return -1;
+    }
+    const char *v = lua_tostring(L, -1);
+    if (strcmp(key, "listen") == 0) {
+        if (sg_config_set_listen(c, v) < 0) {
+            snprintf(err, errlen, "listen must be \"host:port\", got \"%s\"", v);
+            return -1;
+        }
+    } else if (strcmp(key, "plugins_dir") == 0) {
+        free(c->plugins_dir);
+        c->plugins_dir = strdup(v);
+    } else if (strcmp(key, "store") == 0) {
+        if (strcmp(v, "memory") != 0 && strcmp(v, "sqlite") != 0) {
+            snprintf(err, errlen, "store must be \"memory\" or \"sqlite\", got \"%.40s\"", v);
+            return -1;
+        }
+        snprintf(c->store, sizeof(c->store), "%s", v);
+    } else if (strcmp(key, "store_sync") == 0) {
+        if (strcmp(v, "normal") != 0 && strcmp(v, "full") != 0 && strcmp(v, "off") != 0) {
+            snprintf(err, errlen, "store_sync must be \"normal\", \"full\" or \"off\", got \"%.40s\"", v);
+            return -1;
+        }
+        snprintf(c->store_sync, sizeof(c->store_sync), "%s", v);
+    } else if (strcmp(key, "store_path") == 0) {
+        free(c->store_path);
+        c->store_path = strdup(v);
+    } else {
+        int lv = sg_log_parse_level(v);
+        if (lv < 0) {
+            snprintf(err, errlen, "log_level must be debug, info, warn or error");
+            return -1;
+        }
+        c->log_level = lv;
+    }
+    return 0;
+}
+
 static int apply_key(sg_config *c, lua_State *L, const char *key, char *err, size_t errlen)
 {
     for (size_t i = 0; i < sizeof(int_keys) / sizeof(int_keys[0]); i++) {
@@ -257,47 +305,8 @@ static int apply_key(sg_config *c, lua_State *L, const char *key, char *err, siz
             *(int *)((char *)c + k->off) = (int)v;
         return 0;
     }
-    if (strcmp(key, "listen") == 0 || strcmp(key, "plugins_dir") == 0 ||
-        strcmp(key, "log_level") == 0 || strcmp(key, "store") == 0 || strcmp(key, "store_path") == 0 ||
-        strcmp(key, "store_sync") == 0) {
-        if (lua_type(L, -1) != LUA_TSTRING) {
-            snprintf(err, errlen, "%s must be a string", key);
-            return -1;
-        }
-        const char *v = lua_tostring(L, -1);
-        if (strcmp(key, "listen") == 0) {
-            if (sg_config_set_listen(c, v) < 0) {
-                snprintf(err, errlen, "listen must be \"host:port\", got \"%s\"", v);
-                return -1;
-            }
-        } else if (strcmp(key, "plugins_dir") == 0) {
-            free(c->plugins_dir);
-            c->plugins_dir = strdup(v);
-        } else if (strcmp(key, "store") == 0) {
-            if (strcmp(v, "memory") != 0 && strcmp(v, "sqlite") != 0) {
-                snprintf(err, errlen, "store must be \"memory\" or \"sqlite\", got \"%.40s\"", v);
-                return -1;
-            }
-            snprintf(c->store, sizeof(c->store), "%s", v);
-        } else if (strcmp(key, "store_sync") == 0) {
-            if (strcmp(v, "normal") != 0 && strcmp(v, "full") != 0 && strcmp(v, "off") != 0) {
-                snprintf(err, errlen, "store_sync must be \"normal\", \"full\" or \"off\", got \"%.40s\"", v);
-                return -1;
-            }
-            snprintf(c->store_sync, sizeof(c->store_sync), "%s", v);
-        } else if (strcmp(key, "store_path") == 0) {
-            free(c->store_path);
-            c->store_path = strdup(v);
-        } else {
-            int lv = sg_log_parse_level(v);
-            if (lv < 0) {
-                snprintf(err, errlen, "log_level must be debug, info, warn or error");
-                return -1;
-            }
-            c->log_level = lv;
-        }
-        return 0;
-    }
+    int sk = apply_string_key(c, L, key, err, errlen);
+    if (sk <= 0) return sk;
     if (strcmp(key, "access_log") == 0) {
         if (!lua_isboolean(L, -1)) {
             snprintf(err, errlen, "access_log must be true or false");
