@@ -130,6 +130,7 @@ test:
 # a config that finds them (an existing config is kept; the new one is put
 # beside it as statusgw.lua.new), and a systemd unit with these paths.
 INSTALLED_CONFIG = sed -e 's|^  plugins_dir = .*|  plugins_dir = "$(PREFIX)/share/statusgw/plugins",|' \
+	-e 's|^  store_path = .*|  store_path = "$(STATEDIR)/statusgw.db",|' \
 	-e 's|^    -- dead_letter_file = .*|    dead_letter_file = "$(STATEDIR)/statusgw-dead-letters.jsonl",|' etc/statusgw.lua
 
 install: all

@@ -35,6 +35,19 @@ return {
   -- Updates kept per conversation for history and resume.
   history_size = 100,
 
+  -- Where history, sequence numbers, epochs and idempotency keys live.
+  -- "sqlite": on disk, so a restart is invisible to clients: conversations
+  -- keep their epoch and seq, a client that resumes gets what it missed, a
+  -- producer's retry is still deduplicated. An update is acknowledged
+  -- (202) and delivered once it is committed. "memory": nothing survives
+  -- a restart (tests, ephemeral use).
+  store = "sqlite",
+  -- Relative to this file; its folder is made when missing.
+  store_path = "../var/statusgw.db",
+  -- SQLite's synchronous in WAL mode: "normal" survives a crash of the
+  -- process, "full" also a power cut, "off" neither.
+  store_sync = "normal",
+
   -- Updates accepted but not yet flushed, over all conversations. Past it
   -- publishes get 429 with Retry-After.
   max_pending_updates = 100000,

@@ -203,49 +203,65 @@ static void await_unlink(sg_hub *h, sg_conv *c)
     c->awaiting_commit = 0;
 }
 
-/* Hand every queued update of c to its subscribers, oldest first. */
-static void conv_flush(sg_hub *h, sg_conv *c)
+/* Hand ups[0..n) to c's subscribers (and status:*'s): one frame per group. */
+static void flush_slice(sg_hub *h, sg_conv *c, sg_update **ups, int n)
 {
-    flush_unlink(h, c);
-    int n = c->nq;
-    if (n == 0) return;
-    if (c->pending_gen > h->committed_gen) {
-        /* not committed yet: nothing a subscriber sees may be lost by a
-         * crash. on_commit flushes it. */
-        if (!c->awaiting_commit) {
-            c->awaiting_commit = 1;
-            c->aprev = NULL;
-            c->anext = h->await_head;
-            if (h->await_head) h->await_head->aprev = c;
-            h->await_head = c;
-        }
-        return;
-    }
-    await_unlink(h, c);
     json_t *decoded[n];
     memset(decoded, 0, sizeof(decoded));
     for (sg_group *g = c->groups; g; g = g->next)
-        deliver_group(g, c, c->queue, n, decoded);
+        deliver_group(g, c, ups, n, decoded);
     for (sg_group *g = h->wildcard.groups; g; g = g->next)
-        deliver_group(g, c, c->queue, n, decoded);
+        deliver_group(g, c, ups, n, decoded);
     for (int i = 0; i < n; i++)
         json_decref(decoded[i]);
-    c->flushed_seq = c->queue[n - 1]->seq;
+    c->flushed_seq = ups[n - 1]->seq;
     uint64_t now = sg_clock_mono_ns();
     observe(h->stats.batch_hist, sg_batch_bounds, SG_BATCH_BUCKETS, n);
     h->stats.batch_sum += n;
     for (int i = 0; i < n; i++) {
-        double lat = (now - c->queue[i]->recv_ns) / 1e9;
+        double lat = (now - ups[i]->recv_ns) / 1e9;
         observe(h->stats.latency_hist, sg_latency_bounds, SG_LATENCY_BUCKETS, lat);
         h->stats.latency_sum += lat;
         h->stats.latency_count++;
-        sg_update_unref(c->queue[i]);
-        c->queue[i] = NULL;
+        sg_update_unref(ups[i]);
+        ups[i] = NULL;
     }
-    c->nq = 0;
-    h->pending -= n;
     c->flushes++;
     h->stats.flushes++;
+}
+
+/* Hand c's queued updates to its subscribers, oldest first, in frames of
+ * at most batch_size. With a durable store only those committed go: what
+ * a subscriber sees is never lost by a crash; the rest waits on the
+ * hub's await list for on_commit. */
+static void conv_flush(sg_hub *h, sg_conv *c)
+{
+    flush_unlink(h, c);
+    int ready = c->nq;
+    if (h->durable) {
+        ready = 0;
+        while (ready < c->nq && c->qgen[ready] <= h->committed_gen)
+            ready++;
+    }
+    if (ready < c->nq && !c->awaiting_commit) {
+        c->awaiting_commit = 1;
+        c->aprev = NULL;
+        c->anext = h->await_head;
+        if (h->await_head) h->await_head->aprev = c;
+        h->await_head = c;
+    } else if (ready == c->nq) {
+        await_unlink(h, c);
+    }
+    if (ready == 0) return;
+    int bs = h->cfg->batch_size;
+    for (int off = 0; off < ready; off += bs)
+        flush_slice(h, c, c->queue + off, ready - off < bs ? ready - off : bs);
+    if (ready < c->nq) {
+        memmove(c->queue, c->queue + ready, sizeof(*c->queue) * (size_t)(c->nq - ready));
+        memmove(c->qgen, c->qgen + ready, sizeof(*c->qgen) * (size_t)(c->nq - ready));
+    }
+    c->nq -= ready;
+    h->pending -= ready;
 }
 
 static void on_flush_timer(evutil_socket_t fd, short what, void *arg)
@@ -265,7 +281,7 @@ static void on_commit(void *arg, uint64_t gen)
     sg_conv *c = h->await_head;
     while (c) {
         sg_conv *next = c->anext;
-        if (c->pending_gen <= gen) conv_flush(h, c);
+        if (c->qgen[0] <= gen) conv_flush(h, c);
         c = next;
     }
 }
@@ -309,6 +325,7 @@ static void conv_free(sg_hub *h, sg_conv *c, int drop)
     h->store->ops->close(c->hist, drop);
     idem_clear(c);
     free(c->queue);
+    free(c->qgen);
     free(c);
 }
 
@@ -370,7 +387,9 @@ sg_conv *sg_hub_conv(sg_hub *h, const char *id, size_t len, int create, sg_error
         return c;
     }
     c = calloc(1, sizeof(*c));
-    if (!c || !(c->queue = calloc(h->cfg->batch_size, sizeof(sg_update *)))) goto oom;
+    if (!c || !(c->queue = calloc(h->cfg->batch_size, sizeof(sg_update *))) ||
+        !(c->qgen = calloc(h->cfg->batch_size, sizeof(uint64_t))))
+        goto oom;
     c->qcap = h->cfg->batch_size;
     memcpy(c->id, id, len);
     c->id[len] = 0;
@@ -379,14 +398,12 @@ sg_conv *sg_hub_conv(sg_hub *h, const char *id, size_t len, int create, sg_error
     errno = 0;
     c->hist = h->store->ops->open(h->store, c->id, create != SG_CONV_FIND, c->epoch, &c->last_seq);
     if (!c->hist) {
-        if (errno == ENOENT) {
+        if (errno == ENOENT)
             sg_error_set(err, 404, "conversation_not_found", NULL, "no conversation '%s' is active", c->id);
-            free(c->queue);
-            free(c);
-            return NULL;
-        }
-        sg_error_set(err, 503, "store_unavailable", NULL, "the conversation could not be read from the store; retry shortly");
+        else
+            sg_error_set(err, 503, "store_unavailable", NULL, "the conversation could not be read from the store; retry shortly");
         free(c->queue);
+        free(c->qgen);
         free(c);
         return NULL;
     }
@@ -394,6 +411,7 @@ sg_conv *sg_hub_conv(sg_hub *h, const char *id, size_t len, int create, sg_error
     if (make_room(h, empty, err) < 0) {
         h->store->ops->close(c->hist, 0);
         free(c->queue);
+        free(c->qgen);
         free(c);
         return NULL;
     }
@@ -415,6 +433,7 @@ sg_conv *sg_hub_conv(sg_hub *h, const char *id, size_t len, int create, sg_error
     return c;
 oom:
     if (c) free(c->queue);
+    if (c) free(c->qgen);
     free(c);
     sg_error_set(err, 503, "out_of_memory", NULL, "the gateway is out of memory");
     return NULL;
@@ -528,11 +547,13 @@ int sg_hub_publish(sg_hub *h, const sg_draft *d, sg_publish_result *res, sg_erro
     }
     if (c->nq == c->qcap) { /* held back for a commit: the queue grows */
         sg_update **q = realloc(c->queue, sizeof(*q) * (size_t)c->qcap * 2);
-        if (!q) {
+        if (q) c->queue = q;
+        uint64_t *qg = q ? realloc(c->qgen, sizeof(*qg) * (size_t)c->qcap * 2) : NULL;
+        if (!qg) {
             sg_error_set(err, 503, "out_of_memory", NULL, "the gateway is out of memory");
             return -1;
         }
-        c->queue = q;
+        c->qgen = qg;
         c->qcap *= 2;
     }
     if (c->empty) { /* a watched conversation gets its first update: it counts now */
@@ -573,6 +594,7 @@ int sg_hub_publish(sg_hub *h, const sg_draft *d, sg_publish_result *res, sg_erro
     }
     touch(h, c);
 
+    c->qgen[c->nq] = gen;
     c->queue[c->nq++] = u; /* the queue owns the reference from sg_update_new */
     h->pending++;
     if (c->nq == 1) {

@@ -70,6 +70,7 @@ struct sg_conv {
     uint64_t flushes;     /* batches handed to subscribers */
     sg_store_conv *hist;
     sg_update **queue; /* queued updates, oldest first */
+    uint64_t *qgen;    /* the store's commit that holds each (0: durable already) */
     int nq, qcap;
     uint64_t pending_gen;  /* the store's commit that holds its newest update */
     int awaiting_commit;   /* due, held back until pending_gen is committed */

@@ -131,6 +131,7 @@ int sg_server_start(sg_server *s, char *err, size_t errlen)
     }
     evconnlistener_set_error_cb(s->listener, on_accept_error);
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN); /* past a file-size limit a write fails (the store retries it) instead of killing us */
     s->sigint_ev = evsignal_new(s->base, SIGINT, on_signal, s);
     s->sigterm_ev = evsignal_new(s->base, SIGTERM, on_signal, s);
     s->sighup_ev = evsignal_new(s->base, SIGHUP, on_signal, s);

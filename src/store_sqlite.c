@@ -102,6 +102,7 @@ struct sq_store {
     sqlite3 *wdb;  /* the writer's */
     sqlite3_stmt *q_conv, *q_oldest, *q_idem;
     char *path;
+    char sync[8];
     int history;
     struct event_base *evb;
     struct event *kick_ev;  /* end of the turn: hand the batch over */
@@ -230,8 +231,31 @@ static int prepare_all(sqlite3 *db, wstmts *w)
 static void finalize_all(wstmts *w)
 {
     sqlite3_stmt **s = (sqlite3_stmt **)w;
-    for (size_t i = 0; i < sizeof(*w) / sizeof(*s); i++)
+    for (size_t i = 0; i < sizeof(*w) / sizeof(*s); i++) {
         sqlite3_finalize(s[i]);
+        s[i] = NULL;
+    }
+}
+
+/* No statement holds a read transaction open (a pager that hit an I/O
+ * error stays in its error state until every one has ended). */
+static void reset_all(wstmts *w)
+{
+    sqlite3_stmt **s = (sqlite3_stmt **)w;
+    for (size_t i = 0; i < sizeof(*w) / sizeof(*s); i++)
+        if (s[i]) sqlite3_reset(s[i]);
+}
+
+static sqlite3 *open_db(const char *path, const char *sync, char *err, size_t errlen);
+
+/* After failures: a new connection, in case the old one keeps an error. */
+static int reopen_writer(sq_store *st, wstmts *w)
+{
+    finalize_all(w);
+    sqlite3_close(st->wdb);
+    char err[256];
+    st->wdb = open_db(st->path, st->sync, err, sizeof(err));
+    return st->wdb && prepare_all(st->wdb, w) == 0 ? 0 : -1;
 }
 
 /* Run a prepared statement with text and integer parameters to its end. */
@@ -308,17 +332,19 @@ static int write_op(sq_store *st, wstmts *w, sq_op *o)
     return -1;
 }
 
-static int commit_job(sq_store *st, wstmts *w, sq_job *j)
+/* Commit the job's writes in one transaction: 0, or -1 with why. */
+static int commit_job(sq_store *st, wstmts *w, sq_job *j, char *why, size_t whylen)
 {
     if (!j->ops) return 0;
-    if (exec(st->wdb, "BEGIN", NULL, 0) < 0) return -1;
+    if (exec(st->wdb, "BEGIN", why, whylen) < 0) return -1;
     for (sq_op *o = j->ops; o; o = o->next)
         if (write_op(st, w, o) < 0) {
-            exec(st->wdb, "ROLLBACK", NULL, 0);
+            snprintf(why, whylen, "%s", sqlite3_errmsg(st->wdb));
+            if (!sqlite3_get_autocommit(st->wdb)) exec(st->wdb, "ROLLBACK", NULL, 0);
             return -1;
         }
-    if (exec(st->wdb, "COMMIT", NULL, 0) < 0) {
-        exec(st->wdb, "ROLLBACK", NULL, 0);
+    if (exec(st->wdb, "COMMIT", why, whylen) < 0) {
+        if (!sqlite3_get_autocommit(st->wdb)) exec(st->wdb, "ROLLBACK", NULL, 0);
         return -1;
     }
     return 0;
@@ -385,10 +411,11 @@ static void *writer_main(void *arg)
          * it was acknowledged or delivered, and nothing after it may go
          * first (seqs stay in order); meanwhile publishes are refused */
         int attempts = 0;
-        while (!ready || commit_job(st, &w, j) < 0) {
-            if (attempts++ == 0)
-                sg_log(SG_LOG_ERROR, "store_write_failed", "store=sqlite path=%s reason=%s retry_ms=%d",
-                       sg_log_q(st->path), sg_log_q(sqlite3_errmsg(st->wdb)), SQ_RETRY_MS);
+        char why[256] = "";
+        while (!ready || commit_job(st, &w, j, why, sizeof(why)) < 0) {
+            if (attempts++ % 50 == 0) /* the first, then every 10 s */
+                sg_log(SG_LOG_ERROR, "store_write_failed", "store=sqlite path=%s reason=%s attempts=%d retry_ms=%d",
+                       sg_log_q(st->path), sg_log_q(ready ? why : sqlite3_errmsg(st->wdb)), attempts, SQ_RETRY_MS);
             st->failing = 1;
             if (st->stop && attempts > 3) {
                 j->status = -1;
@@ -396,7 +423,8 @@ static void *writer_main(void *arg)
             }
             struct timespec ts = {0, SQ_RETRY_MS * 1000000L};
             nanosleep(&ts, NULL);
-            if (!ready) ready = prepare_all(st->wdb, &w) == 0;
+            reset_all(&w);
+            if (!ready || attempts % 5 == 0) ready = reopen_writer(st, &w) == 0;
         }
         if (j->status == 0) {
             if (attempts) sg_log(SG_LOG_INFO, "store_recovered", "store=sqlite attempts=%d", attempts);
@@ -405,6 +433,7 @@ static void *writer_main(void *arg)
         for (sq_read *r = j->reads; r; r = r->next)
             if (j->status < 0) r->status = -1;
             else read_range(st, &w, r);
+        reset_all(&w);
 
         pthread_mutex_lock(&st->mu);
         if (st->done_tail) st->done_tail->next = j; else st->done = j;
@@ -738,13 +767,16 @@ static int sq_healthy(sg_store *s)
 static void sq_drain(sg_store *s)
 {
     sq_store *st = (sq_store *)s;
-    for (int i = 0; i < 100000; i++) {
+    /* while commits fail, a stop waits 5 s for the disk, then gives up on
+     * what is left (its publishes are answered 503; nothing was acknowledged) */
+    for (int i = 0, failing_ms = 0; i < 600000 && failing_ms < 5000; i++) {
         hand_over(st);
         pthread_mutex_lock(&st->mu);
         int busy = st->cur || st->todo || st->writing;
         pthread_mutex_unlock(&st->mu);
         take_done(st);
         if (!busy) break;
+        if (st->failing) failing_ms++;
         struct timespec ts = {0, 1000000L};
         nanosleep(&ts, NULL);
     }
@@ -850,9 +882,15 @@ static sqlite3 *open_db(const char *path, const char *sync, char *err, size_t er
     char *slash = strrchr(dir, '/');
     if (slash && slash != dir) {
         *slash = 0;
-        if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
-            snprintf(err, errlen, "store_path '%s': cannot make the folder '%s' (%s)", path, dir, strerror(errno));
-            return NULL;
+        for (char *p = dir + 1; p <= slash; p++) { /* each missing one on the way, as mkdir -p */
+            if (*p && *p != '/') continue;
+            char keep = *p;
+            *p = 0;
+            if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+                snprintf(err, errlen, "store_path '%s': cannot make the folder '%s' (%s)", path, dir, strerror(errno));
+                return NULL;
+            }
+            *p = keep;
         }
     }
     sqlite3 *db = NULL;
@@ -887,6 +925,7 @@ sg_store *sg_store_sqlite_new(const char *path, const char *sync, int history_si
     st->history = history_size;
     st->evb = base;
     st->path = strdup(path);
+    snprintf(st->sync, sizeof(st->sync), "%s", sync);
     pthread_mutex_init(&st->mu, NULL);
     pthread_cond_init(&st->cv, NULL);
     int fds[2];

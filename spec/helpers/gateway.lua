@@ -75,6 +75,11 @@ function M.start(opts)
     if opts.store_delay_ms == nil and os.getenv("STATUSGW_STORE_DELAY_MS") then
       opts.store_delay_ms = tonumber(os.getenv("STATUSGW_STORE_DELAY_MS"))
     end
+    -- STATUSGW_STORE=sqlite: every gateway on the durable store, its own file
+    if opts.store == nil and os.getenv("STATUSGW_STORE") == "sqlite" then
+      opts.store = "sqlite"
+      opts.store_path = dir .. "/statusgw.db"
+    end
     local cfg = {}
     for k, v in pairs(opts) do
       if k ~= "args" and k ~= "cwd" then cfg[#cfg + 1] = "  " .. k .. " = " .. lua_value(v) .. "," end

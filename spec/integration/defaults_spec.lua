@@ -62,10 +62,31 @@ local function drain(s, want)
   return got
 end
 
+-- The shipped config as it is, in a copy of the checkout's layout (etc/,
+-- plugins/), so that its database (../var/statusgw.db) starts empty.
+local function shipped_copy()
+  local dir = tmpdir()
+  os.execute(string.format("mkdir -p %s/etc && cp %s/etc/statusgw.lua %s/etc/ && ln -s %s/plugins %s/plugins",
+    dir, root, dir, root, dir))
+  return dir
+end
+
 describe("the shipped config", function()
-  local gw
-  setup(function() gw = gw_.start({ config_file = root .. "/etc/statusgw.lua" }) end)
-  teardown(function() gw_.stop(gw) end)
+  local gw, dir
+  setup(function()
+    dir = shipped_copy()
+    gw = gw_.start({ config_file = dir .. "/etc/statusgw.lua" })
+  end)
+  teardown(function() gw_.stop(gw); os.execute("rm -rf " .. dir) end)
+
+  it("keeps its database beside the checkout's etc/, in var/", function()
+    gw_.publish(gw, { conversation_id = "where", category = "info", text = "x" })
+    local f = io.open(dir .. "/var/statusgw.db")
+    assert.truthy(f, "no var/statusgw.db")
+    f:close()
+    local _, _, _, m = gw_.request(gw, "GET", "/metrics")
+    assert.truthy(m:find('statusgw_store_up{store="sqlite"} 1', 1, true))
+  end)
 
   it("delivers every update of a 1,000-POST burst and a 1,000-item bulk, unchanged and with nothing extra", function()
     local s = assert(gw_.sse(gw, "/api/v1/conversations/first-run/events"))
@@ -112,7 +133,8 @@ describe("the shipped config with rate_limit enabled", function()
       local c = dofile(%q)
       c.plugins_dir = %q
       c.plugins.rate_limit.enabled = true
-      return c ]], root .. "/etc/statusgw.lua", root .. "/plugins"))
+      c.store_path = %q
+      return c ]], root .. "/etc/statusgw.lua", root .. "/plugins", dir .. "/statusgw.db"))
     gw = gw_.start({ config_file = dir .. "/statusgw.lua" })
   end)
   teardown(function() gw_.stop(gw); os.execute("rm -rf " .. dir) end)
@@ -219,7 +241,7 @@ end)
 describe("an installed gateway", function()
   it("installs, finds its plugins when started from /, and uninstalls", function()
     local prefix = tmpdir()
-    local out, rc = sh("make --no-print-directory install PREFIX=" .. prefix)
+    local out, rc = sh("make --no-print-directory install PREFIX=" .. prefix .. " STATEDIR=" .. prefix .. "/var/lib/statusgw")
     assert.equal(0, rc, out)
     local unit = gw_.read_file(prefix .. "/lib/systemd/system/statusgw.service")
     assert.matches("ExecStart=" .. prefix:gsub("%p", "%%%0") .. "/bin/statusgw %-%-config " .. prefix:gsub("%p", "%%%0") .. "/etc/statusgw/statusgw.lua", unit)
@@ -229,7 +251,9 @@ describe("an installed gateway", function()
     gw_.stop(gw)
     assert.equal(5, #a.plugins)
     assert.same({}, a.failed)
-    out, rc = sh("make --no-print-directory uninstall PREFIX=" .. prefix)
+    -- the installed config keeps its database in the state directory
+    assert.truthy(gw_.read_file(prefix .. "/var/lib/statusgw/statusgw.db"), "no database in STATEDIR")
+    out, rc = sh("make --no-print-directory uninstall PREFIX=" .. prefix .. " STATEDIR=" .. prefix .. "/var/lib/statusgw")
     assert.equal(0, rc, out)
     assert.is_nil(gw_.read_file(prefix .. "/bin/statusgw"))
     assert.is_nil(gw_.read_file(prefix .. "/etc/statusgw/statusgw.lua"))

@@ -198,4 +198,52 @@ describe("the sqlite store", function()
     assert.are.equal(2, rc, out)
     assert.matches("cannot make the folder", out)
   end)
+
+  it("refuses publishes with 503 while the disk takes no writes, loses nothing acknowledged, and recovers by itself", function()
+    start()
+    publish(gw, "full", "before")
+    -- a file-size limit just past what the files hold now: the next
+    -- commits fail as on a full disk
+    sh(string.format("prlimit --pid %d --fsize=%d:", gw.pid, 64 * 1024)) -- the soft limit: raised again below
+    local big = string.rep("x", 3000)
+    local acked, refused, ready503 = {}, 0, false
+    local c = gw_.connect(gw)
+    c.sock:settimeout(1)
+    for i = 1, 60 do
+      c:send_raw(gw_.build_request("POST", "/api/v1/status",
+        cjson.encode({ conversation_id = "full", category = "info", text = big .. i })))
+      local status, h, body = c:read_response()
+      if status == 202 then acked[#acked + 1] = cjson.decode(body).seq
+      elseif status == 503 then
+        refused = refused + 1
+        assert.are.equal("store_unavailable", cjson.decode(body).error.code)
+        assert.truthy(h["retry-after"])
+      elseif not status then -- an answer that waits for the failing commit
+        break
+      end
+    end
+    c:close()
+    local rstatus, rbody = gw_.request(gw, "GET", "/readyz")
+    ready503 = rstatus == 503 and rbody.status == "store_unavailable"
+    assert.is_true(refused > 0 or ready503, "no refusal while the disk took no writes")
+    assert.truthy(gw_.log_text(gw):find("event=store_write_failed", 1, true))
+    -- the disk takes writes again: the gateway recovers by itself
+    sh(string.format("prlimit --pid %d --fsize=unlimited:", gw.pid))
+    local ok = false
+    for _ = 1, 50 do
+      local s2 = gw_.request(gw, "GET", "/readyz")
+      if s2 == 200 then ok = true break end
+      socket.sleep(0.1)
+    end
+    assert.is_true(ok, "not ready again")
+    publish(gw, "full", "after")
+    assert.truthy(gw_.log_text(gw):find("event=store_recovered", 1, true))
+    gw_.stop(gw)
+    start()
+    local _, h = history(gw, "full")
+    local have = {}
+    for _, u in ipairs(h.updates) do have[u.seq] = true end
+    for _, seq in ipairs(acked) do assert.is_true(have[seq], "acknowledged seq " .. seq .. " is gone") end
+    assert.are.equal("after", h.updates[#h.updates].text)
+  end)
 end)

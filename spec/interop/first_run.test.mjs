@@ -3,6 +3,8 @@
 // 1,000 single POSTs and a 1,000-item bulk are all delivered, unchanged,
 // with nothing extra.
 import assert from "node:assert/strict";
+import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { EventSource } from "eventsource";
@@ -10,8 +12,21 @@ import * as g from "./gateway.mjs";
 
 describe("the shipped config, watched by phoenix.js and EventSource", () => {
   let gw;
-  before(async () => { gw = await g.start({}, undefined, { configFile: path.resolve("../../etc/statusgw.lua") }); });
-  after(async () => { g.disconnectAll(); assert.equal(await g.stop(gw), 0); });
+  let dir;
+  before(async () => {
+    // the shipped file as it is, in a copy of the checkout's layout: its
+    // database (../var/statusgw.db) starts empty
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), "statusgw-first-"));
+    fs.mkdirSync(path.join(dir, "etc"));
+    fs.copyFileSync(path.resolve("../../etc/statusgw.lua"), path.join(dir, "etc/statusgw.lua"));
+    fs.symlinkSync(path.resolve("../../plugins"), path.join(dir, "plugins"));
+    gw = await g.start({}, undefined, { configFile: path.join(dir, "etc/statusgw.lua") });
+  });
+  after(async () => {
+    g.disconnectAll();
+    assert.equal(await g.stop(gw), 0);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
 
   it("delivers every acknowledged update of a burst and a bulk to both watchers", async () => {
     const id = g.conv("first-run");

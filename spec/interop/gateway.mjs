@@ -55,6 +55,9 @@ export async function start(config = {}, port, { host = "127.0.0.1", configFile 
       fs.mkdirSync(path.join(dir, "plugins"));
       config = { ...config, plugins_dir: path.join(dir, "plugins") };
     }
+    // STATUSGW_STORE=sqlite: the durable store, a file of its own (scripts/test)
+    if (config.store === undefined && process.env.STATUSGW_STORE === "sqlite")
+      config = { ...config, store: "sqlite", store_path: path.join(dir, "statusgw.db") };
     // STATUSGW_STORE_DELAY_MS: a store that answers late (scripts/test)
     if (config.store_delay_ms === undefined && process.env.STATUSGW_STORE_DELAY_MS)
       config = { ...config, store_delay_ms: Number(process.env.STATUSGW_STORE_DELAY_MS) };
