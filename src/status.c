@@ -615,6 +615,16 @@ sg_update *sg_update_new(const sg_draft *d, uint64_t seq, int64_t ts_ms)
     *p++ = '}';
     *p = 0;
     u->json_len = p - u->json;
+    /* the room was sized for the worst escaping (six bytes a byte): give
+     * back what the text did not need, which was most of a stored
+     * update's memory (glibc shrinks in place) */
+    if (cap - u->json_len > 64) {
+        sg_update *v = realloc(u, sizeof(*u) + u->json_len + 1);
+        if (v) {
+            u = v;
+            u->json = (char *)(u + 1);
+        }
+    }
     return u;
 }
 
