@@ -17,6 +17,7 @@
  * opened, on the loop, through a second connection (a point lookup). */
 #include "store.h"
 
+#include "dict.h"
 #include "log.h"
 
 #include <errno.h>
@@ -119,7 +120,8 @@ struct sq_store {
     volatile int failing; /* the last commit failed; read by the loop */
     sq_job *cur;     /* being filled on the loop */
     uint64_t next_gen, committed_gen;
-    sq_conv *convs;
+    sq_conv *convs; /* every live one, for sweeps */
+    sg_dict *by_id; /* and by id */
 };
 
 /* ---- helpers ---- */
@@ -135,9 +137,7 @@ static int exec(sqlite3 *db, const char *sql, char *err, size_t errlen)
 
 static sq_conv *find_conv(sq_store *st, const char *id)
 {
-    for (sq_conv *c = st->convs; c; c = c->next)
-        if (strcmp(c->id, id) == 0) return c;
-    return NULL;
+    return sg_dict_get(st->by_id, id, strlen(id));
 }
 
 static void conv_unref(sq_conv *c)
@@ -146,6 +146,7 @@ static void conv_unref(sq_conv *c)
     sq_store *st = c->st;
     if (c->prev) c->prev->next = c->next; else st->convs = c->next;
     if (c->next) c->next->prev = c->prev;
+    sg_dict_del(st->by_id, c->id, c->id_len);
     for (int i = 0; i < c->count; i++)
         sg_update_unref(c->ring[(c->head + i) % st->history]);
     free(c->ring);
@@ -562,6 +563,11 @@ static sg_store_conv *sq_open(sg_store *s, const char *id, int create, char *epo
             return NULL;
         }
         if (!found) sg_store_new_epoch(c->epoch);
+        if (sg_dict_set(st->by_id, c->id, c->id_len, c) < 0) {
+            free(c->ring);
+            free(c);
+            return NULL;
+        }
         c->refs = 1;
         c->open = 1;
         c->next = st->convs;
@@ -819,6 +825,7 @@ static void sq_free(sg_store *s)
     if (st->pipe_w >= 0) close(st->pipe_w);
     pthread_mutex_destroy(&st->mu);
     pthread_cond_destroy(&st->cv);
+    sg_dict_free(st->by_id);
     free(st->path);
     free(st);
 }
@@ -929,7 +936,8 @@ sg_store *sg_store_sqlite_new(const char *path, const char *sync, int history_si
     pthread_mutex_init(&st->mu, NULL);
     pthread_cond_init(&st->cv, NULL);
     int fds[2];
-    if (!st->path || !(st->wdb = open_db(path, sync, err, errlen)) || migrate(st->wdb, path, err, errlen) < 0 ||
+    st->by_id = sg_dict_new();
+    if (!st->path || !st->by_id || !(st->wdb = open_db(path, sync, err, errlen)) || migrate(st->wdb, path, err, errlen) < 0 ||
         !(st->rdb = open_db(path, sync, err, errlen))) {
         if (!err[0]) snprintf(err, errlen, "out of memory");
         sq_free(&st->base);
