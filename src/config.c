@@ -333,12 +333,13 @@ static int apply_key(sg_config *c, lua_State *L, const char *key, char *err, siz
         *sections[i] = j;
         return 0;
     }
-    const char *known[sizeof(int_keys) / sizeof(int_keys[0]) + 10];
+    static const char *const more[] = {"listen", "plugins_dir", "log_level", "store", "store_path", "store_sync", "access_log", "categories",
+                                       "plugins", "webhooks", "security", NULL};
+    /* every name a config may use, for the "did you mean" (sized from both lists) */
+    const char *known[sizeof(int_keys) / sizeof(int_keys[0]) + sizeof(more) / sizeof(more[0])];
     size_t nk = 0;
     for (size_t i = 0; i < sizeof(int_keys) / sizeof(int_keys[0]); i++)
         known[nk++] = int_keys[i].name;
-    static const char *const more[] = {"listen", "plugins_dir", "log_level", "store", "store_path", "store_sync", "access_log", "categories",
-                                       "plugins", "webhooks", "security", NULL};
     for (int i = 0; more[i]; i++)
         known[nk++] = more[i];
     known[nk] = NULL;
