@@ -47,6 +47,9 @@ return {
   -- SQLite's synchronous in WAL mode: "normal" survives a crash of the
   -- process, "full" also a power cut, "off" neither.
   store_sync = "normal",
+  -- Recent updates the sqlite store keeps in memory; older ones are read
+  -- from the file when asked for.
+  cache_bytes = 67108864,
 
   -- Updates accepted but not yet flushed, over all conversations. Past it
   -- publishes get 429 with Retry-After.

@@ -52,6 +52,7 @@ static const struct int_key int_keys[] = {
     IK("max_connections_per_ip", max_connections_per_ip, 0, 10000000),
     IK("max_channels_per_socket", max_channels_per_socket, 1, 100000),
     IK("store_delay_ms", store_delay_ms, 0, 60000),
+    SK("cache_bytes", cache_bytes, 65536, 1LL << 40),
 };
 
 /* ---- names and paths ---- */
@@ -140,6 +141,7 @@ static void defaults(sg_config *c)
     c->plugins_dir = strdup("plugins");
     snprintf(c->store, sizeof(c->store), "memory");
     snprintf(c->store_sync, sizeof(c->store_sync), "normal");
+    c->cache_bytes = 64 << 20;
     c->store_path = strdup("statusgw.db");
     c->log_level = SG_LOG_INFO;
     c->batch_size = SG_DEFAULT_BATCH_SIZE;

@@ -92,6 +92,7 @@ typedef struct sg_config {
     char store[16];     /* the history store: "memory" or "sqlite" */
     char *store_path;   /* the SQLite file (relative to the config file) */
     char store_sync[8]; /* SQLite's synchronous: "normal", "full", "off" */
+    size_t cache_bytes; /* the durable store's recent updates kept in memory */
     int store_delay_ms; /* > 0: every store answer comes this much later, on
                          * a later loop turn (testing clients against a slow
                          * store); 0: off */

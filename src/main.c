@@ -255,7 +255,7 @@ static int server_open(sg_server *srv, sg_config *cfg, sg_security *sec)
     if (strcmp(cfg->store, "sqlite") == 0) {
         err[0] = 0;
         srv->store = srv->base ? sg_store_sqlite_new(cfg->store_path, cfg->store_sync, cfg->history_size,
-                                                     srv->base, err, sizeof(err))
+                                                     cfg->cache_bytes, srv->base, err, sizeof(err))
                                : NULL;
         if (!srv->store) {
             sg_log(SG_LOG_ERROR, "store_failed", "store=sqlite path=%s reason=%s", sg_log_q(cfg->store_path),

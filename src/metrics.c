@@ -143,6 +143,10 @@ static void render_connections(sg_server *s, struct evbuffer *o)
     family(o, "statusgw_store_up", "gauge", "1 while the store can write; 0 while publishes are refused (store_unavailable).");
     evbuffer_add_printf(o, "statusgw_store_up{store=\"%s\"} %d\n", s->store->ops->name,
                         !s->store->ops->healthy || s->store->ops->healthy(s->store));
+    if (s->store->ops->cache_bytes) {
+        family(o, "statusgw_store_cache_bytes", "gauge", "Bytes of recent updates the store keeps in memory (cache_bytes is the budget).");
+        evbuffer_add_printf(o, "statusgw_store_cache_bytes %zu\n", s->store->ops->cache_bytes(s->store));
+    }
     family(o, "statusgw_slow_consumer_disconnects_total", "counter", "Subscribers cut off over the output cap.");
     evbuffer_add_printf(o, "statusgw_slow_consumer_disconnects_total %llu\n",
                         (unsigned long long)s->net.slow_consumers);

@@ -67,6 +67,8 @@ typedef struct sg_store_ops {
     void (*sweep)(sg_store *s, int64_t cutoff_ms, int64_t now_ms);
     /* 0 while writes fail (the disk is full, say): publishes are refused. */
     int (*healthy)(sg_store *s);
+    /* Bytes of updates held in memory (the hot cache). */
+    size_t (*cache_bytes)(sg_store *s);
 } sg_store_ops;
 
 struct sg_store {
@@ -81,9 +83,10 @@ sg_store *sg_store_memory_new(int history_size);
 
 struct event_base;
 /* The durable store (store_sqlite.c): SQLite in WAL mode at path,
- * synchronous = sync ("normal", "full" or "off"), a writer thread. NULL
+ * synchronous = sync ("normal", "full" or "off"), a writer thread, recent
+ * updates kept in memory within cache_bytes. NULL
  * with a sentence in err naming what to fix. */
-sg_store *sg_store_sqlite_new(const char *path, const char *sync, int history_size,
+sg_store *sg_store_sqlite_new(const char *path, const char *sync, int history_size, size_t cache_bytes,
                               struct event_base *base, char *err, size_t errlen);
 
 /* A store that answers every call of inner (owned) on a later loop turn,

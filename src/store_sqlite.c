@@ -95,6 +95,8 @@ struct sq_conv {
     int head, count;   /* the ring of recent updates: the hot cache */
     sg_update **ring;
     sq_conv *prev, *next; /* every live one, for sweeps and lookups */
+    sq_conv *lprev, *lnext; /* the cache's order: least recently appended to first */
+    int in_lru;
 };
 
 struct sq_store {
@@ -122,7 +124,56 @@ struct sq_store {
     uint64_t next_gen, committed_gen;
     sq_conv *convs; /* every live one, for sweeps */
     sg_dict *by_id; /* and by id */
+    /* the hot cache: the rings' updates, within cache_budget bytes */
+    size_t cache_budget, cached;
+    sq_conv *lru_head, *lru_tail;
 };
+
+#define UPDATE_BYTES(u) (sizeof(sg_update) + (u)->json_len + 1)
+
+static void lru_unlink(sq_store *st, sq_conv *c)
+{
+    if (!c->in_lru) return;
+    if (c->lprev) c->lprev->lnext = c->lnext; else st->lru_head = c->lnext;
+    if (c->lnext) c->lnext->lprev = c->lprev; else st->lru_tail = c->lprev;
+    c->lprev = c->lnext = NULL;
+    c->in_lru = 0;
+}
+
+static void lru_touch(sq_store *st, sq_conv *c)
+{
+    if (c->in_lru && st->lru_tail == c) return;
+    lru_unlink(st, c);
+    c->lprev = st->lru_tail;
+    if (st->lru_tail) st->lru_tail->lnext = c; else st->lru_head = c;
+    st->lru_tail = c;
+    c->in_lru = 1;
+}
+
+/* Drop c's oldest cached update (reads of it go to the database). */
+static void ring_pop(sq_store *st, sq_conv *c)
+{
+    sg_update *u = c->ring[c->head];
+    st->cached -= UPDATE_BYTES(u);
+    sg_update_unref(u);
+    c->ring[c->head] = NULL;
+    c->head = (c->head + 1) % st->history;
+    c->count--;
+}
+
+/* Over the budget: the least recently appended-to conversations give up
+ * their oldest cached updates first. */
+static void cache_trim(sq_store *st)
+{
+    while (st->cached > st->cache_budget && st->lru_head) {
+        sq_conv *c = st->lru_head;
+        if (c->count == 0) {
+            lru_unlink(st, c);
+            continue;
+        }
+        ring_pop(st, c);
+    }
+}
 
 /* ---- helpers ---- */
 
@@ -147,8 +198,9 @@ static void conv_unref(sq_conv *c)
     if (c->prev) c->prev->next = c->next; else st->convs = c->next;
     if (c->next) c->next->prev = c->prev;
     sg_dict_del(st->by_id, c->id, c->id_len);
-    for (int i = 0; i < c->count; i++)
-        sg_update_unref(c->ring[(c->head + i) % st->history]);
+    lru_unlink(st, c);
+    while (c->count)
+        ring_pop(st, c);
     free(c->ring);
     free(c);
 }
@@ -601,13 +653,12 @@ static uint64_t sq_append(sg_store_conv *sc, sg_update *u, sg_store_done_fn done
     }
     /* the ring: what reads of recent history are answered from */
     int cap = st->history;
-    if (c->count == cap) {
-        sg_update_unref(c->ring[c->head]);
-        c->head = (c->head + 1) % cap;
-        c->count--;
-    }
+    if (c->count == cap) ring_pop(st, c);
     c->ring[(c->head + c->count) % cap] = sg_update_ref(u);
     c->count++;
+    st->cached += UPDATE_BYTES(u);
+    lru_touch(st, c);
+    cache_trim(st);
     c->last_seq = u->seq;
     if (!c->oldest) c->oldest = u->seq;
     if (u->seq >= (uint64_t)cap && c->oldest < u->seq - (uint64_t)cap + 1) c->oldest = u->seq - (uint64_t)cap + 1;
@@ -768,6 +819,11 @@ static int sq_healthy(sg_store *s)
     return !((sq_store *)s)->failing;
 }
 
+static size_t sq_cache_bytes(sg_store *s)
+{
+    return ((sq_store *)s)->cached;
+}
+
 /* Commit everything now, on the caller's thread, and answer what waits
  * (shutdown). */
 static void sq_drain(sg_store *s)
@@ -833,7 +889,7 @@ static void sq_free(sg_store *s)
 static const sg_store_ops sqlite_ops = {
     .name = "sqlite", .open = sq_open, .append = sq_append, .range = sq_range, .close = sq_close,
     .free = sq_free, .sync = sq_sync, .drain = sq_drain, .remember = sq_remember, .recall = sq_recall,
-    .sweep = sq_sweep, .healthy = sq_healthy,
+    .sweep = sq_sweep, .healthy = sq_healthy, .cache_bytes = sq_cache_bytes,
 };
 
 /* ---- opening the database ---- */
@@ -923,7 +979,7 @@ static sqlite3 *open_db(const char *path, const char *sync, char *err, size_t er
     return db;
 }
 
-sg_store *sg_store_sqlite_new(const char *path, const char *sync, int history_size,
+sg_store *sg_store_sqlite_new(const char *path, const char *sync, int history_size, size_t cache_bytes,
                               struct event_base *base, char *err, size_t errlen)
 {
     sq_store *st = calloc(1, sizeof(*st));
@@ -934,6 +990,7 @@ sg_store *sg_store_sqlite_new(const char *path, const char *sync, int history_si
     st->base.ops = &sqlite_ops;
     st->pipe_r = st->pipe_w = -1;
     st->history = history_size;
+    st->cache_budget = cache_bytes;
     st->evb = base;
     st->path = strdup(path);
     snprintf(st->sync, sizeof(st->sync), "%s", sync);

@@ -246,4 +246,29 @@ describe("the sqlite store", function()
     for _, seq in ipairs(acked) do assert.is_true(have[seq], "acknowledged seq " .. seq .. " is gone") end
     assert.are.equal("after", h.updates[#h.updates].text)
   end)
+
+  it("keeps only cache_bytes of recent updates in memory, and reads the rest from the database", function()
+    start({ cache_bytes = 65536 })
+    local big = string.rep("y", 1000)
+    for c = 1, 4 do
+      local items = {}
+      for i = 1, 100 do items[i] = { conversation_id = "cache-" .. c, category = "info", text = big .. i } end
+      local status = gw_.request(gw, "POST", "/api/v1/status/bulk", items)
+      assert.are.equal(202, status)
+    end
+    local _, _, _, m = gw_.request(gw, "GET", "/metrics")
+    local cached = tonumber(m:match("statusgw_store_cache_bytes (%d+)"))
+    assert.truthy(cached, m)
+    assert.is_true(cached <= 65536, "cache holds " .. cached .. " bytes")
+    -- 400 KB of updates: most are read back from the database, all of them right
+    for c = 1, 4 do
+      local status, h = history(gw, "cache-" .. c)
+      assert.are.equal(200, status)
+      assert.are.equal(100, #h.updates)
+      for i, u in ipairs(h.updates) do
+        assert.are.equal(i, u.seq)
+        assert.are.equal(big .. i, u.text)
+      end
+    end
+  end)
 end)
