@@ -47,7 +47,8 @@ typedef struct sq_op {
     char epoch[SG_EPOCH_LEN + 1];
     sg_update *u;    /* OP_APPEND: a reference */
     char *key;       /* OP_IDEM */
-    uint64_t seq;    /* OP_IDEM */
+    uint64_t seq;    /* OP_IDEM; OP_TOUCH: the last seq */
+    int fresh;       /* OP_APPEND: the conversation's first: its row goes in too */
     int64_t when_ms; /* OP_IDEM: expiry; OP_TOUCH, OP_APPEND: activity; OP_SWEEP: the cutoff */
 } sq_op;
 
@@ -91,6 +92,8 @@ struct sq_conv {
     uint64_t last_seq; /* newest appended */
     uint64_t oldest;   /* oldest the database holds (or will, once committed); 0: none */
     int refs;          /* the hub's handle, and each pending read */
+    int row_written;   /* its row is in the database, or in a batch */
+    int64_t active_ms; /* the last append not yet recorded in its row; 0: none */
     int open;          /* the hub holds it */
     int head, count;   /* the ring of recent updates: the hot cache */
     sg_update **ring;
@@ -267,7 +270,8 @@ static int prepare_all(sqlite3 *db, wstmts *w)
         {&w->del_updates, "DELETE FROM updates WHERE conv = ?1"},
         {&w->del_conv, "DELETE FROM conversations WHERE id = ?1"},
         {&w->del_idem, "DELETE FROM idempotency WHERE conv = ?1"},
-        {&w->touch, "UPDATE conversations SET last_activity_ms = max(last_activity_ms, ?2) WHERE id = ?1"},
+        {&w->touch, "UPDATE conversations SET last_activity_ms = max(last_activity_ms, ?2), "
+                    "last_seq = max(last_seq, ?3) WHERE id = ?1"},
         {&w->sweep_updates, "DELETE FROM updates WHERE conv IN (SELECT id FROM conversations WHERE last_activity_ms < ?1)"},
         {&w->sweep_idem_conv, "DELETE FROM idempotency WHERE conv IN (SELECT id FROM conversations WHERE last_activity_ms < ?1)"},
         {&w->sweep_convs, "DELETE FROM conversations WHERE last_activity_ms < ?1"},
@@ -336,14 +340,18 @@ static int write_append(sq_store *st, wstmts *w, sq_op *o)
     sqlite3_bind_int64(s, 4, u->ts_ms);
     sqlite3_bind_blob(s, 5, u->json, (int)u->json_len, SQLITE_STATIC);
     if (sqlite3_step(s) != SQLITE_DONE) return -1;
-    /* the conversation's row, and the update that falls out of history */
-    s = w->upsert_conv;
-    sqlite3_reset(s);
-    sqlite3_bind_text(s, 1, o->conv, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 2, o->epoch, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 3, (sqlite3_int64)u->seq);
-    sqlite3_bind_int64(s, 4, o->when_ms);
-    if (sqlite3_step(s) != SQLITE_DONE) return -1;
+    /* a new conversation's row (its last seq and activity are brought up
+     * to date by touches, not by every append: one B-tree page less per
+     * update), and the update that falls out of history */
+    if (o->fresh) {
+        s = w->upsert_conv;
+        sqlite3_reset(s);
+        sqlite3_bind_text(s, 1, o->conv, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, o->epoch, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 3, (sqlite3_int64)u->seq);
+        sqlite3_bind_int64(s, 4, o->when_ms);
+        if (sqlite3_step(s) != SQLITE_DONE) return -1;
+    }
     if (u->seq > (uint64_t)st->history &&
         run(w->trim, o->conv, NULL, (int64_t)(u->seq - (uint64_t)st->history), 0) < 0)
         return -1;
@@ -367,7 +375,7 @@ static int write_op(sq_store *st, wstmts *w, sq_op *o)
         return run(w->del_updates, o->conv, NULL, 0, 0) < 0 || run(w->del_conv, o->conv, NULL, 0, 0) < 0 ||
                        run(w->del_idem, o->conv, NULL, 0, 0) < 0
                    ? -1 : 0;
-    case OP_TOUCH: return run(w->touch, o->conv, NULL, o->when_ms, 0);
+    case OP_TOUCH: return run(w->touch, o->conv, NULL, o->when_ms, (int64_t)o->seq);
     case OP_SWEEP: {
         char cut[32];
         snprintf(cut, sizeof(cut), "%lld", (long long)o->when_ms);
@@ -609,12 +617,14 @@ static sg_store_conv *sq_open(sg_store *s, const char *id, int create, char *epo
         memcpy(c->id, id, c->id_len + 1);
         int found;
         if (load_conv(st, c, &found) < 0 || (!found && !create)) {
+            /* (errno stays ENOENT for one that is not there) */
             if (!found && !create) errno = ENOENT;
             free(c->ring);
             free(c);
             return NULL;
         }
         if (!found) sg_store_new_epoch(c->epoch);
+        c->row_written = found;
         if (sg_dict_set(st->by_id, c->id, c->id_len, c) < 0) {
             free(c->ring);
             free(c);
@@ -641,6 +651,9 @@ static uint64_t sq_append(sg_store_conv *sc, sg_update *u, sg_store_done_fn done
         return UINT64_MAX; /* never committed: the hub holds it back */
     }
     o->kind = OP_APPEND;
+    o->fresh = !c->row_written;
+    c->row_written = 1;
+    c->active_ms = u->ts_ms;
     memcpy(o->conv, c->id, c->id_len + 1);
     memcpy(o->epoch, c->epoch, sizeof(o->epoch));
     o->u = sg_update_ref(u);
@@ -721,11 +734,25 @@ static void sq_range(sg_store_conv *sc, uint64_t since, uint64_t upto, size_t li
     j->rtail = &r->next;
 }
 
+/* Bring c's row up to date: its last seq, and activity at when_ms. */
+static void touch_conv(sq_store *st, sq_conv *c, int64_t when_ms)
+{
+    sq_op *o = calloc(1, sizeof(*o));
+    if (!o) return;
+    o->kind = OP_TOUCH;
+    memcpy(o->conv, c->id, c->id_len + 1);
+    o->when_ms = when_ms;
+    o->seq = c->last_seq;
+    if (add_op(st, o) < 0) free(o);
+    else c->active_ms = 0;
+}
+
 static void sq_close(sg_store_conv *sc, int drop)
 {
     sq_conv *c = (sq_conv *)sc;
     if (!c) return;
     sq_store *st = c->st;
+    if (!drop && c->active_ms) touch_conv(st, c, c->active_ms);
     if (drop) {
         sq_op *o = calloc(1, sizeof(*o));
         if (o) {
@@ -793,18 +820,11 @@ static void sq_recall(sg_store_conv *sc, int64_t now_ms, sg_store_key_fn fn, voi
 static void sq_sweep(sg_store *s, int64_t cutoff_ms, int64_t now_ms)
 {
     sq_store *st = (sq_store *)s;
-    /* what the hub holds open is alive, however idle its rows look */
+    /* what the hub holds open is alive, however idle its rows look; the
+     * others' rows learn their last append */
     for (sq_conv *c = st->convs; c; c = c->next) {
-        if (!c->open || !c->last_seq) continue;
-        sq_op *o = calloc(1, sizeof(*o));
-        if (!o) return;
-        o->kind = OP_TOUCH;
-        memcpy(o->conv, c->id, c->id_len + 1);
-        o->when_ms = now_ms;
-        if (add_op(st, o) < 0) {
-            free(o);
-            return;
-        }
+        if (c->open && c->row_written) touch_conv(st, c, now_ms);
+        else if (c->active_ms) touch_conv(st, c, c->active_ms);
     }
     sq_op *o = calloc(1, sizeof(*o));
     if (!o) return;
@@ -829,6 +849,8 @@ static size_t sq_cache_bytes(sg_store *s)
 static void sq_drain(sg_store *s)
 {
     sq_store *st = (sq_store *)s;
+    for (sq_conv *c = st->convs; c; c = c->next) /* rows up to date before a stop */
+        if (c->active_ms) touch_conv(st, c, c->active_ms);
     /* while commits fail, a stop waits 5 s for the disk, then gives up on
      * what is left (its publishes are answered 503; nothing was acknowledged) */
     for (int i = 0, failing_ms = 0; i < 600000 && failing_ms < 5000; i++) {
@@ -1004,7 +1026,8 @@ sg_store *sg_store_sqlite_new(const char *path, const char *sync, int history_si
         sq_free(&st->base);
         return NULL;
     }
-    if (sqlite3_prepare_v3(st->rdb, "SELECT epoch, last_seq FROM conversations WHERE id = ?1", -1,
+    if (sqlite3_prepare_v3(st->rdb, "SELECT epoch, max(last_seq, coalesce((SELECT max(seq) FROM updates "
+                                    "WHERE conv = ?1), 0)) FROM conversations WHERE id = ?1", -1,
                            SQLITE_PREPARE_PERSISTENT, &st->q_conv, NULL) != SQLITE_OK ||
         sqlite3_prepare_v3(st->rdb, "SELECT min(seq) FROM updates WHERE conv = ?1", -1,
                            SQLITE_PREPARE_PERSISTENT, &st->q_oldest, NULL) != SQLITE_OK ||

@@ -157,6 +157,16 @@ describe("the sqlite store", function()
       start()
     end
     assert.is_true(#acked >= 120, "acknowledged " .. #acked)
+    -- each killed conversation goes on after its last stored seq, in its epoch
+    local last = {}
+    for _, a in ipairs(acked) do
+      if not last[a.conv] or a.seq > last[a.conv].seq then last[a.conv] = a end
+    end
+    for conv, a in pairs(last) do
+      local r = publish(gw, conv, "after the kill")
+      assert.are.equal(a.epoch, r.epoch)
+      assert.is_true(r.seq > a.seq, conv .. ": seq " .. r.seq .. " after " .. a.seq)
+    end
     for _, a in ipairs(acked) do
       local status, h = history(gw, a.conv)
       assert.are.equal(200, status, a.conv)
