@@ -988,9 +988,10 @@ static sqlite3 *open_db(const char *path, const char *sync, char *err, size_t er
     }
     sqlite3_busy_timeout(db, 5000);
     char sql[256], why[256];
-    /* pages read through a 256 MB map and a 32 MB cache: the writer's
-     * index lookups (a conversation's row, the update that falls out of
-     * history) would otherwise read() a page each */
+    /* pages read through a 256 MB map (the kernel's page cache) and a
+     * 32 MB cache of its own (the writer's; the loop's read connection
+     * takes 2 MB): the writer's index lookups would otherwise read() a
+     * page each */
     snprintf(sql, sizeof(sql), "PRAGMA journal_mode = WAL; PRAGMA synchronous = %s; PRAGMA cache_size = -32768; "
                                "PRAGMA mmap_size = 268435456", sync);
     if (exec(db, sql, why, sizeof(why)) < 0) {
@@ -1021,7 +1022,8 @@ sg_store *sg_store_sqlite_new(const char *path, const char *sync, int history_si
     int fds[2];
     st->by_id = sg_dict_new();
     if (!st->path || !st->by_id || !(st->wdb = open_db(path, sync, err, errlen)) || migrate(st->wdb, path, err, errlen) < 0 ||
-        !(st->rdb = open_db(path, sync, err, errlen))) {
+        !(st->rdb = open_db(path, sync, err, errlen)) ||
+        exec(st->rdb, "PRAGMA cache_size = -2048", err, errlen) < 0) { /* the loop's: point lookups */
         if (!err[0]) snprintf(err, errlen, "out of memory");
         sq_free(&st->base);
         return NULL;
