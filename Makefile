@@ -64,11 +64,11 @@ build/obj build/asan/obj build/fuzz/obj: | deps
 	@mkdir -p $@
 
 # C unit tests of the internals (spec/c): the daemon's modules without main.
-build/internals build/connections: build/%: spec/c/%.c $(filter-out build/obj/main.o,$(OBJS))
-	$(CC) $(WARN) $(CFLAGS) $(PCFLAGS) -Isrc -o $@ $^ $(PLIBS)
+build/internals build/connections: build/%: spec/c/%.c spec/c/tap.h $(filter-out build/obj/main.o,$(OBJS))
+	$(CC) $(WARN) $(CFLAGS) $(PCFLAGS) -Isrc -o $@ $(filter-out %.h,$^) $(PLIBS)
 
-build/asan/internals build/asan/connections: build/asan/%: spec/c/%.c $(filter-out build/asan/obj/main.o,$(AOBJS))
-	$(CC) $(WARN) $(ASAN) $(PCFLAGS) -Isrc -o $@ $^ $(PLIBS)
+build/asan/internals build/asan/connections: build/asan/%: spec/c/%.c spec/c/tap.h $(filter-out build/asan/obj/main.o,$(AOBJS))
+	$(CC) $(WARN) $(ASAN) $(PCFLAGS) -Isrc -o $@ $(filter-out %.h,$^) $(PLIBS)
 
 # Fuzz targets (fuzz/fuzz_gateway.c): clang's libFuzzer with address and
 # undefined-behaviour sanitizers, the daemon's modules instrumented for

@@ -29,26 +29,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-static int n_tests, n_failed, cur_failed;
-static const char *cur_name;
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            if (!cur_failed) printf("# %s: %s:%d: %s\n", cur_name, __FILE__, __LINE__, #cond);    \
-            cur_failed = 1;                                                                        \
-        }                                                                                          \
-    } while (0)
-
-static void run(const char *name, void (*fn)(void))
-{
-    cur_name = name;
-    cur_failed = 0;
-    fn();
-    n_tests++;
-    if (cur_failed) n_failed++;
-    printf("%s %d - %s\n", cur_failed ? "not ok" : "ok", n_tests, name);
-}
+#include "tap.h"
 
 static sg_config cfg;
 static sg_server srv;
