@@ -281,4 +281,20 @@ describe("the sqlite store", function()
       end
     end
   end)
+
+  it("works with store_sync full and off as with normal", function()
+    for _, sync in ipairs({ "full", "off" }) do
+      os.execute("rm -rf " .. dir .. "/var")
+      start({ store_sync = sync })
+      local a = publish(gw, "sync-" .. sync, "one")
+      gw_.stop(gw)
+      start({ store_sync = sync })
+      local status, h = history(gw, "sync-" .. sync)
+      assert.are.equal(200, status, sync)
+      assert.are.equal(a.epoch, h.epoch)
+      assert.are.equal("one", h.updates[1].text)
+      gw_.stop(gw)
+      gw = nil
+    end
+  end)
 end)
