@@ -314,10 +314,13 @@ static void idem_clear(sg_conv *c)
  * subscribers. */
 static void conv_free(sg_hub *h, sg_conv *c, int drop)
 {
-    if (c->pending_gen > h->committed_gen && h->store->ops->drain)
+    if (c->nq && c->qgen[c->nq - 1] > h->committed_gen && h->store->ops->drain)
         h->store->ops->drain(h->store); /* what it queued is delivered as committed */
     conv_flush(h, c);
     await_unlink(h, c);
+    for (int i = 0; i < c->nq; i++) /* what a failing store never committed */
+        sg_update_unref(c->queue[i]);
+    h->pending -= c->nq;
     if (h->on_forget) h->on_forget(h->on_forget_arg, c->id);
     lru_unlink(h, c);
     if (c->empty) h->n_empty--;
@@ -571,6 +574,14 @@ int sg_hub_publish(sg_hub *h, const sg_draft *d, sg_publish_result *res, sg_erro
         sg_error_set(err, 503, "out_of_memory", NULL, "the gateway is out of memory");
         return -1;
     }
+    /* the store takes it first: one it cannot take (out of memory) is
+     * refused, never answered 202 and then held back forever */
+    uint64_t gen = h->store->ops->append(c->hist, u, NULL, NULL);
+    if (gen == UINT64_MAX) {
+        sg_update_unref(u);
+        sg_error_set(err, 503, "out_of_memory", NULL, "the gateway is out of memory");
+        return -1;
+    }
     c->last_seq = u->seq;
     c->published++;
     h->stats.published++;
@@ -585,8 +596,6 @@ int sg_hub_publish(sg_hub *h, const sg_draft *d, sg_publish_result *res, sg_erro
     if (error_category < 0) error_category = sg_category_index("error", 5);
     if (u->category == error_category) h->stats.sec_errors[slot]++;
     h->stats.per_category[u->category]++;
-    uint64_t gen = h->store->ops->append(c->hist, u, NULL, NULL);
-    if (gen > c->pending_gen) c->pending_gen = gen;
     if (d->idempotency_key) {
         int64_t window_ms = (int64_t)h->cfg->idempotency_window_s * 1000;
         idem_remember(h, c, d->idempotency_key, u->seq, sg_mono_ms() + window_ms);

@@ -383,6 +383,44 @@ static void hub_encode_oom_cuts(void)
     cfg.batch_size = SG_DEFAULT_BATCH_SIZE;
 }
 
+/* ---- a store that cannot take an update: refused, not acknowledged ---- */
+
+static sg_store_conv *t_full_open(sg_store *s, const char *id, int create, char *epoch, uint64_t *last)
+{
+    sg_store_new_epoch(epoch);
+    *last = 0;
+    return (sg_store_conv *)malloc(1);
+}
+static uint64_t t_full_append(sg_store_conv *c, sg_update *u, sg_store_done_fn done, void *arg)
+{
+    return UINT64_MAX; /* as the sqlite store out of memory */
+}
+static void t_full_close(sg_store_conv *c, int drop) { free(c); }
+static void t_full_free(sg_store *s) {}
+static const sg_store_ops t_full_ops = {.name = "full", .open = t_full_open, .append = t_full_append,
+                                        .close = t_full_close, .free = t_full_free};
+
+static void hub_refuses_what_the_store_cannot_take(void)
+{
+    struct event_base *base = event_base_new();
+    sg_store store = {&t_full_ops, NULL, NULL};
+    sg_hub *h = sg_hub_new(base, &cfg, &store);
+    sg_limits lim = {4096, 65536};
+    sg_draft d;
+    sg_error e;
+    const char *json = "{\"conversation_id\":\"f1\",\"category\":\"info\",\"text\":\"x\"}";
+    CHECK(sg_draft_parse(json, strlen(json), &lim, &d, &e) == 0);
+    sg_publish_result r;
+    CHECK(sg_hub_publish(h, &d, &r, &e) < 0);
+    CHECK(e.status == 503);
+    sg_draft_free(&d);
+    sg_conv *c = sg_hub_conv(h, "f1", 2, SG_CONV_FIND, &e);
+    CHECK(c && c->last_seq == 0 && c->nq == 0); /* no seq spent, nothing queued */
+    CHECK(sg_hub_pending(h) == 0);
+    sg_hub_free(h);
+    event_base_free(base);
+}
+
 /* ---- resuming subscribers on a store that answers later ---- */
 
 static void on_resumed(sg_sub *s, const sg_replay *rp)
@@ -528,6 +566,7 @@ int main(void)
     run("deferred store: answers later, reads when it answers, cancels, answers at close and free", store_deferred_contract);
     run("hub: resumes hold live frames until a late replay, then deliver them in order; gaps; cancel", hub_resume_deferred);
     run("hub: a frame that cannot be built cuts its group's members off (they resume), never skips them", hub_encode_oom_cuts);
+    run("hub: an update the store cannot take is refused 503, with no seq spent", hub_refuses_what_the_store_cannot_take);
     run("hub: flushes at batch_size in seq order, one frame per group, categories per group", hub_flush_order_and_grouping);
     run("hub: watched empty conversations are counted apart and never evict history", hub_watch_slots);
     run("filters: eq ne gt gte lt lte contains exists, categories, unknown operators", filter_operators);
