@@ -117,8 +117,7 @@ static size_t publish_reply(const sg_publish_result *res, char *out)
 
 typedef struct committed_answer {
     sg_conn *c;  /* NULL once the connection is gone */
-    int waiting; /* 1: the handler returned, resume the connection; -1: answered inside sync */
-    int resume;  /* resume the connection after answering (a publish that waited for its plugins) */
+    int waiting; /* 1: the connection awaits this answer; -1: answered inside sync */
     size_t len;
     char body[];
 } committed_answer;
@@ -138,7 +137,7 @@ static void answer_committed(void *arg, int status)
         w->waiting = -1;
         return;
     }
-    if (w->c && w->resume) sg_conn_resume(w->c);
+    if (w->c) sg_conn_resume(w->c);
     free(w);
 }
 
@@ -162,7 +161,6 @@ static void respond_committed(sg_conn *c, const char *body, size_t len, int resu
     }
     w->c = c;
     w->waiting = 0;
-    w->resume = 1;
     w->len = len;
     memcpy(w->body, body, len);
     st->ops->sync(st, answer_committed, w);

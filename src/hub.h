@@ -72,8 +72,7 @@ struct sg_conv {
     sg_update **queue; /* queued updates, oldest first */
     uint64_t *qgen;    /* the store's commit that holds each (0: durable already) */
     int nq, qcap;
-    uint64_t pending_gen;  /* the store's commit that holds its newest update */
-    int awaiting_commit;   /* due, held back until pending_gen is committed */
+    int awaiting_commit;   /* due, held back until its oldest queued update is committed */
     sg_conv *aprev, *anext; /* the hub's list of those */
     int64_t due_ms;              /* flush deadline, when queued */
     sg_conv *fprev, *fnext;      /* flush list, by deadline */
