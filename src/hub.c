@@ -515,6 +515,24 @@ void sg_hub_on_forget(sg_hub *h, void (*fn)(void *arg, const char *id), void *ar
 
 /* ---- publish ---- */
 
+/* The counts of a published update: totals, per category, and the
+ * per-second ring of publishes and errors the stats' rates read. */
+static void count_published(sg_hub *h, const sg_update *u)
+{
+    h->stats.published++;
+    int64_t sec = sg_mono_ms() / 1000;
+    int slot = (int)(sec % SG_RATE_WINDOW_S);
+    if (h->stats.sec_stamp[slot] != sec) {
+        h->stats.sec_stamp[slot] = sec;
+        h->stats.sec_total[slot] = h->stats.sec_errors[slot] = 0;
+    }
+    h->stats.sec_total[slot]++;
+    static int error_category = -1;
+    if (error_category < 0) error_category = sg_category_index("error", 5);
+    if (u->category == error_category) h->stats.sec_errors[slot]++;
+    h->stats.per_category[u->category]++;
+}
+
 int sg_hub_publish(sg_hub *h, const sg_draft *d, sg_publish_result *res, sg_error *err)
 {
     if (h->store->ops->healthy && !h->store->ops->healthy(h->store)) {
@@ -584,18 +602,7 @@ int sg_hub_publish(sg_hub *h, const sg_draft *d, sg_publish_result *res, sg_erro
     }
     c->last_seq = u->seq;
     c->published++;
-    h->stats.published++;
-    int64_t sec = sg_mono_ms() / 1000;
-    int slot = (int)(sec % SG_RATE_WINDOW_S);
-    if (h->stats.sec_stamp[slot] != sec) {
-        h->stats.sec_stamp[slot] = sec;
-        h->stats.sec_total[slot] = h->stats.sec_errors[slot] = 0;
-    }
-    h->stats.sec_total[slot]++;
-    static int error_category = -1;
-    if (error_category < 0) error_category = sg_category_index("error", 5);
-    if (u->category == error_category) h->stats.sec_errors[slot]++;
-    h->stats.per_category[u->category]++;
+    count_published(h, u);
     if (d->idempotency_key) {
         int64_t window_ms = (int64_t)h->cfg->idempotency_window_s * 1000;
         idem_remember(h, c, d->idempotency_key, u->seq, sg_mono_ms() + window_ms);
