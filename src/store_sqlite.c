@@ -1,22 +1,33 @@
 /* The durable store: history, sequence numbers, epochs and idempotency
- * keys in one SQLite database in WAL mode (docs/architecture.md, "The
- * durable store").
+ * keys in one SQLite database in WAL mode, with a log in front of it
+ * (docs/architecture.md, "The durable store").
  *
- * The loop never waits on the disk for a write. What the hub appends goes
- * into the current batch; at the end of the loop turn the batch is handed
- * to a writer thread, which commits it in one transaction (while it does,
- * the next turns fill the next batch: commits group themselves under
- * load) and hands the result back through a pipe. Everything a batch
- * holds is acknowledged (sync) and delivered (on_commit) only once it is
- * committed, so what a client saw or was told is never lost by a crash.
+ * The loop never waits on the disk for a write. What the hub appends is
+ * encoded into the current batch; at the end of the loop turn (or as soon
+ * as the batch is big and the writer idle) the batch is handed to a writer
+ * thread, which appends it to the log (`<store_path>-log`, one write per
+ * batch, checksummed) and hands the result back through a pipe. Everything
+ * a batch holds is acknowledged (sync) and delivered (on_commit) only once
+ * it is in the log, so what a client saw or was told is never lost by a
+ * crash. The other writes (idempotency keys, activity, forgetting) are
+ * committed to the database in the same step.
+ *
+ * Every second, or past 8 MB, the writer applies the log to the database:
+ * one transaction writes, per conversation, one chunk row holding its new
+ * updates (at most history_size of them), brings its row up to date, drops
+ * the chunks history no longer reaches, and the log is emptied. Replaying a
+ * log at start (after a crash) is the same step, and applying a record
+ * twice is harmless: a conversation takes only seqs past its row's.
  *
  * Reads of what the conversation's ring (the recent updates kept in
  * memory) holds are answered at once; older ones are read by the writer
- * thread after the writes queued before them, and answered on a later
- * loop turn. A conversation's epoch and last seq are read when it is first
- * opened, on the loop, through a second connection (a point lookup). */
+ * thread after the log is applied, and answered on a later loop turn. A
+ * conversation's epoch and last seq are read when it is first opened, on
+ * the loop, through a second connection (a point lookup); one with updates
+ * still only in the log stays in memory until they are applied. */
 #include "store.h"
 
+#include "clock.h"
 #include "dict.h"
 #include "log.h"
 
@@ -32,24 +43,27 @@
 #include <time.h>
 #include <unistd.h>
 
-#define SQ_SCHEMA_VERSION 1
-#define SQ_RETRY_MS 200 /* between attempts at a batch that failed */
+#define SQ_SCHEMA_VERSION 2
+#define SQ_RETRY_MS 200              /* between attempts at a batch that failed */
+#define SQ_APPLY_BYTES (8u << 20)    /* the log is applied past this size */
+#define SQ_APPLY_MS 1000             /* or once its oldest batch is this old */
+#define SQ_HAND_OVER 256             /* appends after which an idle writer takes a batch at once */
+#define SQ_LOG_MAGIC 0x314c4753u     /* "SGL1", little-endian */
+#define SQ_LOG_HDR 16                /* magic, payload length, checksum, 0 */
 
 typedef struct sq_store sq_store;
 typedef struct sq_conv sq_conv;
 
-enum { OP_APPEND, OP_IDEM, OP_FORGET, OP_TOUCH, OP_SWEEP };
+enum { OP_IDEM, OP_FORGET, OP_TOUCH, OP_SWEEP };
 
+/* A write to the database other than an append. */
 typedef struct sq_op {
     struct sq_op *next;
     int kind;
     char conv[SG_MAX_CONV_ID + 1];
-    char epoch[SG_EPOCH_LEN + 1];
-    sg_update *u;    /* OP_APPEND: a reference */
     char *key;       /* OP_IDEM */
-    uint64_t seq;    /* OP_IDEM; OP_TOUCH: the last seq */
-    int fresh;       /* OP_APPEND: the conversation's first: its row goes in too */
-    int64_t when_ms; /* OP_IDEM: expiry; OP_TOUCH, OP_APPEND: activity; OP_SWEEP: the cutoff */
+    uint64_t seq;    /* OP_IDEM; OP_SWEEP: now, for keys */
+    int64_t when_ms; /* OP_IDEM: expiry; OP_TOUCH: activity; OP_SWEEP: the cutoff */
 } sq_op;
 
 typedef struct sq_waiter {
@@ -72,13 +86,23 @@ typedef struct sq_read {
     int status;
 } sq_read;
 
-/* A unit of work for the writer: a batch of writes and the reads queued
- * after it. */
+/* A logged batch not yet applied to the database (the writer's). */
+typedef struct sq_blob {
+    struct sq_blob *next;
+    char *data; /* header and records, as in the log */
+    size_t len;
+} sq_blob;
+
+/* A unit of work for the writer: a batch of appends (log records), the
+ * other writes, and the reads queued after them. */
 typedef struct sq_job {
     struct sq_job *next;
     uint64_t gen;
+    char *log; /* SQ_LOG_HDR bytes, then the records */
+    size_t log_len, log_cap;
+    unsigned n_appends;
     sq_op *ops, **tail;
-    size_t n_ops;
+    int forgets; /* ops that need the log applied first */
     sq_waiter *waiters;
     sq_read *reads, **rtail;
     int status;
@@ -91,10 +115,11 @@ struct sq_conv {
     char epoch[SG_EPOCH_LEN + 1];
     uint64_t last_seq; /* newest appended */
     uint64_t oldest;   /* oldest the database holds (or will, once committed); 0: none */
-    int refs;          /* the hub's handle, and each pending read */
-    int row_written;   /* its row is in the database, or in a batch */
+    int refs;          /* the hub's handle, each pending read, and unapplied appends */
     int64_t active_ms; /* the last append not yet recorded in its row; 0: none */
     int open;          /* the hub holds it */
+    uint64_t log_gen;  /* the batch of its newest append still only in the log; 0: none */
+    sq_conv *pnext;    /* those, for when the log is applied */
     int head, count;   /* the ring of recent updates: the hot cache */
     sg_update **ring;
     sq_conv *prev, *next; /* every live one, for sweeps and lookups */
@@ -107,7 +132,7 @@ struct sq_store {
     sqlite3 *rdb;  /* the loop's, for opens */
     sqlite3 *wdb;  /* the writer's */
     sqlite3_stmt *q_conv, *q_oldest, *q_idem;
-    char *path;
+    char *path, *log_path;
     char sync[8];
     int history;
     struct event_base *evb;
@@ -123,13 +148,24 @@ struct sq_store {
     int stop;
     int writing;     /* the writer holds a job */
     volatile int failing; /* the last commit failed; read by the loop */
+    volatile int apply_failing; /* the last apply failed */
+    uint64_t applied_gen; /* every batch up to it is in the database (under mu) */
     sq_job *cur;     /* being filled on the loop */
-    uint64_t next_gen, committed_gen;
+    uint64_t next_gen, committed_gen, seen_applied;
     sq_conv *convs; /* every live one, for sweeps */
+    sq_conv *unapplied; /* those with appends only in the log */
     sg_dict *by_id; /* and by id */
     /* the hot cache: the rings' updates, within cache_budget bytes */
     size_t cache_budget, cached;
     sq_conv *lru_head, *lru_tail;
+    /* the writer's */
+    int log_fd;
+    size_t log_len;   /* bytes in the log file */
+    sq_blob *pend, **pend_tail; /* logged, not applied */
+    size_t pend_bytes;
+    int64_t pend_since_ms, apply_retry_ms;
+    uint64_t logged_gen;
+    unsigned apply_attempts;
 };
 
 #define UPDATE_BYTES(u) (sizeof(sg_update) + (u)->json_len + 1)
@@ -189,6 +225,11 @@ static int exec(sqlite3 *db, const char *sql, char *err, size_t errlen)
     return -1;
 }
 
+static int64_t mono_ms(void)
+{
+    return (int64_t)(sg_clock_running_ns() / 1000000u);
+}
+
 static sq_conv *find_conv(sq_store *st, const char *id)
 {
     return sg_dict_get(st->by_id, id, strlen(id));
@@ -206,6 +247,118 @@ static void conv_unref(sq_conv *c)
         ring_pop(st, c);
     free(c->ring);
     free(c);
+}
+
+/* ---- the records: little-endian, the same in the log and in chunks ----
+ *
+ * An update: seq u64, ts_ms i64, category (length u8, name), json (length
+ * u32, bytes). A log record: conversation id (length u8, bytes), epoch
+ * (SG_EPOCH_LEN bytes), then the update. A chunk row's data: updates. */
+
+static void put_u32(char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++) p[i] = (char)(v >> (8 * i));
+}
+
+static void put_u64(char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++) p[i] = (char)(v >> (8 * i));
+}
+
+static uint32_t get_u32(const char *p)
+{
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++) v |= (uint32_t)(unsigned char)p[i] << (8 * i);
+    return v;
+}
+
+static uint64_t get_u64(const char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v |= (uint64_t)(unsigned char)p[i] << (8 * i);
+    return v;
+}
+
+/* The log's checksum: a torn or overwritten batch fails it. */
+static uint32_t log_sum(const char *p, size_t n)
+{
+    uint64_t h = 0x9e3779b97f4a7c15ull ^ n;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        h = (h ^ get_u64(p + i)) * 0x100000001b3ull;
+        h ^= h >> 29;
+    }
+    for (; i < n; i++)
+        h = (h ^ (unsigned char)p[i]) * 0x100000001b3ull;
+    return (uint32_t)(h ^ (h >> 32));
+}
+
+static size_t update_size(const sg_update *u)
+{
+    return 21 + strlen(sg_category_name(u->category)) + u->json_len;
+}
+
+static size_t put_update(char *p, const sg_update *u)
+{
+    const char *cat = sg_category_name(u->category);
+    size_t cl = strlen(cat);
+    put_u64(p, u->seq);
+    put_u64(p + 8, (uint64_t)u->ts_ms);
+    p[16] = (char)cl;
+    memcpy(p + 17, cat, cl);
+    put_u32(p + 17 + cl, (uint32_t)u->json_len);
+    memcpy(p + 21 + cl, u->json, u->json_len);
+    return 21 + cl + u->json_len;
+}
+
+typedef struct sq_rec {
+    const char *conv; /* a log record's */
+    size_t conv_len;
+    const char *epoch;
+    const char *upd; /* the update's bytes */
+    size_t upd_len;
+    uint64_t seq;
+    int64_t ts_ms;
+    const char *cat, *json;
+    size_t cat_len, json_len;
+} sq_rec;
+
+/* The update at p (n bytes left): its length, or 0 when malformed. */
+static size_t get_update(const char *p, size_t n, sq_rec *r)
+{
+    if (n < 17 || n < 21 + (size_t)(unsigned char)p[16]) return 0;
+    r->upd = p;
+    r->seq = get_u64(p);
+    r->ts_ms = (int64_t)get_u64(p + 8);
+    r->cat_len = (unsigned char)p[16];
+    r->cat = p + 17;
+    r->json_len = get_u32(p + 17 + r->cat_len);
+    r->json = p + 21 + r->cat_len;
+    if (r->json_len > n - 21 - r->cat_len) return 0;
+    r->upd_len = 21 + r->cat_len + r->json_len;
+    return r->upd_len;
+}
+
+static size_t get_record(const char *p, size_t n, sq_rec *r)
+{
+    if (n < 1 || n < 1 + (size_t)(unsigned char)p[0] + SG_EPOCH_LEN) return 0;
+    r->conv_len = (unsigned char)p[0];
+    r->conv = p + 1;
+    r->epoch = p + 1 + r->conv_len;
+    size_t head = 1 + r->conv_len + SG_EPOCH_LEN;
+    size_t m = get_update(p + head, n - head, r);
+    return m ? head + m : 0;
+}
+
+/* An update read back: NULL when out of memory, or (errno 0) when its
+ * category is not in mask (one no longer configured, say). */
+static sg_update *rec_update(const sq_rec *r, uint64_t mask)
+{
+    int ci = sg_category_index(r->cat, r->cat_len);
+    errno = 0;
+    if (ci < 0 || !(mask & (1ULL << ci))) return NULL;
+    errno = ENOMEM;
+    return sg_update_stored(ci, r->seq, r->ts_ms, r->json, r->json_len);
 }
 
 /* The batch being filled, made on first use; the turn's end hands it over. */
@@ -229,7 +382,7 @@ static int add_op(sq_store *st, sq_op *op)
     if (!j) return -1;
     *j->tail = op;
     j->tail = &op->next;
-    j->n_ops++;
+    if (op->kind == OP_FORGET || op->kind == OP_SWEEP) j->forgets++;
     return 0;
 }
 
@@ -254,30 +407,31 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 /* ---- the writer thread ---- */
 
 typedef struct wstmts {
-    sqlite3_stmt *ins_update, *upsert_conv, *trim, *ins_idem, *del_updates, *del_conv, *del_idem,
-        *touch, *sweep_updates, *sweep_idem_conv, *sweep_convs, *sweep_idem, *range, *oldest;
+    sqlite3_stmt *ins_chunk, *upsert_conv, *known, *trim, *ins_idem, *del_chunks, *del_conv, *del_idem, *touch,
+        *sweep_chunks, *sweep_idem_conv, *sweep_convs, *sweep_idem, *range, *bounds;
 } wstmts;
 
 static int prepare_all(sqlite3 *db, wstmts *w)
 {
     struct { sqlite3_stmt **s; const char *sql; } all[] = {
-        {&w->ins_update, "INSERT OR REPLACE INTO updates(conv, seq, category, ts_ms, json) VALUES (?1, ?2, ?3, ?4, ?5)"},
+        {&w->ins_chunk, "INSERT OR REPLACE INTO chunks(conv, first_seq, last_seq, data) VALUES (?1, ?2, ?3, ?4)"},
         {&w->upsert_conv, "INSERT INTO conversations(id, epoch, last_seq, last_activity_ms) VALUES (?1, ?2, ?3, ?4) "
-                          "ON CONFLICT(id) DO UPDATE SET last_seq = excluded.last_seq, "
-                          "last_activity_ms = excluded.last_activity_ms"},
-        {&w->trim, "DELETE FROM updates WHERE conv = ?1 AND seq <= ?2"},
+                          "ON CONFLICT(id) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq), "
+                          "last_activity_ms = max(last_activity_ms, excluded.last_activity_ms)"},
+        {&w->known, "SELECT last_seq FROM conversations WHERE id = ?1"},
+        {&w->trim, "DELETE FROM chunks WHERE conv = ?1 AND last_seq <= ?2"},
         {&w->ins_idem, "INSERT OR REPLACE INTO idempotency(conv, key, seq, expires_ms) VALUES (?1, ?2, ?3, ?4)"},
-        {&w->del_updates, "DELETE FROM updates WHERE conv = ?1"},
+        {&w->del_chunks, "DELETE FROM chunks WHERE conv = ?1"},
         {&w->del_conv, "DELETE FROM conversations WHERE id = ?1"},
         {&w->del_idem, "DELETE FROM idempotency WHERE conv = ?1"},
-        {&w->touch, "UPDATE conversations SET last_activity_ms = max(last_activity_ms, ?2), "
-                    "last_seq = max(last_seq, ?3) WHERE id = ?1"},
-        {&w->sweep_updates, "DELETE FROM updates WHERE conv IN (SELECT id FROM conversations WHERE last_activity_ms < ?1)"},
+        /* (not last_seq: applying the log keeps it, and takes only seqs past it) */
+        {&w->touch, "UPDATE conversations SET last_activity_ms = max(last_activity_ms, ?2) WHERE id = ?1"},
+        {&w->sweep_chunks, "DELETE FROM chunks WHERE conv IN (SELECT id FROM conversations WHERE last_activity_ms < ?1)"},
         {&w->sweep_idem_conv, "DELETE FROM idempotency WHERE conv IN (SELECT id FROM conversations WHERE last_activity_ms < ?1)"},
         {&w->sweep_convs, "DELETE FROM conversations WHERE last_activity_ms < ?1"},
         {&w->sweep_idem, "DELETE FROM idempotency WHERE expires_ms < ?1"},
-        {&w->range, "SELECT seq, category, ts_ms, json FROM updates WHERE conv = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq"},
-        {&w->oldest, "SELECT min(seq) FROM updates WHERE conv = ?1"},
+        {&w->range, "SELECT data FROM chunks WHERE conv = ?1 AND last_seq > ?2 AND first_seq <= ?3 ORDER BY first_seq"},
+        {&w->bounds, "SELECT min(first_seq), max(last_seq) FROM chunks WHERE conv = ?1"},
     };
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
         if (sqlite3_prepare_v3(db, all[i].sql, -1, SQLITE_PREPARE_PERSISTENT, all[i].s, NULL) != SQLITE_OK)
@@ -329,39 +483,9 @@ static int run(sqlite3_stmt *s, const char *t1, const char *t2, int64_t i2, int6
     return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : -1;
 }
 
-static int write_append(sq_store *st, wstmts *w, sq_op *o)
-{
-    sg_update *u = o->u;
-    sqlite3_stmt *s = w->ins_update;
-    sqlite3_reset(s);
-    sqlite3_bind_text(s, 1, o->conv, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 2, (sqlite3_int64)u->seq);
-    sqlite3_bind_text(s, 3, sg_category_name(u->category), -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 4, u->ts_ms);
-    sqlite3_bind_blob(s, 5, u->json, (int)u->json_len, SQLITE_STATIC);
-    if (sqlite3_step(s) != SQLITE_DONE) return -1;
-    /* a new conversation's row (its last seq and activity are brought up
-     * to date by touches, not by every append: one B-tree page less per
-     * update), and the update that falls out of history */
-    if (o->fresh) {
-        s = w->upsert_conv;
-        sqlite3_reset(s);
-        sqlite3_bind_text(s, 1, o->conv, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 2, o->epoch, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(s, 3, (sqlite3_int64)u->seq);
-        sqlite3_bind_int64(s, 4, o->when_ms);
-        if (sqlite3_step(s) != SQLITE_DONE) return -1;
-    }
-    if (u->seq > (uint64_t)st->history &&
-        run(w->trim, o->conv, NULL, (int64_t)(u->seq - (uint64_t)st->history), 0) < 0)
-        return -1;
-    return 0;
-}
-
 static int write_op(sq_store *st, wstmts *w, sq_op *o)
 {
     switch (o->kind) {
-    case OP_APPEND: return write_append(st, w, o);
     case OP_IDEM: {
         sqlite3_stmt *s = w->ins_idem;
         sqlite3_reset(s);
@@ -372,14 +496,12 @@ static int write_op(sq_store *st, wstmts *w, sq_op *o)
         return sqlite3_step(s) == SQLITE_DONE ? 0 : -1;
     }
     case OP_FORGET:
-        return run(w->del_updates, o->conv, NULL, 0, 0) < 0 || run(w->del_conv, o->conv, NULL, 0, 0) < 0 ||
+        return run(w->del_chunks, o->conv, NULL, 0, 0) < 0 || run(w->del_conv, o->conv, NULL, 0, 0) < 0 ||
                        run(w->del_idem, o->conv, NULL, 0, 0) < 0
                    ? -1 : 0;
     case OP_TOUCH: return run(w->touch, o->conv, NULL, o->when_ms, (int64_t)o->seq);
     case OP_SWEEP: {
-        char cut[32];
-        snprintf(cut, sizeof(cut), "%lld", (long long)o->when_ms);
-        sqlite3_stmt *ss[] = {w->sweep_updates, w->sweep_idem_conv, w->sweep_convs};
+        sqlite3_stmt *ss[] = {w->sweep_chunks, w->sweep_idem_conv, w->sweep_convs};
         for (int i = 0; i < 3; i++) {
             sqlite3_reset(ss[i]);
             sqlite3_bind_int64(ss[i], 1, o->when_ms);
@@ -393,58 +515,327 @@ static int write_op(sq_store *st, wstmts *w, sq_op *o)
     return -1;
 }
 
-/* Commit the job's writes in one transaction: 0, or -1 with why. */
-static int commit_job(sq_store *st, wstmts *w, sq_job *j, char *why, size_t whylen)
+/* ---- applying the log ---- */
+
+/* One conversation's records in the logged batches. */
+typedef struct sq_group {
+    const char *conv, *epoch;
+    size_t conv_len;
+    uint64_t known; /* its row's last seq: what the database has */
+    uint64_t last;  /* the newest logged */
+    int64_t active_ms;
+    char *data;     /* the chunk: the updates history still reaches */
+    size_t len, cap;
+    uint64_t first, chunk_last;
+} sq_group;
+
+typedef struct sq_groups {
+    sg_dict *ix;
+    sq_group *g;
+    size_t n, cap;
+} sq_groups;
+
+static sq_group *group_of(sq_groups *gs, wstmts *w, const sq_rec *r)
 {
-    if (!j->ops) return 0;
-    if (exec(st->wdb, "BEGIN", why, whylen) < 0) return -1;
-    for (sq_op *o = j->ops; o; o = o->next)
-        if (write_op(st, w, o) < 0) {
-            snprintf(why, whylen, "%s", sqlite3_errmsg(st->wdb));
-            if (!sqlite3_get_autocommit(st->wdb)) exec(st->wdb, "ROLLBACK", NULL, 0);
-            return -1;
+    uintptr_t i = (uintptr_t)sg_dict_get(gs->ix, r->conv, r->conv_len);
+    if (i) return &gs->g[i - 1];
+    if (gs->n == gs->cap) {
+        size_t cap = gs->cap ? gs->cap * 2 : 64;
+        sq_group *g = realloc(gs->g, cap * sizeof(*g));
+        if (!g) return NULL;
+        gs->g = g;
+        gs->cap = cap;
+    }
+    sq_group *g = &gs->g[gs->n];
+    memset(g, 0, sizeof(*g));
+    g->conv = r->conv;
+    g->conv_len = r->conv_len;
+    g->epoch = r->epoch;
+    sqlite3_reset(w->known);
+    sqlite3_bind_text(w->known, 1, r->conv, (int)r->conv_len, SQLITE_STATIC);
+    int rc = sqlite3_step(w->known);
+    if (rc == SQLITE_ROW) g->known = (uint64_t)sqlite3_column_int64(w->known, 0);
+    sqlite3_reset(w->known);
+    if ((rc != SQLITE_ROW && rc != SQLITE_DONE) || sg_dict_set(gs->ix, r->conv, r->conv_len, (void *)(gs->n + 1)) < 0)
+        return NULL;
+    return &gs->g[gs->n++];
+}
+
+/* Walk every logged record: pass 0 finds each conversation's newest, pass
+ * 1 gathers what history still reaches and the database lacks. */
+static int gather(sq_store *st, wstmts *w, sq_groups *gs, int pass)
+{
+    for (sq_blob *b = st->pend; b; b = b->next) {
+        const char *p = b->data + SQ_LOG_HDR, *end = b->data + b->len;
+        sq_rec r;
+        size_t m;
+        for (; p < end && (m = get_record(p, (size_t)(end - p), &r)); p += m) {
+            sq_group *g = group_of(gs, w, &r);
+            if (!g) return -1;
+            if (pass == 0) {
+                if (r.seq > g->last) g->last = r.seq;
+                if (r.ts_ms > g->active_ms) g->active_ms = r.ts_ms;
+                continue;
+            }
+            uint64_t floor = g->last > (uint64_t)st->history ? g->last - (uint64_t)st->history : 0;
+            if (r.seq <= g->known || r.seq <= floor || r.seq <= g->chunk_last) continue;
+            if (g->len + r.upd_len > g->cap) {
+                size_t cap = g->cap ? g->cap * 2 : 1024;
+                while (cap < g->len + r.upd_len) cap *= 2;
+                char *d = realloc(g->data, cap);
+                if (!d) return -1;
+                g->data = d;
+                g->cap = cap;
+            }
+            memcpy(g->data + g->len, r.upd, r.upd_len);
+            g->len += r.upd_len;
+            if (!g->first) g->first = r.seq;
+            g->chunk_last = r.seq;
         }
-    if (exec(st->wdb, "COMMIT", why, whylen) < 0) {
-        if (!sqlite3_get_autocommit(st->wdb)) exec(st->wdb, "ROLLBACK", NULL, 0);
-        return -1;
     }
     return 0;
 }
 
-static void read_range(sq_store *st, wstmts *w, sq_read *r)
+static int write_group(sq_store *st, wstmts *w, const sq_group *g)
 {
-    sqlite3_stmt *s = w->range;
+    sqlite3_stmt *s = w->ins_chunk;
+    sqlite3_reset(s);
+    sqlite3_bind_text(s, 1, g->conv, (int)g->conv_len, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, (sqlite3_int64)g->first);
+    sqlite3_bind_int64(s, 3, (sqlite3_int64)g->chunk_last);
+    sqlite3_bind_blob(s, 4, g->data, (int)g->len, SQLITE_STATIC);
+    if (sqlite3_step(s) != SQLITE_DONE) return -1;
+    s = w->upsert_conv;
+    sqlite3_reset(s);
+    sqlite3_bind_text(s, 1, g->conv, (int)g->conv_len, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, g->epoch, SG_EPOCH_LEN, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 3, (sqlite3_int64)g->chunk_last);
+    sqlite3_bind_int64(s, 4, g->active_ms);
+    if (sqlite3_step(s) != SQLITE_DONE) return -1;
+    if (g->chunk_last <= (uint64_t)st->history) return 0;
+    s = w->trim;
+    sqlite3_reset(s);
+    sqlite3_bind_text(s, 1, g->conv, (int)g->conv_len, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, (sqlite3_int64)(g->chunk_last - (uint64_t)st->history));
+    return sqlite3_step(s) == SQLITE_DONE ? 0 : -1;
+}
+
+static void poke(sq_store *st)
+{
+    char one = 1;
+    while (write(st->pipe_w, &one, 1) < 0 && errno == EINTR) {
+    }
+}
+
+/* Apply the logged batches to the database in one transaction, then
+ * empty the log: 0, or -1 with why (the log keeps them). */
+static int apply_log(sq_store *st, wstmts *w, char *why, size_t whylen)
+{
+    if (!st->pend) return 0;
+    sq_groups gs = {.ix = sg_dict_new()};
+    int rc = -1;
+    if (!gs.ix || exec(st->wdb, "BEGIN", why, whylen) < 0) goto out;
+    if (gather(st, w, &gs, 0) < 0 || gather(st, w, &gs, 1) < 0) goto fail;
+    for (size_t i = 0; i < gs.n; i++)
+        if (gs.g[i].len && write_group(st, w, &gs.g[i]) < 0) goto fail;
+    if (exec(st->wdb, "COMMIT", why, whylen) < 0) goto fail_rolled;
+    rc = 0;
+    /* a crash before this truncation replays batches the database has:
+     * each conversation takes only seqs past its row's */
+    if (ftruncate(st->log_fd, 0) < 0)
+        sg_log(SG_LOG_WARN, "store_log_truncate_failed", "path=%s errno=%d", sg_log_q(st->log_path), errno);
+    st->log_len = 0;
+    while (st->pend) {
+        sq_blob *b = st->pend;
+        st->pend = b->next;
+        free(b->data);
+        free(b);
+    }
+    st->pend_tail = &st->pend;
+    st->pend_bytes = 0;
+    pthread_mutex_lock(&st->mu);
+    st->applied_gen = st->logged_gen;
+    pthread_mutex_unlock(&st->mu);
+    if (st->pipe_w >= 0) poke(st);
+    goto out;
+fail:
+    snprintf(why, whylen, "%s", sqlite3_errmsg(st->wdb));
+fail_rolled:
+    if (!sqlite3_get_autocommit(st->wdb)) exec(st->wdb, "ROLLBACK", NULL, 0);
+out:
+    for (size_t i = 0; i < gs.n; i++)
+        free(gs.g[i].data);
+    free(gs.g);
+    if (gs.ix) sg_dict_free(gs.ix);
+    return rc;
+}
+
+/* Apply, keeping count of failures: while it fails, publishes are refused
+ * (the log would grow without bound). */
+static int try_apply(sq_store *st, wstmts *w)
+{
+    char why[256] = "the database is not open";
+    if (st->wdb && apply_log(st, w, why, sizeof(why)) == 0) {
+        if (st->apply_attempts)
+            sg_log(SG_LOG_INFO, "store_recovered", "store=sqlite step=apply attempts=%u", st->apply_attempts);
+        st->apply_attempts = 0;
+        st->apply_failing = 0;
+        return 0;
+    }
+    if (st->apply_attempts++ % 50 == 0)
+        sg_log(SG_LOG_ERROR, "store_apply_failed", "store=sqlite path=%s reason=%s attempts=%u retry_ms=%d",
+               sg_log_q(st->path), sg_log_q(why), st->apply_attempts, SQ_RETRY_MS);
+    st->apply_failing = 1;
+    st->apply_retry_ms = mono_ms() + SQ_RETRY_MS;
+    reset_all(w);
+    if (!st->wdb || st->apply_attempts % 5 == 0) reopen_writer(st, w);
+    return -1;
+}
+
+/* Append the job's records to the log, as one checksummed batch. */
+static int log_append(sq_store *st, sq_job *j, char *why, size_t whylen)
+{
+    if (j->log_len <= SQ_LOG_HDR) return 0;
+    sq_blob *b = malloc(sizeof(*b));
+    if (!b) {
+        snprintf(why, whylen, "out of memory");
+        return -1;
+    }
+    size_t n = j->log_len - SQ_LOG_HDR;
+    put_u32(j->log, SQ_LOG_MAGIC);
+    put_u32(j->log + 4, (uint32_t)n);
+    put_u32(j->log + 8, log_sum(j->log + SQ_LOG_HDR, n));
+    put_u32(j->log + 12, 0);
+    const char *fail = NULL;
+    for (size_t off = 0; off < j->log_len && !fail;) {
+        ssize_t m = write(st->log_fd, j->log + off, j->log_len - off);
+        if (m < 0 && errno == EINTR) continue;
+        if (m <= 0) fail = m < 0 ? strerror(errno) : "nothing written";
+        else off += (size_t)m;
+    }
+    if (!fail && strcmp(st->sync, "full") == 0 && fdatasync(st->log_fd) < 0) fail = strerror(errno);
+    if (fail) {
+        snprintf(why, whylen, "writing %s: %s", st->log_path, fail);
+        if (ftruncate(st->log_fd, (off_t)st->log_len) < 0) { /* a torn batch: its checksum drops it at start */
+        }
+        free(b);
+        return -1;
+    }
+    st->log_len += j->log_len;
+    *b = (sq_blob){NULL, j->log, j->log_len};
+    j->log = NULL;
+    j->log_len = j->log_cap = 0;
+    if (!st->pend) st->pend_since_ms = mono_ms();
+    *st->pend_tail = b;
+    st->pend_tail = &b->next;
+    st->pend_bytes += b->len;
+    st->logged_gen = j->gen;
+    return 0;
+}
+
+/* Commit the job: the other writes in one transaction (after applying the
+ * log when one forgets), then its records to the log: 0, or -1 with why.
+ * Trying again after a failure is harmless. */
+static int commit_job(sq_store *st, wstmts *w, sq_job *j, char *why, size_t whylen)
+{
+    if (!st->wdb) {
+        snprintf(why, whylen, "the database is not open");
+        return -1;
+    }
+    if (j->forgets && apply_log(st, w, why, whylen) < 0) return -1;
+    if (j->ops) {
+        if (exec(st->wdb, "BEGIN", why, whylen) < 0) return -1;
+        for (sq_op *o = j->ops; o; o = o->next)
+            if (write_op(st, w, o) < 0) {
+                snprintf(why, whylen, "%s", sqlite3_errmsg(st->wdb));
+                if (!sqlite3_get_autocommit(st->wdb)) exec(st->wdb, "ROLLBACK", NULL, 0);
+                return -1;
+            }
+        if (exec(st->wdb, "COMMIT", why, whylen) < 0) {
+            if (!sqlite3_get_autocommit(st->wdb)) exec(st->wdb, "ROLLBACK", NULL, 0);
+            return -1;
+        }
+    }
+    return log_append(st, j, why, whylen);
+}
+
+static int read_range(sq_store *st, wstmts *w, sq_read *r)
+{
+    sqlite3_stmt *s = w->bounds;
+    sqlite3_reset(s);
+    sqlite3_bind_text(s, 1, r->conv, -1, SQLITE_STATIC);
+    if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL) {
+        uint64_t lo = (uint64_t)sqlite3_column_int64(s, 0), hi = (uint64_t)sqlite3_column_int64(s, 1);
+        uint64_t floor = hi > (uint64_t)st->history ? hi - (uint64_t)st->history + 1 : 1;
+        r->oldest = lo > floor ? lo : floor;
+    }
+    sqlite3_reset(s);
+    s = w->range;
     sqlite3_reset(s);
     sqlite3_bind_text(s, 1, r->conv, -1, SQLITE_STATIC);
     sqlite3_bind_int64(s, 2, (sqlite3_int64)r->since);
     sqlite3_bind_int64(s, 3, r->upto ? (sqlite3_int64)r->upto : INT64_MAX);
     size_t cap = 0;
-    int rc;
-    while (r->n < r->limit && (rc = sqlite3_step(s)) == SQLITE_ROW) {
-        const char *cat = (const char *)sqlite3_column_text(s, 1);
-        int ci = cat ? sg_category_index(cat, strlen(cat)) : -1;
-        if (ci < 0 || !(r->mask & (1ULL << ci))) continue; /* a category no longer configured */
-        if (r->n == cap) {
-            cap = cap ? cap * 2 : 16;
-            sg_update **ups = realloc(r->ups, cap * sizeof(*ups));
-            if (!ups) {
-                r->status = -1;
-                return;
+    while (r->n < r->limit && sqlite3_step(s) == SQLITE_ROW) {
+        const char *p = sqlite3_column_blob(s, 0), *end = p + sqlite3_column_bytes(s, 0);
+        sq_rec rec;
+        size_t m;
+        for (; p && p < end && r->n < r->limit && (m = get_update(p, (size_t)(end - p), &rec)); p += m) {
+            if (rec.seq <= r->since || rec.seq < r->oldest || (r->upto && rec.seq > r->upto)) continue;
+            sg_update *u = rec_update(&rec, r->mask);
+            if (!u) {
+                if (errno == 0) continue; /* not in mask */
+                return -1;
             }
-            r->ups = ups;
+            if (r->n == cap) {
+                size_t nc = cap ? cap * 2 : 16;
+                sg_update **ups = realloc(r->ups, nc * sizeof(*ups));
+                if (!ups) {
+                    sg_update_unref(u);
+                    return -1;
+                }
+                r->ups = ups;
+                cap = nc;
+            }
+            r->ups[r->n++] = u;
         }
-        const void *json = sqlite3_column_blob(s, 3);
-        sg_update *u = sg_update_stored(ci, (uint64_t)sqlite3_column_int64(s, 0), sqlite3_column_int64(s, 2),
-                                        json, (size_t)sqlite3_column_bytes(s, 3));
-        if (!u) {
-            r->status = -1;
-            return;
-        }
-        r->ups[r->n++] = u;
     }
-    sqlite3_reset(w->oldest);
-    sqlite3_bind_text(w->oldest, 1, r->conv, -1, SQLITE_STATIC);
-    if (sqlite3_step(w->oldest) == SQLITE_ROW) r->oldest = (uint64_t)sqlite3_column_int64(w->oldest, 0);
+    return 0;
+}
+
+/* Commit a job until it is in (a batch that fails is tried again: nothing
+ * in it was acknowledged or delivered, and nothing after it may go first,
+ * so seqs stay in order; meanwhile publishes are refused), then answer
+ * its reads from the database with the log applied. */
+static void run_job(sq_store *st, wstmts *w, sq_job *j)
+{
+    int attempts = 0;
+    char why[256] = "";
+    while (commit_job(st, w, j, why, sizeof(why)) < 0) {
+        if (attempts++ % 50 == 0) /* the first, then every 10 s */
+            sg_log(SG_LOG_ERROR, "store_write_failed", "store=sqlite path=%s reason=%s attempts=%d retry_ms=%d",
+                   sg_log_q(st->path), sg_log_q(why), attempts, SQ_RETRY_MS);
+        st->failing = 1;
+        if (st->stop && attempts > 3) {
+            j->status = -1;
+            break;
+        }
+        struct timespec ts = {0, SQ_RETRY_MS * 1000000L};
+        nanosleep(&ts, NULL);
+        reset_all(w);
+        if (!st->wdb || attempts % 5 == 0) reopen_writer(st, w);
+    }
+    if (j->status == 0) {
+        if (attempts) sg_log(SG_LOG_INFO, "store_recovered", "store=sqlite attempts=%d", attempts);
+        st->failing = 0;
+    }
+    int readable = j->status == 0 && (!j->reads || !st->pend || try_apply(st, w) == 0);
+    for (sq_read *r = j->reads; r; r = r->next)
+        if (!readable || read_range(st, w, r) < 0) r->status = -1;
+    reset_all(w);
+    if (st->pend && !st->apply_failing &&
+        (st->pend_bytes >= SQ_APPLY_BYTES || mono_ms() - st->pend_since_ms >= SQ_APPLY_MS))
+        try_apply(st, w);
 }
 
 static void *writer_main(void *arg)
@@ -452,58 +843,46 @@ static void *writer_main(void *arg)
     sq_store *st = arg;
     wstmts w;
     memset(&w, 0, sizeof(w));
-    int ready = prepare_all(st->wdb, &w) == 0;
+    if (prepare_all(st->wdb, &w) < 0) reopen_writer(st, &w);
     for (;;) {
         pthread_mutex_lock(&st->mu);
-        while (!st->todo && !st->stop)
-            pthread_cond_wait(&st->cv, &st->mu);
-        if (!st->todo) {
-            pthread_mutex_unlock(&st->mu);
-            break;
+        /* idle: the log is applied once its oldest batch is SQ_APPLY_MS old */
+        while (!st->todo && !st->stop) {
+            if (!st->pend) {
+                pthread_cond_wait(&st->cv, &st->mu);
+                continue;
+            }
+            int64_t due = st->apply_failing ? st->apply_retry_ms : st->pend_since_ms + SQ_APPLY_MS;
+            if (mono_ms() >= due) break;
+            struct timespec ts = {(time_t)(due / 1000), (long)(due % 1000) * 1000000L};
+            pthread_cond_timedwait(&st->cv, &st->mu, &ts);
         }
         sq_job *j = st->todo;
-        st->todo = j->next;
-        if (!st->todo) st->todo_tail = NULL;
-        j->next = NULL;
-        st->writing = 1;
+        if (j) {
+            st->todo = j->next;
+            if (!st->todo) st->todo_tail = NULL;
+            j->next = NULL;
+            st->writing = 1;
+        }
+        int stop = st->stop;
         pthread_mutex_unlock(&st->mu);
-
-        /* a batch that fails is tried again until it commits: nothing in
-         * it was acknowledged or delivered, and nothing after it may go
-         * first (seqs stay in order); meanwhile publishes are refused */
-        int attempts = 0;
-        char why[256] = "";
-        while (!ready || commit_job(st, &w, j, why, sizeof(why)) < 0) {
-            if (attempts++ % 50 == 0) /* the first, then every 10 s */
-                sg_log(SG_LOG_ERROR, "store_write_failed", "store=sqlite path=%s reason=%s attempts=%d retry_ms=%d",
-                       sg_log_q(st->path), sg_log_q(ready ? why : sqlite3_errmsg(st->wdb)), attempts, SQ_RETRY_MS);
-            st->failing = 1;
-            if (st->stop && attempts > 3) {
-                j->status = -1;
-                break;
-            }
-            struct timespec ts = {0, SQ_RETRY_MS * 1000000L};
-            nanosleep(&ts, NULL);
-            reset_all(&w);
-            if (!ready || attempts % 5 == 0) ready = reopen_writer(st, &w) == 0;
+        if (!j) {
+            if (stop) break;
+            try_apply(st, &w);
+            continue;
         }
-        if (j->status == 0) {
-            if (attempts) sg_log(SG_LOG_INFO, "store_recovered", "store=sqlite attempts=%d", attempts);
-            st->failing = 0;
-        }
-        for (sq_read *r = j->reads; r; r = r->next)
-            if (j->status < 0) r->status = -1;
-            else read_range(st, &w, r);
-        reset_all(&w);
-
+        run_job(st, &w, j);
         pthread_mutex_lock(&st->mu);
         if (st->done_tail) st->done_tail->next = j; else st->done = j;
         st->done_tail = j;
         st->writing = 0;
         pthread_mutex_unlock(&st->mu);
-        char one = 1;
-        while (write(st->pipe_w, &one, 1) < 0 && errno == EINTR) {
-        }
+        poke(st);
+    }
+    /* a stop applies the log (what it cannot is replayed at the next start) */
+    for (int i = 0; st->pend && i < 4 && try_apply(st, &w) < 0; i++) {
+        struct timespec ts = {0, SQ_RETRY_MS * 1000000L};
+        nanosleep(&ts, NULL);
     }
     finalize_all(&w);
     return NULL;
@@ -516,7 +895,6 @@ static void job_free(sq_job *j)
     sq_op *o = j->ops;
     while (o) {
         sq_op *n = o->next;
-        if (o->u) sg_update_unref(o->u);
         free(o->key);
         free(o);
         o = n;
@@ -527,6 +905,7 @@ static void job_free(sq_job *j)
         free(w);
         w = n;
     }
+    free(j->log);
     free(j);
 }
 
@@ -550,16 +929,39 @@ static void finish_job(sq_store *st, sq_job *j)
     job_free(j);
 }
 
+/* The log is applied up to gen: conversations whose appends are all in
+ * the database may go (a later open reads them back). */
+static void release_applied(sq_store *st, uint64_t gen)
+{
+    sq_conv **pp = &st->unapplied;
+    while (*pp) {
+        sq_conv *c = *pp;
+        if (c->log_gen > gen) {
+            pp = &c->pnext;
+            continue;
+        }
+        *pp = c->pnext;
+        c->pnext = NULL;
+        c->log_gen = 0;
+        conv_unref(c);
+    }
+}
+
 static void take_done(sq_store *st)
 {
     pthread_mutex_lock(&st->mu);
     sq_job *j = st->done;
     st->done = st->done_tail = NULL;
+    uint64_t applied = st->applied_gen;
     pthread_mutex_unlock(&st->mu);
     while (j) {
         sq_job *n = j->next;
         finish_job(st, j);
         j = n;
+    }
+    if (applied != st->seen_applied) {
+        st->seen_applied = applied;
+        release_applied(st, applied);
     }
     hand_over(st); /* what filled up meanwhile goes next */
 }
@@ -572,7 +974,6 @@ static void on_done(evutil_socket_t fd, short what, void *arg)
     }
     take_done(st);
 }
-
 /* ---- the store's operations ---- */
 
 static int load_conv(sq_store *st, sq_conv *c, int *found)
@@ -591,7 +992,11 @@ static int load_conv(sq_store *st, sq_conv *c, int *found)
         s = st->q_oldest;
         sqlite3_reset(s);
         sqlite3_bind_text(s, 1, c->id, -1, SQLITE_STATIC);
-        if (sqlite3_step(s) == SQLITE_ROW) c->oldest = (uint64_t)sqlite3_column_int64(s, 0);
+        if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL) {
+            uint64_t lo = (uint64_t)sqlite3_column_int64(s, 0), hi = (uint64_t)sqlite3_column_int64(s, 1);
+            uint64_t floor = hi > (uint64_t)st->history ? hi - (uint64_t)st->history + 1 : 1;
+            c->oldest = lo > floor ? lo : floor;
+        }
         sqlite3_reset(s);
         return 0;
     }
@@ -624,7 +1029,6 @@ static sg_store_conv *sq_open(sg_store *s, const char *id, int create, char *epo
             return NULL;
         }
         if (!found) sg_store_new_epoch(c->epoch);
-        c->row_written = found;
         if (sg_dict_set(st->by_id, c->id, c->id_len, c) < 0) {
             free(c->ring);
             free(c);
@@ -641,29 +1045,51 @@ static sg_store_conv *sq_open(sg_store *s, const char *id, int create, char *epo
     return (sg_store_conv *)c;
 }
 
+/* Encode u into the batch's log records. */
+static int log_record(sq_job *j, const sq_conv *c, const sg_update *u)
+{
+    size_t need = 1 + c->id_len + SG_EPOCH_LEN + update_size(u);
+    if (j->log_len + need > j->log_cap) {
+        size_t cap = j->log_cap ? j->log_cap : 4096;
+        while (cap < SQ_LOG_HDR + j->log_len + need)
+            cap *= 2;
+        char *p = realloc(j->log, cap);
+        if (!p) return -1;
+        j->log = p;
+        j->log_cap = cap;
+    }
+    if (j->log_len == 0) j->log_len = SQ_LOG_HDR;
+    char *p = j->log + j->log_len;
+    p[0] = (char)c->id_len;
+    memcpy(p + 1, c->id, c->id_len);
+    memcpy(p + 1 + c->id_len, c->epoch, SG_EPOCH_LEN);
+    j->log_len += 1 + c->id_len + SG_EPOCH_LEN + put_update(p + 1 + c->id_len + SG_EPOCH_LEN, u);
+    j->n_appends++;
+    return 0;
+}
+
 static uint64_t sq_append(sg_store_conv *sc, sg_update *u, sg_store_done_fn done, void *arg)
 {
     sq_conv *c = (sq_conv *)sc;
     sq_store *st = c->st;
-    sq_op *o = calloc(1, sizeof(*o));
-    if (!o) {
+    sq_job *j = cur_job(st);
+    sq_waiter *w = j && done ? malloc(sizeof(*w)) : NULL;
+    if (!j || (done && !w) || log_record(j, c, u) < 0) {
+        free(w);
         if (done) done(arg, -1);
         return UINT64_MAX; /* never committed: the hub holds it back */
     }
-    o->kind = OP_APPEND;
-    o->fresh = !c->row_written;
-    c->row_written = 1;
-    c->active_ms = u->ts_ms;
-    memcpy(o->conv, c->id, c->id_len + 1);
-    memcpy(o->epoch, c->epoch, sizeof(o->epoch));
-    o->u = sg_update_ref(u);
-    o->when_ms = u->ts_ms;
-    if (add_op(st, o) < 0) {
-        sg_update_unref(u);
-        free(o);
-        if (done) done(arg, -1);
-        return UINT64_MAX;
+    if (w) {
+        *w = (sq_waiter){j->waiters, done, arg};
+        j->waiters = w;
     }
+    c->active_ms = u->ts_ms;
+    if (!c->log_gen) { /* kept in memory until the log is applied */
+        c->refs++;
+        c->pnext = st->unapplied;
+        st->unapplied = c;
+    }
+    c->log_gen = j->gen;
     /* the ring: what reads of recent history are answered from */
     int cap = st->history;
     if (c->count == cap) ring_pop(st, c);
@@ -675,15 +1101,11 @@ static uint64_t sq_append(sg_store_conv *sc, sg_update *u, sg_store_done_fn done
     c->last_seq = u->seq;
     if (!c->oldest) c->oldest = u->seq;
     if (u->seq >= (uint64_t)cap && c->oldest < u->seq - (uint64_t)cap + 1) c->oldest = u->seq - (uint64_t)cap + 1;
-    if (done) {
-        sq_waiter *w = malloc(sizeof(*w));
-        if (!w) done(arg, -1);
-        else {
-            *w = (sq_waiter){st->cur->waiters, done, arg};
-            st->cur->waiters = w;
-        }
-    }
-    return st->cur->gen;
+    uint64_t gen = j->gen;
+    /* a big batch goes now if the writer is idle: it commits while the
+     * loop reads on */
+    if (j->n_appends % SQ_HAND_OVER == 0) hand_over(st);
+    return gen;
 }
 
 static void sq_range(sg_store_conv *sc, uint64_t since, uint64_t upto, size_t limit, uint64_t mask,
@@ -734,7 +1156,8 @@ static void sq_range(sg_store_conv *sc, uint64_t since, uint64_t upto, size_t li
     j->rtail = &r->next;
 }
 
-/* Bring c's row up to date: its last seq, and activity at when_ms. */
+/* Bring c's row's activity up to when_ms (an apply brings it only to its
+ * updates' time). */
 static void touch_conv(sq_store *st, sq_conv *c, int64_t when_ms)
 {
     sq_op *o = calloc(1, sizeof(*o));
@@ -742,7 +1165,6 @@ static void touch_conv(sq_store *st, sq_conv *c, int64_t when_ms)
     o->kind = OP_TOUCH;
     memcpy(o->conv, c->id, c->id_len + 1);
     o->when_ms = when_ms;
-    o->seq = c->last_seq;
     if (add_op(st, o) < 0) free(o);
     else c->active_ms = 0;
 }
@@ -823,7 +1245,7 @@ static void sq_sweep(sg_store *s, int64_t cutoff_ms, int64_t now_ms)
     /* what the hub holds open is alive, however idle its rows look; the
      * others' rows learn their last append */
     for (sq_conv *c = st->convs; c; c = c->next) {
-        if (c->open && c->row_written) touch_conv(st, c, now_ms);
+        if (c->open) touch_conv(st, c, now_ms);
         else if (c->active_ms) touch_conv(st, c, c->active_ms);
     }
     sq_op *o = calloc(1, sizeof(*o));
@@ -836,7 +1258,8 @@ static void sq_sweep(sg_store *s, int64_t cutoff_ms, int64_t now_ms)
 
 static int sq_healthy(sg_store *s)
 {
-    return !((sq_store *)s)->failing;
+    sq_store *st = (sq_store *)s;
+    return !st->failing && !st->apply_failing;
 }
 
 static size_t sq_cache_bytes(sg_store *s)
@@ -884,6 +1307,7 @@ static void sq_free(sg_store *s)
         finish_job(st, st->cur);
         st->cur = NULL;
     }
+    st->unapplied = NULL; /* applied at the stop, or replayed at the next start */
     while (st->convs) { /* the hub closed its handles: only what reads kept */
         sq_conv *c = st->convs;
         c->refs = 1;
@@ -899,12 +1323,20 @@ static void sq_free(sg_store *s)
     if (st->rdb) sqlite3_close(st->rdb);
     if (st->kick_ev) event_free(st->kick_ev);
     if (st->done_ev) event_free(st->done_ev);
+    if (st->log_fd >= 0) close(st->log_fd);
+    while (st->pend) {
+        sq_blob *b = st->pend;
+        st->pend = b->next;
+        free(b->data);
+        free(b);
+    }
     if (st->pipe_r >= 0) close(st->pipe_r);
     if (st->pipe_w >= 0) close(st->pipe_w);
     pthread_mutex_destroy(&st->mu);
     pthread_cond_destroy(&st->cv);
     sg_dict_free(st->by_id);
     free(st->path);
+    free(st->log_path);
     free(st);
 }
 
@@ -916,15 +1348,85 @@ static const sg_store_ops sqlite_ops = {
 
 /* ---- opening the database ---- */
 
-static const char schema_v1[] =
+/* Version 2: updates in chunks (one row per conversation per applied log,
+ * its updates in the record format above), and the webhook outbox. */
+static const char schema_v2_tables[] =
+    "CREATE TABLE chunks (conv TEXT NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL, "
+    "  data BLOB NOT NULL, PRIMARY KEY (conv, first_seq)) WITHOUT ROWID;"
+    "CREATE TABLE outbox (id TEXT PRIMARY KEY, endpoint TEXT NOT NULL, body BLOB NOT NULL, headers TEXT, "
+    "  updates INTEGER NOT NULL, attempts INTEGER NOT NULL, next_at_ms INTEGER NOT NULL, "
+    "  dead INTEGER NOT NULL DEFAULT 0, last_status INTEGER NOT NULL DEFAULT 0, last_error TEXT, "
+    "  created_ms INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE INDEX outbox_endpoint ON outbox(endpoint, dead);";
+
+static const char schema_v2[] =
     "CREATE TABLE conversations (id TEXT PRIMARY KEY, epoch TEXT NOT NULL, last_seq INTEGER NOT NULL, "
     "  last_activity_ms INTEGER NOT NULL) WITHOUT ROWID;"
     "CREATE INDEX conversations_activity ON conversations(last_activity_ms);"
-    "CREATE TABLE updates (conv TEXT NOT NULL, seq INTEGER NOT NULL, category TEXT NOT NULL, "
-    "  ts_ms INTEGER NOT NULL, json BLOB NOT NULL, PRIMARY KEY (conv, seq)) WITHOUT ROWID;"
     "CREATE TABLE idempotency (conv TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL, "
     "  expires_ms INTEGER NOT NULL, PRIMARY KEY (conv, key)) WITHOUT ROWID;"
     "CREATE INDEX idempotency_expiry ON idempotency(expires_ms);";
+
+/* Version 1 kept a row per update: each conversation's become one chunk. */
+static int migrate_v1(sqlite3 *db, char *why, size_t whylen)
+{
+    sqlite3_stmt *q = NULL, *ins = NULL;
+    char *buf = NULL, conv[SG_MAX_CONV_ID + 1] = "";
+    size_t len = 0, cap = 0;
+    uint64_t first = 0, last = 0;
+    int rc = -1;
+    if (exec(db, schema_v2_tables, why, whylen) < 0) return -1;
+    if (sqlite3_prepare_v2(db, "SELECT conv, seq, category, ts_ms, json FROM updates ORDER BY conv, seq", -1, &q,
+                           NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(db, "INSERT INTO chunks(conv, first_seq, last_seq, data) VALUES (?1, ?2, ?3, ?4)", -1,
+                           &ins, NULL) != SQLITE_OK)
+        goto out;
+    for (int step;;) {
+        step = sqlite3_step(q);
+        if (step != SQLITE_ROW && step != SQLITE_DONE) goto out;
+        const char *c = step == SQLITE_ROW ? (const char *)sqlite3_column_text(q, 0) : NULL;
+        if (len && (!c || strcmp(c, conv) != 0)) { /* the previous conversation's chunk */
+            sqlite3_reset(ins);
+            sqlite3_bind_text(ins, 1, conv, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(ins, 2, (sqlite3_int64)first);
+            sqlite3_bind_int64(ins, 3, (sqlite3_int64)last);
+            sqlite3_bind_blob(ins, 4, buf, (int)len, SQLITE_STATIC);
+            if (sqlite3_step(ins) != SQLITE_DONE) goto out;
+            len = 0;
+        }
+        if (!c) break;
+        const char *cat = (const char *)sqlite3_column_text(q, 2);
+        size_t cl = cat ? strlen(cat) : 0, jl = (size_t)sqlite3_column_bytes(q, 4);
+        if (len + 21 + cl + jl > cap) {
+            cap = (len + 21 + cl + jl) * 2;
+            char *nb = realloc(buf, cap);
+            if (!nb) goto out;
+            buf = nb;
+        }
+        if (!len) {
+            snprintf(conv, sizeof(conv), "%s", c);
+            first = (uint64_t)sqlite3_column_int64(q, 1);
+        }
+        last = (uint64_t)sqlite3_column_int64(q, 1);
+        char *p = buf + len;
+        put_u64(p, last);
+        put_u64(p + 8, (uint64_t)sqlite3_column_int64(q, 3));
+        p[16] = (char)cl;
+        memcpy(p + 17, cat ? cat : "", cl);
+        put_u32(p + 17 + cl, (uint32_t)jl);
+        memcpy(p + 21 + cl, sqlite3_column_blob(q, 4), jl);
+        len += 21 + cl + jl;
+    }
+    rc = exec(db, "UPDATE conversations SET last_seq = max(last_seq, coalesce((SELECT max(last_seq) FROM chunks "
+                  "WHERE conv = id), 0)); DROP TABLE updates",
+              why, whylen);
+out:
+    if (rc < 0 && !why[0]) snprintf(why, whylen, "%s", sqlite3_errmsg(db));
+    sqlite3_finalize(q);
+    sqlite3_finalize(ins);
+    free(buf);
+    return rc;
+}
 
 /* Bring the schema to SQ_SCHEMA_VERSION: 0 is a new database. */
 static int migrate(sqlite3 *db, const char *path, char *err, size_t errlen)
@@ -948,15 +1450,64 @@ static int migrate(sqlite3 *db, const char *path, char *err, size_t errlen)
         return -1;
     }
     if (v == SQ_SCHEMA_VERSION) return 0;
-    char why[256];
+    char why[256] = "";
     /* a new file: incremental vacuum must be chosen before the first table */
-    if (exec(db, "PRAGMA auto_vacuum = INCREMENTAL", why, sizeof(why)) < 0 ||
-        exec(db, "BEGIN", why, sizeof(why)) < 0 || exec(db, schema_v1, why, sizeof(why)) < 0 ||
-        exec(db, "PRAGMA user_version = 1", why, sizeof(why)) < 0 || exec(db, "COMMIT", why, sizeof(why)) < 0) {
-        snprintf(err, errlen, "store_path '%s': cannot create the schema (%s)", path, why);
+    if ((v == 0 && exec(db, "PRAGMA auto_vacuum = INCREMENTAL", why, sizeof(why)) < 0) ||
+        exec(db, "BEGIN", why, sizeof(why)) < 0 ||
+        (v == 0 ? exec(db, schema_v2, why, sizeof(why)) < 0 || exec(db, schema_v2_tables, why, sizeof(why)) < 0
+                : migrate_v1(db, why, sizeof(why)) < 0) ||
+        exec(db, "PRAGMA user_version = 2", why, sizeof(why)) < 0 || exec(db, "COMMIT", why, sizeof(why)) < 0) {
+        if (!sqlite3_get_autocommit(db)) exec(db, "ROLLBACK", NULL, 0);
+        snprintf(err, errlen, "store_path '%s': cannot %s the schema (%s)", path, v ? "migrate" : "create", why);
         return -1;
     }
+    if (v) sg_log(SG_LOG_INFO, "store_migrated", "path=%s from=%d to=%d", sg_log_q(path), v, SQ_SCHEMA_VERSION);
     return 0;
+}
+
+/* Open the log and apply what a crash left in it; a torn batch at its end
+ * (never acknowledged: answers wait for the whole write) is dropped. */
+static int recover_log(sq_store *st, char *err, size_t errlen)
+{
+    st->log_fd = open(st->log_path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    struct stat sb;
+    if (st->log_fd < 0 || fstat(st->log_fd, &sb) < 0) {
+        snprintf(err, errlen, "store log '%s' cannot be opened (%s)", st->log_path, strerror(errno));
+        return -1;
+    }
+    size_t size = (size_t)sb.st_size, off = 0;
+    while (off + SQ_LOG_HDR <= size) {
+        char hdr[SQ_LOG_HDR];
+        if (pread(st->log_fd, hdr, SQ_LOG_HDR, (off_t)off) != SQ_LOG_HDR || get_u32(hdr) != SQ_LOG_MAGIC) break;
+        size_t n = get_u32(hdr + 4);
+        if (n > size - off - SQ_LOG_HDR) break;
+        sq_blob *b = malloc(sizeof(*b));
+        char *data = malloc(SQ_LOG_HDR + n);
+        if (!b || !data || pread(st->log_fd, data, SQ_LOG_HDR + n, (off_t)off) != (ssize_t)(SQ_LOG_HDR + n) ||
+            log_sum(data + SQ_LOG_HDR, n) != get_u32(hdr + 8)) {
+            free(b);
+            free(data);
+            break;
+        }
+        *b = (sq_blob){NULL, data, SQ_LOG_HDR + n};
+        *st->pend_tail = b;
+        st->pend_tail = &b->next;
+        off += SQ_LOG_HDR + n;
+    }
+    if (off < size)
+        sg_log(SG_LOG_WARN, "store_log_tail_dropped", "path=%s bytes=%zu reason=%s", sg_log_q(st->log_path),
+               size - off, "a torn or damaged batch (never acknowledged)");
+    st->log_len = size;
+    if (!st->pend) return size && ftruncate(st->log_fd, 0) < 0 ? -1 : 0;
+    wstmts w;
+    memset(&w, 0, sizeof(w));
+    char why[256] = "";
+    int rc = prepare_all(st->wdb, &w) < 0 ? -1 : apply_log(st, &w, why, sizeof(why));
+    if (rc < 0) snprintf(err, errlen, "store log '%s' cannot be applied (%s)", st->log_path,
+                         why[0] ? why : sqlite3_errmsg(st->wdb));
+    else sg_log(SG_LOG_INFO, "store_log_replayed", "path=%s bytes=%zu", sg_log_q(st->log_path), off);
+    finalize_all(&w);
+    return rc;
 }
 
 static sqlite3 *open_db(const char *path, const char *sync, char *err, size_t errlen)
@@ -1011,27 +1562,34 @@ sg_store *sg_store_sqlite_new(const char *path, const char *sync, int history_si
         return NULL;
     }
     st->base.ops = &sqlite_ops;
-    st->pipe_r = st->pipe_w = -1;
+    st->pipe_r = st->pipe_w = st->log_fd = -1;
+    st->pend_tail = &st->pend;
     st->history = history_size;
     st->cache_budget = cache_bytes;
     st->evb = base;
     st->path = strdup(path);
+    size_t pl = strlen(path) + 5;
+    if ((st->log_path = malloc(pl))) snprintf(st->log_path, pl, "%s-log", path);
     snprintf(st->sync, sizeof(st->sync), "%s", sync);
     pthread_mutex_init(&st->mu, NULL);
-    pthread_cond_init(&st->cv, NULL);
+    pthread_condattr_t ca; /* the writer's timed waits are on the monotonic clock */
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&st->cv, &ca);
+    pthread_condattr_destroy(&ca);
     int fds[2];
     st->by_id = sg_dict_new();
-    if (!st->path || !st->by_id || !(st->wdb = open_db(path, sync, err, errlen)) || migrate(st->wdb, path, err, errlen) < 0 ||
+    if (!st->path || !st->log_path || !st->by_id || !(st->wdb = open_db(path, sync, err, errlen)) ||
+        migrate(st->wdb, path, err, errlen) < 0 || recover_log(st, err, errlen) < 0 ||
         !(st->rdb = open_db(path, sync, err, errlen)) ||
         exec(st->rdb, "PRAGMA cache_size = -2048", err, errlen) < 0) { /* the loop's: point lookups */
         if (!err[0]) snprintf(err, errlen, "out of memory");
         sq_free(&st->base);
         return NULL;
     }
-    if (sqlite3_prepare_v3(st->rdb, "SELECT epoch, max(last_seq, coalesce((SELECT max(seq) FROM updates "
-                                    "WHERE conv = ?1), 0)) FROM conversations WHERE id = ?1", -1,
+    if (sqlite3_prepare_v3(st->rdb, "SELECT epoch, last_seq FROM conversations WHERE id = ?1", -1,
                            SQLITE_PREPARE_PERSISTENT, &st->q_conv, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v3(st->rdb, "SELECT min(seq) FROM updates WHERE conv = ?1", -1,
+        sqlite3_prepare_v3(st->rdb, "SELECT min(first_seq), max(last_seq) FROM chunks WHERE conv = ?1", -1,
                            SQLITE_PREPARE_PERSISTENT, &st->q_oldest, NULL) != SQLITE_OK ||
         sqlite3_prepare_v3(st->rdb, "SELECT key, seq, expires_ms FROM idempotency WHERE conv = ?1 AND expires_ms > ?2",
                            -1, SQLITE_PREPARE_PERSISTENT, &st->q_idem, NULL) != SQLITE_OK) {
