@@ -12,7 +12,7 @@
  * crash. The other writes (idempotency keys, activity, forgetting) are
  * committed to the database in the same step.
  *
- * Every second, or past 8 MB, the writer applies the log to the database:
+ * Every second, or past 32 MB, the writer applies the log to the database:
  * one transaction writes, per conversation, one chunk row holding its new
  * updates (at most history_size of them), brings its row up to date, drops
  * the chunks history no longer reaches, and the log is emptied. Replaying a
@@ -45,7 +45,7 @@
 
 #define SQ_SCHEMA_VERSION 2
 #define SQ_RETRY_MS 200              /* between attempts at a batch that failed */
-#define SQ_APPLY_BYTES (8u << 20)    /* the log is applied past this size */
+#define SQ_APPLY_BYTES (32u << 20)   /* the log is applied past this size */
 #define SQ_APPLY_MS 1000             /* or once its oldest batch is this old */
 #define SQ_HAND_OVER 256             /* appends after which an idle writer takes a batch at once */
 #define SQ_LOG_MAGIC 0x314c4753u     /* "SGL1", little-endian */
@@ -152,6 +152,7 @@ struct sq_store {
     uint64_t applied_gen; /* every batch up to it is in the database (under mu) */
     sq_job *cur;     /* being filled on the loop */
     uint64_t next_gen, committed_gen, seen_applied;
+    size_t log_hint; /* the capacity a batch's records start with */
     sq_conv *convs; /* every live one, for sweeps */
     sq_conv *unapplied; /* those with appends only in the log */
     sg_dict *by_id; /* and by id */
@@ -392,6 +393,8 @@ static void hand_over(sq_store *st)
 {
     pthread_mutex_lock(&st->mu);
     if (st->cur && !st->writing && !st->todo) {
+        size_t want = st->cur->log_len < 4096 ? 4096 : st->cur->log_len + st->cur->log_len / 8;
+        st->log_hint = want < ((size_t)1 << 24) ? want : (size_t)1 << 24;
         st->todo = st->todo_tail = st->cur;
         st->cur = NULL;
         pthread_cond_signal(&st->cv);
@@ -1050,7 +1053,8 @@ static int log_record(sq_job *j, const sq_conv *c, const sg_update *u)
 {
     size_t need = 1 + c->id_len + SG_EPOCH_LEN + update_size(u);
     if (j->log_len + need > j->log_cap) {
-        size_t cap = j->log_cap ? j->log_cap : 4096;
+        /* (the last batch's size: a busy loop fills batches alike) */
+        size_t cap = j->log_cap ? j->log_cap : c->st->log_hint;
         while (cap < SQ_LOG_HDR + j->log_len + need)
             cap *= 2;
         char *p = realloc(j->log, cap);
@@ -1566,6 +1570,7 @@ sg_store *sg_store_sqlite_new(const char *path, const char *sync, int history_si
     st->pend_tail = &st->pend;
     st->history = history_size;
     st->cache_budget = cache_bytes;
+    st->log_hint = 4096;
     st->evb = base;
     st->path = strdup(path);
     size_t pl = strlen(path) + 5;
