@@ -282,7 +282,7 @@ static int server_open(sg_server *srv, sg_config *cfg, sg_security *sec)
         fprintf(stderr, "statusgw: bad config: %s\n", err);
         return 2;
     }
-    srv->webhooks = sg_webhooks_new(srv->base, cfg, srv->plugins, err, sizeof(err));
+    srv->webhooks = sg_webhooks_new(srv->base, cfg, srv->plugins, srv->store, err, sizeof(err));
     if (!srv->webhooks) {
         fprintf(stderr, "statusgw: bad config: %s\n", err);
         return 2;

@@ -29,6 +29,20 @@ typedef void (*sg_store_range_fn)(void *arg, int status, sg_update **ups, size_t
 
 typedef void (*sg_store_key_fn)(void *arg, const char *key, uint64_t seq, int64_t expires_ms);
 
+/* A webhook message as the outbox keeps it: queued (its next attempt at
+ * next_at_ms, wall clock) or dead (a dead letter, for redelivery). */
+typedef struct sg_outbox_msg {
+    const char *id, *endpoint;
+    const char *body;
+    size_t len;
+    const char *headers; /* a JSON object's text, or NULL */
+    const char *last_error; /* or NULL */
+    int updates, attempts, dead;
+    long last_status;
+    int64_t next_at_ms, created_ms;
+} sg_outbox_msg;
+typedef void (*sg_outbox_fn)(void *arg, const sg_outbox_msg *m);
+
 typedef struct sg_store_ops {
     const char *name;
     /* Open a conversation's history. Fills epoch (SG_EPOCH_LEN + 1 bytes)
@@ -69,6 +83,13 @@ typedef struct sg_store_ops {
     int (*healthy)(sg_store *s);
     /* Bytes of updates held in memory (the hot cache). */
     size_t (*cache_bytes)(sg_store *s);
+    /* The webhook outbox: keep a message (insert or replace, committed
+     * with the next batch), forget one (delivered), and read every kept
+     * one, oldest first, on the caller's thread (0, or -1 on a failed
+     * read). */
+    void (*outbox_put)(sg_store *s, const sg_outbox_msg *m);
+    void (*outbox_del)(sg_store *s, const char *id);
+    int (*outbox_load)(sg_store *s, sg_outbox_fn fn, void *arg);
 } sg_store_ops;
 
 struct sg_store {

@@ -54,14 +54,15 @@
 typedef struct sq_store sq_store;
 typedef struct sq_conv sq_conv;
 
-enum { OP_IDEM, OP_FORGET, OP_TOUCH, OP_SWEEP };
+enum { OP_IDEM, OP_FORGET, OP_TOUCH, OP_SWEEP, OP_OUTBOX_PUT, OP_OUTBOX_DEL };
 
 /* A write to the database other than an append. */
 typedef struct sq_op {
     struct sq_op *next;
     int kind;
     char conv[SG_MAX_CONV_ID + 1];
-    char *key;       /* OP_IDEM */
+    char *key;       /* OP_IDEM; OP_OUTBOX_*: the message's id */
+    sg_outbox_msg ob; /* OP_OUTBOX_PUT: its strings in one allocation, at key */
     uint64_t seq;    /* OP_IDEM; OP_SWEEP: now, for keys */
     int64_t when_ms; /* OP_IDEM: expiry; OP_TOUCH: activity; OP_SWEEP: the cutoff */
 } sq_op;
@@ -411,7 +412,7 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 
 typedef struct wstmts {
     sqlite3_stmt *ins_chunk, *upsert_conv, *known, *trim, *ins_idem, *del_chunks, *del_conv, *del_idem, *touch,
-        *sweep_chunks, *sweep_idem_conv, *sweep_convs, *sweep_idem, *range, *bounds;
+        *sweep_chunks, *sweep_idem_conv, *sweep_convs, *sweep_idem, *range, *bounds, *ob_put, *ob_del;
 } wstmts;
 
 static int prepare_all(sqlite3 *db, wstmts *w)
@@ -435,6 +436,9 @@ static int prepare_all(sqlite3 *db, wstmts *w)
         {&w->sweep_idem, "DELETE FROM idempotency WHERE expires_ms < ?1"},
         {&w->range, "SELECT data FROM chunks WHERE conv = ?1 AND last_seq > ?2 AND first_seq <= ?3 ORDER BY first_seq"},
         {&w->bounds, "SELECT min(first_seq), max(last_seq) FROM chunks WHERE conv = ?1"},
+        {&w->ob_put, "INSERT OR REPLACE INTO outbox(id, endpoint, body, headers, updates, attempts, next_at_ms, dead, "
+                     "last_status, last_error, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"},
+        {&w->ob_del, "DELETE FROM outbox WHERE id = ?1"},
     };
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
         if (sqlite3_prepare_v3(db, all[i].sql, -1, SQLITE_PREPARE_PERSISTENT, all[i].s, NULL) != SQLITE_OK)
@@ -514,6 +518,24 @@ static int write_op(sq_store *st, wstmts *w, sq_op *o)
         sqlite3_bind_int64(w->sweep_idem, 1, (sqlite3_int64)o->seq); /* now, for keys */
         return sqlite3_step(w->sweep_idem) == SQLITE_DONE ? 0 : -1;
     }
+    case OP_OUTBOX_PUT: {
+        const sg_outbox_msg *m = &o->ob;
+        sqlite3_stmt *s = w->ob_put;
+        sqlite3_reset(s);
+        sqlite3_bind_text(s, 1, m->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, m->endpoint, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(s, 3, m->body, (int)m->len, SQLITE_STATIC);
+        if (m->headers) sqlite3_bind_text(s, 4, m->headers, -1, SQLITE_STATIC); else sqlite3_bind_null(s, 4);
+        sqlite3_bind_int(s, 5, m->updates);
+        sqlite3_bind_int(s, 6, m->attempts);
+        sqlite3_bind_int64(s, 7, m->next_at_ms);
+        sqlite3_bind_int(s, 8, m->dead);
+        sqlite3_bind_int64(s, 9, m->last_status);
+        if (m->last_error) sqlite3_bind_text(s, 10, m->last_error, -1, SQLITE_STATIC); else sqlite3_bind_null(s, 10);
+        sqlite3_bind_int64(s, 11, m->created_ms);
+        return sqlite3_step(s) == SQLITE_DONE ? 0 : -1;
+    }
+    case OP_OUTBOX_DEL: return run(w->ob_del, o->key, NULL, 0, 0);
     }
     return -1;
 }
@@ -1260,6 +1282,76 @@ static void sq_sweep(sg_store *s, int64_t cutoff_ms, int64_t now_ms)
     if (add_op(st, o) < 0) free(o);
 }
 
+/* The outbox's writes go with the next batch, in order with the rest. */
+static void sq_outbox_put(sg_store *s, const sg_outbox_msg *m)
+{
+    size_t ids = strlen(m->id) + 1, eps = strlen(m->endpoint) + 1;
+    size_t hs = m->headers ? strlen(m->headers) + 1 : 0, es = m->last_error ? strlen(m->last_error) + 1 : 0;
+    sq_op *o = calloc(1, sizeof(*o));
+    char *p = o ? malloc(ids + eps + hs + es + m->len + 1) : NULL;
+    if (!p) {
+        free(o);
+        sg_log(SG_LOG_ERROR, "outbox_write_failed", "webhook_id=%s reason=\"out of memory\"", m->id);
+        return;
+    }
+    o->kind = OP_OUTBOX_PUT;
+    o->key = p;
+    o->ob = *m;
+    o->ob.id = memcpy(p, m->id, ids);
+    o->ob.endpoint = memcpy(p + ids, m->endpoint, eps);
+    o->ob.headers = m->headers ? memcpy(p + ids + eps, m->headers, hs) : NULL;
+    o->ob.last_error = m->last_error ? memcpy(p + ids + eps + hs, m->last_error, es) : NULL;
+    o->ob.body = memcpy(p + ids + eps + hs + es, m->body, m->len);
+    if (add_op((sq_store *)s, o) < 0) {
+        free(p);
+        free(o);
+    }
+}
+
+static void sq_outbox_del(sg_store *s, const char *id)
+{
+    sq_op *o = calloc(1, sizeof(*o));
+    if (!o || !(o->key = strdup(id))) {
+        free(o);
+        return; /* delivered again after a restart, with its webhook-id: receivers deduplicate */
+    }
+    o->kind = OP_OUTBOX_DEL;
+    if (add_op((sq_store *)s, o) < 0) {
+        free(o->key);
+        free(o);
+    }
+}
+
+static int sq_outbox_load(sg_store *s, sg_outbox_fn fn, void *arg)
+{
+    sq_store *st = (sq_store *)s;
+    sqlite3_stmt *q;
+    if (sqlite3_prepare_v2(st->rdb, "SELECT id, endpoint, body, headers, updates, attempts, next_at_ms, dead, "
+                                    "last_status, last_error, created_ms FROM outbox ORDER BY created_ms, id",
+                           -1, &q, NULL) != SQLITE_OK)
+        return -1;
+    int rc;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        sg_outbox_msg m = {
+            .id = (const char *)sqlite3_column_text(q, 0),
+            .endpoint = (const char *)sqlite3_column_text(q, 1),
+            .body = sqlite3_column_blob(q, 2),
+            .len = (size_t)sqlite3_column_bytes(q, 2),
+            .headers = (const char *)sqlite3_column_text(q, 3),
+            .updates = sqlite3_column_int(q, 4),
+            .attempts = sqlite3_column_int(q, 5),
+            .next_at_ms = sqlite3_column_int64(q, 6),
+            .dead = sqlite3_column_int(q, 7),
+            .last_status = (long)sqlite3_column_int64(q, 8),
+            .last_error = (const char *)sqlite3_column_text(q, 9),
+            .created_ms = sqlite3_column_int64(q, 10),
+        };
+        if (m.id && m.endpoint && (m.body || !m.len)) fn(arg, &m);
+    }
+    sqlite3_finalize(q);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
 static int sq_healthy(sg_store *s)
 {
     sq_store *st = (sq_store *)s;
@@ -1348,6 +1440,7 @@ static const sg_store_ops sqlite_ops = {
     .name = "sqlite", .open = sq_open, .append = sq_append, .range = sq_range, .close = sq_close,
     .free = sq_free, .sync = sq_sync, .drain = sq_drain, .remember = sq_remember, .recall = sq_recall,
     .sweep = sq_sweep, .healthy = sq_healthy, .cache_bytes = sq_cache_bytes,
+    .outbox_put = sq_outbox_put, .outbox_del = sq_outbox_del, .outbox_load = sq_outbox_load,
 };
 
 /* ---- opening the database ---- */

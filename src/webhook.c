@@ -1,8 +1,10 @@
 #include "webhook.h"
 
 #include "clock.h"
+#include "dict.h"
 #include "log.h"
 #include "plugin.h"
+#include "store.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -40,6 +42,7 @@ typedef struct wh_msg {
     json_t *headers; /* from a forwarder's format, or NULL */
     int n_updates;
     int attempts;
+    int64_t created_ms;
     long last_status;
     char last_error[200];
     double retry_after; /* seconds from the last response, or -1 */
@@ -86,6 +89,7 @@ struct sg_webhooks {
     struct event *timer_ev;
     char *dead_letters;
     int in_flight;
+    sg_store *outbox; /* a durable store keeps the messages; NULL: memory only */
 };
 
 /* ---- config ---- */
@@ -284,6 +288,30 @@ static int parse_endpoint(endpoint *ep, json_t *o, json_t *global_schedule, stru
     return 0;
 }
 
+/* ---- the durable outbox ---- */
+
+/* Keep a message's state in the store (a durable one): queued with its
+ * next attempt at next_at_ms, or dead. */
+static void keep(endpoint *ep, const char *id, const char *body, size_t len, json_t *headers, int n_updates,
+                 int attempts, int dead, int64_t next_at_ms, long status, const char *error, int64_t created_ms)
+{
+    sg_store *st = ep->wh->outbox;
+    if (!st) return;
+    char *h = headers ? json_dumps(headers, JSON_COMPACT) : NULL;
+    sg_outbox_msg m = {.id = id, .endpoint = ep->name, .body = body, .len = len, .headers = h,
+                       .last_error = error && error[0] ? error : NULL, .updates = n_updates, .attempts = attempts,
+                       .dead = dead, .last_status = status, .next_at_ms = next_at_ms,
+                       .created_ms = created_ms ? created_ms : sg_clock_wall_ms()};
+    st->ops->outbox_put(st, &m);
+    free(h);
+}
+
+static void keep_msg(endpoint *ep, const wh_msg *m, int64_t next_at_ms)
+{
+    keep(ep, m->id, m->body, m->len, m->headers, m->n_updates, m->attempts, 0, next_at_ms, m->last_status,
+         m->last_error, m->created_ms);
+}
+
 /* ---- dead letters ---- */
 
 static void dead_letter(endpoint *ep, const char *id, const char *body, size_t len, json_t *headers,
@@ -297,7 +325,9 @@ static void dead_letter(endpoint *ep, const char *id, const char *body, size_t l
                              n_updates, "last_status", (json_int_t)status, "failed_at", ts, "body",
                              body, len, "headers", headers ? headers : json_null());
     char *s = line ? json_dumps(line, JSON_COMPACT) : NULL;
-    /* the file holds whole webhook bodies: readable by the gateway's user only */
+    keep(ep, id, body, len, headers, n_updates, attempts, 1, 0, status, reason, 0); /* redeliver reads it there */
+    /* the file (with a durable store, an export) holds whole webhook
+     * bodies: readable by the gateway's user only */
     int fd = open(wh->dead_letters, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
     FILE *f = fd >= 0 ? fdopen(fd, "a") : NULL;
     if (!f && fd >= 0) close(fd);
@@ -435,6 +465,7 @@ static wh_msg *msg_new(endpoint *ep, int n_updates, const char *id)
     m->ep = ep;
     m->n_updates = n_updates;
     if (id) snprintf(m->id, sizeof(m->id), "%s", id); else new_msg_id(m->id);
+    m->created_ms = sg_clock_wall_ms();
     m->lnext = ep->live;
     if (ep->live) ep->live->lprev = m;
     ep->live = m;
@@ -484,6 +515,7 @@ static void finished(endpoint *ep, wh_msg *m, CURLcode rc, long status)
         ep->delivered_updates += m->n_updates;
         ep->queued -= m->n_updates;
         ep->last_success_ms = sg_clock_wall_ms();
+        if (ep->wh->outbox) ep->wh->outbox->ops->outbox_del(ep->wh->outbox, m->id);
         msg_free(m);
         return;
     }
@@ -525,6 +557,7 @@ static void finished(endpoint *ep, wh_msg *m, CURLcode rc, long status)
     struct timeval tv = {(time_t)delay, (suseconds_t)((delay - (time_t)delay) * 1e6)};
     evtimer_add(m->retry_ev, &tv);
     ep->waiting++;
+    keep_msg(ep, m, sg_clock_wall_ms() + (int64_t)(delay * 1000));
 }
 
 static void check_done(sg_webhooks *wh)
@@ -662,6 +695,7 @@ static void make_batch(endpoint *ep)
         ep->pending[i] = NULL;
     }
     ep->n_pending = 0;
+    keep_msg(ep, m, sg_clock_wall_ms());
     enqueue_msg(ep, m);
     pump(ep);
 }
@@ -742,6 +776,95 @@ void sg_webhooks_flush(sg_webhooks *wh)
 int sg_webhooks_in_flight(const sg_webhooks *wh)
 {
     return wh ? wh->in_flight : 0;
+}
+
+/* ---- messages kept in the store ---- */
+
+static endpoint *endpoint_named(sg_webhooks *wh, const char *name)
+{
+    for (int i = 0; wh && i < wh->n; i++)
+        if (strcmp(wh->eps[i].name, name) == 0) return &wh->eps[i];
+    return NULL;
+}
+
+/* A kept message back in memory, counted in its endpoint's queue. */
+static wh_msg *msg_from_kept(endpoint *ep, const sg_outbox_msg *k)
+{
+    wh_msg *m = msg_new(ep, k->updates > 0 ? k->updates : 1, k->id);
+    if (!m || !(m->body = malloc(k->len + 1))) {
+        if (m) msg_free(m);
+        return NULL;
+    }
+    memcpy(m->body, k->body, k->len);
+    m->body[k->len] = 0;
+    m->len = k->len;
+    m->headers = k->headers ? json_loads(k->headers, 0, NULL) : NULL;
+    m->created_ms = k->created_ms;
+    m->attempts = k->attempts;
+    m->last_status = k->last_status;
+    snprintf(m->last_error, sizeof(m->last_error), "%s", k->last_error ? k->last_error : "");
+    ep->queued += m->n_updates;
+    return m;
+}
+
+typedef struct kept_ctx {
+    sg_webhooks *wh;
+    endpoint *only; /* redeliver: this endpoint's dead ones */
+    sg_dict *ids;   /* and their ids */
+    int queued, dead, orphans;
+} kept_ctx;
+
+/* At start: each queued message is sent at its next attempt, with its
+ * webhook-id; dead ones wait for a redeliver. */
+static void on_kept(void *arg, const sg_outbox_msg *k)
+{
+    kept_ctx *kc = arg;
+    endpoint *ep = endpoint_named(kc->wh, k->endpoint);
+    if (!ep) {
+        kc->orphans++;
+        return;
+    }
+    if (k->dead) {
+        kc->dead++;
+        return;
+    }
+    wh_msg *m = msg_from_kept(ep, k);
+    if (!m) return;
+    kc->queued++;
+    int64_t wait_ms = k->next_at_ms - sg_clock_wall_ms();
+    if (wait_ms <= 0 || !(m->retry_ev = evtimer_new(kc->wh->base, on_retry, m))) {
+        enqueue_msg(ep, m);
+        return;
+    }
+    struct timeval tv = {(time_t)(wait_ms / 1000), (suseconds_t)(wait_ms % 1000) * 1000};
+    evtimer_add(m->retry_ev, &tv);
+    ep->waiting++;
+}
+
+static void load_kept(sg_webhooks *wh)
+{
+    kept_ctx kc = {.wh = wh};
+    if (wh->outbox->ops->outbox_load(wh->outbox, on_kept, &kc) < 0)
+        sg_log(SG_LOG_ERROR, "outbox_load_failed", "reason=\"the store could not be read\"");
+    if (kc.queued || kc.dead || kc.orphans)
+        sg_log(SG_LOG_INFO, "webhook_outbox_loaded", "queued=%d dead=%d unknown_endpoint=%d", kc.queued, kc.dead,
+               kc.orphans);
+    for (int i = 0; i < wh->n; i++)
+        pump(&wh->eps[i]);
+}
+
+/* Redeliver: requeue one endpoint's dead messages kept in the store. */
+static void on_dead_kept(void *arg, const sg_outbox_msg *k)
+{
+    kept_ctx *kc = arg;
+    if (!k->dead || strcmp(k->endpoint, kc->only->name) != 0) return;
+    wh_msg *m = msg_from_kept(kc->only, k);
+    if (!m) return;
+    m->attempts = 0;
+    keep_msg(kc->only, m, sg_clock_wall_ms());
+    enqueue_msg(kc->only, m);
+    sg_dict_set(kc->ids, m->id, strlen(m->id), m);
+    kc->queued++;
 }
 
 /* ---- lifecycle ---- */
@@ -826,7 +949,7 @@ int sg_webhooks_check(const sg_config *cfg, char *err, size_t errlen)
 }
 
 sg_webhooks *sg_webhooks_new(struct event_base *base, const sg_config *cfg, struct sg_plugins *pm,
-                             char *err, size_t errlen)
+                             sg_store *store, char *err, size_t errlen)
 {
     static int curl_ready;
     if (!curl_ready) {
@@ -854,6 +977,10 @@ sg_webhooks *sg_webhooks_new(struct event_base *base, const sg_config *cfg, stru
                wh->eps[i].name, sg_log_q(wh->eps[i].url_shown), wh->eps[i].batch_size, wh->eps[i].batch_delay_ms,
                wh->eps[i].forwarder ? wh->eps[i].forwarder : "-");
     }
+    if (store && store->ops->outbox_load) {
+        wh->outbox = store;
+        load_kept(wh);
+    }
     return wh;
 }
 
@@ -863,8 +990,17 @@ void sg_webhooks_free(sg_webhooks *wh)
     for (int i = 0; i < wh->n; i++) {
         endpoint *ep = &wh->eps[i];
         make_batch(ep);
-        /* whatever is queued, waiting for a retry or still in flight goes
-         * to the dead-letter file: nothing accepted is lost unseen */
+        if (wh->outbox) { /* kept in the store: sent after the restart */
+            int n = 0, updates = 0;
+            for (wh_msg *m = ep->live; m; m = m->lnext, n++)
+                updates += m->n_updates;
+            if (n)
+                sg_log(SG_LOG_INFO, "webhook_outbox_kept", "endpoint=%s messages=%d updates=%d", ep->name, n,
+                       updates);
+        }
+        /* without a durable store, whatever is queued, waiting for a retry
+         * or still in flight goes to the dead-letter file: nothing
+         * accepted is lost unseen */
         while (ep->live) {
             wh_msg *m = ep->live;
             if (m->easy) {
@@ -872,8 +1008,9 @@ void sg_webhooks_free(sg_webhooks *wh)
                 curl_easy_cleanup(m->easy);
                 curl_slist_free_all(m->hdrs);
             }
-            dead_letter(ep, m->id, m->body, m->len, m->headers, m->n_updates, m->attempts,
-                        m->last_status, "gateway stopped before delivery");
+            if (!wh->outbox)
+                dead_letter(ep, m->id, m->body, m->len, m->headers, m->n_updates, m->attempts, m->last_status,
+                            "gateway stopped before delivery");
             msg_free(m);
         }
     }
@@ -906,15 +1043,37 @@ json_t *sg_webhooks_admin(const sg_webhooks *wh)
                            e[0] ? json_string(e) : json_null(), "last_success_at",
                            ok[0] ? json_string(ok) : json_null(), "forwarder", ep->forwarder));
     }
-    return json_pack("{s:o, s:s}", "endpoints", arr, "dead_letter_file", wh ? wh->dead_letters : "");
+    return json_pack("{s:o, s:s, s:s}", "endpoints", arr, "dead_letter_file", wh ? wh->dead_letters : "", "outbox",
+                     wh && wh->outbox ? "store" : "memory");
 }
+
+static int redeliver_file(sg_webhooks *wh, endpoint *ep, sg_dict *requeued);
 
 int sg_webhooks_redeliver(sg_webhooks *wh, const char *name)
 {
-    endpoint *ep = NULL;
-    for (int i = 0; wh && i < wh->n; i++)
-        if (strcmp(wh->eps[i].name, name) == 0) ep = &wh->eps[i];
+    endpoint *ep = endpoint_named(wh, name);
     if (!ep) return -1;
+    /* the store's dead messages, then the file's lines it does not hold
+     * (written before it, or by a gateway without one) */
+    kept_ctx kc = {.wh = wh, .only = ep};
+    if (wh->outbox && (kc.ids = sg_dict_new())) wh->outbox->ops->outbox_load(wh->outbox, on_dead_kept, &kc);
+    int n = redeliver_file(wh, ep, kc.ids) + kc.queued;
+    if (kc.ids) sg_dict_free(kc.ids);
+    if (ep->disabled) {
+        ep->disabled = 0; /* an operator asked for delivery: try the receiver again */
+        sg_log(SG_LOG_INFO, "webhook_endpoint_enabled", "endpoint=%s reason=redeliver", ep->name);
+    }
+    sg_log(SG_LOG_INFO, "webhook_redeliver", "endpoint=%s messages=%d", ep->name, n);
+    pump(ep);
+    return n;
+}
+
+/* Requeue the endpoint's lines of the dead-letter file (but those whose
+ * id is in requeued: already requeued from the store) and leave the
+ * others. */
+static int redeliver_file(sg_webhooks *wh, endpoint *ep, sg_dict *requeued)
+{
+    const char *name = ep->name;
     FILE *f = fopen(wh->dead_letters, "r");
     if (!f) return 0;
     /* what stays goes to a new file of our own beside it (mkstemp: never
@@ -939,7 +1098,10 @@ int sg_webhooks_redeliver(sg_webhooks *wh, const char *name)
         json_t *j = json_loads(line, 0, NULL);
         const char *epn = json_string_value(json_object_get(j, "endpoint"));
         json_t *body = json_object_get(j, "body");
-        if (j && epn && strcmp(epn, name) == 0 && json_is_string(body)) {
+        const char *jid = json_string_value(json_object_get(j, "webhook_id"));
+        if (j && epn && strcmp(epn, name) == 0 && requeued && jid && sg_dict_get(requeued, jid, strlen(jid))) {
+            /* requeued from the store: the line goes */
+        } else if (j && epn && strcmp(epn, name) == 0 && json_is_string(body)) {
             int nu = (int)json_integer_value(json_object_get(j, "updates"));
             wh_msg *m = msg_new(ep, nu > 0 ? nu : 1,
                                 json_string_value(json_object_get(j, "webhook_id")));
@@ -949,6 +1111,7 @@ int sg_webhooks_redeliver(sg_webhooks *wh, const char *name)
             json_t *h = json_object_get(j, "headers");
             m->headers = json_is_object(h) ? json_incref(h) : NULL;
             ep->queued += m->n_updates;
+            keep_msg(ep, m, sg_clock_wall_ms());
             enqueue_msg(ep, m);
             n++;
         } else {
@@ -960,11 +1123,5 @@ int sg_webhooks_redeliver(sg_webhooks *wh, const char *name)
     fclose(f);
     fclose(keep);
     rename(tmp, wh->dead_letters);
-    if (ep->disabled && n >= 0) {
-        ep->disabled = 0; /* an operator asked for delivery: try the receiver again */
-        sg_log(SG_LOG_INFO, "webhook_endpoint_enabled", "endpoint=%s reason=redeliver", ep->name);
-    }
-    sg_log(SG_LOG_INFO, "webhook_redeliver", "endpoint=%s messages=%d", ep->name, n);
-    pump(ep);
     return n;
 }

@@ -14,13 +14,18 @@
 
 typedef struct sg_webhooks sg_webhooks;
 struct sg_plugins;
+struct sg_store;
 
 /* Parse cfg->webhooks and start. NULL with a sentence in err when the
  * section is invalid (the daemon exits 2). With no endpoints, returns a
- * host that does nothing. */
+ * host that does nothing. A durable store (one with an outbox) keeps the
+ * messages: those it kept are loaded and sent at their next attempt, with
+ * their webhook-id, and dead letters live there too (the file is an
+ * export). */
 sg_webhooks *sg_webhooks_new(struct event_base *base, const sg_config *cfg,
-                             struct sg_plugins *plugins, char *err, size_t errlen);
-/* Dead-letter what is still queued and free. */
+                             struct sg_plugins *plugins, struct sg_store *store, char *err, size_t errlen);
+/* Free: what is still queued stays in a durable store; without one it
+ * is dead-lettered. */
 void sg_webhooks_free(sg_webhooks *wh);
 
 /* Offer one published update (its encoded JSON) to every endpoint. */

@@ -51,7 +51,7 @@ static void server_up(void)
     srv.plugins = sg_plugins_new(cfg.plugins_dir, &cfg, srv.base, sg_ingest_emit, &srv);
     if (!srv.security || !srv.hub || !srv.plugins || sg_ingest_init(&srv) < 0) abort();
     json_decref(sg_plugins_reload(srv.plugins));
-    srv.webhooks = sg_webhooks_new(srv.base, &cfg, srv.plugins, err, sizeof(err));
+    srv.webhooks = sg_webhooks_new(srv.base, &cfg, srv.plugins, NULL, err, sizeof(err));
     if (!srv.webhooks) abort();
 }
 

@@ -209,6 +209,70 @@ describe("the sqlite store", function()
     assert.matches("cannot make the folder", out)
   end)
 
+  it("replays after a crash what only its log held, and drops a torn batch at the log's end", function()
+    start()
+    local first = publish(gw, "torn", "one")
+    publish(gw, "torn", "two")
+    publish(gw, "torn", "three")
+    -- within the second before the log is applied: only the log has them
+    gw_.signal(gw, "KILL")
+    gw_.wait_exit(gw, 5)
+    local log = io.open(db .. "-log", "rb")
+    local size = log:seek("end")
+    log:close()
+    assert.is_true(size > 0, "the log was empty: the updates were applied already")
+    -- a batch torn by a crash mid-write: a header and part of its records
+    local f = io.open(db .. "-log", "ab")
+    f:write("SGL1\255\0\0\0\1\2\3\4\0\0\0\0partial")
+    f:close()
+    start()
+    local _, h = history(gw, "torn")
+    assert.are.equal(first.epoch, h.epoch)
+    assert.are.same({ "one", "two", "three" }, { h.updates[1].text, h.updates[2].text, h.updates[3].text })
+    assert.are.equal(3, h.last_seq)
+    assert.truthy(gw_.log_text(gw):find("event=store_log_tail_dropped", 1, true))
+    assert.truthy(gw_.log_text(gw):find("event=store_log_replayed", 1, true))
+    assert.are.equal(4, publish(gw, "torn", "four").seq)
+    gw_.stop(gw)
+    -- applied at the stop: the log is empty, the database has them
+    local out = sh("sqlite3 " .. db .. " 'SELECT last_seq FROM conversations WHERE id = \"torn\"'")
+    assert.are.equal("4", out:match("%d+"))
+    f = io.open(db .. "-log", "rb")
+    assert.are.equal(0, f:seek("end"))
+    f:close()
+  end)
+
+  it("migrates a version 1 database (a row per update) to version 2, history and seqs kept", function()
+    os.execute("mkdir -p " .. dir .. "/var")
+    local sql = [[
+PRAGMA auto_vacuum = INCREMENTAL;
+CREATE TABLE conversations (id TEXT PRIMARY KEY, epoch TEXT NOT NULL, last_seq INTEGER NOT NULL, last_activity_ms INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX conversations_activity ON conversations(last_activity_ms);
+CREATE TABLE updates (conv TEXT NOT NULL, seq INTEGER NOT NULL, category TEXT NOT NULL, ts_ms INTEGER NOT NULL, json BLOB NOT NULL, PRIMARY KEY (conv, seq)) WITHOUT ROWID;
+CREATE TABLE idempotency (conv TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL, expires_ms INTEGER NOT NULL, PRIMARY KEY (conv, key)) WITHOUT ROWID;
+CREATE INDEX idempotency_expiry ON idempotency(expires_ms);
+INSERT INTO conversations VALUES ('old', '0123456789abcdef', 1, strftime('%s','now') * 1000);
+]]
+    for seq = 1, 3 do
+      sql = sql .. string.format("INSERT INTO updates VALUES ('old', %d, 'info', %d, '%s');\n", seq, 1700000000000 + seq,
+        cjson.encode({ conversation_id = "old", seq = seq, category = "info", text = "v1 " .. seq, metadata = {},
+          timestamp = "2023-11-14T22:13:2" .. seq .. ".000Z" }))
+    end
+    gw_.write_file(dir .. "/v1.sql", sql .. "PRAGMA user_version = 1;\n")
+    local out, rc = sh("sqlite3 " .. db .. " < " .. dir .. "/v1.sql")
+    assert.are.equal(0, rc, out)
+    start()
+    assert.truthy(gw_.log_text(gw):find("event=store_migrated", 1, true))
+    local _, h = history(gw, "old")
+    assert.are.equal("0123456789abcdef", h.epoch)
+    assert.are.equal(3, h.last_seq)
+    assert.are.same({ "v1 1", "v1 2", "v1 3" }, { h.updates[1].text, h.updates[2].text, h.updates[3].text })
+    assert.are.equal(4, publish(gw, "old", "v2").seq)
+    gw_.stop(gw)
+    out = sh("sqlite3 " .. db .. " 'PRAGMA user_version; SELECT count(*) FROM sqlite_master WHERE name = \"updates\"'")
+    assert.are.same({ "2", "0" }, { out:match("(%d+)%s+(%d+)") })
+  end)
+
   it("refuses publishes with 503 while the disk takes no writes, loses nothing acknowledged, and recovers by itself", function()
     start()
     publish(gw, "full", "before")

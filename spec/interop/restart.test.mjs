@@ -6,9 +6,32 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import http from "node:http";
 import { after, before, describe, it } from "node:test";
 import { EventSource } from "eventsource";
+import { Webhook } from "standardwebhooks";
 import * as g from "./gateway.mjs";
+
+const SECRET = "whsec_" + Buffer.from("statusgw-restart-secret-0123456").toString("base64");
+
+// A receiver on a port of our choosing: answers `plan` statuses first, then
+// 200; records every attempt, verified by the standardwebhooks package.
+function receiver(port, plan = []) {
+  const got = [];
+  const server = http.createServer((req, res) => {
+    let body = "";
+    req.on("data", (c) => (body += c));
+    req.on("end", () => {
+      let verified = false;
+      try { new Webhook(SECRET).verify(body, req.headers); verified = true; } catch {}
+      const status = plan.shift() || 200;
+      got.push({ id: req.headers["webhook-id"], texts: JSON.parse(body).data.updates.map((u) => u.text), verified, status });
+      res.writeHead(status);
+      res.end();
+    });
+  });
+  return new Promise((r) => server.listen(port, "127.0.0.1", () => r({ server, got })));
+}
 
 describe("clients across a restart on the sqlite store", () => {
   let dir, config;
@@ -70,5 +93,57 @@ describe("clients across a restart on the sqlite store", () => {
     assert.equal(gaps.length, 0);
     es.close();
     assert.equal(await g.stop(gw), 0);
+  });
+
+  it("webhook batches queued or retrying survive a stop and a SIGKILL, and are delivered once with their webhook-id", async () => {
+    const port = await g.freePort(), downPort = await g.freePort(), flakyPort = await g.freePort();
+    const wh = {
+      dead_letter_file: path.join(dir, "dead.jsonl"),
+      retry_schedule_s: [0, 1, 1, 1, 1, 1, 1, 1],
+      endpoints: [
+        { name: "down", url: `http://127.0.0.1:${downPort}/in`, secret: SECRET, conversations: "wh-down-*", batch_size: 2, batch_delay_ms: 50 },
+        { name: "flaky", url: `http://127.0.0.1:${flakyPort}/in`, secret: SECRET, conversations: "wh-flaky-*", batch_size: 2, batch_delay_ms: 50 },
+      ],
+    };
+    const cfg = { ...config, store_path: path.join(dir, "webhooks.db"), webhooks: wh, shutdown_timeout_ms: 1000 };
+    const admin = async (gw) => (await (await fetch(`${gw.url}/admin/webhooks`)).json()).endpoints.reduce((a, e) => ({ ...a, [e.name]: e }), {});
+    const flaky = await receiver(flakyPort, [500]); // the first attempt fails: its id is the original
+    let gw = await g.start(cfg, port);
+    for (const t of ["d1", "d2", "d3"]) await g.publish(gw, { conversation_id: "wh-down-1", category: "info", text: t });
+    for (const t of ["f1", "f2"]) await g.publish(gw, { conversation_id: "wh-flaky-1", category: "info", text: t });
+    await g.waitFor(async () => { const a = await admin(gw); return a.down.failed >= 2 && a.flaky.failed === 1; }, 5000, "failed first attempts");
+    const original = flaky.got[0].id;
+    // a crash: nothing is flushed or dead-lettered on the way out
+    gw.proc.kill("SIGKILL");
+    await gw.exited;
+    flaky.server.close();
+    gw = await g.start(cfg, port);
+    assert.match(g.logText(gw), /event=webhook_outbox_loaded queued=3 dead=0/);
+    await g.publish(gw, { conversation_id: "wh-down-1", category: "info", text: "d4" }); // pending at the stop
+    assert.equal(await g.stop(gw), 0);
+    assert.match(g.logText(gw), /event=webhook_outbox_kept endpoint=down messages=3 updates=4/);
+    // both receivers are up now
+    const down = await receiver(downPort);
+    const flaky2 = await receiver(flakyPort);
+    gw = await g.start(cfg, port);
+    await g.waitFor(() => down.got.length === 3 && flaky2.got.length === 1, 8000, "the kept batches");
+    await g.sleep(300); // nothing more comes
+    assert.deepEqual(down.got.flatMap((r) => r.texts).sort(), ["d1", "d2", "d3", "d4"]);
+    assert.equal(new Set(down.got.map((r) => r.id)).size, 3);
+    assert.deepEqual(flaky2.got.map((r) => [r.id, r.texts]), [[original, ["f1", "f2"]]]);
+    assert.ok([...down.got, ...flaky2.got].every((r) => r.verified));
+    const a = await admin(gw);
+    assert.equal(a.down.delivered, 4);
+    assert.equal(a.flaky.delivered, 2);
+    assert.equal(fs.existsSync(wh.dead_letter_file), false, "nothing was dead-lettered");
+    assert.equal(await g.stop(gw), 0);
+    // delivered: a further restart sends nothing again
+    gw = await g.start(cfg, port);
+    await g.sleep(300);
+    assert.equal(down.got.length + flaky2.got.length, 4);
+    assert.doesNotMatch(g.logText(gw), /webhook_outbox_loaded/);
+    assert.equal(await g.stop(gw), 0);
+    down.server.close();
+    flaky2.server.close();
   });
 });
