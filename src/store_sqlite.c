@@ -34,6 +34,7 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <sys/stat.h>
 #include <sqlite3.h>
@@ -682,6 +683,7 @@ static int apply_log(sq_store *st, wstmts *w, char *why, size_t whylen)
     st->applied_gen = st->logged_gen;
     pthread_mutex_unlock(&st->mu);
     if (st->pipe_w >= 0) poke(st);
+    rc = 0;
     goto out;
 fail:
     snprintf(why, whylen, "%s", sqlite3_errmsg(st->wdb));
@@ -893,7 +895,9 @@ static void *writer_main(void *arg)
         pthread_mutex_unlock(&st->mu);
         if (!j) {
             if (stop) break;
-            try_apply(st, &w);
+            /* idle: what the batches and chunks took goes back to the
+             * system (a busy writer reuses it) */
+            if (try_apply(st, &w) == 0) malloc_trim(0);
             continue;
         }
         run_job(st, &w, j);
