@@ -786,18 +786,27 @@ static int commit_job(sq_store *st, wstmts *w, sq_job *j, char *why, size_t whyl
     return log_append(st, j, why, whylen);
 }
 
+/* The oldest seq the database holds for conv (0: none), through bounds
+ * (min first_seq, max last_seq of its chunks): a chunk history reaches
+ * only in part counts from where history starts. */
+static uint64_t oldest_held(sq_store *st, sqlite3_stmt *bounds, const char *conv)
+{
+    uint64_t oldest = 0;
+    sqlite3_reset(bounds);
+    sqlite3_bind_text(bounds, 1, conv, -1, SQLITE_STATIC);
+    if (sqlite3_step(bounds) == SQLITE_ROW && sqlite3_column_type(bounds, 0) != SQLITE_NULL) {
+        uint64_t lo = (uint64_t)sqlite3_column_int64(bounds, 0), hi = (uint64_t)sqlite3_column_int64(bounds, 1);
+        uint64_t floor = hi > (uint64_t)st->history ? hi - (uint64_t)st->history + 1 : 1;
+        oldest = lo > floor ? lo : floor;
+    }
+    sqlite3_reset(bounds);
+    return oldest;
+}
+
 static int read_range(sq_store *st, wstmts *w, sq_read *r)
 {
-    sqlite3_stmt *s = w->bounds;
-    sqlite3_reset(s);
-    sqlite3_bind_text(s, 1, r->conv, -1, SQLITE_STATIC);
-    if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL) {
-        uint64_t lo = (uint64_t)sqlite3_column_int64(s, 0), hi = (uint64_t)sqlite3_column_int64(s, 1);
-        uint64_t floor = hi > (uint64_t)st->history ? hi - (uint64_t)st->history + 1 : 1;
-        r->oldest = lo > floor ? lo : floor;
-    }
-    sqlite3_reset(s);
-    s = w->range;
+    r->oldest = oldest_held(st, w->bounds, r->conv);
+    sqlite3_stmt *s = w->range;
     sqlite3_reset(s);
     sqlite3_bind_text(s, 1, r->conv, -1, SQLITE_STATIC);
     sqlite3_bind_int64(s, 2, (sqlite3_int64)r->since);
@@ -1018,15 +1027,7 @@ static int load_conv(sq_store *st, sq_conv *c, int *found)
         c->last_seq = (uint64_t)sqlite3_column_int64(s, 1);
         *found = 1;
         sqlite3_reset(s);
-        s = st->q_oldest;
-        sqlite3_reset(s);
-        sqlite3_bind_text(s, 1, c->id, -1, SQLITE_STATIC);
-        if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL) {
-            uint64_t lo = (uint64_t)sqlite3_column_int64(s, 0), hi = (uint64_t)sqlite3_column_int64(s, 1);
-            uint64_t floor = hi > (uint64_t)st->history ? hi - (uint64_t)st->history + 1 : 1;
-            c->oldest = lo > floor ? lo : floor;
-        }
-        sqlite3_reset(s);
+        c->oldest = oldest_held(st, st->q_oldest, c->id);
         return 0;
     }
     sqlite3_reset(s);
