@@ -38,9 +38,11 @@ return {
   -- Where history, sequence numbers, epochs and idempotency keys live.
   -- "sqlite": on disk, so a restart is invisible to clients: conversations
   -- keep their epoch and seq, a client that resumes gets what it missed, a
-  -- producer's retry is still deduplicated. An update is acknowledged
-  -- (202) and delivered once it is committed. "memory": nothing survives
-  -- a restart (tests, ephemeral use).
+  -- producer's retry is still deduplicated, webhook batches still queued
+  -- are sent. An update is acknowledged (202) and delivered once it is
+  -- written to the store's log (store_path .. "-log"), which is applied
+  -- to the database every second. "memory": nothing survives a restart
+  -- (tests, ephemeral use).
   store = "sqlite",
   -- Relative to this file; its folder is made when missing.
   store_path = "../var/statusgw.db",
