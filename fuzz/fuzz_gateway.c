@@ -88,7 +88,7 @@ static void setup_server(void)
     if (!srv.security || !srv.hub || !srv.plugins || sg_ingest_init(&srv) < 0) abort();
     sg_filter_set_plugins(srv.plugins);
     json_decref(sg_plugins_reload(srv.plugins));
-    srv.webhooks = sg_webhooks_new(srv.base, &cfg, srv.plugins, err, sizeof(err));
+    srv.webhooks = sg_webhooks_new(srv.base, &cfg, srv.plugins, NULL, err, sizeof(err));
     if (!srv.webhooks) abort();
 }
 
