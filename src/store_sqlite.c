@@ -296,22 +296,17 @@ static uint32_t log_sum(const char *p, size_t n)
     return (uint32_t)(h ^ (h >> 32));
 }
 
-static size_t update_size(const sg_update *u)
+/* An update record: its length is 21 + cat_len + json_len. */
+static size_t put_update_fields(char *p, uint64_t seq, int64_t ts_ms, const char *cat, size_t cat_len,
+                                const void *json, size_t json_len)
 {
-    return 21 + strlen(sg_category_name(u->category)) + u->json_len;
-}
-
-static size_t put_update(char *p, const sg_update *u)
-{
-    const char *cat = sg_category_name(u->category);
-    size_t cl = strlen(cat);
-    put_u64(p, u->seq);
-    put_u64(p + 8, (uint64_t)u->ts_ms);
-    p[16] = (char)cl;
-    memcpy(p + 17, cat, cl);
-    put_u32(p + 17 + cl, (uint32_t)u->json_len);
-    memcpy(p + 21 + cl, u->json, u->json_len);
-    return 21 + cl + u->json_len;
+    put_u64(p, seq);
+    put_u64(p + 8, (uint64_t)ts_ms);
+    p[16] = (char)cat_len;
+    memcpy(p + 17, cat, cat_len);
+    put_u32(p + 17 + cat_len, (uint32_t)json_len);
+    memcpy(p + 21 + cat_len, json, json_len);
+    return 21 + cat_len + json_len;
 }
 
 typedef struct sq_rec {
@@ -1078,7 +1073,9 @@ static sg_store_conv *sq_open(sg_store *s, const char *id, int create, char *epo
 /* Encode u into the batch's log records. */
 static int log_record(sq_job *j, const sq_conv *c, const sg_update *u)
 {
-    size_t need = 1 + c->id_len + SG_EPOCH_LEN + update_size(u);
+    const char *cat = sg_category_name(u->category);
+    size_t cl = strlen(cat);
+    size_t need = 1 + c->id_len + SG_EPOCH_LEN + 21 + cl + u->json_len;
     if (j->log_len + need > j->log_cap) {
         /* (the last batch's size: a busy loop fills batches alike) */
         size_t cap = j->log_cap ? j->log_cap : c->st->log_hint;
@@ -1094,7 +1091,8 @@ static int log_record(sq_job *j, const sq_conv *c, const sg_update *u)
     p[0] = (char)c->id_len;
     memcpy(p + 1, c->id, c->id_len);
     memcpy(p + 1 + c->id_len, c->epoch, SG_EPOCH_LEN);
-    j->log_len += 1 + c->id_len + SG_EPOCH_LEN + put_update(p + 1 + c->id_len + SG_EPOCH_LEN, u);
+    j->log_len += 1 + c->id_len + SG_EPOCH_LEN +
+                  put_update_fields(p + 1 + c->id_len + SG_EPOCH_LEN, u->seq, u->ts_ms, cat, cl, u->json, u->json_len);
     j->n_appends++;
     return 0;
 }
@@ -1510,14 +1508,8 @@ static int migrate_v1(sqlite3 *db, char *why, size_t whylen)
             first = (uint64_t)sqlite3_column_int64(q, 1);
         }
         last = (uint64_t)sqlite3_column_int64(q, 1);
-        char *p = buf + len;
-        put_u64(p, last);
-        put_u64(p + 8, (uint64_t)sqlite3_column_int64(q, 3));
-        p[16] = (char)cl;
-        memcpy(p + 17, cat ? cat : "", cl);
-        put_u32(p + 17 + cl, (uint32_t)jl);
-        memcpy(p + 21 + cl, sqlite3_column_blob(q, 4), jl);
-        len += 21 + cl + jl;
+        len += put_update_fields(buf + len, last, sqlite3_column_int64(q, 3), cat ? cat : "", cl,
+                                 jl ? sqlite3_column_blob(q, 4) : "", jl);
     }
     rc = exec(db, "UPDATE conversations SET last_seq = max(last_seq, coalesce((SELECT max(last_seq) FROM chunks "
                   "WHERE conv = id), 0)); DROP TABLE updates",
