@@ -108,42 +108,46 @@ describe("clients across a restart on the sqlite store", () => {
     const cfg = { ...config, store_path: path.join(dir, "webhooks.db"), webhooks: wh, shutdown_timeout_ms: 1000 };
     const admin = async (gw) => (await (await fetch(`${gw.url}/admin/webhooks`)).json()).endpoints.reduce((a, e) => ({ ...a, [e.name]: e }), {});
     const flaky = await receiver(flakyPort, [500]); // the first attempt fails: its id is the original
-    let gw = await g.start(cfg, port);
-    for (const t of ["d1", "d2", "d3"]) await g.publish(gw, { conversation_id: "wh-down-1", category: "info", text: t });
-    for (const t of ["f1", "f2"]) await g.publish(gw, { conversation_id: "wh-flaky-1", category: "info", text: t });
-    await g.waitFor(async () => { const a = await admin(gw); return a.down.failed >= 2 && a.flaky.failed === 1; }, 5000, "failed first attempts");
-    const original = flaky.got[0].id;
-    // a crash: nothing is flushed or dead-lettered on the way out
-    gw.proc.kill("SIGKILL");
-    await gw.exited;
-    flaky.server.close();
-    gw = await g.start(cfg, port);
-    assert.match(g.logText(gw), /event=webhook_outbox_loaded queued=3 dead=0/);
-    await g.publish(gw, { conversation_id: "wh-down-1", category: "info", text: "d4" }); // pending at the stop
-    assert.equal(await g.stop(gw), 0);
-    assert.match(g.logText(gw), /event=webhook_outbox_kept endpoint=down messages=3 updates=4/);
-    // both receivers are up now
-    const down = await receiver(downPort);
-    const flaky2 = await receiver(flakyPort);
-    gw = await g.start(cfg, port);
-    await g.waitFor(() => down.got.length === 3 && flaky2.got.length === 1, 8000, "the kept batches");
-    await g.sleep(300); // nothing more comes
-    assert.deepEqual(down.got.flatMap((r) => r.texts).sort(), ["d1", "d2", "d3", "d4"]);
-    assert.equal(new Set(down.got.map((r) => r.id)).size, 3);
-    assert.deepEqual(flaky2.got.map((r) => [r.id, r.texts]), [[original, ["f1", "f2"]]]);
-    assert.ok([...down.got, ...flaky2.got].every((r) => r.verified));
-    const a = await admin(gw);
-    assert.equal(a.down.delivered, 4);
-    assert.equal(a.flaky.delivered, 2);
-    assert.equal(fs.existsSync(wh.dead_letter_file), false, "nothing was dead-lettered");
-    assert.equal(await g.stop(gw), 0);
-    // delivered: a further restart sends nothing again
-    gw = await g.start(cfg, port);
-    await g.sleep(300);
-    assert.equal(down.got.length + flaky2.got.length, 4);
-    assert.doesNotMatch(g.logText(gw), /webhook_outbox_loaded/);
-    assert.equal(await g.stop(gw), 0);
-    down.server.close();
-    flaky2.server.close();
+    let gw, down, flaky2;
+    try {
+      gw = await g.start(cfg, port);
+      for (const t of ["d1", "d2", "d3"]) await g.publish(gw, { conversation_id: "wh-down-1", category: "info", text: t });
+      for (const t of ["f1", "f2"]) await g.publish(gw, { conversation_id: "wh-flaky-1", category: "info", text: t });
+      await g.waitFor(async () => { const a = await admin(gw); return a.down.failed >= 2 && a.flaky.failed === 1; }, 5000, "failed first attempts");
+      const original = flaky.got[0].id;
+      // a crash: nothing is flushed or dead-lettered on the way out
+      gw.proc.kill("SIGKILL");
+      await gw.exited;
+      flaky.server.close();
+      gw = await g.start(cfg, port);
+      assert.match(g.logText(gw), /event=webhook_outbox_loaded queued=3 dead=0/);
+      await g.publish(gw, { conversation_id: "wh-down-1", category: "info", text: "d4" }); // pending at the stop
+      assert.equal(await g.stop(gw), 0);
+      assert.match(g.logText(gw), /event=webhook_outbox_kept endpoint=down messages=3 updates=4/);
+      // both receivers are up now
+      down = await receiver(downPort);
+      flaky2 = await receiver(flakyPort);
+      gw = await g.start(cfg, port);
+      await g.waitFor(() => down.got.length === 3 && flaky2.got.length === 1, 8000, "the kept batches");
+      await g.sleep(300); // nothing more comes
+      assert.deepEqual(down.got.flatMap((r) => r.texts).sort(), ["d1", "d2", "d3", "d4"]);
+      assert.equal(new Set(down.got.map((r) => r.id)).size, 3);
+      assert.deepEqual(flaky2.got.map((r) => [r.id, r.texts]), [[original, ["f1", "f2"]]]);
+      assert.ok([...down.got, ...flaky2.got].every((r) => r.verified));
+      const a = await admin(gw);
+      assert.equal(a.down.delivered, 4);
+      assert.equal(a.flaky.delivered, 2);
+      assert.equal(fs.existsSync(wh.dead_letter_file), false, "nothing was dead-lettered");
+      assert.equal(await g.stop(gw), 0);
+      // delivered: a further restart sends nothing again
+      gw = await g.start(cfg, port);
+      await g.sleep(300);
+      assert.equal(down.got.length + flaky2.got.length, 4);
+      assert.doesNotMatch(g.logText(gw), /webhook_outbox_loaded/);
+      assert.equal(await g.stop(gw), 0);
+    } finally { // a failed assertion leaves nothing listening or running
+      if (gw && gw.proc.exitCode === null) gw.proc.kill("SIGKILL");
+      for (const r of [flaky, down, flaky2]) if (r) r.server.close();
+    }
   });
 });
