@@ -164,6 +164,7 @@ struct sq_store {
     /* the writer's */
     int log_fd;
     size_t log_len;   /* bytes in the log file */
+    int log_torn;     /* bytes past log_len are a failed write's: cut them first */
     sq_blob *pend, **pend_tail; /* logged, not applied */
     size_t pend_bytes;
     int64_t pend_since_ms, apply_retry_ms;
@@ -663,9 +664,10 @@ static int apply_log(sq_store *st, wstmts *w, char *why, size_t whylen)
     rc = 0;
     /* a crash before this truncation replays batches the database has:
      * each conversation takes only seqs past its row's */
-    if (ftruncate(st->log_fd, 0) < 0)
+    if (ftruncate(st->log_fd, 0) < 0) /* it keeps what it held (replayed harmlessly at a start) */
         sg_log(SG_LOG_WARN, "store_log_truncate_failed", "path=%s errno=%d", sg_log_q(st->log_path), errno);
-    st->log_len = 0;
+    else
+        st->log_len = 0;
     while (st->pend) {
         sq_blob *b = st->pend;
         st->pend = b->next;
@@ -729,6 +731,11 @@ static int log_append(sq_store *st, sq_job *j, char *why, size_t whylen)
     put_u32(j->log + 8, log_sum(j->log + SQ_LOG_HDR, n));
     put_u32(j->log + 12, 0);
     const char *fail = NULL;
+    /* after a write that failed part way, nothing is written until its
+     * bytes are cut off: a batch after a torn one would be dropped at
+     * start with it */
+    if (st->log_torn && ftruncate(st->log_fd, (off_t)st->log_len) < 0) fail = strerror(errno);
+    else st->log_torn = 0;
     for (size_t off = 0; off < j->log_len && !fail;) {
         ssize_t m = write(st->log_fd, j->log + off, j->log_len - off);
         if (m < 0 && errno == EINTR) continue;
@@ -738,8 +745,7 @@ static int log_append(sq_store *st, sq_job *j, char *why, size_t whylen)
     if (!fail && strcmp(st->sync, "full") == 0 && fdatasync(st->log_fd) < 0) fail = strerror(errno);
     if (fail) {
         snprintf(why, whylen, "writing %s: %s", st->log_path, fail);
-        if (ftruncate(st->log_fd, (off_t)st->log_len) < 0) { /* a torn batch: its checksum drops it at start */
-        }
+        if (ftruncate(st->log_fd, (off_t)st->log_len) < 0) st->log_torn = 1;
         free(b);
         return -1;
     }
