@@ -112,12 +112,13 @@ static size_t publish_reply(const sg_publish_result *res, char *out)
 /* ---- answers given once what they acknowledge is committed ----
  *
  * With a durable store, a 202 is written only once every update it
- * acknowledges is committed (store.h, sync): the connection parses
- * nothing more meanwhile, so pipelined answers keep their order. */
+ * acknowledges is committed (store.h, sync). The answer is held in its
+ * place (sg_conn_hold): the connection goes on reading the publishes
+ * pipelined after it, which join the same commit, and the answers go out
+ * in order. */
 
 typedef struct committed_answer {
-    sg_conn *c;  /* NULL once the connection is gone */
-    int waiting; /* 1: the connection awaits this answer; -1: answered inside sync */
+    sg_held *h;
     size_t len;
     char body[];
 } committed_answer;
@@ -125,53 +126,38 @@ typedef struct committed_answer {
 static void answer_committed(void *arg, int status)
 {
     committed_answer *w = arg;
-    if (w->c && status == 0) {
-        sg_http_respond(w->c, 202, "application/json", w->body, w->len, NULL);
-    } else if (w->c) {
+    if (status == 0) {
+        sg_held_respond(w->h, 202, "application/json", w->body, w->len, NULL);
+    } else {
         sg_error e;
         sg_error_set(&e, 503, "store_unavailable", NULL,
                      "the update could not be stored; retry (with the same idempotency_key, to be safe)");
-        sg_http_error(w->c, &e);
+        sg_held_error(w->h, &e);
     }
-    if (!w->waiting) {
-        w->waiting = -1;
-        return;
-    }
-    if (w->c) sg_conn_resume(w->c);
     free(w);
 }
 
-/* 202 with body, once it is committed. resume: the connection already
- * awaits this answer (sg_conn_await) and is resumed after it. */
+/* 202 with body, once it is committed. resume: the connection awaits this
+ * answer (sg_conn_await) and goes on after it. */
 static void respond_committed(sg_conn *c, const char *body, size_t len, int resume)
 {
     sg_store *st = c->srv->store;
+    committed_answer *w = st->ops->sync ? malloc(sizeof(*w) + len) : NULL;
+    sg_held *h = w ? sg_conn_hold(c) : NULL;
     if (!st->ops->sync) {
         sg_http_respond(c, 202, "application/json", body, len, NULL);
-        if (resume) sg_conn_resume(c);
-        return;
-    }
-    committed_answer *w = malloc(sizeof(*w) + len);
-    if (!w) {
+    } else if (!h) {
+        free(w);
         sg_error e;
         sg_error_set(&e, 503, "out_of_memory", NULL, "the gateway is out of memory");
         sg_http_error(c, &e);
-        if (resume) sg_conn_resume(c);
-        return;
+    } else {
+        w->h = h;
+        w->len = len;
+        memcpy(w->body, body, len);
+        st->ops->sync(st, answer_committed, w);
     }
-    w->c = c;
-    w->waiting = 0;
-    w->len = len;
-    memcpy(w->body, body, len);
-    st->ops->sync(st, answer_committed, w);
-    if (w->waiting == -1) { /* committed already */
-        free(w);
-        if (resume) sg_conn_resume(c);
-        return;
-    }
-    w->waiting = 1;
-    if (!resume) sg_conn_await(c, &w->c);
-    else c->awaited_by = &w->c; /* the slot moves to this answer */
+    if (resume) sg_conn_resume(c);
 }
 
 /* Answer one publish: 202 with the reply (once committed), or the error.

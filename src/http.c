@@ -152,17 +152,23 @@ static int on_message_begin(http_parser *p)
 }
 
 /* event=access: one line per answered request, when access_log is on */
+static void access_line(sg_conn *c, const char *client, const char *method, const char *path, uint64_t t0_ns,
+                        const char *key_name, const char *err_code, int status, size_t bytes)
+{
+    char p[160];
+    snprintf(p, sizeof(p), "%s", path ? path : "-");
+    double ms = t0_ns ? (double)(sg_clock_running_ns() - t0_ns) / 1e6 : 0;
+    sg_log(SG_LOG_INFO, "access", "peer=%s method=%s path=%s status=%d bytes=%zu duration_ms=%.3f key=%s error=%s",
+           client && client[0] ? client : c->peer, method, sg_log_q(p), status, bytes, ms,
+           key_name ? sg_log_q(key_name) : "-", err_code ? err_code : "-");
+}
+
 static void access_log(sg_conn *c, int status, size_t bytes)
 {
     sg_req *r = c->req;
     if (!r) return;
-    char path[160];
-    const char *p = r->path ? r->path : "-";
-    snprintf(path, sizeof(path), "%s", p);
-    double ms = r->t0_ns ? (double)(sg_clock_running_ns() - r->t0_ns) / 1e6 : 0;
-    sg_log(SG_LOG_INFO, "access", "peer=%s method=%s path=%s status=%d bytes=%zu duration_ms=%.3f key=%s error=%s",
-           r->client[0] ? r->client : c->peer, r->path ? http_method_str(r->method) : "-", sg_log_q(path), status, bytes, ms,
-           r->key_name ? sg_log_q(r->key_name) : "-", r->err_code ? r->err_code : "-");
+    access_line(c, r->client, r->path ? http_method_str(r->method) : "-", r->path, r->t0_ns, r->key_name,
+                r->err_code, status, bytes);
 }
 
 /* The arena holds the URL, then name\0value\0 for each header. */
@@ -316,13 +322,173 @@ const char *sg_http_reason(int status)
     }
 }
 
+/* ---- held answers ----
+ *
+ * Each held answer keeps what its request said about the answer (the
+ * request state moves on to the next request), its answer when written
+ * before those ahead of it were, and the answers written after it until
+ * the next held one. The oldest's answer goes straight to the output; an
+ * answered oldest releases what follows it, up to the next unanswered. */
+
+#define MAX_HELD 1024 /* per connection; past it, parsing waits */
+
+struct sg_held {
+    sg_held *next;
+    sg_conn *c; /* NULL once the connection is gone */
+    int answered;
+    int keep_alive;
+    struct evbuffer *answer; /* written before those ahead of it were */
+    struct evbuffer *after;  /* the answers to the requests after it */
+    char *cors_origin;
+    const char *err_code;
+    /* for the access log (only with access_log on): client\0path\0key\0 */
+    char *alog;
+    enum http_method method;
+    int has_key;
+    uint64_t t0_ns;
+};
+
+static void conn_read(sg_conn *c, int on);
+static void process_http(sg_conn *c);
+static void wq_push(sg_conn *c, int q);
+
+static void held_free(sg_held *h)
+{
+    if (h->answer) evbuffer_free(h->answer);
+    if (h->after) evbuffer_free(h->after);
+    free(h->cors_origin);
+    free(h->alog);
+    free(h);
+}
+
+/* Where an answer written now goes. */
+static struct evbuffer *conn_out(sg_conn *c)
+{
+    struct evbuffer **b;
+    if (c->filling && c->filling == c->held) return bufferevent_get_output(c->bev);
+    else if (c->filling) b = &c->filling->answer;
+    else if (c->held_tail) b = &c->held_tail->after;
+    else return bufferevent_get_output(c->bev);
+    if (!*b) *b = evbuffer_new();
+    return *b;
+}
+
+sg_held *sg_conn_hold(sg_conn *c)
+{
+    sg_req *r = c->req;
+    sg_held *h = calloc(1, sizeof(*h));
+    if (!h) return NULL;
+    h->c = c;
+    h->keep_alive = r->keep_alive;
+    if (r->cors_origin) { /* the request's copy goes with its answer */
+        h->cors_origin = r->cors_origin;
+        r->cors_origin = NULL;
+    }
+    if (c->srv->cfg->access_log) {
+        const char *path = r->path ? r->path : "-", *key = r->key_name ? r->key_name : "";
+        size_t cl = strlen(r->client), pl = strlen(path), kl = strlen(key);
+        h->alog = malloc(cl + pl + kl + 3);
+        if (h->alog) {
+            memcpy(h->alog, r->client, cl + 1);
+            memcpy(h->alog + cl + 1, path, pl + 1);
+            memcpy(h->alog + cl + pl + 2, key, kl + 1);
+        }
+        h->method = r->path ? r->method : (enum http_method)-1;
+        h->has_key = r->key_name != NULL;
+        h->t0_ns = r->t0_ns;
+    }
+    if (c->held_tail) c->held_tail->next = h; else c->held = h;
+    c->held_tail = h;
+    c->n_held++;
+    return h;
+}
+
+/* Release the answered oldest and what follows it; parse on when that
+ * unblocked the connection. */
+static void held_flush(sg_conn *c)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    int was_full = c->n_held >= MAX_HELD;
+    while (c->held && c->held->answered) {
+        sg_held *h = c->held;
+        c->held = h->next;
+        if (!c->held) c->held_tail = NULL;
+        c->n_held--;
+        if (h->answer) evbuffer_add_buffer(out, h->answer);
+        if (h->after) evbuffer_add_buffer(out, h->after);
+        held_free(h);
+    }
+    if (c->killed) return;
+    if (was_full && c->read_paused && c->n_held < MAX_HELD &&
+        evbuffer_get_length(out) <= c->srv->cfg->output_cap) {
+        c->read_paused = 0;
+        conn_read(c, 1);
+    }
+    if (!c->processing && !c->awaited_by) process_http(c); /* what waited behind them */
+    wq_push(c, SG_WQ_ANSWERS);
+}
+
+void sg_held_respond(sg_held *h, int status, const char *ctype, const char *body, size_t len,
+                     const char *extra)
+{
+    sg_conn *c = h->c;
+    if (!c || c->killed) {
+        if (c) h->answered = 1; /* the reaper frees it */
+        else held_free(h);
+        return;
+    }
+    c->filling = h;
+    sg_http_respond(c, status, ctype, body, len, extra);
+    c->filling = NULL;
+    h->answered = 1;
+    if (h == c->held) held_flush(c);
+}
+
+void sg_held_error(sg_held *h, const sg_error *err)
+{
+    sg_conn *c = h->c;
+    if (!c || c->killed) {
+        sg_held_respond(h, 0, NULL, NULL, 0, NULL);
+        return;
+    }
+    c->filling = h;
+    sg_http_error(c, err);
+    c->filling = NULL;
+    h->answered = 1;
+    if (h == c->held) held_flush(c);
+}
+
+/* The connection goes: answered holds go with it, unanswered ones stay
+ * with whoever answers them. */
+static void held_release(sg_conn *c)
+{
+    sg_held *h = c->held;
+    while (h) {
+        sg_held *n = h->next;
+        if (h->answered) {
+            held_free(h);
+        } else {
+            h->c = NULL;
+            h->next = NULL;
+        }
+        h = n;
+    }
+    c->held = c->held_tail = NULL;
+    c->n_held = 0;
+}
+
 void sg_http_respond(sg_conn *c, int status, const char *ctype, const char *body, size_t len,
                      const char *extra)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
-    int keep = c->req->keep_alive && !c->srv->shutting_down;
+    struct evbuffer *out = conn_out(c);
+    sg_held *f = c->filling;
+    int keep = (f ? f->keep_alive : c->req->keep_alive) && !c->srv->shutting_down;
     const char *reason = sg_http_reason(status);
-    const char *cors = c->req->cors_origin;
+    const char *cors = f ? f->cors_origin : c->req->cors_origin;
+    if (!out) {
+        sg_conn_kill(c);
+        return;
+    }
     size_t rl = strlen(reason), cl = ctype ? strlen(ctype) : 0, xl = extra ? strlen(extra) : 0,
            ol = cors ? strlen(cors) : 0;
     /* the head and a small body in one buffer, one append: every answer
@@ -362,7 +528,13 @@ void sg_http_respond(sg_conn *c, int status, const char *ctype, const char *body
 #undef PUT
     evbuffer_add(out, h, (size_t)(p - h));
     if (h != buf) free(h);
-    if (c->srv->cfg->access_log) access_log(c, status, len);
+    if (c->srv->cfg->access_log && f && f->alog) {
+        const char *client = f->alog, *path = client + strlen(client) + 1, *key = path + strlen(path) + 1;
+        access_line(c, client, (int)f->method >= 0 ? http_method_str(f->method) : "-", path, f->t0_ns,
+                    f->has_key ? key : NULL, f->err_code, status, len);
+    } else if (c->srv->cfg->access_log && !f) {
+        access_log(c, status, len);
+    }
     if (!keep) sg_conn_close_after_write(c);
 }
 
@@ -383,7 +555,8 @@ void sg_http_json(sg_conn *c, int status, json_t *v, const char *extra)
 
 void sg_http_error(sg_conn *c, const sg_error *err)
 {
-    if (c->req) c->req->err_code = err->code;
+    if (c->filling) c->filling->err_code = err->code;
+    else if (c->req) c->req->err_code = err->code;
     char extra[40];
     int retry = err->status == 429 || err->status == 503;
     if (retry) snprintf(extra, sizeof(extra), "Retry-After: %d\r\n", err->retry_after > 0 ? err->retry_after : 1);
@@ -480,6 +653,7 @@ void sg_http_reap(sg_conn *c)
     for (int q = 0; q < 2; q++)
         if (c->wq[q].on) wq_unlink(s, q, c);
     if (c->awaited_by) *c->awaited_by = NULL;
+    held_release(c);
     if (c->proto && c->proto->on_close) c->proto->on_close(c);
     if (c->prev) c->prev->next = c->next; else s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
@@ -573,7 +747,7 @@ void sg_conn_kick(sg_conn *c)
             bufferevent_enable(c->bev, EV_WRITE);
         }
     }
-    if (c->closing && evbuffer_get_length(out) == 0) {
+    if (c->closing && evbuffer_get_length(out) == 0 && !c->held) {
         if (!c->linger || !c->reading) {
             sg_conn_kill(c);
         } else if (c->linger == 1) {
@@ -640,14 +814,47 @@ static void reject(sg_conn *c, int status, const char *detail)
     sg_conn_linger_close(c, REJECT_LINGER_S);
 }
 
+/* A whole request may be handled now: held answers let only a plain POST
+ * (a publish) go ahead of them. */
+static int may_handle(sg_conn *c)
+{
+    if (!c->held) return 1;
+    return c->req->method == HTTP_POST && !c->parser.upgrade && c->held_tail->keep_alive;
+}
+
+static void handle(sg_conn *c)
+{
+    c->parsed = 0;
+    c->srv->net.requests++;
+    int upgraded = c->parser.upgrade;
+    c->processing++;
+    c->srv->handle(c, c->req);
+    c->processing--;
+    if (c->mode != SG_CONN_HTTP) {
+        /* a subscriber: request state is dead weight from here on */
+        req_free(c->req);
+        free(c->req);
+        c->req = NULL;
+        return;
+    }
+    if (upgraded && !c->closing) sg_conn_close_after_write(c);
+    if (!c->awaited_by) req_reset(c->req); /* awaited: the request stays until sg_conn_resume */
+}
+
 /* Parse and dispatch every complete request in the input, in order. */
 static void process_http(sg_conn *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
     struct evbuffer *out = bufferevent_get_output(c->bev);
     while (c->mode == SG_CONN_HTTP && !c->closing && !c->killed && !c->awaited_by) {
-        if (evbuffer_get_length(out) > c->srv->cfg->output_cap) {
-            /* the client pipelines faster than it reads: wait for it */
+        if (c->parsed) {
+            if (!may_handle(c)) return; /* held_flush comes back */
+            handle(c);
+            continue;
+        }
+        if (evbuffer_get_length(out) > c->srv->cfg->output_cap || c->n_held >= MAX_HELD) {
+            /* the client pipelines faster than it reads (or than its
+             * answers are committed): wait for it */
             conn_read(c, 0);
             c->read_paused = 1;
             return;
@@ -659,19 +866,7 @@ static void process_http(sg_conn *c)
         evbuffer_drain(in, n);
         if (e == HPE_PAUSED) {
             http_parser_pause(&c->parser, 0);
-            c->srv->net.requests++;
-            int upgraded = c->parser.upgrade;
-            c->srv->handle(c, c->req);
-            if (c->mode != SG_CONN_HTTP) {
-                /* a subscriber: request state is dead weight from here on */
-                req_free(c->req);
-                free(c->req);
-                c->req = NULL;
-                break;
-            }
-            if (upgraded && !c->closing) sg_conn_close_after_write(c);
-            if (c->awaited_by) return; /* answered later: the request stays until sg_conn_resume */
-            req_reset(c->req);
+            c->parsed = 1;
             continue;
         }
         if (e != HPE_OK) {
@@ -700,7 +895,7 @@ void sg_conn_resume(sg_conn *c)
     c->awaited_by = NULL;
     if (c->killed) return;
     req_reset(c->req);
-    process_http(c);
+    if (!c->processing) process_http(c);
     wq_push(c, SG_WQ_ANSWERS);
 }
 
@@ -731,7 +926,7 @@ static void on_write(struct bufferevent *bev, void *arg)
         return;
     }
     if (c->closing) {
-        sg_conn_kill(c);
+        if (!c->held) sg_conn_kill(c); /* else the last held answer's write closes it */
         return;
     }
     if (c->read_paused) {

@@ -52,6 +52,8 @@ typedef struct sg_req {
 
 enum sg_conn_mode { SG_CONN_HTTP, SG_CONN_SSE, SG_CONN_WS };
 
+typedef struct sg_held sg_held; /* an answer written later, in its request's place */
+
 /* A transport that took the connection over from HTTP. */
 typedef struct sg_conn_proto {
     const char *name;
@@ -85,6 +87,11 @@ struct sg_conn {
     sg_conn *reap_next;
     struct { sg_conn *prev, *next; int on; } wq[2]; /* links in the server's write queues */
     sg_conn **awaited_by; /* an answer comes later (sg_conn_await); NULL otherwise */
+    sg_held *held, *held_tail; /* answers still to come, oldest first (sg_conn_hold) */
+    sg_held *filling;          /* the held answer being written */
+    int n_held;
+    int parsed;                /* c->req is whole and waits to be handled */
+    int processing;            /* inside its handler: answers do not parse on */
     char peer[64];
 };
 
@@ -103,6 +110,19 @@ void sg_conn_await(sg_conn *c, sg_conn **slot);
 /* The awaited answer is written: go on with any requests pipelined after
  * it, and send what the connection holds at the end of the loop turn. */
 void sg_conn_resume(sg_conn *c);
+
+/* The request just handled is answered later, in its place, while the
+ * connection goes on with the requests pipelined after it: their answers
+ * wait behind this one, so a client reads its answers in the order it
+ * asked. A request that would take the connection over (an upgrade, an
+ * event stream) or that is not a POST, and a close, wait until every held
+ * answer is written. NULL when out of memory (sg_conn_await then). */
+sg_held *sg_conn_hold(sg_conn *c);
+/* Answer a held request (once; frees h). A connection gone meanwhile
+ * gets nothing. */
+void sg_held_respond(sg_held *h, int status, const char *ctype, const char *body, size_t len,
+                     const char *extra);
+void sg_held_error(sg_held *h, const sg_error *err);
 
 /* ---- responses ---- */
 

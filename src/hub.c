@@ -230,11 +230,38 @@ static void flush_slice(sg_hub *h, sg_conv *c, sg_update **ups, int n)
     h->stats.flushes++;
 }
 
+static void flush_link(sg_hub *h, sg_conv *c, int64_t due_ms)
+{
+    c->due_ms = due_ms;
+    c->fprev = h->flush_tail;
+    c->fnext = NULL;
+    if (h->flush_tail) h->flush_tail->fnext = c; else h->flush_head = c;
+    h->flush_tail = c;
+    c->in_flush_list = 1;
+    if (!event_pending(h->flush_ev, EV_TIMEOUT, NULL)) arm_flush_timer(h);
+}
+
+static void await_link(sg_hub *h, sg_conv *c, uint64_t gen)
+{
+    c->await_gen = gen;
+    if (c->awaiting_commit) return;
+    c->awaiting_commit = 1;
+    c->aprev = NULL;
+    c->anext = h->await_head;
+    if (h->await_head) h->await_head->aprev = c;
+    h->await_head = c;
+}
+
+enum { FLUSH_DUE, FLUSH_COMMITTED, FLUSH_NOW };
+
 /* Hand c's queued updates to its subscribers, oldest first, in frames of
  * at most batch_size. With a durable store only those committed go: what
- * a subscriber sees is never lost by a crash; the rest waits on the
- * hub's await list for on_commit. */
-static void conv_flush(sg_hub *h, sg_conv *c)
+ * a subscriber sees is never lost by a crash. A batch that comes due
+ * (FLUSH_DUE) with some of it not yet committed waits on the hub's await
+ * list until all of it is (on_commit, FLUSH_COMMITTED), then goes whole:
+ * one frame, not a committed part now and the rest a commit later. What
+ * was queued after it came due is the next batch, due a window later. */
+static void conv_flush(sg_hub *h, sg_conv *c, int why)
 {
     flush_unlink(h, c);
     int ready = c->nq;
@@ -243,16 +270,11 @@ static void conv_flush(sg_hub *h, sg_conv *c)
         while (ready < c->nq && c->qgen[ready] <= h->committed_gen)
             ready++;
     }
-    if (ready < c->nq && !c->awaiting_commit) {
-        c->awaiting_commit = 1;
-        c->aprev = NULL;
-        c->anext = h->await_head;
-        if (h->await_head) h->await_head->aprev = c;
-        h->await_head = c;
-    } else if (ready == c->nq) {
-        await_unlink(h, c);
+    if (ready < c->nq && why == FLUSH_DUE) {
+        await_link(h, c, c->qgen[c->nq - 1]);
+        return;
     }
-    if (ready == 0) return;
+    await_unlink(h, c);
     int bs = h->cfg->batch_size;
     for (int off = 0; off < ready; off += bs)
         flush_slice(h, c, c->queue + off, ready - off < bs ? ready - off : bs);
@@ -262,6 +284,8 @@ static void conv_flush(sg_hub *h, sg_conv *c)
     }
     c->nq -= ready;
     h->pending -= ready;
+    if (c->nq && why == FLUSH_COMMITTED) flush_link(h, c, sg_mono_ms() + h->cfg->flush_ms);
+    else if (c->nq) await_link(h, c, c->qgen[c->nq - 1]);
 }
 
 static void on_flush_timer(evutil_socket_t fd, short what, void *arg)
@@ -269,7 +293,7 @@ static void on_flush_timer(evutil_socket_t fd, short what, void *arg)
     sg_hub *h = arg;
     int64_t now = sg_mono_ms();
     while (h->flush_head && h->flush_head->due_ms <= now)
-        conv_flush(h, h->flush_head);
+        conv_flush(h, h->flush_head, FLUSH_DUE);
     arm_flush_timer(h);
 }
 
@@ -281,7 +305,7 @@ static void on_commit(void *arg, uint64_t gen)
     sg_conv *c = h->await_head;
     while (c) {
         sg_conv *next = c->anext;
-        if (c->qgen[0] <= gen) conv_flush(h, c);
+        if (c->await_gen <= gen) conv_flush(h, c, FLUSH_COMMITTED);
         c = next;
     }
 }
@@ -290,7 +314,7 @@ void sg_hub_flush_all(sg_hub *h)
 {
     if (h->store->ops->drain) h->store->ops->drain(h->store); /* commits, then on_commit */
     while (h->flush_head)
-        conv_flush(h, h->flush_head);
+        conv_flush(h, h->flush_head, FLUSH_NOW);
     arm_flush_timer(h);
 }
 
@@ -316,7 +340,7 @@ static void conv_free(sg_hub *h, sg_conv *c, int drop)
 {
     if (c->nq && c->qgen[c->nq - 1] > h->committed_gen && h->store->ops->drain)
         h->store->ops->drain(h->store); /* what it queued is delivered as committed */
-    conv_flush(h, c);
+    conv_flush(h, c, FLUSH_NOW);
     await_unlink(h, c);
     for (int i = 0; i < c->nq; i++) /* what a failing store never committed */
         sg_update_unref(c->queue[i]);
@@ -613,20 +637,12 @@ int sg_hub_publish(sg_hub *h, const sg_draft *d, sg_publish_result *res, sg_erro
     c->qgen[c->nq] = gen;
     c->queue[c->nq++] = u; /* the queue owns the reference from sg_update_new */
     h->pending++;
-    if (c->nq == 1) {
-        c->due_ms = sg_mono_ms() + h->cfg->flush_ms;
-        c->fprev = h->flush_tail;
-        c->fnext = NULL;
-        if (h->flush_tail) h->flush_tail->fnext = c; else h->flush_head = c;
-        h->flush_tail = c;
-        c->in_flush_list = 1;
-        if (!event_pending(h->flush_ev, EV_TIMEOUT, NULL)) arm_flush_timer(h);
-    }
+    if (!c->in_flush_list && !c->awaiting_commit) flush_link(h, c, sg_mono_ms() + h->cfg->flush_ms);
     memset(res, 0, sizeof(*res));
     res->seq = u->seq;
     res->conv = c;
     res->update = u;
-    if (c->nq >= h->cfg->batch_size) conv_flush(h, c);
+    if (c->nq >= h->cfg->batch_size) conv_flush(h, c, FLUSH_NOW);
     return 0;
 }
 

@@ -72,7 +72,8 @@ struct sg_conv {
     sg_update **queue; /* queued updates, oldest first */
     uint64_t *qgen;    /* the store's commit that holds each (0: durable already) */
     int nq, qcap;
-    int awaiting_commit;   /* due, held back until its oldest queued update is committed */
+    int awaiting_commit;   /* due, held back until what was queued when it came due is committed */
+    uint64_t await_gen;    /* that commit */
     sg_conv *aprev, *anext; /* the hub's list of those */
     int64_t due_ms;              /* flush deadline, when queued */
     sg_conv *fprev, *fnext;      /* flush list, by deadline */

@@ -128,20 +128,26 @@ describe("the sqlite store", function()
   end)
 
   it("loses nothing it acknowledged when killed with SIGKILL mid-stream (three times)", function()
-    start()
+    -- history keeps every update of a round, so each acknowledged one must be there
+    local keep_all = { history_size = 1000 }
+    start(keep_all)
     local acked = {}
     for round = 1, 3 do
       local conv = "kill-" .. round
       local c = gw_.connect(gw)
-      local reqs = {}
-      for i = 1, 300 do
-        reqs[#reqs + 1] = gw_.build_request("POST", "/api/v1/status",
-          cjson.encode({ conversation_id = conv, category = "info", text = "n" .. i }))
-      end
-      c:send_raw(table.concat(reqs))
-      local n = 0
       c.sock:settimeout(2)
-      while true do
+      -- a stream: up to 20 publishes in flight, sent 10 at a time as answers come
+      local sent, n = 0, 0
+      while sent < 300 or n < sent do
+        if sent < 300 and sent - n <= 10 then
+          local reqs = {}
+          for i = sent + 1, sent + 10 do
+            reqs[#reqs + 1] = gw_.build_request("POST", "/api/v1/status",
+              cjson.encode({ conversation_id = conv, category = "info", text = "n" .. i }))
+          end
+          if not c.sock:send(table.concat(reqs)) then break end
+          sent = sent + 10
+        end
         local status, _, body = c:read_response()
         if not status then break end
         if status == 202 then
@@ -154,7 +160,7 @@ describe("the sqlite store", function()
       c:close()
       assert.truthy(gw_.wait_exit(gw, 5))
       gw.stopped = true
-      start()
+      start(keep_all)
     end
     assert.is_true(#acked >= 120, "acknowledged " .. #acked)
     -- each killed conversation goes on after its last stored seq, in its epoch
@@ -178,6 +184,74 @@ describe("the sqlite store", function()
       assert.truthy(found, a.conv .. " seq " .. a.seq .. " was acknowledged and is gone")
       assert.are.equal(a.text, found.text)
     end
+  end)
+
+  it("answers pipelined requests in order while publishes wait for their commit", function()
+    start()
+    local c = gw_.connect(gw)
+    local function post(text) -- one publish; text nil: a body that is not JSON
+      local body = text and cjson.encode({ conversation_id = "order", category = "info", text = text }) or "{nope"
+      return gw_.build_request("POST", "/api/v1/status", body)
+    end
+    -- publishes, a refused one, a read that must see the publishes before
+    -- it, a bulk, and a last publish that closes the connection
+    c:send_raw(table.concat({
+      post("a"), post(nil), post("b"),
+      gw_.build_request("GET", "/api/v1/conversations/order/history"),
+      post("c"),
+      gw_.build_request("POST", "/api/v1/status/bulk", cjson.encode({
+        { conversation_id = "order", category = "info", text = "d" },
+        { conversation_id = "order", category = "info", text = "e" } })),
+      gw_.build_request("POST", "/api/v1/status",
+        cjson.encode({ conversation_id = "order", category = "info", text = "f" }), { Connection = "close" }),
+      post("never read"),
+    }))
+    local got = {}
+    while true do
+      local status, h, body = c:read_response()
+      if not status then break end
+      got[#got + 1] = { status = status, body = cjson.decode(body), close = h.connection }
+    end
+    c:close()
+    local statuses = {}
+    for i, g in ipairs(got) do statuses[i] = g.status end
+    assert.are.same({ 202, 400, 202, 200, 202, 202, 202 }, statuses)
+    assert.are.equal(1, got[1].body.seq)
+    assert.are.equal("invalid_json", got[2].body.error.code)
+    assert.are.equal(2, got[3].body.seq)
+    local texts = {}
+    for _, u in ipairs(got[4].body.updates) do texts[#texts + 1] = u.text end
+    assert.are.same({ "a", "b" }, texts)
+    assert.are.equal(3, got[5].body.seq)
+    assert.are.same({ 4, 5 }, { got[6].body.results[1].seq, got[6].body.results[2].seq })
+    assert.are.equal(6, got[7].body.seq)
+    assert.are.equal("close", got[7].close)
+    -- what came after the closing request was never handled
+    local status, h = history(gw, "order")
+    assert.are.equal(200, status)
+    assert.are.equal(6, #h.updates)
+  end)
+
+  it("keeps what a client that hung up on its pipelined publishes sent", function()
+    start()
+    local c = gw_.connect(gw)
+    local reqs = {}
+    for i = 1, 50 do
+      reqs[#reqs + 1] = gw_.build_request("POST", "/api/v1/status",
+        cjson.encode({ conversation_id = "gone", category = "info", text = "g" .. i }))
+    end
+    c:send_raw(table.concat(reqs))
+    c:close() -- before any answer
+    local h
+    for _ = 1, 50 do
+      local status
+      status, h = history(gw, "gone")
+      if status == 200 and #h.updates == 50 then break end
+      socket.sleep(0.05)
+    end
+    assert.are.equal(50, #h.updates)
+    assert.are.equal("g50", h.updates[50].text)
+    assert.are.equal(202, (gw_.publish(gw, { conversation_id = "gone", category = "info", text = "after" })))
   end)
 
   it("forgets idle conversations past conversation_ttl_s, rows and all", function()
