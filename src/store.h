@@ -30,14 +30,19 @@ typedef void (*sg_store_range_fn)(void *arg, int status, sg_update **ups, size_t
 typedef void (*sg_store_key_fn)(void *arg, const char *key, uint64_t seq, int64_t expires_ms);
 
 /* A webhook message as the outbox keeps it: queued (its next attempt at
- * next_at_ms, wall clock) or dead (a dead letter, for redelivery). */
+ * next_at_ms, wall clock), dead (a dead letter, for redelivery), or a part
+ * (SG_OUTBOX_PART): one update of a batch still being gathered, kept as
+ * "<message id>.<n>" so that an acknowledged update is in the outbox
+ * before its batch is made. Putting or forgetting a message drops its
+ * parts. */
+#define SG_OUTBOX_PART 2
 typedef struct sg_outbox_msg {
     const char *id, *endpoint;
     const char *body;
     size_t len;
     const char *headers; /* a JSON object's text, or NULL */
     const char *last_error; /* or NULL */
-    int updates, attempts, dead;
+    int updates, attempts, dead; /* dead: 0 queued, 1 dead, SG_OUTBOX_PART */
     long last_status;
     int64_t next_at_ms, created_ms;
 } sg_outbox_msg;

@@ -414,7 +414,7 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 
 typedef struct wstmts {
     sqlite3_stmt *ins_chunk, *upsert_conv, *known, *trim, *ins_idem, *del_chunks, *del_conv, *del_idem, *touch,
-        *sweep_chunks, *sweep_idem_conv, *sweep_convs, *sweep_idem, *range, *bounds, *ob_put, *ob_del;
+        *sweep_chunks, *sweep_idem_conv, *sweep_convs, *sweep_idem, *range, *bounds, *ob_put, *ob_del, *ob_parts;
 } wstmts;
 
 static int prepare_all(sqlite3 *db, wstmts *w)
@@ -441,6 +441,8 @@ static int prepare_all(sqlite3 *db, wstmts *w)
         {&w->ob_put, "INSERT OR REPLACE INTO outbox(id, endpoint, body, headers, updates, attempts, next_at_ms, dead, "
                      "last_status, last_error, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"},
         {&w->ob_del, "DELETE FROM outbox WHERE id = ?1"},
+        /* a message's parts: "<id>.<n>", between "<id>." and "<id>/" */
+        {&w->ob_parts, "DELETE FROM outbox WHERE id >= ?1 || '.' AND id < ?1 || '/'"},
     };
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
         if (sqlite3_prepare_v3(db, all[i].sql, -1, SQLITE_PREPARE_PERSISTENT, all[i].s, NULL) != SQLITE_OK)
@@ -535,9 +537,11 @@ static int write_op(sq_store *st, wstmts *w, sq_op *o)
         sqlite3_bind_int64(s, 9, m->last_status);
         if (m->last_error) sqlite3_bind_text(s, 10, m->last_error, -1, SQLITE_STATIC); else sqlite3_bind_null(s, 10);
         sqlite3_bind_int64(s, 11, m->created_ms);
-        return sqlite3_step(s) == SQLITE_DONE ? 0 : -1;
+        if (sqlite3_step(s) != SQLITE_DONE) return -1;
+        return m->dead == SG_OUTBOX_PART ? 0 : run(w->ob_parts, m->id, NULL, 0, 0);
     }
-    case OP_OUTBOX_DEL: return run(w->ob_del, o->key, NULL, 0, 0);
+    case OP_OUTBOX_DEL:
+        return run(w->ob_del, o->key, NULL, 0, 0) < 0 ? -1 : run(w->ob_parts, o->key, NULL, 0, 0);
     }
     return -1;
 }

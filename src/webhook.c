@@ -64,7 +64,11 @@ struct endpoint {
     int n_schedule;
     json_t *headers;
     sg_update **pending;
+    const char **texts; /* the pending updates' JSON, for build_msg */
+    size_t *lens;
     int n_pending;
+    char open_id[48]; /* the id the pending updates' message will have */
+    int64_t open_ms;
     struct event *batch_ev;
     wh_msg *ready_head, *ready_tail;
     wh_msg *live;
@@ -123,6 +127,8 @@ static void endpoint_clear(endpoint *ep)
     free(ep->schedule);
     json_decref(ep->headers);
     free(ep->pending);
+    free(ep->texts);
+    free(ep->lens);
     if (ep->batch_ev) event_free(ep->batch_ev);
 }
 
@@ -285,6 +291,12 @@ static int parse_endpoint(endpoint *ep, json_t *o, json_t *global_schedule, stru
     if (parse_schedule(sched ? sched : global_schedule, &ep->schedule, &ep->n_schedule, err, errlen, who) < 0)
         return -1;
     ep->pending = calloc(ep->batch_size, sizeof(sg_update *));
+    ep->texts = calloc(ep->batch_size, sizeof(*ep->texts));
+    ep->lens = calloc(ep->batch_size, sizeof(*ep->lens));
+    if (!ep->pending || !ep->texts || !ep->lens) {
+        snprintf(err, errlen, "%s: out of memory", who);
+        return -1;
+    }
     return 0;
 }
 
@@ -310,6 +322,17 @@ static void keep_msg(endpoint *ep, const wh_msg *m, int64_t next_at_ms)
 {
     keep(ep, m->id, m->body, m->len, m->headers, m->n_updates, m->attempts, 0, next_at_ms, m->last_status,
          m->last_error, m->created_ms);
+}
+
+/* Keep the i-th pending update as a part of the message being gathered:
+ * committed with the update, so a crash before the batch is made loses
+ * nothing acknowledged (the parts are gathered again at start). */
+static void keep_part(endpoint *ep, const sg_update *u, int i)
+{
+    if (!ep->wh->outbox) return;
+    char id[64];
+    snprintf(id, sizeof(id), "%s.%06d", ep->open_id, i);
+    keep(ep, id, u->json, u->json_len, NULL, 1, 0, SG_OUTBOX_PART, 0, 0, NULL, ep->open_ms);
 }
 
 /* ---- dead letters ---- */
@@ -656,17 +679,15 @@ static void enqueue_msg(endpoint *ep, wh_msg *m)
     ep->ready_tail = m;
 }
 
-/* Turn the pending updates into one message. */
-static void make_batch(endpoint *ep)
+/* One message of n updates' JSON texts, with the endpoint's forwarder's
+ * format or the standard body. */
+static wh_msg *build_msg(endpoint *ep, int n, const char *const *json, const size_t *lens, const char *id)
 {
-    int n = ep->n_pending;
-    if (n == 0) return;
-    evtimer_del(ep->batch_ev);
-    wh_msg *m = msg_new(ep, n, NULL);
+    wh_msg *m = msg_new(ep, n, id);
     if (ep->forwarder && ep->wh->plugins) {
         json_t *arr = json_array();
         for (int i = 0; i < n; i++)
-            json_array_append_new(arr, json_loadb(ep->pending[i]->json, ep->pending[i]->json_len, 0, NULL));
+            json_array_append_new(arr, json_loadb(json[i], lens[i], 0, NULL));
         json_t *hdrs = NULL;
         if (sg_plugins_webhook_format(ep->wh->plugins, ep->forwarder, arr, &m->body, &hdrs) == 0) {
             m->len = strlen(m->body);
@@ -677,19 +698,34 @@ static void make_batch(endpoint *ep)
     if (!m->body) { /* the standard body, also when a forwarder's format failed */
         size_t cap = 128;
         for (int i = 0; i < n; i++)
-            cap += ep->pending[i]->json_len + 1;
+            cap += lens[i] + 1;
         m->body = malloc(cap);
         char ts[25];
         sg_format_ts(sg_clock_wall_ms(), ts);
         size_t o = (size_t)snprintf(m->body, cap, "{\"type\":\"status.updates\",\"timestamp\":\"%s\",\"data\":{\"updates\":[", ts);
         for (int i = 0; i < n; i++) {
             if (i) m->body[o++] = ',';
-            memcpy(m->body + o, ep->pending[i]->json, ep->pending[i]->json_len);
-            o += ep->pending[i]->json_len;
+            memcpy(m->body + o, json[i], lens[i]);
+            o += lens[i];
         }
         memcpy(m->body + o, "]}}", 4);
         m->len = o + 3;
     }
+    return m;
+}
+
+/* Turn the pending updates into one message (with the id their parts
+ * were kept under: keeping it drops the parts). */
+static void make_batch(endpoint *ep)
+{
+    int n = ep->n_pending;
+    if (n == 0) return;
+    evtimer_del(ep->batch_ev);
+    for (int i = 0; i < n; i++) {
+        ep->texts[i] = ep->pending[i]->json;
+        ep->lens[i] = ep->pending[i]->json_len;
+    }
+    wh_msg *m = build_msg(ep, n, ep->texts, ep->lens, ep->open_id);
     for (int i = 0; i < n; i++) {
         sg_update_unref(ep->pending[i]);
         ep->pending[i] = NULL;
@@ -732,6 +768,7 @@ static void disable(endpoint *ep, const char *why)
         ep->queued--; /* counted when it was offered */
         sg_update_unref(ep->pending[i]);
     }
+    if (ep->n_pending && ep->wh->outbox) ep->wh->outbox->ops->outbox_del(ep->wh->outbox, ep->open_id); /* its parts */
     ep->n_pending = 0;
 }
 
@@ -756,6 +793,11 @@ void sg_webhooks_offer(sg_webhooks *wh, const char *conv, const sg_update *u)
             continue;
         }
         ep->queued++;
+        if (ep->n_pending == 0) {
+            new_msg_id(ep->open_id);
+            ep->open_ms = sg_clock_wall_ms();
+        }
+        keep_part(ep, u, ep->n_pending);
         ep->pending[ep->n_pending++] = sg_update_ref((sg_update *)u);
         if (ep->n_pending >= ep->batch_size) {
             make_batch(ep);
@@ -811,8 +853,63 @@ typedef struct kept_ctx {
     sg_webhooks *wh;
     endpoint *only; /* redeliver: this endpoint's dead ones */
     sg_dict *ids;   /* and their ids */
-    int queued, dead, orphans;
+    int queued, dead, orphans, gathered;
+    /* the parts of the message being gathered again (they come in order) */
+    char part_of[48];
+    endpoint *part_ep;
+    int64_t part_ms;
+    char **texts;
+    size_t *lens;
+    int n_parts, cap_parts;
 } kept_ctx;
+
+/* The parts gathered: the message their batch would have been, sent now
+ * with the id they were kept under (keeping it drops them). */
+static void gather_parts(kept_ctx *kc)
+{
+    if (kc->n_parts && kc->part_ep) {
+        endpoint *ep = kc->part_ep;
+        wh_msg *m = build_msg(ep, kc->n_parts, (const char *const *)kc->texts, kc->lens, kc->part_of);
+        m->created_ms = kc->part_ms;
+        ep->queued += m->n_updates;
+        keep_msg(ep, m, sg_clock_wall_ms());
+        enqueue_msg(ep, m);
+        kc->gathered++;
+    }
+    for (int i = 0; i < kc->n_parts; i++)
+        free(kc->texts[i]);
+    kc->n_parts = 0;
+    kc->part_of[0] = 0;
+}
+
+static void on_part(kept_ctx *kc, endpoint *ep, const sg_outbox_msg *k)
+{
+    const char *dot = strrchr(k->id, '.');
+    size_t bl = dot ? (size_t)(dot - k->id) : strlen(k->id);
+    if (bl >= sizeof(kc->part_of)) return;
+    if (strncmp(kc->part_of, k->id, bl) != 0 || kc->part_of[bl] != 0) {
+        gather_parts(kc);
+        memcpy(kc->part_of, k->id, bl);
+        kc->part_of[bl] = 0;
+        kc->part_ep = ep;
+        kc->part_ms = k->created_ms;
+    }
+    if (kc->n_parts == kc->cap_parts) {
+        int cap = kc->cap_parts ? kc->cap_parts * 2 : 64;
+        char **t = realloc(kc->texts, sizeof(*t) * (size_t)cap);
+        if (t) kc->texts = t;
+        size_t *l = t ? realloc(kc->lens, sizeof(*l) * (size_t)cap) : NULL;
+        if (l) kc->lens = l;
+        if (!t || !l) return;
+        kc->cap_parts = cap;
+    }
+    char *text = malloc(k->len + 1);
+    if (!text) return;
+    memcpy(text, k->body, k->len);
+    text[k->len] = 0;
+    kc->texts[kc->n_parts] = text;
+    kc->lens[kc->n_parts++] = k->len;
+}
 
 /* At start: each queued message is sent at its next attempt, with its
  * webhook-id; dead ones wait for a redeliver. */
@@ -822,6 +919,10 @@ static void on_kept(void *arg, const sg_outbox_msg *k)
     endpoint *ep = endpoint_named(kc->wh, k->endpoint);
     if (!ep) {
         kc->orphans++;
+        return;
+    }
+    if (k->dead == SG_OUTBOX_PART) {
+        on_part(kc, ep, k);
         return;
     }
     if (k->dead) {
@@ -846,9 +947,12 @@ static void load_kept(sg_webhooks *wh)
     kept_ctx kc = {.wh = wh};
     if (wh->outbox->ops->outbox_load(wh->outbox, on_kept, &kc) < 0)
         sg_log(SG_LOG_ERROR, "outbox_load_failed", "reason=\"the store could not be read\"");
-    if (kc.queued || kc.dead || kc.orphans)
-        sg_log(SG_LOG_INFO, "webhook_outbox_loaded", "queued=%d dead=%d unknown_endpoint=%d", kc.queued, kc.dead,
-               kc.orphans);
+    gather_parts(&kc);
+    free(kc.texts);
+    free(kc.lens);
+    if (kc.queued || kc.dead || kc.orphans || kc.gathered)
+        sg_log(SG_LOG_INFO, "webhook_outbox_loaded", "queued=%d gathered=%d dead=%d unknown_endpoint=%d", kc.queued,
+               kc.gathered, kc.dead, kc.orphans);
     for (int i = 0; i < wh->n; i++)
         pump(&wh->eps[i]);
 }
@@ -857,7 +961,7 @@ static void load_kept(sg_webhooks *wh)
 static void on_dead_kept(void *arg, const sg_outbox_msg *k)
 {
     kept_ctx *kc = arg;
-    if (!k->dead || strcmp(k->endpoint, kc->only->name) != 0) return;
+    if (k->dead != 1 || strcmp(k->endpoint, kc->only->name) != 0) return;
     wh_msg *m = msg_from_kept(kc->only, k);
     if (!m) return;
     m->attempts = 0;

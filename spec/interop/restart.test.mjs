@@ -95,6 +95,40 @@ describe("clients across a restart on the sqlite store", () => {
     assert.equal(await g.stop(gw), 0);
   });
 
+  it("updates acknowledged but not yet in a webhook batch survive a SIGKILL, and are sent once as the batch they were gathering", async () => {
+    const port = await g.freePort(), rport = await g.freePort();
+    const wh = {
+      dead_letter_file: path.join(dir, "dead-open.jsonl"),
+      endpoints: [{ name: "slow", url: `http://127.0.0.1:${rport}/in`, secret: SECRET, batch_size: 100, batch_delay_ms: 60000 }],
+    };
+    const cfg = { ...config, store_path: path.join(dir, "open.db"), webhooks: wh };
+    let gw, rec;
+    try {
+      gw = await g.start(cfg, port);
+      for (const t of ["o1", "o2", "o3"]) await g.publish(gw, { conversation_id: "wh-open", category: "info", text: t });
+      const a = (await (await fetch(`${gw.url}/admin/webhooks`)).json()).endpoints[0];
+      assert.equal(a.pending_in_batch, 3); // acknowledged, the batch still gathering for a minute
+      gw.proc.kill("SIGKILL");
+      await gw.exited;
+      rec = await receiver(rport);
+      gw = await g.start(cfg, port);
+      assert.match(g.logText(gw), /event=webhook_outbox_loaded queued=0 gathered=1 dead=0/);
+      await g.waitFor(() => rec.got.length === 1, 5000, "the gathered batch");
+      await g.sleep(300);
+      assert.deepEqual(rec.got.map((r) => r.texts), [["o1", "o2", "o3"]]);
+      assert.ok(rec.got[0].verified);
+      assert.equal(await g.stop(gw), 0);
+      gw = await g.start(cfg, port); // delivered: nothing is sent again
+      await g.sleep(300);
+      assert.equal(rec.got.length, 1);
+      assert.doesNotMatch(g.logText(gw), /webhook_outbox_loaded/);
+      assert.equal(await g.stop(gw), 0);
+    } finally {
+      if (gw && gw.proc.exitCode === null) gw.proc.kill("SIGKILL");
+      if (rec) rec.server.close();
+    }
+  });
+
   it("webhook batches queued or retrying survive a stop and a SIGKILL, and are delivered once with their webhook-id", async () => {
     const port = await g.freePort(), downPort = await g.freePort(), flakyPort = await g.freePort();
     const wh = {
@@ -120,7 +154,7 @@ describe("clients across a restart on the sqlite store", () => {
       await gw.exited;
       flaky.server.close();
       gw = await g.start(cfg, port);
-      assert.match(g.logText(gw), /event=webhook_outbox_loaded queued=3 dead=0/);
+      assert.match(g.logText(gw), /event=webhook_outbox_loaded queued=3 gathered=0 dead=0/);
       await g.publish(gw, { conversation_id: "wh-down-1", category: "info", text: "d4" }); // pending at the stop
       assert.equal(await g.stop(gw), 0);
       assert.match(g.logText(gw), /event=webhook_outbox_kept endpoint=down messages=3 updates=4/);
