@@ -319,7 +319,21 @@ typedef struct item {
 
 /* Parse a JSON array of updates into items; the drafts' strings land in
  * scratch. -1 with err when the body is not a well-formed array. */
-static int parse_array(const char *body, size_t len, char *scratch, item *items, size_t max,
+/* Room for one more item in *items (zeroed, so every draft can be
+ * freed): 0, or -1 out of memory. */
+static int items_room(item **items, size_t *cap, size_t n, size_t max)
+{
+    if (n < *cap) return 0;
+    size_t nc = *cap * 2 < max + 1 ? *cap * 2 : max + 1;
+    item *ni = realloc(*items, nc * sizeof(*ni));
+    if (!ni) return -1;
+    memset(ni + *cap, 0, (nc - *cap) * sizeof(*ni));
+    *items = ni;
+    *cap = nc;
+    return 0;
+}
+
+static int parse_array(const char *body, size_t len, char *scratch, item **items, size_t *cap, size_t max,
                        size_t *n, const sg_limits *lim, sg_error *err)
 {
     sg_jtext j;
@@ -345,7 +359,11 @@ static int parse_array(const char *body, size_t len, char *scratch, item *items,
                 sg_error_set(err, 413, "too_many_items", NULL, "more than %zu updates in one request", max);
                 return -1;
             }
-            item *it = &items[(*n)++];
+            if (items_room(items, cap, *n, max) < 0) {
+                sg_error_set(err, 503, "out_of_memory", NULL, "out of memory");
+                return -1;
+            }
+            item *it = &(*items)[(*n)++];
             int syntax;
             it->rc = sg_draft_scan(&j, 0, lim, &it->d, &it->err, &syntax);
             if (syntax) {
@@ -528,7 +546,16 @@ static void handle_bulk(sg_conn *c, sg_req *r)
     }
     sg_limits lim = {c->srv->cfg->max_text, c->srv->cfg->max_metadata};
     size_t max = (size_t)c->srv->cfg->max_bulk_items;
-    item *items = calloc(max + 1, sizeof(*items)); /* zeroed: every draft can be freed */
+    /* as many items as NDJSON has lines (it has to see one past max to
+     * refuse it); an array's grow as it is parsed */
+    size_t cap = 64;
+    if (ndjson) {
+        cap = 1;
+        for (const char *q = r->body, *e = q + r->body_len; q && q < e && cap <= max; cap++)
+            if ((q = memchr(q, '\n', (size_t)(e - q)))) q++;
+    }
+    if (cap > max + 1) cap = max + 1;
+    item *items = calloc(cap, sizeof(*items)); /* zeroed: every draft can be freed */
     char *scratch = ndjson ? NULL : malloc(r->body_len + 1);
     size_t n = 0;
     const char *p = r->body ? r->body : "";
@@ -540,7 +567,7 @@ static void handle_bulk(sg_conn *c, sg_req *r)
     } else if (ndjson) {
         rc = ndjson_items(p, p + r->body_len, items, max, &n, &lim, &err);
     } else {
-        rc = parse_array(p, r->body_len, scratch, items, max, &n, &lim, &err);
+        rc = parse_array(p, r->body_len, scratch, &items, &cap, max, &n, &lim, &err);
     }
     if (rc == 0 && n == 0) {
         sg_error_set(&err, 400, "empty_bulk", NULL, "the bulk request holds no updates");

@@ -31,6 +31,7 @@
 #include "dict.h"
 #include "log.h"
 
+#include <endian.h>
 #include <errno.h>
 #include <event2/event.h>
 #include <fcntl.h>
@@ -47,10 +48,11 @@
 
 #define SQ_SCHEMA_VERSION 2
 #define SQ_RETRY_MS 200              /* between attempts at a batch that failed */
-#define SQ_APPLY_BYTES (32u << 20)   /* the log is applied past this size */
+#define SQ_APPLY_BYTES (256u << 20)  /* the log is applied past this size */
 #define SQ_APPLY_MS 1000             /* or once its oldest batch is this old */
 #define SQ_HAND_OVER 256             /* appends after which an idle writer takes a batch at once */
-#define SQ_LOG_MAGIC 0x314c4753u     /* "SGL1", little-endian */
+#define SQ_LOG_MAGIC 0x324c4753u     /* "SGL2", little-endian: log_sum */
+#define SQ_LOG_MAGIC_V1 0x314c4753u  /* "SGL1": log_sum_v1 (read at start only) */
 #define SQ_LOG_HDR 16                /* magic, payload length, checksum, 0 */
 
 typedef struct sq_store sq_store;
@@ -89,12 +91,26 @@ typedef struct sq_read {
     int status;
 } sq_read;
 
-/* A logged batch not yet applied to the database (the writer's). */
-typedef struct sq_blob {
-    struct sq_blob *next;
-    char *data; /* header and records, as in the log */
-    size_t len;
-} sq_blob;
+/* What the log holds for one conversation (the writer's): noted as each
+ * batch is logged, written to the database by the next apply. */
+typedef struct sq_group {
+    char conv[SG_MAX_CONV_ID + 1];
+    size_t conv_len;
+    char epoch[SG_EPOCH_LEN];
+    uint64_t last;  /* the newest logged */
+    int64_t active_ms;
+    /* during an apply */
+    uint64_t known; /* its row's last seq: what the database has */
+    char *data;     /* the chunk: the updates history still reaches */
+    size_t len, cap;
+    uint64_t first, chunk_last;
+} sq_group;
+
+typedef struct sq_groups {
+    sg_dict *ix; /* conversation id -> index + 1 */
+    sq_group *g;
+    size_t n, cap;
+} sq_groups;
 
 /* A unit of work for the writer: a batch of appends (log records), the
  * other writes, and the reads queued after them. */
@@ -106,7 +122,7 @@ typedef struct sq_job {
     unsigned n_appends;
     sq_op *ops, **tail;
     int forgets; /* ops that need the log applied first */
-    sq_waiter *waiters;
+    sq_waiter *waiters, **wtail; /* in order: answers go out as asked */
     sq_read *reads, **rtail;
     int status;
 } sq_job;
@@ -166,8 +182,11 @@ struct sq_store {
     int log_fd;
     size_t log_len;   /* bytes in the log file */
     int log_torn;     /* bytes past log_len are a failed write's: cut them first */
-    sq_blob *pend, **pend_tail; /* logged, not applied */
-    size_t pend_bytes;
+    unsigned pend;    /* batches logged and not applied: the log file's, from its start */
+    sq_groups groups; /* what they hold, by conversation */
+    char *rbuf;       /* an apply's reads of the log */
+    size_t rbuf_cap;
+    int note_failed;  /* the groups missed a batch (out of memory): the apply notes them again */
     int64_t pend_since_ms, apply_retry_ms;
     uint64_t logged_gen;
     unsigned apply_attempts;
@@ -260,32 +279,37 @@ static void conv_unref(sq_conv *c)
  * u32, bytes). A log record: conversation id (length u8, bytes), epoch
  * (SG_EPOCH_LEN bytes), then the update. A chunk row's data: updates. */
 
+/* Little-endian fields, through memcpy: one load or store each (a byte
+ * loop was not merged into one, and the checksum spent its time there). */
 static void put_u32(char *p, uint32_t v)
 {
-    for (int i = 0; i < 4; i++) p[i] = (char)(v >> (8 * i));
+    v = htole32(v);
+    memcpy(p, &v, 4);
 }
 
 static void put_u64(char *p, uint64_t v)
 {
-    for (int i = 0; i < 8; i++) p[i] = (char)(v >> (8 * i));
+    v = htole64(v);
+    memcpy(p, &v, 8);
 }
 
 static uint32_t get_u32(const char *p)
 {
-    uint32_t v = 0;
-    for (int i = 0; i < 4; i++) v |= (uint32_t)(unsigned char)p[i] << (8 * i);
-    return v;
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return le32toh(v);
 }
 
 static uint64_t get_u64(const char *p)
 {
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++) v |= (uint64_t)(unsigned char)p[i] << (8 * i);
-    return v;
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return le64toh(v);
 }
 
-/* The log's checksum: a torn or overwritten batch fails it. */
-static uint32_t log_sum(const char *p, size_t n)
+/* The first log format's checksum (one lane), for a log an older
+ * gateway left. */
+static uint32_t log_sum_v1(const char *p, size_t n)
 {
     uint64_t h = 0x9e3779b97f4a7c15ull ^ n;
     size_t i = 0;
@@ -298,7 +322,27 @@ static uint32_t log_sum(const char *p, size_t n)
     return (uint32_t)(h ^ (h >> 32));
 }
 
-/* An update record: its length is 21 + cat_len + json_len. */
+/* The log's checksum: a torn or overwritten batch fails it. Four
+ * independent lanes of a multiply-xorshift hash, so the multiplies
+ * overlap (one lane ran at a byte a cycle: a sixth of the writer's time
+ * on bulk publishes). */
+static uint32_t log_sum(const char *p, size_t n)
+{
+    const uint64_t k = 0x9e3779b97f4a7c15ull;
+    uint64_t h[4] = {k ^ n, k + 1, k + 2, k + 3};
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int l = 0; l < 4; l++) {
+            h[l] = (h[l] ^ get_u64(p + i + 8 * l)) * 0x100000001b3ull;
+            h[l] ^= h[l] >> 29;
+        }
+    uint64_t x = h[0] ^ (h[1] * 3) ^ (h[2] * 5) ^ (h[3] * 7);
+    for (; i < n; i++)
+        x = (x ^ (unsigned char)p[i]) * 0x100000001b3ull;
+    x ^= x >> 32;
+    return (uint32_t)x;
+}
+
 static size_t put_update_fields(char *p, uint64_t seq, int64_t ts_ms, const char *cat, size_t cat_len,
                                 const void *json, size_t json_len)
 {
@@ -369,6 +413,7 @@ static sq_job *cur_job(sq_store *st)
     if (!j) return NULL;
     j->tail = &j->ops;
     j->rtail = &j->reads;
+    j->wtail = &j->waiters;
     j->gen = ++st->next_gen;
     st->cur = j;
     static const struct timeval now = {0, 0};
@@ -548,83 +593,135 @@ static int write_op(sq_store *st, wstmts *w, sq_op *o)
 
 /* ---- applying the log ---- */
 
-/* One conversation's records in the logged batches. */
-typedef struct sq_group {
-    const char *conv, *epoch;
-    size_t conv_len;
-    uint64_t known; /* its row's last seq: what the database has */
-    uint64_t last;  /* the newest logged */
-    int64_t active_ms;
-    char *data;     /* the chunk: the updates history still reaches */
-    size_t len, cap;
-    uint64_t first, chunk_last;
-} sq_group;
-
-typedef struct sq_groups {
-    sg_dict *ix;
-    sq_group *g;
-    size_t n, cap;
-} sq_groups;
-
-static sq_group *group_of(sq_groups *gs, wstmts *w, const sq_rec *r)
+/* Note a logged batch's records in the groups: 0, or -1 out of memory. */
+static int note_batch(sq_store *st, const char *p, size_t n)
 {
-    uintptr_t i = (uintptr_t)sg_dict_get(gs->ix, r->conv, r->conv_len);
-    if (i) return &gs->g[i - 1];
-    if (gs->n == gs->cap) {
-        size_t cap = gs->cap ? gs->cap * 2 : 64;
-        sq_group *g = realloc(gs->g, cap * sizeof(*g));
-        if (!g) return NULL;
-        gs->g = g;
-        gs->cap = cap;
-    }
-    sq_group *g = &gs->g[gs->n];
-    memset(g, 0, sizeof(*g));
-    g->conv = r->conv;
-    g->conv_len = r->conv_len;
-    g->epoch = r->epoch;
-    sqlite3_reset(w->known);
-    sqlite3_bind_text(w->known, 1, r->conv, (int)r->conv_len, SQLITE_STATIC);
-    int rc = sqlite3_step(w->known);
-    if (rc == SQLITE_ROW) g->known = (uint64_t)sqlite3_column_int64(w->known, 0);
-    sqlite3_reset(w->known);
-    if ((rc != SQLITE_ROW && rc != SQLITE_DONE) || sg_dict_set(gs->ix, r->conv, r->conv_len, (void *)(gs->n + 1)) < 0)
-        return NULL;
-    return &gs->g[gs->n++];
-}
-
-/* Walk every logged record: pass 0 finds each conversation's newest, pass
- * 1 gathers what history still reaches and the database lacks. */
-static int gather(sq_store *st, wstmts *w, sq_groups *gs, int pass)
-{
-    for (sq_blob *b = st->pend; b; b = b->next) {
-        const char *p = b->data + SQ_LOG_HDR, *end = b->data + b->len;
-        sq_rec r;
-        size_t m;
-        for (; p < end && (m = get_record(p, (size_t)(end - p), &r)); p += m) {
-            sq_group *g = group_of(gs, w, &r);
-            if (!g) return -1;
-            if (pass == 0) {
-                if (r.seq > g->last) g->last = r.seq;
-                if (r.ts_ms > g->active_ms) g->active_ms = r.ts_ms;
-                continue;
+    sq_groups *gs = &st->groups;
+    if (!gs->ix && !(gs->ix = sg_dict_new())) return -1;
+    const char *end = p + n;
+    sq_rec r;
+    size_t m;
+    for (; p < end && (m = get_record(p, (size_t)(end - p), &r)); p += m) {
+        uintptr_t i = (uintptr_t)sg_dict_get(gs->ix, r.conv, r.conv_len);
+        sq_group *g;
+        if (i) {
+            g = &gs->g[i - 1];
+        } else {
+            if (gs->n == gs->cap) {
+                size_t cap = gs->cap ? gs->cap * 2 : 64;
+                sq_group *ng = realloc(gs->g, cap * sizeof(*ng));
+                if (!ng) return -1;
+                gs->g = ng;
+                gs->cap = cap;
             }
-            uint64_t floor = g->last > (uint64_t)st->history ? g->last - (uint64_t)st->history : 0;
-            if (r.seq <= g->known || r.seq <= floor || r.seq <= g->chunk_last) continue;
-            if (g->len + r.upd_len > g->cap) {
-                size_t cap = g->cap ? g->cap * 2 : 1024;
-                while (cap < g->len + r.upd_len) cap *= 2;
-                char *d = realloc(g->data, cap);
-                if (!d) return -1;
-                g->data = d;
-                g->cap = cap;
-            }
-            memcpy(g->data + g->len, r.upd, r.upd_len);
-            g->len += r.upd_len;
-            if (!g->first) g->first = r.seq;
-            g->chunk_last = r.seq;
+            g = &gs->g[gs->n];
+            memset(g, 0, sizeof(*g));
+            memcpy(g->conv, r.conv, r.conv_len);
+            g->conv_len = r.conv_len;
+            memcpy(g->epoch, r.epoch, SG_EPOCH_LEN);
+            if (sg_dict_set(gs->ix, r.conv, r.conv_len, (void *)(gs->n + 1)) < 0) return -1;
+            gs->n++;
         }
+        if (r.seq > g->last) g->last = r.seq;
+        if (r.ts_ms > g->active_ms) g->active_ms = r.ts_ms;
     }
     return 0;
+}
+
+static void groups_clear(sq_groups *gs)
+{
+    for (size_t i = 0; i < gs->n; i++)
+        free(gs->g[i].data);
+    free(gs->g);
+    if (gs->ix) sg_dict_free(gs->ix);
+    memset(gs, 0, sizeof(*gs));
+}
+
+/* Read the logged batches back (from the page cache, as a rule), each
+ * batch's records to fn: 0, or -1 with why. */
+static int each_batch(sq_store *st, int (*fn)(sq_store *st, const char *p, size_t n), char *why, size_t whylen)
+{
+    for (size_t off = 0; off + SQ_LOG_HDR <= st->log_len;) {
+        char hdr[SQ_LOG_HDR];
+        if (pread(st->log_fd, hdr, SQ_LOG_HDR, (off_t)off) != SQ_LOG_HDR) goto unreadable;
+        size_t n = get_u32(hdr + 4);
+        if ((get_u32(hdr) != SQ_LOG_MAGIC && get_u32(hdr) != SQ_LOG_MAGIC_V1) || n > st->log_len - off - SQ_LOG_HDR) {
+            snprintf(why, whylen, "%s is damaged at byte %zu", st->log_path, off);
+            return -1;
+        }
+        if (n > st->rbuf_cap) {
+            char *nb = realloc(st->rbuf, n);
+            if (!nb) goto oom;
+            st->rbuf = nb;
+            st->rbuf_cap = n;
+        }
+        if (pread(st->log_fd, st->rbuf, n, (off_t)(off + SQ_LOG_HDR)) != (ssize_t)n) goto unreadable;
+        off += SQ_LOG_HDR + n;
+        if (fn(st, st->rbuf, n) < 0) goto oom;
+    }
+    return 0;
+unreadable:
+    snprintf(why, whylen, "reading %s: %s", st->log_path, strerror(errno ? errno : EIO));
+    return -1;
+oom:
+    snprintf(why, whylen, "out of memory");
+    return -1;
+}
+
+/* Gather in its group each update history still reaches and the database
+ * lacks: the newest `history` at most, what was logged before them is
+ * superseded. */
+static int collect(sq_store *st, const char *p, size_t n)
+{
+    sq_groups *gs = &st->groups;
+    const char *end = p + n;
+    sq_rec r;
+    size_t m;
+    for (; p < end && (m = get_record(p, (size_t)(end - p), &r)); p += m) {
+        uintptr_t i = (uintptr_t)sg_dict_get(gs->ix, r.conv, r.conv_len);
+        if (!i) continue; /* applied already (a truncation that failed kept it) */
+        sq_group *g = &gs->g[i - 1];
+        uint64_t floor = g->last > (uint64_t)st->history ? g->last - (uint64_t)st->history : 0;
+        if (r.seq <= g->known || r.seq <= floor || r.seq <= g->chunk_last) continue;
+        if (g->len + r.upd_len > g->cap) {
+            size_t cap = g->cap ? g->cap * 2 : 1024;
+            while (cap < g->len + r.upd_len) cap *= 2;
+            char *d = realloc(g->data, cap);
+            if (!d) return -1;
+            g->data = d;
+            g->cap = cap;
+        }
+        memcpy(g->data + g->len, r.upd, r.upd_len);
+        g->len += r.upd_len;
+        if (!g->first) g->first = r.seq;
+        g->chunk_last = r.seq;
+    }
+    return 0;
+}
+
+static int gather(sq_store *st, wstmts *w, char *why, size_t whylen)
+{
+    sq_groups *gs = &st->groups;
+    if (st->note_failed) { /* the groups missed a batch: note them all again */
+        groups_clear(gs);
+        if (each_batch(st, note_batch, why, whylen) < 0) return -1;
+        st->note_failed = 0;
+    }
+    for (size_t i = 0; i < gs->n; i++) {
+        sq_group *g = &gs->g[i];
+        g->known = g->first = g->chunk_last = 0;
+        g->len = 0;
+        sqlite3_reset(w->known);
+        sqlite3_bind_text(w->known, 1, g->conv, (int)g->conv_len, SQLITE_STATIC);
+        int rc = sqlite3_step(w->known);
+        if (rc == SQLITE_ROW) g->known = (uint64_t)sqlite3_column_int64(w->known, 0);
+        sqlite3_reset(w->known);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+            snprintf(why, whylen, "%s", sqlite3_errmsg(st->wdb));
+            return -1;
+        }
+    }
+    return each_batch(st, collect, why, whylen);
 }
 
 static int write_group(sq_store *st, wstmts *w, const sq_group *g)
@@ -663,28 +760,20 @@ static void poke(sq_store *st)
 static int apply_log(sq_store *st, wstmts *w, char *why, size_t whylen)
 {
     if (!st->pend) return 0;
-    sq_groups gs = {.ix = sg_dict_new()};
     int rc = -1;
-    if (!gs.ix || exec(st->wdb, "BEGIN", why, whylen) < 0) goto out;
-    if (gather(st, w, &gs, 0) < 0 || gather(st, w, &gs, 1) < 0) goto fail;
-    for (size_t i = 0; i < gs.n; i++)
-        if (gs.g[i].len && write_group(st, w, &gs.g[i]) < 0) goto fail;
+    if (exec(st->wdb, "BEGIN", why, whylen) < 0) goto out;
+    if (gather(st, w, why, whylen) < 0) goto fail_rolled;
+    for (size_t i = 0; i < st->groups.n; i++)
+        if (st->groups.g[i].len && write_group(st, w, &st->groups.g[i]) < 0) goto fail;
     if (exec(st->wdb, "COMMIT", why, whylen) < 0) goto fail_rolled;
-    rc = 0;
     /* a crash before this truncation replays batches the database has:
      * each conversation takes only seqs past its row's */
     if (ftruncate(st->log_fd, 0) < 0) /* it keeps what it held (replayed harmlessly at a start) */
         sg_log(SG_LOG_WARN, "store_log_truncate_failed", "path=%s errno=%d", sg_log_q(st->log_path), errno);
     else
         st->log_len = 0;
-    while (st->pend) {
-        sq_blob *b = st->pend;
-        st->pend = b->next;
-        free(b->data);
-        free(b);
-    }
-    st->pend_tail = &st->pend;
-    st->pend_bytes = 0;
+    st->pend = 0;
+    groups_clear(&st->groups);
     pthread_mutex_lock(&st->mu);
     st->applied_gen = st->logged_gen;
     pthread_mutex_unlock(&st->mu);
@@ -696,10 +785,9 @@ fail:
 fail_rolled:
     if (!sqlite3_get_autocommit(st->wdb)) exec(st->wdb, "ROLLBACK", NULL, 0);
 out:
-    for (size_t i = 0; i < gs.n; i++)
-        free(gs.g[i].data);
-    free(gs.g);
-    if (gs.ix) sg_dict_free(gs.ix);
+    free(st->rbuf); /* as big as the biggest batch: not kept between applies */
+    st->rbuf = NULL;
+    st->rbuf_cap = 0;
     return rc;
 }
 
@@ -729,11 +817,6 @@ static int try_apply(sq_store *st, wstmts *w)
 static int log_append(sq_store *st, sq_job *j, char *why, size_t whylen)
 {
     if (j->log_len <= SQ_LOG_HDR) return 0;
-    sq_blob *b = malloc(sizeof(*b));
-    if (!b) {
-        snprintf(why, whylen, "out of memory");
-        return -1;
-    }
     size_t n = j->log_len - SQ_LOG_HDR;
     put_u32(j->log, SQ_LOG_MAGIC);
     put_u32(j->log + 4, (uint32_t)n);
@@ -755,17 +838,15 @@ static int log_append(sq_store *st, sq_job *j, char *why, size_t whylen)
     if (fail) {
         snprintf(why, whylen, "writing %s: %s", st->log_path, fail);
         if (ftruncate(st->log_fd, (off_t)st->log_len) < 0) st->log_torn = 1;
-        free(b);
         return -1;
     }
     st->log_len += j->log_len;
-    *b = (sq_blob){NULL, j->log, j->log_len};
-    j->log = NULL;
-    j->log_len = j->log_cap = 0;
+    /* the records go on in the file (and the page cache); the groups note
+     * what they hold. Out of memory, the next apply would miss them: it
+     * is refused until one can note them again */
+    if (note_batch(st, j->log + SQ_LOG_HDR, n) < 0) st->note_failed = 1;
     if (!st->pend) st->pend_since_ms = mono_ms();
-    *st->pend_tail = b;
-    st->pend_tail = &b->next;
-    st->pend_bytes += b->len;
+    st->pend++;
     st->logged_gen = j->gen;
     return 0;
 }
@@ -880,7 +961,7 @@ static void run_job(sq_store *st, wstmts *w, sq_job *j)
         if (!readable || read_range(st, w, r) < 0) r->status = -1;
     reset_all(w);
     if (st->pend && !st->apply_failing &&
-        (st->pend_bytes >= SQ_APPLY_BYTES || mono_ms() - st->pend_since_ms >= SQ_APPLY_MS))
+        (st->log_len >= SQ_APPLY_BYTES || mono_ms() - st->pend_since_ms >= SQ_APPLY_MS))
         try_apply(st, w);
 }
 
@@ -1130,8 +1211,9 @@ static uint64_t sq_append(sg_store_conv *sc, sg_update *u, sg_store_done_fn done
         return UINT64_MAX; /* never committed: the hub holds it back */
     }
     if (w) {
-        *w = (sq_waiter){j->waiters, done, arg};
-        j->waiters = w;
+        *w = (sq_waiter){NULL, done, arg};
+        *j->wtail = w;
+        j->wtail = &w->next;
     }
     c->active_ms = u->ts_ms;
     if (!c->log_gen) { /* kept in memory until the log is applied */
@@ -1254,8 +1336,9 @@ static void sq_sync(sg_store *s, sg_store_done_fn done, void *arg)
         done(arg, -1);
         return;
     }
-    *w = (sq_waiter){j->waiters, done, arg};
-    j->waiters = w;
+    *w = (sq_waiter){NULL, done, arg};
+    *j->wtail = w;
+    j->wtail = &w->next;
 }
 
 static void sq_remember(sg_store_conv *sc, const char *key, uint64_t seq, int64_t expires_ms)
@@ -1444,12 +1527,8 @@ static void sq_free(sg_store *s)
     if (st->kick_ev) event_free(st->kick_ev);
     if (st->done_ev) event_free(st->done_ev);
     if (st->log_fd >= 0) close(st->log_fd);
-    while (st->pend) {
-        sq_blob *b = st->pend;
-        st->pend = b->next;
-        free(b->data);
-        free(b);
-    }
+    groups_clear(&st->groups);
+    free(st->rbuf);
     if (st->pipe_r >= 0) close(st->pipe_r);
     if (st->pipe_w >= 0) close(st->pipe_w);
     pthread_mutex_destroy(&st->mu);
@@ -1590,34 +1669,52 @@ static int recover_log(sq_store *st, char *err, size_t errlen)
         snprintf(err, errlen, "store log '%s' cannot be opened (%s)", st->log_path, strerror(errno));
         return -1;
     }
+    /* every batch is checked; the first that fails its checksum ends the
+     * log (a crash tore it: never acknowledged) */
     size_t size = (size_t)sb.st_size, off = 0;
+    char *data = NULL;
+    int rc = 0;
     while (off + SQ_LOG_HDR <= size) {
         char hdr[SQ_LOG_HDR];
-        if (pread(st->log_fd, hdr, SQ_LOG_HDR, (off_t)off) != SQ_LOG_HDR || get_u32(hdr) != SQ_LOG_MAGIC) break;
+        if (pread(st->log_fd, hdr, SQ_LOG_HDR, (off_t)off) != SQ_LOG_HDR) break;
+        uint32_t magic = get_u32(hdr);
+        if (magic != SQ_LOG_MAGIC && magic != SQ_LOG_MAGIC_V1) break;
         size_t n = get_u32(hdr + 4);
         if (n > size - off - SQ_LOG_HDR) break;
-        sq_blob *b = malloc(sizeof(*b));
-        char *data = malloc(SQ_LOG_HDR + n);
-        if (!b || !data || pread(st->log_fd, data, SQ_LOG_HDR + n, (off_t)off) != (ssize_t)(SQ_LOG_HDR + n) ||
-            log_sum(data + SQ_LOG_HDR, n) != get_u32(hdr + 8)) {
-            free(b);
-            free(data);
+        char *nd = realloc(data, n ? n : 1);
+        if (!nd) {
+            snprintf(err, errlen, "store log '%s': out of memory", st->log_path);
+            rc = -1;
             break;
         }
-        *b = (sq_blob){NULL, data, SQ_LOG_HDR + n};
-        *st->pend_tail = b;
-        st->pend_tail = &b->next;
+        data = nd;
+        if (pread(st->log_fd, data, n, (off_t)(off + SQ_LOG_HDR)) != (ssize_t)n ||
+            (magic == SQ_LOG_MAGIC ? log_sum : log_sum_v1)(data, n) != get_u32(hdr + 8))
+            break;
+        if (note_batch(st, data, n) < 0) {
+            snprintf(err, errlen, "store log '%s': out of memory", st->log_path);
+            rc = -1;
+            break;
+        }
+        st->pend++;
         off += SQ_LOG_HDR + n;
     }
-    if (off < size)
+    free(data);
+    if (rc < 0) return -1;
+    if (off < size) {
         sg_log(SG_LOG_WARN, "store_log_tail_dropped", "path=%s bytes=%zu reason=%s", sg_log_q(st->log_path),
                size - off, "a torn or damaged batch (never acknowledged)");
-    st->log_len = size;
-    if (!st->pend) return size && ftruncate(st->log_fd, 0) < 0 ? -1 : 0;
+        if (ftruncate(st->log_fd, (off_t)off) < 0) {
+            snprintf(err, errlen, "store log '%s' cannot be cut at its torn end (%s)", st->log_path, strerror(errno));
+            return -1;
+        }
+    }
+    st->log_len = off;
+    if (!st->pend) return 0;
     wstmts w;
     memset(&w, 0, sizeof(w));
     char why[256] = "";
-    int rc = prepare_all(st->wdb, &w) < 0 ? -1 : apply_log(st, &w, why, sizeof(why));
+    rc = prepare_all(st->wdb, &w) < 0 ? -1 : apply_log(st, &w, why, sizeof(why));
     if (rc < 0) snprintf(err, errlen, "store log '%s' cannot be applied (%s)", st->log_path,
                          why[0] ? why : sqlite3_errmsg(st->wdb));
     else sg_log(SG_LOG_INFO, "store_log_replayed", "path=%s bytes=%zu", sg_log_q(st->log_path), off);
@@ -1678,7 +1775,6 @@ sg_store *sg_store_sqlite_new(const char *path, const char *sync, int history_si
     }
     st->base.ops = &sqlite_ops;
     st->pipe_r = st->pipe_w = st->log_fd = -1;
-    st->pend_tail = &st->pend;
     st->history = history_size;
     st->cache_budget = cache_bytes;
     st->log_hint = 4096;

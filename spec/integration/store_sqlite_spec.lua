@@ -316,6 +316,38 @@ describe("the sqlite store", function()
     f:close()
   end)
 
+  it("replays a log in the first format (SGL1) an older gateway left at a crash", function()
+    os.execute("mkdir -p " .. dir .. "/var")
+    local function sum_v1(s) -- that format's checksum
+      local h, i = 0x9e3779b97f4a7c15 ~ #s, 1
+      while i + 7 <= #s do
+        h = (h ~ string.unpack("<i8", s, i)) * 0x100000001b3
+        h = h ~ (h >> 29)
+        i = i + 8
+      end
+      for j = i, #s do h = (h ~ s:byte(j)) * 0x100000001b3 end
+      return (h ~ (h >> 32)) & 0xffffffff
+    end
+    local epoch, recs = "0123456789abcdef", {}
+    for seq, text in ipairs({ "old one", "old two" }) do
+      local json = cjson.encode({ conversation_id = "v1log", seq = seq, epoch = epoch, category = "info",
+        text = text, timestamp = "2026-12-01T00:00:00.000Z", metadata = {} })
+      recs[#recs + 1] = string.pack("<s1", "v1log") .. epoch ..
+        string.pack("<I8i8s1s4", seq, 1764547200000 + seq, "info", json)
+    end
+    local body = table.concat(recs)
+    local f = io.open(db .. "-log", "wb")
+    f:write("SGL1" .. string.pack("<I4I4I4", #body, sum_v1(body), 0) .. body)
+    f:close()
+    start()
+    local status, h = history(gw, "v1log")
+    assert.are.equal(200, status)
+    assert.are.equal(epoch, h.epoch)
+    assert.are.same({ "old one", "old two" }, { h.updates[1].text, h.updates[2].text })
+    assert.is_nil(gw_.log_text(gw):find("store_log_tail_dropped", 1, true))
+    assert.are.equal(3, publish(gw, "v1log", "new").seq)
+  end)
+
   it("migrates a version 1 database (a row per update) to version 2, history and seqs kept", function()
     os.execute("mkdir -p " .. dir .. "/var")
     local sql = [[
