@@ -951,6 +951,7 @@ static const struct route {
     {"/api/v1/status/bulk", 0, HTTP_POST, handle_bulk},
     {"/api/v1/conversations", 0, HTTP_GET, handle_list},
     {PREFIX_CONV, 1, ANY, handle_conversation},
+    {"/api/v1/events", 0, HTTP_GET, sg_sse_start_multi},
     {"/metrics", 0, HTTP_GET, handle_metrics},
     {"/api/v1/stats", 0, HTTP_GET, handle_stats},
     {"/admin/plugins", 0, HTTP_GET, handle_admin_plugins},

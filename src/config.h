@@ -24,6 +24,7 @@
 #define SG_DEFAULT_IDEMPOTENCY_WINDOW_S 300
 #define SG_DEFAULT_SSE_HEARTBEAT_S 15
 #define SG_DEFAULT_SSE_RETRY_MS 2000
+#define SG_DEFAULT_SSE_MAX_CONVERSATIONS 64 /* on one multi-conversation stream */
 #define SG_DEFAULT_HTTP_IDLE_S 60
 /* A request must arrive whole in time, however its bytes trickle in
  * (nginx's client_header_timeout and client_body_timeout): the request
@@ -75,6 +76,7 @@ typedef struct sg_config {
     int idempotency_window_s;
     int sse_heartbeat_s;
     int sse_retry_ms;
+    int sse_max_conversations;
     int http_idle_s;
     int http_header_timeout_s;
     int http_body_timeout_s;

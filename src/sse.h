@@ -9,4 +9,9 @@
  * error response instead when the request is bad. */
 void sg_sse_start(sg_conn *c, sg_req *r, const char *conv_id);
 
+/* Serve GET /api/v1/events?conversations=a,b,c (or * with an admin
+ * token): one stream for several conversations, each event's id giving
+ * every conversation's position (docs/protocol.md). */
+void sg_sse_start_multi(sg_conn *c, sg_req *r);
+
 #endif

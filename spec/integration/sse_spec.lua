@@ -243,3 +243,96 @@ describe("SSE and the HTTP idle timeout", function()
     s:close()
   end)
 end)
+
+describe("SSE over several conversations", function()
+  local gw
+  setup(function() gw = gw_.start({ flush_interval_ms = 20, history_size = 3, sse_max_conversations = 3 }) end)
+  teardown(function() gw_.stop(gw) end)
+
+  local function pub(id, text, cat)
+    local st, b = gw_.publish(gw, { conversation_id = id, category = cat or "info", text = text })
+    assert.equal(202, st)
+    return b
+  end
+
+  it("refuses a stream it cannot serve, naming what to fix", function()
+    local cases = {
+      { "/api/v1/events", 400, "invalid_parameter" },
+      { "/api/v1/events?conversations=", 400, "invalid_parameter" },
+      { "/api/v1/events?conversations=ok,bad%20id", 400, "invalid_conversation_id" },
+      { "/api/v1/events?conversations=a,b,c,d", 400, "too_many_conversations" },
+      { "/api/v1/events?conversations=a&categories=nope", 400, "invalid_categories" },
+    }
+    for _, c in ipairs(cases) do
+      local s, status, body = gw_.sse(gw, c[1])
+      assert.is_nil(s, c[1])
+      assert.equal(c[2], status, c[1])
+      assert.equal(c[3], cjson.decode(body).error.code, c[1])
+    end
+    local s, status, body = gw_.sse(gw, "/api/v1/events?conversations=a", { ["Last-Event-ID"] = "a:1" })
+    assert.is_nil(s)
+    assert.equal(400, status)
+    assert.equal("invalid_last_event_id", cjson.decode(body).error.code)
+    -- a name given twice is one conversation
+    s = assert(gw_.sse(gw, "/api/v1/events?conversations=twice,twice"))
+    s:next() -- retry
+    local open = s:next()
+    assert.equal("stream", open.event)
+    assert.equal(1, #open.json.conversations)
+    s:close()
+  end)
+
+  it("gives every event the positions of all its conversations, in its categories, and resumes each with a gap where history was trimmed", function()
+    local a, b = conv("ma"), conv("mb")
+    local pa = pub(a, "a1")
+    gw_.sleep(0.1) -- flushed: the stream starts after it
+    local s = assert(gw_.sse(gw, "/api/v1/events?conversations=" .. a .. "," .. b .. "&categories=info,error"))
+    s:next() -- retry
+    local open = s:next()
+    assert.equal("stream", open.event)
+    assert.equal(a .. "=" .. pa.epoch .. ":1," .. b .. "=" .. open.json.conversations[2].epoch .. ":0", open.id)
+    pub(b, "b1")
+    local evs = s:updates(1)
+    pub(a, "skipped", "tool")
+    pub(a, "a3", "error")
+    local more = s:updates(1)
+    assert.equal("b1", evs[1].json.text)
+    assert.equal("a3", more[1].json.text)
+    local eb = open.json.conversations[2].epoch
+    assert.equal(a .. "=" .. pa.epoch .. ":3," .. b .. "=" .. eb .. ":1", more[1].id)
+    s:close()
+    -- meanwhile: one more for b, and five for a (history holds 3)
+    pub(b, "b2")
+    for i = 4, 8 do pub(a, "a" .. i) end
+    gw_.sleep(0.2) -- flushed: history holds a6-a8 only
+    s = assert(gw_.sse(gw, "/api/v1/events?conversations=" .. a .. "," .. b, { ["Last-Event-ID"] = more[1].id }))
+    -- every seq once: received, or named by a gap; in order per conversation
+    local seen, gaps, done = { [a] = {}, [b] = {} }, {}, {}
+    while not (done[a] and done[b]) do
+      local ev = assert(s:next())
+      if ev.event == "status_update" then
+        local list = seen[ev.json.conversation_id]
+        list[#list + 1] = ev.json.seq
+        if ev.json.text == "a8" or ev.json.text == "b2" then done[ev.json.conversation_id] = true end
+      elseif ev.event == "gap" then
+        gaps[#gaps + 1] = ev.json
+      end
+    end
+    assert.same({ 2 }, seen[b])
+    local covered = {}
+    for _, g in ipairs(gaps) do
+      assert.equal(a, g.conversation_id)
+      assert.equal("history_trimmed", g.reason)
+      for q = g.from_seq, g.to_seq do covered[#covered + 1] = q end
+    end
+    for i, q in ipairs(seen[a]) do
+      if i > 1 then assert.is_true(q > seen[a][i - 1]) end
+      covered[#covered + 1] = q
+    end
+    table.sort(covered)
+    assert.same({ 4, 5, 6, 7, 8 }, covered)
+    assert.equal(1, #gaps)
+    assert.same({ 6, 7, 8 }, seen[a])
+    s:close()
+  end)
+end)

@@ -176,6 +176,27 @@ describe("security", () => {
     es.close();
   });
 
+  it("checks a multi-conversation stream's token against every conversation, and * against admin (401, 403, 200)", async () => {
+    const multi = (q) => fetch(`${gw.url}/api/v1/events?${q}`);
+    let r = await multi("conversations=sse-a,sse-b");
+    assert.equal(r.status, 401);
+    r = await multi(`conversations=sse-a,other&token=${jwt({ conversations: ["sse-*"] })}`);
+    assert.equal(r.status, 403);
+    assert.match((await r.json()).error.message, /other/);
+    r = await multi(`conversations=*&token=${jwt({ conversations: ["*"] })}`);
+    assert.equal(r.status, 403);
+    r = await multi(`conversations=sse-a,sse-b&token=${jwt({ conversations: ["sse-*"] })}`);
+    assert.equal(r.status, 200);
+    await r.body.cancel();
+    const es = new EventSource(`${gw.url}/api/v1/events?conversations=*&token=${jwt({ admin: true })}`);
+    const got = [];
+    es.addEventListener("status_update", (e) => got.push(JSON.parse(e.data).text));
+    await g.opened(es);
+    await post(gw, "/api/v1/status", { conversation_id: "anything-1", category: "info", text: "seen" }, { authorization: `Bearer ${KEY_ALL}` });
+    await g.waitFor(() => got.length === 1);
+    es.close();
+  });
+
   it("guards history by token or key, and admin endpoints by the admin key", async () => {
     await post(gw, "/api/v1/status", upd("hist-1"), { authorization: `Bearer ${KEY_ALL}` });
     assert.equal((await fetch(`${gw.url}/api/v1/conversations/hist-1/history`)).status, 401);
