@@ -77,6 +77,8 @@ return {
   -- Server-Sent Events: comment line interval and the client retry hint.
   sse_heartbeat_s = 15,
   sse_retry_ms = 2000,
+  -- Conversations one /api/v1/events stream may follow.
+  sse_max_conversations = 64,
 
   -- Keep-alive HTTP connections idle this long are closed.
   http_idle_timeout_s = 60,
