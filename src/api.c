@@ -9,6 +9,7 @@
 #include "metrics.h"
 #include "security.h"
 #include "plugin.h"
+#include "longpoll.h"
 #include "sse.h"
 #include "webhook.h"
 #include "phoenix.h"
@@ -947,6 +948,7 @@ static const struct route {
     void (*handle)(sg_conn *c, sg_req *r);
 } routes[] = {
     {"/socket/websocket", 0, ANY, handle_ws},
+    {"/socket/longpoll", 0, ANY, sg_longpoll_handle},
     {"/api/v1/status", 0, HTTP_POST, handle_publish},
     {"/api/v1/status/bulk", 0, HTTP_POST, handle_bulk},
     {"/api/v1/conversations", 0, HTTP_GET, handle_list},

@@ -39,6 +39,8 @@ static const struct int_key int_keys[] = {
     IK("sse_heartbeat_s", sse_heartbeat_s, 1, 3600),
     IK("sse_retry_ms", sse_retry_ms, 0, 3600000),
     IK("sse_max_conversations", sse_max_conversations, 1, 1024),
+    IK("longpoll_window_ms", longpoll_window_ms, 100, 60000),
+    IK("longpoll_timeout_s", longpoll_timeout_s, 1, 3600),
     IK("http_idle_timeout_s", http_idle_s, 1, 86400),
     IK("http_header_timeout_s", http_header_timeout_s, 1, 3600),
     IK("http_body_timeout_s", http_body_timeout_s, 1, 86400),
@@ -162,6 +164,8 @@ static void defaults(sg_config *c)
     c->sse_heartbeat_s = SG_DEFAULT_SSE_HEARTBEAT_S;
     c->sse_retry_ms = SG_DEFAULT_SSE_RETRY_MS;
     c->sse_max_conversations = SG_DEFAULT_SSE_MAX_CONVERSATIONS;
+    c->longpoll_window_ms = 10000;
+    c->longpoll_timeout_s = 30;
     c->http_idle_s = SG_DEFAULT_HTTP_IDLE_S;
     c->http_header_timeout_s = SG_DEFAULT_HTTP_HEADER_TIMEOUT_S;
     c->http_body_timeout_s = SG_DEFAULT_HTTP_BODY_TIMEOUT_S;

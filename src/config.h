@@ -77,6 +77,8 @@ typedef struct sg_config {
     int sse_heartbeat_s;
     int sse_retry_ms;
     int sse_max_conversations;
+    int longpoll_window_ms; /* a long poll waits this long for frames */
+    int longpoll_timeout_s; /* a session nobody polls this long goes */
     int http_idle_s;
     int http_header_timeout_s;
     int http_body_timeout_s;

@@ -4,6 +4,7 @@
 #include "http.h"
 #include "server.h"
 #include "hub.h"
+#include "longpoll.h"
 #include "dict.h"
 #include "ingest.h"
 #include "plugin.h"
@@ -298,6 +299,7 @@ static int server_open(sg_server *srv, sg_config *cfg, sg_security *sec)
 static void server_close(sg_server *srv)
 {
     sg_server_stop(srv);
+    sg_longpoll_free(srv);
     sg_webhooks_free(srv->webhooks);
     sg_ingest_free(srv);
     sg_hub_free(srv->hub);

@@ -2,6 +2,7 @@
 
 #include "config.h"
 #include "hub.h"
+#include "longpoll.h"
 #include "plugin.h"
 #include "security.h"
 #include "server_t.h"
@@ -108,6 +109,8 @@ static void render_updates(sg_server *s, struct evbuffer *o)
                         (unsigned long long)s->net.delivered_ws);
     evbuffer_add_printf(o, "statusgw_deliveries_total{transport=\"sse\"} %llu\n",
                         (unsigned long long)s->net.delivered_sse);
+    evbuffer_add_printf(o, "statusgw_deliveries_total{transport=\"longpoll\"} %llu\n",
+                        (unsigned long long)s->net.delivered_lp);
     family(o, "statusgw_batch_size", "histogram", "Updates per conversation flush.");
     histogram(o, "statusgw_batch_size", sg_batch_bounds, SG_BATCH_BUCKETS, st->batch_hist,
               (double)st->batch_sum, st->flushes);
@@ -126,6 +129,7 @@ static void render_connections(sg_server *s, struct evbuffer *o)
                         s->n_conns - s->net.n_sse - s->net.n_ws);
     evbuffer_add_printf(o, "statusgw_connections{transport=\"sse\"} %d\n", s->net.n_sse);
     evbuffer_add_printf(o, "statusgw_connections{transport=\"websocket\"} %d\n", s->net.n_ws);
+    evbuffer_add_printf(o, "statusgw_connections{transport=\"longpoll\"} %d\n", sg_longpoll_sessions(s));
     family(o, "statusgw_connections_refused_total", "counter", "Connections refused by a limit.");
     evbuffer_add_printf(o, "statusgw_connections_refused_total{limit=\"max_connections\"} %llu\n",
                         (unsigned long long)s->net.refused_connections);
@@ -291,12 +295,12 @@ json_t *sg_stats_json(sg_server *s)
     uint64_t rejected = 0;
     for (int k = 0; k < m.n_reasons; k++)
         rejected += m.rejected[k].n;
-    return json_pack("{s:I, s:I, s:I, s:I, s:o, s:{s:f, s:f}, s:{s:f, s:f}, s:o, s:o, s:o, s:{s:i, s:i, s:i}, s:i, s:f}",
+    return json_pack("{s:I, s:I, s:I, s:I, s:o, s:{s:f, s:f}, s:{s:f, s:f}, s:o, s:o, s:o, s:{s:i, s:i, s:i, s:i}, s:i, s:f}",
                      "published", (json_int_t)st->published, "received", (json_int_t)m.received, "rejected",
                      (json_int_t)rejected, "dropped", (json_int_t)m.dropped, "per_category", cats,
                      "rate_per_s", "last_1m", r3(t1 / 60.0), "last_5m", r3(t5 / 300.0),
                      "error_rate", "last_1m", r3(t1 ? (double)e1 / t1 : 0.0), "last_5m", r3(t5 ? (double)e5 / t5 : 0.0),
                      "top_conversations", tops, "plugins", plugins, "webhooks", hooks,
-                     "connections", "websocket", s->net.n_ws, "sse", s->net.n_sse, "http", s->n_conns - s->net.n_ws - s->net.n_sse,
+                     "connections", "websocket", s->net.n_ws, "sse", s->net.n_sse, "longpoll", sg_longpoll_sessions(s), "http", s->n_conns - s->net.n_ws - s->net.n_sse,
                      "conversations", (int)sg_hub_count(s->hub), "uptime_s", r3((sg_now_ms() - s->started_ms) / 1000.0));
 }

@@ -14,6 +14,7 @@ typedef struct sg_net_stats {
     uint64_t slow_consumers;      /* subscribers cut off at output_cap_bytes */
     uint64_t delivered_sse;       /* updates written to event streams */
     uint64_t delivered_ws;        /* updates pushed to channels */
+    uint64_t delivered_lp;        /* updates queued for long-poll sessions */
     int n_sse, n_ws;              /* open streams and sockets */
 } sg_net_stats;
 

@@ -16,7 +16,7 @@
 #define PHX_RATE_LIMIT 30            /* category / filter changes ... */
 #define PHX_RATE_WINDOW_MS 60000     /* ... per this window */
 
-enum { V_BATCH = 1, V_WILDCARD = 2 };
+enum { V_BATCH = 1, V_WILDCARD = 2, V_LONGPOLL = 4 };
 
 typedef struct phx_chan {
     sg_sub sub; /* first: the hub hands back &sub */
@@ -42,7 +42,8 @@ typedef struct phx_read {
 } phx_read;
 
 struct sg_phx {
-    sg_ws *ws;
+    const sg_phx_io *io; /* how frames leave: a WebSocket, a long-poll session */
+    void *io_state;
     sg_server *srv;
     const char *peer; /* the connection's, for logs */
     sg_claims claims; /* what the socket's token lets it join */
@@ -53,6 +54,11 @@ struct sg_phx {
 
 /* ---- frames ---- */
 
+static void phx_close(sg_phx *p, int code, const char *reason)
+{
+    p->io->close(p->io_state, code, reason);
+}
+
 /* Send [join_ref, ref, topic, event, payload] with payload already JSON. */
 static void send_raw(sg_phx *p, json_t *join_ref, json_t *ref, const char *topic,
                      const char *event, const char *payload, size_t plen)
@@ -62,19 +68,19 @@ static void send_raw(sg_phx *p, json_t *join_ref, json_t *ref, const char *topic
     char *h = head ? json_dumps(head, JSON_COMPACT) : NULL;
     json_decref(head);
     if (!h) {
-        sg_ws_close(p->ws, SG_WS_CLOSE_INTERNAL, "out of memory");
+        phx_close(p, SG_WS_CLOSE_INTERNAL, "out of memory");
         return;
     }
     size_t hl = strlen(h);
     char *frame = malloc(hl + plen + 2);
     if (!frame) /* out of memory: the socket closes, and the client rejoins */
-        sg_ws_close(p->ws, SG_WS_CLOSE_INTERNAL, "out of memory");
+        phx_close(p, SG_WS_CLOSE_INTERNAL, "out of memory");
     if (frame) {
         memcpy(frame, h, hl - 1); /* without the closing ']' */
         frame[hl - 1] = ',';
         memcpy(frame + hl, payload, plen);
         frame[hl + plen] = ']';
-        sg_ws_send_text(p->ws, frame, hl + plen + 1);
+        p->io->send_text(p->io_state, frame, hl + plen + 1);
         free(frame);
     }
     free(h);
@@ -86,7 +92,7 @@ static void send_json(sg_phx *p, json_t *join_ref, json_t *ref, const char *topi
     char *s = payload ? json_dumps(payload, JSON_COMPACT) : NULL;
     json_decref(payload);
     if (s) send_raw(p, join_ref, ref, topic, event, s, strlen(s));
-    else sg_ws_close(p->ws, SG_WS_CLOSE_INTERNAL, "out of memory");
+    else phx_close(p, SG_WS_CLOSE_INTERNAL, "out of memory");
     free(s);
 }
 
@@ -110,10 +116,70 @@ static void topic_of(const sg_group *g, const sg_conv *c, char *out, size_t n)
     snprintf(out, n, TOPIC_PREFIX "%s", (g->variant & V_WILDCARD) ? "*" : c->id);
 }
 
+/* ',' and the frame as a JSON string: a long-poll answer's messages are
+ * strings of frames. out has room for 6 * len + 3. */
+size_t sg_phx_lp_string(char *out, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    char *p = out;
+    *p++ = ',';
+    *p++ = '"';
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '"' || ch == '\\') {
+            *p++ = '\\';
+            *p++ = (char)ch;
+        } else if (ch < 0x20) {
+            memcpy(p, "\\u00", 4);
+            p[4] = hex[ch >> 4];
+            p[5] = hex[ch & 15];
+            p += 6;
+        } else {
+            *p++ = (char)ch;
+        }
+    }
+    *p++ = '"';
+    return (size_t)(p - out);
+}
+
+/* The long-poll form of a flush: the frames a WebSocket would get, each a
+ * JSON string after a comma. */
+static sg_blob *lp_encode(const char *topic, int batch, sg_update **ups, size_t n)
+{
+    char pre[SG_MAX_CONV_ID + 96];
+    int pl = snprintf(pre, sizeof(pre), batch ? "[null,null,\"%s\",\"status_batch\",{\"updates\":["
+                                               : "[null,null,\"%s\",\"status_update\",", topic);
+    size_t frames = batch ? 1 : n, raw = 0;
+    for (size_t i = 0; i < n; i++)
+        raw += ups[i]->json_len + 4;
+    char *frame = malloc((size_t)pl + raw + 4);
+    sg_blob *b = frame ? sg_blob_new(6 * ((size_t)pl * frames + raw + 4) + 3 * frames) : NULL;
+    if (!b) {
+        free(frame);
+        return NULL;
+    }
+    for (size_t i = 0, f = 0; f < frames; f++) {
+        size_t fl = (size_t)pl;
+        memcpy(frame, pre, (size_t)pl);
+        for (size_t k = 0; k < (batch ? n : 1); k++, i++) {
+            if (k) frame[fl++] = ',';
+            memcpy(frame + fl, ups[i]->json, ups[i]->json_len);
+            fl += ups[i]->json_len;
+        }
+        memcpy(frame + fl, batch ? "]}]" : "]", batch ? 3 : 1);
+        fl += batch ? 3 : 1;
+        b->len += sg_phx_lp_string(b->data + b->len, frame, fl);
+    }
+    free(frame);
+    b->n_updates = (int)n;
+    return b;
+}
+
 static sg_blob *phx_encode(const sg_group *g, const sg_conv *c, sg_update **ups, size_t n)
 {
     char topic[SG_MAX_CONV_ID + 16];
     topic_of(g, c, topic, sizeof(topic));
+    if (g->variant & V_LONGPOLL) return lp_encode(topic, g->variant & V_BATCH, ups, n);
     char pre[sizeof(topic) + 64];
     uint8_t h[10];
     if (g->variant & V_BATCH) {
@@ -164,8 +230,8 @@ static void phx_deliver(sg_sub *s, sg_blob *b)
 {
     phx_chan *ch = (phx_chan *)s;
     if (!b) /* the frame could not be built: the socket closes, and the client rejoins */
-        sg_ws_close(ch->phx->ws, SG_WS_CLOSE_INTERNAL, "out of memory");
-    if (!b || sg_ws_send_shared(ch->phx->ws, b) < 0)
+        phx_close(ch->phx, SG_WS_CLOSE_INTERNAL, "out of memory");
+    if (!b || ch->phx->io->send_shared(ch->phx->io_state, b) < 0)
         s->state = SG_SUB_DEAD;
     else
         ch->phx->srv->net.delivered_ws += b->n_updates;
@@ -185,7 +251,8 @@ static phx_chan *find_chan(sg_phx *p, const char *topic)
 /* 0, or -1 when out of memory (not subscribed). */
 static int chan_subscribe(phx_chan *ch)
 {
-    int variant = (ch->batch ? V_BATCH : 0) | (ch->conv->is_wildcard ? V_WILDCARD : 0);
+    int variant = (ch->batch ? V_BATCH : 0) | (ch->conv->is_wildcard ? V_WILDCARD : 0) |
+                  (ch->phx->io->longpoll ? V_LONGPOLL : 0);
     return sg_hub_subscribe(ch->phx->srv->hub, ch->conv, &ch->sub, &phx_class, ch->cats, variant,
                             ch->filter, ch);
 }
@@ -195,7 +262,7 @@ static int chan_subscribe(phx_chan *ch)
 static void chan_resubscribe(phx_chan *ch)
 {
     sg_hub_unsubscribe(ch->phx->srv->hub, &ch->sub);
-    if (chan_subscribe(ch) < 0) sg_ws_close(ch->phx->ws, SG_WS_CLOSE_INTERNAL, "out of memory");
+    if (chan_subscribe(ch) < 0) phx_close(ch->phx, SG_WS_CLOSE_INTERNAL, "out of memory");
 }
 
 static void chan_free(sg_phx *p, phx_chan *ch)
@@ -288,7 +355,8 @@ static void push_replay(phx_chan *ch, sg_update **ups, size_t n)
         json_decref(dec);
     }
     if (!k) return;
-    sg_group g = {.cls = &phx_class, .variant = ch->batch ? V_BATCH : 0};
+    sg_group g = {.cls = &phx_class,
+                  .variant = (ch->batch ? V_BATCH : 0) | (ch->phx->io->longpoll ? V_LONGPOLL : 0)};
     sg_blob *b = phx_encode(&g, ch->conv, sel, k);
     phx_deliver(&ch->sub, b); /* NULL (out of memory) closes: the client rejoins and resumes */
     sg_blob_unref(b);
@@ -584,16 +652,15 @@ static void handle_event(phx_chan *ch, json_t *jr, json_t *ref, const char *even
     }
 }
 
-static void phx_on_text(void *state, const char *msg, size_t len)
+static void phx_on_text(sg_phx *p, const char *msg, size_t len)
 {
-    sg_phx *p = state;
     json_t *m = json_loadb(msg, len, 0, NULL);
     json_t *jr = json_array_get(m, 0), *ref = json_array_get(m, 1);
     json_t *jt = json_array_get(m, 2), *je = json_array_get(m, 3), *payload = json_array_get(m, 4);
     if (!json_is_array(m) || json_array_size(m) != 5 || !(json_is_string(jr) || json_is_null(jr)) ||
         !(json_is_string(ref) || json_is_null(ref)) || !json_is_string(jt) || !json_is_string(je)) {
         sg_log(SG_LOG_INFO, "websocket_bad_message", "peer=%s bytes=%zu", p->peer, len);
-        sg_ws_close(p->ws, SG_WS_CLOSE_UNSUPPORTED,
+        phx_close(p, SG_WS_CLOSE_UNSUPPORTED,
                     "expected a Phoenix V2 message [join_ref, ref, topic, event, payload]");
         json_decref(m);
         return;
@@ -661,38 +728,26 @@ static char *subprotocol_token(const char *list)
     return tok;
 }
 
-/* A socket asks to speak Phoenix V2: the serializer's version, then the
- * token (?token=, or phoenix.js's subprotocol) with the Origin. */
-static void *phx_accept(sg_ws *ws, sg_conn *c, sg_req *r, sg_error *err)
+sg_phx *sg_phx_new(sg_server *srv, const char *peer, sg_claims *claims, const sg_phx_io *io, void *io_state)
 {
-    char vsn[32], tok[SG_MAX_TOKEN] = "";
-    if (sg_req_query(r, "vsn", vsn, sizeof(vsn)) == 0 && strncmp(vsn, "2.", 2) != 0) {
-        sg_error_set(err, 400, "unsupported_vsn", NULL, "only the Phoenix V2 serializer (vsn=2.0.0) is spoken");
-        return NULL;
-    }
-    if (sg_req_query(r, "token", tok, sizeof(tok)) < 0) {
-        char *t = subprotocol_token(sg_req_header(r, "sec-websocket-protocol"));
-        if (t) snprintf(tok, sizeof(tok), "%s", t);
-        free(t);
-    }
     sg_phx *p = calloc(1, sizeof(*p));
-    if (!p) {
-        sg_error_set(err, 503, "out_of_memory", NULL, "the gateway is out of memory");
-        return NULL;
-    }
-    if (sg_security_subscriber_check(c->srv->security, sg_req_header(r, "origin"), tok, NULL, &p->claims, err) < 0) {
-        free(p);
-        return NULL;
-    }
-    p->ws = ws;
-    p->srv = c->srv;
-    p->peer = c->peer;
+    if (!p) return NULL;
+    p->claims = *claims;
+    memset(claims, 0, sizeof(*claims));
+    p->io = io;
+    p->io_state = io_state;
+    p->srv = srv;
+    p->peer = peer;
     return p;
 }
 
-static void phx_free(void *state)
+void sg_phx_message(sg_phx *p, const char *msg, size_t len)
 {
-    sg_phx *p = state;
+    phx_on_text(p, msg, len);
+}
+
+void sg_phx_free(sg_phx *p)
+{
     if (!p) return;
     while (p->chans)
         chan_free(p, p->chans);
@@ -704,4 +759,66 @@ static void phx_free(void *state)
     free(p);
 }
 
-const sg_ws_handler sg_phx_handler = {"phoenix", phx_accept, phx_on_text, phx_free};
+/* ---- over a WebSocket ---- */
+
+static void ws_send_text(void *io, const char *frame, size_t len)
+{
+    sg_ws_send_text(io, frame, len);
+}
+
+static int ws_send_shared(void *io, sg_blob *b)
+{
+    return sg_ws_send_shared(io, b);
+}
+
+static void ws_close(void *io, int code, const char *reason)
+{
+    sg_ws_close(io, code, reason);
+}
+
+static const sg_phx_io ws_io = {ws_send_text, ws_send_shared, ws_close, 0};
+
+/* The Phoenix parameters of a connection's request: the serializer's
+ * version, then the token with the Origin. 0, or -1 with err. */
+int sg_phx_check(sg_conn *c, sg_req *r, const char *tok, sg_claims *claims, sg_error *err)
+{
+    char vsn[32];
+    if (sg_req_query(r, "vsn", vsn, sizeof(vsn)) == 0 && strncmp(vsn, "2.", 2) != 0) {
+        sg_error_set(err, 400, "unsupported_vsn", NULL, "only the Phoenix V2 serializer (vsn=2.0.0) is spoken");
+        return -1;
+    }
+    return sg_security_subscriber_check(c->srv->security, sg_req_header(r, "origin"), tok, NULL, claims, err);
+}
+
+/* A socket asks to speak Phoenix V2: the token is ?token=, or phoenix.js's
+ * subprotocol. */
+static void *phx_accept(sg_ws *ws, sg_conn *c, sg_req *r, sg_error *err)
+{
+    char tok[SG_MAX_TOKEN] = "";
+    if (sg_req_query(r, "token", tok, sizeof(tok)) < 0) {
+        char *t = subprotocol_token(sg_req_header(r, "sec-websocket-protocol"));
+        if (t) snprintf(tok, sizeof(tok), "%s", t);
+        free(t);
+    }
+    sg_claims claims;
+    memset(&claims, 0, sizeof(claims));
+    if (sg_phx_check(c, r, tok, &claims, err) < 0) return NULL;
+    sg_phx *p = sg_phx_new(c->srv, c->peer, &claims, &ws_io, ws);
+    if (!p) {
+        sg_claims_clear(&claims);
+        sg_error_set(err, 503, "out_of_memory", NULL, "the gateway is out of memory");
+    }
+    return p;
+}
+
+static void phx_on_message(void *state, const char *msg, size_t len)
+{
+    phx_on_text(state, msg, len);
+}
+
+static void phx_free(void *state)
+{
+    sg_phx_free(state);
+}
+
+const sg_ws_handler sg_phx_handler = {"phoenix", phx_accept, phx_on_message, phx_free};

@@ -24,6 +24,7 @@ struct sg_ingest_queue;
 struct sg_webhooks;
 struct sg_security;
 struct sg_dict;
+struct sg_longpoll;
 
 enum { SG_WQ_ANSWERS, SG_WQ_DELIVERIES };
 
@@ -39,6 +40,7 @@ struct sg_server {
     struct sg_ingest_queue *ingest;
     struct sg_webhooks *webhooks;
     struct sg_security *security;
+    struct sg_longpoll *longpoll; /* long-poll sessions (longpoll.c), made on first use */
     struct sg_dict *per_ip; /* peer address -> open connections (int in the pointer) */
     struct evconnlistener *listener;
     sg_conn *conns;

@@ -6,6 +6,7 @@ import net from "node:net";
 import { after, before, describe, it } from "node:test";
 import { EventSource } from "eventsource";
 import WebSocket from "ws";
+import { LongPoll } from "phoenix";
 import * as g from "./gateway.mjs";
 
 const JWT_SECRET = "spec-jwt-secret-0123456789abcdef0123456789";
@@ -195,6 +196,24 @@ describe("security", () => {
     await post(gw, "/api/v1/status", { conversation_id: "anything-1", category: "info", text: "seen" }, { authorization: `Bearer ${KEY_ALL}` });
     await g.waitFor(() => got.length === 1);
     es.close();
+  });
+
+  it("checks a long-poll session's token when it opens (403) and each join against it", async () => {
+    let r = await (await fetch(`${gw.url}/socket/longpoll?vsn=2.0.0`)).json();
+    assert.equal(r.status, 403); // phoenix.js stops there rather than retrying
+    assert.equal(r.error.code, "unauthorized");
+    r = await (await fetch(`${gw.url}/socket/longpoll?vsn=2.0.0&token=${jwt({ conversations: ["lp-*"] })}`)).json();
+    assert.equal(r.status, 410);
+    assert.match(r.token, /^lp_/);
+    const s = g.socket(gw, { transport: LongPoll, params: { token: jwt({ conversations: ["lp-*"] }) } });
+    const ok = await g.join(s.channel("status:lp-mine", { categories: ["*"] }));
+    assert.equal(ok.conversation_id, "lp-mine");
+    const refused = await g.join(s.channel("status:other", {})).catch((e) => e.reply);
+    assert.equal(refused.reason, "unauthorized");
+    s.disconnect();
+    // the subprotocol form phoenix.js sends as X-Phoenix-AuthToken
+    r = await (await fetch(`${gw.url}/socket/longpoll?vsn=2.0.0`, { headers: { "x-phoenix-authtoken": jwt({ admin: true }) } })).json();
+    assert.equal(r.status, 410);
   });
 
   it("guards history by token or key, and admin endpoints by the admin key", async () => {
