@@ -504,11 +504,82 @@ static int multi_position(const char *last, const char *conv, char *epoch, size_
     return 0;
 }
 
+/* The stream's conversations from ?conversations= (list, cut in place):
+ * valid, each once, each covered by the token; *all for "*" (an admin's).
+ * The count, or -1 with err. */
+static int multi_names(sg_conn *c, sg_req *r, char *list, const char **names, int *all, sg_error *err)
+{
+    sg_server *srv = c->srv;
+    char tok[SG_MAX_TOKEN];
+    sg_req_token(r, tok, sizeof(tok));
+    sg_claims cl;
+    if (sg_security_subscriber_check(srv->security, sg_req_header(r, "origin"), tok, NULL, &cl, err) < 0) return -1;
+    int n = 0;
+    *all = strcmp(list, "*") == 0;
+    for (char *save = NULL, *t = *all ? NULL : strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        int dup = 0;
+        for (int i = 0; i < n; i++)
+            dup |= strcmp(names[i], t) == 0;
+        if (dup) continue;
+        if (!sg_conv_id_valid(t, strlen(t))) {
+            sg_error_set(err, 400, "invalid_conversation_id", "conversations",
+                         "conversation ids are 1-%d characters of [A-Za-z0-9._:@-]", SG_MAX_CONV_ID);
+        } else if (n == srv->cfg->sse_max_conversations) {
+            sg_error_set(err, 400, "too_many_conversations", "conversations",
+                         "at most %d conversations on one stream (sse_max_conversations)",
+                         srv->cfg->sse_max_conversations);
+        } else if (!sg_claims_allow(&cl, t)) {
+            sg_error_set(err, 403, "forbidden", NULL, "the token does not cover conversation '%s'", t);
+        } else {
+            names[n++] = t;
+            continue;
+        }
+        sg_claims_clear(&cl);
+        return -1;
+    }
+    int admin_ok = !*all || sg_claims_allow(&cl, "*");
+    sg_claims_clear(&cl);
+    if (!admin_ok) {
+        sg_error_set(err, 403, "forbidden", NULL, "every conversation (conversations=*) needs an admin token");
+        return -1;
+    }
+    if (n == 0 && !*all) {
+        sg_error_set(err, 400, "invalid_parameter", "conversations", "name at least one conversation");
+        return -1;
+    }
+    return n;
+}
+
+/* The stream's head, and its opening stream event with the positions. */
+static void multi_head(sse_multi *m, sg_req *r)
+{
+    sg_conn *c = m->conn;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    evbuffer_add_printf(out,
+                        "HTTP/1.1 200 OK\r\nServer: statusgw\r\n"
+                        "Content-Type: text/event-stream; charset=utf-8\r\n"
+                        "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n"
+                        "%s%s%sConnection: close\r\n\r\nretry: %d\n\n",
+                        r->cors_origin ? "Access-Control-Allow-Origin: " : "",
+                        r->cors_origin ? r->cors_origin : "", r->cors_origin ? "\r\nVary: Origin\r\n" : "",
+                        c->srv->cfg->sse_retry_ms);
+    size_t il;
+    const char *id = m->n ? multi_id(m, &il) : NULL;
+    if (!id) return;
+    /* a client resumes from here even before any update */
+    evbuffer_add(out, id, il);
+    evbuffer_add_printf(out, "event: stream\ndata: {\"conversations\":[");
+    for (int i = 0; i < m->n; i++)
+        evbuffer_add_printf(out, "%s{\"conversation_id\":\"%s\",\"epoch\":\"%s\",\"last_seq\":%llu}", i ? "," : "",
+                            m->convs[i].sub.conv->id, m->convs[i].epoch, (unsigned long long)m->convs[i].seq);
+    evbuffer_add(out, "]}\n\n", 4);
+}
+
 void sg_sse_start_multi(sg_conn *c, sg_req *r)
 {
     sg_server *srv = c->srv;
     sg_error err;
-    char list[8192], buf[4096], tok[SG_MAX_TOKEN], last[16384] = "";
+    char list[8192], buf[4096], last[16384] = "";
     if (sg_req_query(r, "conversations", list, sizeof(list)) < 0 || !list[0]) {
         sg_error_set(&err, 400, "invalid_parameter", "conversations",
                      "name the conversations: ?conversations=a,b,c (or * with an admin token)");
@@ -527,46 +598,9 @@ void sg_sse_start_multi(sg_conn *c, sg_req *r)
     const char *h = sg_req_header(r, "last-event-id");
     if (h) snprintf(last, sizeof(last), "%s", h);
     else sg_req_query(r, "last_event_id", last, sizeof(last));
-    sg_req_token(r, tok, sizeof(tok));
-    sg_claims cl;
-    if (sg_security_subscriber_check(srv->security, sg_req_header(r, "origin"), tok, NULL, &cl, &err) < 0) {
-        sg_http_error(c, &err);
-        return;
-    }
-    /* the names: valid, each once, each covered by the token */
-    int all = strcmp(list, "*") == 0, n = 0;
     const char *names[1024];
-    for (char *save = NULL, *t = all ? NULL : strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        int dup = 0;
-        for (int i = 0; i < n; i++)
-            dup |= strcmp(names[i], t) == 0;
-        if (dup) continue;
-        if (!sg_conv_id_valid(t, strlen(t))) {
-            sg_error_set(&err, 400, "invalid_conversation_id", "conversations",
-                         "conversation ids are 1-%d characters of [A-Za-z0-9._:@-]", SG_MAX_CONV_ID);
-        } else if (n == srv->cfg->sse_max_conversations) {
-            sg_error_set(&err, 400, "too_many_conversations", "conversations",
-                         "at most %d conversations on one stream (sse_max_conversations)",
-                         srv->cfg->sse_max_conversations);
-        } else if (!sg_claims_allow(&cl, t)) {
-            sg_error_set(&err, 403, "forbidden", NULL, "the token does not cover conversation '%s'", t);
-        } else {
-            names[n++] = t;
-            continue;
-        }
-        sg_claims_clear(&cl);
-        sg_http_error(c, &err);
-        return;
-    }
-    int admin_ok = !all || sg_claims_allow(&cl, "*");
-    sg_claims_clear(&cl);
-    if (!admin_ok) {
-        sg_error_set(&err, 403, "forbidden", NULL, "every conversation (conversations=*) needs an admin token");
-        sg_http_error(c, &err);
-        return;
-    }
-    if (n == 0 && !all) {
-        sg_error_set(&err, 400, "invalid_parameter", "conversations", "name at least one conversation");
+    int all, n = multi_names(c, r, list, names, &all, &err);
+    if (n < 0) {
         sg_http_error(c, &err);
         return;
     }
@@ -602,25 +636,7 @@ void sg_sse_start_multi(sg_conn *c, sg_req *r)
         if (rc == 0) ms->seq = cv->flushed_seq; /* what is queued still comes */
     }
     m->n = all ? 0 : n;
-    struct evbuffer *out = bufferevent_get_output(c->bev);
-    evbuffer_add_printf(out,
-                        "HTTP/1.1 200 OK\r\nServer: statusgw\r\n"
-                        "Content-Type: text/event-stream; charset=utf-8\r\n"
-                        "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n"
-                        "%s%s%sConnection: close\r\n\r\nretry: %d\n\n",
-                        r->cors_origin ? "Access-Control-Allow-Origin: " : "",
-                        r->cors_origin ? r->cors_origin : "", r->cors_origin ? "\r\nVary: Origin\r\n" : "",
-                        srv->cfg->sse_retry_ms);
-    size_t il;
-    const char *id = n ? multi_id(m, &il) : NULL;
-    if (id) { /* the stream's starting point: a client resumes from it even before any update */
-        evbuffer_add(out, id, il);
-        evbuffer_add_printf(out, "event: stream\ndata: {\"conversations\":[");
-        for (int i = 0; i < n; i++)
-            evbuffer_add_printf(out, "%s{\"conversation_id\":\"%s\",\"epoch\":\"%s\",\"last_seq\":%llu}", i ? "," : "",
-                                m->convs[i].sub.conv->id, m->convs[i].epoch, (unsigned long long)m->convs[i].seq);
-        evbuffer_add(out, "]}\n\n", 4);
-    }
+    multi_head(m, r);
     sg_conn_take(c, SG_CONN_SSE, &sse_multi_proto, m);
     srv->net.n_sse++;
     sg_conn_set_idle(c, NULL);

@@ -194,6 +194,19 @@ static char *shown_url(const char *url)
     return r;
 }
 
+/* Room for a batch's pending updates and their texts. */
+static int batch_room(endpoint *ep, const char *who, char *err, size_t errlen)
+{
+    ep->pending = calloc(ep->batch_size, sizeof(sg_update *));
+    ep->texts = calloc(ep->batch_size, sizeof(*ep->texts));
+    ep->lens = calloc(ep->batch_size, sizeof(*ep->lens));
+    if (!ep->pending || !ep->texts || !ep->lens) {
+        snprintf(err, errlen, "%s: out of memory", who);
+        return -1;
+    }
+    return 0;
+}
+
 static int parse_endpoint(endpoint *ep, json_t *o, json_t *global_schedule, struct sg_plugins *pm,
                           char *err, size_t errlen)
 {
@@ -290,14 +303,7 @@ static int parse_endpoint(endpoint *ep, json_t *o, json_t *global_schedule, stru
     snprintf(who, sizeof(who), "webhooks endpoint '%s'", n);
     if (parse_schedule(sched ? sched : global_schedule, &ep->schedule, &ep->n_schedule, err, errlen, who) < 0)
         return -1;
-    ep->pending = calloc(ep->batch_size, sizeof(sg_update *));
-    ep->texts = calloc(ep->batch_size, sizeof(*ep->texts));
-    ep->lens = calloc(ep->batch_size, sizeof(*ep->lens));
-    if (!ep->pending || !ep->texts || !ep->lens) {
-        snprintf(err, errlen, "%s: out of memory", who);
-        return -1;
-    }
-    return 0;
+    return batch_room(ep, who, err, errlen);
 }
 
 /* ---- the durable outbox ---- */
