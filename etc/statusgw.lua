@@ -80,6 +80,11 @@ return {
   -- Conversations one /api/v1/events stream may follow.
   sse_max_conversations = 64,
 
+  -- Long-poll (/socket/longpoll): how long a poll waits for frames, and how
+  -- long a session nobody polls lives.
+  longpoll_window_ms = 10000,
+  longpoll_timeout_s = 30,
+
   -- Keep-alive HTTP connections idle this long are closed.
   http_idle_timeout_s = 60,
   -- A request must arrive whole in time however slowly its bytes come
