@@ -7,6 +7,10 @@
  *
  *   loadgen --target statusgw|nchan --port 4000 --subscribers 5000 \
  *           --conversations 1 --publishers 1 --rate 0 --bulk 1 --duration 10
+ *
+ * statusgw's subscribers listen over --transport websocket (the default),
+ * sse (one stream each), sse-multi (one stream each over every
+ * conversation, up to 64) or longpoll (a Phoenix long-poll session each).
  */
 #define _GNU_SOURCE
 #include <event2/buffer.h>
@@ -30,6 +34,8 @@
 #include "../../src/evread.h"
 
 enum { T_STATUSGW, T_NCHAN };
+/* how statusgw subscribers listen */
+enum { X_WS, X_SSE, X_MULTI, X_LONGPOLL };
 
 static struct {
     int target;
@@ -44,7 +50,8 @@ static struct {
     int metadata; /* publish the metadata that builder would make, directly */
     int procs;    /* processes sharing the subscribers and publishers */
     const char *ready_file; /* written once every subscriber has answered */
-} opt = {T_STATUSGW, "127.0.0.1", 4000, 0, 1, 1, 1, 1, 0, 10, 1, 30, 0, NULL, "", 0, 0, 1, NULL};
+    int transport; /* X_* */
+} opt = {T_STATUSGW, "127.0.0.1", 4000, 0, 1, 1, 1, 1, 0, 10, 1, 30, 0, NULL, "", 0, 0, 1, NULL, X_WS};
 
 #define BUILDER_FIELDS ",\"builder\":\"tool\",\"args\":{\"tool_name\":\"search_code\",\"params\":{\"query\":\"where is the retry loop in http.c\",\"limit\":10}}"
 /* what the tool builder makes of BUILDER_FIELDS, for a no-plugin baseline */
@@ -181,6 +188,8 @@ typedef struct sub {
     int upgraded;
     int joined;
     struct evbuffer *msg; /* a fragmented message being assembled */
+    int lp_step;          /* long-poll: 0 opening, 1 joining, 2 polling */
+    char lp_token[40];
 } sub;
 
 static sub *subs;
@@ -227,10 +236,111 @@ static void sub_ready(sub *s)
     subs_pending--;
 }
 
+static void sub_failed(sub *s, struct bufferevent *bev)
+{
+    R.subs_failed++;
+    subs_pending--;
+    conn_free(bev);
+    s->bev = NULL;
+}
+
+/* ---- HTTP subscribers: event streams and long-poll sessions ---- */
+
+/* An event stream: the head, then every complete event's markers. */
+static void sse_read(sub *s, struct bufferevent *bev, struct evbuffer *in)
+{
+    if (!s->upgraded) {
+        struct evbuffer_ptr e = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+        if (e.pos < 0) return;
+        char line[16];
+        evbuffer_copyout(in, line, sizeof(line));
+        evbuffer_drain(in, e.pos + 4);
+        if (memcmp(line, "HTTP/1.1 200", 12) != 0) {
+            sub_failed(s, bev);
+            return;
+        }
+        s->upgraded = 1;
+        sub_ready(s);
+    }
+    size_t avail = evbuffer_get_length(in);
+    if (!avail) return;
+    const char *buf = (const char *)evbuffer_pullup(in, -1);
+    const char *end = memrchr(buf, '\n', avail); /* whole lines only: a marker is never cut */
+    if (!end) return;
+    scan_markers(buf, (size_t)(end - buf));
+    evbuffer_drain(in, (size_t)(end + 1 - buf));
+}
+
+static void lp_request(sub *s, const char *method, const char *body)
+{
+    struct evbuffer *out = bufferevent_get_output(s->bev);
+    evbuffer_add_printf(out, "%s /socket/longpoll?vsn=2.0.0%s%s HTTP/1.1\r\nHost: %s\r\n", method,
+                        s->lp_token[0] ? "&token=" : "", s->lp_token, opt.host);
+    if (body)
+        evbuffer_add_printf(out, "Content-Type: application/x-ndjson\r\nContent-Length: %zu\r\n\r\n%s", strlen(body),
+                            body);
+    else
+        evbuffer_add(out, "\r\n", 2);
+    flush_now(s->bev);
+}
+
+/* A long-poll session: open it, join, then poll for ever, each answer's
+ * markers counted. */
+static void lp_read(sub *s, struct bufferevent *bev, struct evbuffer *in)
+{
+    for (;;) {
+        struct evbuffer_ptr e = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+        if (e.pos < 0) return;
+        char head[512];
+        size_t hl = (size_t)e.pos < sizeof(head) - 1 ? (size_t)e.pos : sizeof(head) - 1;
+        evbuffer_copyout(in, head, hl);
+        head[hl] = 0;
+        const char *cl = strcasestr(head, "content-length:");
+        size_t blen = cl ? strtoul(cl + 15, NULL, 10) : 0;
+        if (evbuffer_get_length(in) < (size_t)e.pos + 4 + blen) return;
+        evbuffer_drain(in, e.pos + 4);
+        const char *body = (const char *)evbuffer_pullup(in, (ev_ssize_t)blen);
+        if (memcmp(head, "HTTP/1.1 200", 12) != 0 || !body) {
+            sub_failed(s, bev);
+            return;
+        }
+        if (s->lp_step == 0) {
+            const char *t = memmem(body, blen, "\"token\":\"", 9);
+            if (!t || sscanf(t + 9, "%39[a-z0-9_]", s->lp_token) != 1) {
+                sub_failed(s, bev);
+                return;
+            }
+            char j[256];
+            snprintf(j, sizeof(j), "[\"1\",\"1\",\"status:bench-%d\",\"phx_join\",{\"categories\":[\"*\"]%s}]", s->conv,
+                     opt.batch_join ? ",\"batch\":true" : "");
+            s->lp_step = 1;
+            evbuffer_drain(in, blen);
+            lp_request(s, "POST", j);
+            continue;
+        }
+        if (s->lp_step == 1) {
+            s->lp_step = 2;
+            sub_ready(s);
+        } else {
+            scan_markers(body, blen);
+        }
+        evbuffer_drain(in, blen);
+        lp_request(s, "GET", NULL);
+    }
+}
+
 static void sub_read(struct bufferevent *bev, void *arg)
 {
     sub *s = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
+    if (opt.target == T_STATUSGW && (opt.transport == X_SSE || opt.transport == X_MULTI)) {
+        sse_read(s, bev, in);
+        return;
+    }
+    if (opt.target == T_STATUSGW && opt.transport == X_LONGPOLL) {
+        lp_read(s, bev, in);
+        return;
+    }
     if (!s->upgraded) {
         struct evbuffer_ptr e = evbuffer_search(in, "\r\n\r\n", 4, NULL);
         if (e.pos < 0) return;
@@ -307,6 +417,23 @@ static void sub_event(struct bufferevent *bev, short what, void *arg)
     if (what & BEV_EVENT_CONNECTED) {
         int one = 1;
         setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        if (opt.target == T_STATUSGW && opt.transport != X_WS) {
+            if (opt.transport == X_LONGPOLL) {
+                lp_request(s, "GET", NULL);
+                return;
+            }
+            struct evbuffer *out = bufferevent_get_output(bev);
+            if (opt.transport == X_SSE) {
+                evbuffer_add_printf(out, "GET /api/v1/conversations/bench-%d/events", s->conv);
+            } else { /* every conversation (up to 64) on one stream */
+                evbuffer_add_printf(out, "GET /api/v1/events?conversations=bench-0");
+                for (int i = 1; i < opt.conversations && i < 64; i++)
+                    evbuffer_add_printf(out, ",bench-%d", i);
+            }
+            evbuffer_add_printf(out, " HTTP/1.1\r\nHost: %s\r\n\r\n", opt.host);
+            flush_now(bev);
+            return;
+        }
         char path[128];
         if (opt.target == T_STATUSGW)
             snprintf(path, sizeof(path), "/socket/websocket?vsn=2.0.0");
@@ -333,7 +460,7 @@ static void heartbeat(evutil_socket_t fd, short w, void *arg)
 {
     static const char hb[] = "[null,\"hb\",\"phoenix\",\"heartbeat\",{}]";
     for (int i = 0; i < opt.subscribers; i++)
-        if (subs[i].bev && subs[i].joined) {
+        if (subs[i].bev && subs[i].joined && (opt.target != T_STATUSGW || opt.transport == X_WS)) {
             if (opt.target == T_STATUSGW) ws_send(subs[i].bev, 1, hb, sizeof(hb) - 1);
             else ws_send(subs[i].bev, 9, "", 0);
         }
@@ -637,7 +764,7 @@ int main(int argc, char **argv)
         {"target", 1, 0, 't'}, {"host", 1, 0, 'H'}, {"port", 1, 0, 'p'}, {"subscribers", 1, 0, 's'},
         {"conversations", 1, 0, 'c'}, {"publishers", 1, 0, 'P'}, {"rate", 1, 0, 'r'}, {"bulk", 1, 0, 'b'},
         {"duration", 1, 0, 'd'}, {"warmup", 1, 0, 'w'}, {"pipeline", 1, 0, 'l'}, {"batch-join", 0, 0, 'B'},
-        {"json", 1, 0, 'j'}, {"builder", 0, 0, 'U'}, {"metadata", 0, 0, 'M'}, {"procs", 1, 0, 'X'}, {"ready-file", 1, 0, 'R'}, {"label", 1, 0, 'L'}, {"connect-timeout", 1, 0, 'T'}, {0, 0, 0, 0}};
+        {"json", 1, 0, 'j'}, {"builder", 0, 0, 'U'}, {"metadata", 0, 0, 'M'}, {"procs", 1, 0, 'X'}, {"ready-file", 1, 0, 'R'}, {"label", 1, 0, 'L'}, {"connect-timeout", 1, 0, 'T'}, {"transport", 1, 0, 'x'}, {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (o) {
@@ -660,10 +787,17 @@ int main(int argc, char **argv)
         case 'R': opt.ready_file = optarg; break;
         case 'L': opt.label = optarg; break;
         case 'T': opt.connect_timeout = atof(optarg); break;
+        case 'x':
+            opt.transport = strcmp(optarg, "sse") == 0        ? X_SSE
+                            : strcmp(optarg, "sse-multi") == 0 ? X_MULTI
+                            : strcmp(optarg, "longpoll") == 0  ? X_LONGPOLL
+                                                              : X_WS;
+            break;
         default:
             fprintf(stderr, "usage: loadgen [--target statusgw|nchan] [--port N] [--subscribers N] "
                             "[--conversations N] [--publishers N] [--rate N] [--bulk N] [--pipeline N] "
-                            "[--duration S] [--warmup S] [--batch-join] [--builder | --metadata] [--procs N] [--json FILE] [--label L]\n");
+                            "[--duration S] [--warmup S] [--batch-join] [--builder | --metadata] [--procs N] [--json FILE] [--label L] "
+                            "[--transport websocket|sse|sse-multi|longpoll]\n");
             return 2;
         }
     }
@@ -806,7 +940,10 @@ static int merge_workers(int up[][2], int down[][2], pid_t *kids, char path[][64
 static int report(uint64_t cpu, double secs)
 {
     qsort(R.lat, R.nlat, sizeof(uint64_t), cmp_u64);
-    int per_conv_subs = opt.subscribers / opt.conversations;
+    /* on sse-multi every subscriber follows every conversation (up to 64) */
+    int per_conv_subs = opt.target == T_STATUSGW && opt.transport == X_MULTI
+                            ? (opt.conversations <= 64 ? opt.subscribers : opt.subscribers * 64 / opt.conversations)
+                            : opt.subscribers / opt.conversations;
     double expected = (double)R.acked * per_conv_subs;
     double loss = expected > 0 ? 1.0 - (double)R.received / expected : 0;
     if (loss < 0) loss = 0;

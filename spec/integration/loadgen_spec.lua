@@ -31,6 +31,18 @@ describe("load generator smoke run", function()
     assert.matches("deliveries", text)
   end)
 
+  it("counts every delivery over long-poll, SSE and multi-conversation SSE exactly", function()
+    for _, t in ipairs({ "longpoll", "sse", "sse-multi" }) do
+      local r, text = loadgen(gw, "--subscribers 6 --conversations 2 --publishers 1 --rate 100 --duration 1 --warmup 0.2 --transport " .. t)
+      assert.equal(6, r.subscribers_connected, t .. ": " .. text)
+      assert.equal(0, r.subscribers_failed, t)
+      assert.is_true(r.acked > 50, t)
+      -- a multi stream follows both conversations: every update reaches all six
+      assert.equal(r.acked * (t == "sse-multi" and 6 or 3), r.expected, t)
+      assert.equal(r.expected, r.received, t)
+    end
+  end)
+
   it("counts updates inside batch frames one by one", function()
     local r = loadgen(gw, "--subscribers 3 --conversations 1 --publishers 2 --rate 200 --duration 1 --warmup 0.2 --batch-join")
     assert.equal(3, r.subscribers_connected)
