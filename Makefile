@@ -33,6 +33,9 @@ build/statusgw: $(OBJS)
 build/obj/%.o: src/%.c $(wildcard src/*.h) | build/obj
 	$(CC) $(WARN) $(CFLAGS) $(PCFLAGS) -MMD -c -o $@ $<
 
+# The dashboard's page is in the binary (src/dashboard.c: .incbin).
+build/obj/dashboard.o build/asan/obj/dashboard.o build/fuzz/obj/dashboard.o: dashboard/index.html
+
 # The model as a Lua module, so unit specs exercise the real C validation.
 MODEL_SRCS := src/lmodel.c src/status.c src/jtext.c src/log.c src/clock.c
 build/statusgw_model.so: $(MODEL_SRCS) $(wildcard src/*.h) | build/obj

@@ -6,7 +6,8 @@
  *             history and event-stream requests, upgrades
  *   ws        WebSocket frames after a good upgrade: the frame reader, the
  *             Phoenix message decoder, joins, filters, category changes
- *   sse       a Last-Event-ID (and categories) on an event-stream request
+ *   sse       a Last-Event-ID (and categories) on an event-stream request, of
+ *             one conversation and of several
  *   publish   the publish scanner (sg_draft_parse) and the JSON text scanner
  *   jwt       a subscriber token against a configured secret
  *   luajson   the Lua <-> JSON bridges in a plugin sandbox: JSON text into
@@ -169,6 +170,9 @@ static const char WS_UPGRADE[] = "GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHo
 static const char SSE_HEAD[] = "GET /api/v1/conversations/fuzz/events?categories=tool,info HTTP/1.1\r\n"
                                "Host: 127.0.0.1\r\nLast-Event-ID: ";
 static const char SSE_TAIL[] = "\r\n\r\n";
+/* the same id on a stream of several conversations (each "<conv>=<epoch>:<seq>") */
+static const char MULTI_HEAD[] = "GET /api/v1/events?conversations=fuzz,other&categories=tool,info HTTP/1.1\r\n"
+                                 "Host: 127.0.0.1\r\nLast-Event-ID: ";
 #endif
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n)
@@ -199,6 +203,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n)
         seeded = 1;
     }
     run_connection((const uint8_t *)SSE_HEAD, sizeof(SSE_HEAD) - 1, data, k, (const uint8_t *)SSE_TAIL,
+                   sizeof(SSE_TAIL) - 1);
+    run_connection((const uint8_t *)MULTI_HEAD, sizeof(MULTI_HEAD) - 1, data, k, (const uint8_t *)SSE_TAIL,
                    sizeof(SSE_TAIL) - 1);
 #elif FUZZ_TARGET == T_PUBLISH
     sg_limits lim = {4096, 65536};

@@ -74,6 +74,9 @@ void sg_security_client(const sg_security *s, const char *peer, const char *xff,
 /* The key's name (for logs), or NULL for no key. */
 const char *sg_security_key_name(const sg_api_key *key);
 
+/* The dashboard page: anyone once an admin key is set (the page asks for
+ * it), else loopback clients only. */
+int sg_security_dashboard_ok(const sg_security *s, const char *client);
 /* Admin endpoints: the admin key, or, when none is configured, a loopback
  * peer. -1 with err 401/403. */
 int sg_security_admin(sg_security *s, const char *authorization, const char *peer, sg_error *err);

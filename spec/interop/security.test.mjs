@@ -216,6 +216,17 @@ describe("security", () => {
     assert.equal(r.status, 410);
   });
 
+  it("lets the gateway's own pages (the dashboard) act with the admin key, and reads every conversation with it", async () => {
+    const own = { origin: gw.url, authorization: `Bearer ${ADMIN}` };
+    let r = await fetch(`${gw.url}/admin/webhooks/nothing/redeliver`, { method: "POST", headers: own });
+    assert.equal(r.status, 404); // past the origin checks: no such endpoint
+    r = await fetch(`${gw.url}/admin/webhooks/nothing/redeliver`, { method: "POST", headers: { ...own, origin: "https://evil.example" } });
+    assert.equal(r.status, 403);
+    r = await fetch(`${gw.url}/api/v1/events?conversations=*&token=${ADMIN}`);
+    assert.equal(r.status, 200);
+    await r.body.cancel();
+  });
+
   it("guards history by token or key, and admin endpoints by the admin key", async () => {
     await post(gw, "/api/v1/status", upd("hist-1"), { authorization: `Bearer ${KEY_ALL}` });
     assert.equal((await fetch(`${gw.url}/api/v1/conversations/hist-1/history`)).status, 401);
