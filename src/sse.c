@@ -14,16 +14,20 @@ typedef struct sse_sub {
     sg_conn *conn;
 } sse_sub;
 
-/* "id: <epoch>:<seq>\nevent: status_update\ndata: <json>\n\n" */
+/* "id: <epoch>:<seq>\nevent: status_update\ndata: <json>\n\n"; named (the
+ * streams of every conversation, group variant SSE_NAMED): the id is
+ * "<conversation>=<epoch>:<seq>" */
+enum { SSE_NAMED = 1 };
+
 static size_t frame_len(const sg_conv *c, const sg_update *u)
 {
-    return 60 + SG_EPOCH_LEN + u->json_len;
+    return 64 + c->id_len + SG_EPOCH_LEN + u->json_len;
 }
 
-static size_t frame_write(char *p, const sg_conv *c, const sg_update *u)
+static size_t frame_write(char *p, const sg_conv *c, const sg_update *u, int named)
 {
-    int n = sprintf(p, "id: %s:%llu\nevent: status_update\ndata: ", c->epoch,
-                    (unsigned long long)u->seq);
+    int n = sprintf(p, "id: %s%s%s:%llu\nevent: status_update\ndata: ", named ? c->id : "", named ? "=" : "",
+                    c->epoch, (unsigned long long)u->seq);
     memcpy(p + n, u->json, u->json_len);
     n += (int)u->json_len;
     memcpy(p + n, "\n\n", 2);
@@ -38,7 +42,7 @@ static sg_blob *sse_encode(const sg_group *g, const sg_conv *c, sg_update **ups,
     sg_blob *b = sg_blob_new(cap);
     if (!b) return NULL;
     for (size_t i = 0; i < n; i++)
-        b->len += frame_write(b->data + b->len, c, ups[i]);
+        b->len += frame_write(b->data + b->len, c, ups[i], g->variant == SSE_NAMED);
     b->n_updates = (int)n;
     return b;
 }
@@ -135,7 +139,7 @@ static void on_replay(sg_sub *s, const sg_replay *rp)
     if (n && evbuffer_reserve_space(out, (ev_ssize_t)need, &v, 1) == 1) {
         size_t len = 0;
         for (size_t i = 0; i < n; i++)
-            len += frame_write((char *)v.iov_base + len, cv, rp->ups[i]);
+            len += frame_write((char *)v.iov_base + len, cv, rp->ups[i], 0);
         v.iov_len = len;
         evbuffer_commit_space(out, &v, 1);
     } else if (n) {
@@ -147,6 +151,19 @@ static void on_replay(sg_sub *s, const sg_replay *rp)
         return;
     }
     sg_conn_deliver(c);
+}
+
+/* An event stream's response head and retry hint. */
+static void stream_head(sg_conn *c, sg_req *r)
+{
+    evbuffer_add_printf(bufferevent_get_output(c->bev),
+                        "HTTP/1.1 200 OK\r\nServer: statusgw\r\n"
+                        "Content-Type: text/event-stream; charset=utf-8\r\n"
+                        "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n"
+                        "%s%s%sConnection: close\r\n\r\nretry: %d\n\n",
+                        r->cors_origin ? "Access-Control-Allow-Origin: " : "",
+                        r->cors_origin ? r->cors_origin : "", r->cors_origin ? "\r\nVary: Origin\r\n" : "",
+                        c->srv->cfg->sse_retry_ms);
 }
 
 /* Parse "<epoch>:<seq>"; -1 when malformed. */
@@ -214,15 +231,7 @@ void sg_sse_start(sg_conn *c, sg_req *r, const char *conv_id)
     }
     ss->conn = c;
 
-    struct evbuffer *out = bufferevent_get_output(c->bev);
-    evbuffer_add_printf(out,
-                        "HTTP/1.1 200 OK\r\nServer: statusgw\r\n"
-                        "Content-Type: text/event-stream; charset=utf-8\r\n"
-                        "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n"
-                        "%s%s%sConnection: close\r\n\r\nretry: %d\n\n",
-                        r->cors_origin ? "Access-Control-Allow-Origin: " : "",
-                        r->cors_origin ? r->cors_origin : "", r->cors_origin ? "\r\nVary: Origin\r\n" : "",
-                        srv->cfg->sse_retry_ms);
+    stream_head(c, r);
     sg_conn_take(c, SG_CONN_SSE, &sse_proto, ss);
     srv->net.n_sse++;
     if (sg_hub_subscribe(srv->hub, cv, &ss->sub, &sse_class, mask, 0, NULL, ss) < 0) {
@@ -383,32 +392,7 @@ static void multi_deliver(sg_sub *s, sg_blob *b)
 static const sg_sub_class sse_multi_class = {"sse", multi_encode, multi_deliver};
 
 /* conversations=*: each event's id is its own conversation's position */
-static size_t all_frame_len(const sg_conv *c, const sg_update *u)
-{
-    return 64 + c->id_len + SG_EPOCH_LEN + u->json_len;
-}
-
-static sg_blob *all_encode(const sg_group *g, const sg_conv *c, sg_update **ups, size_t n)
-{
-    size_t cap = 0;
-    for (size_t i = 0; i < n; i++)
-        cap += all_frame_len(c, ups[i]);
-    sg_blob *b = sg_blob_new(cap);
-    if (!b) return NULL;
-    for (size_t i = 0; i < n; i++) {
-        char *p = b->data + b->len;
-        int k = sprintf(p, "id: %s=%s:%llu\nevent: status_update\ndata: ", c->id, c->epoch,
-                        (unsigned long long)ups[i]->seq);
-        memcpy(p + k, ups[i]->json, ups[i]->json_len);
-        k += (int)ups[i]->json_len;
-        memcpy(p + k, "\n\n", 2);
-        b->len += (size_t)k + 2;
-    }
-    b->n_updates = (int)n;
-    return b;
-}
-
-static const sg_sub_class sse_all_class = {"sse", all_encode, sse_deliver};
+static const sg_sub_class sse_all_class = {"sse", sse_encode, sse_deliver};
 
 static void multi_free(sg_server *srv, sse_multi *m)
 {
@@ -555,14 +539,7 @@ static void multi_head(sse_multi *m, sg_req *r)
 {
     sg_conn *c = m->conn;
     struct evbuffer *out = bufferevent_get_output(c->bev);
-    evbuffer_add_printf(out,
-                        "HTTP/1.1 200 OK\r\nServer: statusgw\r\n"
-                        "Content-Type: text/event-stream; charset=utf-8\r\n"
-                        "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n"
-                        "%s%s%sConnection: close\r\n\r\nretry: %d\n\n",
-                        r->cors_origin ? "Access-Control-Allow-Origin: " : "",
-                        r->cors_origin ? r->cors_origin : "", r->cors_origin ? "\r\nVary: Origin\r\n" : "",
-                        c->srv->cfg->sse_retry_ms);
+    stream_head(c, r);
     size_t il;
     const char *id = m->n ? multi_id(m, &il) : NULL;
     if (!id) return;
@@ -643,7 +620,7 @@ void sg_sse_start_multi(sg_conn *c, sg_req *r)
     if (all) { /* frames shared with every other such stream */
         if (!(m->whole = calloc(1, sizeof(*m->whole))) ||
             (m->whole->conn = c,
-             sg_hub_subscribe(srv->hub, sg_hub_wildcard(srv->hub), &m->whole->sub, &sse_all_class, mask, 1, NULL,
+             sg_hub_subscribe(srv->hub, sg_hub_wildcard(srv->hub), &m->whole->sub, &sse_all_class, mask, SSE_NAMED, NULL,
                               m->whole) < 0)) {
             sg_log(SG_LOG_WARN, "subscriber_cut", "transport=sse peer=%s conversation=* reason=out_of_memory", c->peer);
             sg_conn_close_after_write(c);

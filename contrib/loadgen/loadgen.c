@@ -244,18 +244,27 @@ static void sub_failed(sub *s, struct bufferevent *bev)
     s->bev = NULL;
 }
 
+/* A response head in `in`: -1 not whole yet; else drained, and 0 when its
+ * status line starts with want, 1 when not. */
+static int read_head(struct evbuffer *in, const char *want)
+{
+    struct evbuffer_ptr e = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+    if (e.pos < 0) return -1;
+    char line[16] = "";
+    evbuffer_copyout(in, line, sizeof(line));
+    evbuffer_drain(in, e.pos + 4);
+    return memcmp(line, want, strlen(want)) != 0;
+}
+
 /* ---- HTTP subscribers: event streams and long-poll sessions ---- */
 
 /* An event stream: the head, then every complete event's markers. */
 static void sse_read(sub *s, struct bufferevent *bev, struct evbuffer *in)
 {
     if (!s->upgraded) {
-        struct evbuffer_ptr e = evbuffer_search(in, "\r\n\r\n", 4, NULL);
-        if (e.pos < 0) return;
-        char line[16];
-        evbuffer_copyout(in, line, sizeof(line));
-        evbuffer_drain(in, e.pos + 4);
-        if (memcmp(line, "HTTP/1.1 200", 12) != 0) {
+        int st = read_head(in, "HTTP/1.1 200");
+        if (st < 0) return;
+        if (st > 0) {
             sub_failed(s, bev);
             return;
         }
@@ -342,16 +351,10 @@ static void sub_read(struct bufferevent *bev, void *arg)
         return;
     }
     if (!s->upgraded) {
-        struct evbuffer_ptr e = evbuffer_search(in, "\r\n\r\n", 4, NULL);
-        if (e.pos < 0) return;
-        char line[16];
-        evbuffer_copyout(in, line, sizeof(line));
-        evbuffer_drain(in, e.pos + 4);
-        if (memcmp(line, "HTTP/1.1 101", 12) != 0) {
-            R.subs_failed++;
-            subs_pending--;
-            conn_free(bev);
-            s->bev = NULL;
+        int st = read_head(in, "HTTP/1.1 101");
+        if (st < 0) return;
+        if (st > 0) {
+            sub_failed(s, bev);
             return;
         }
         s->upgraded = 1;
