@@ -55,6 +55,22 @@ describe("phoenix.js LongPoll against statusgw", () => {
     s.disconnect();
   });
 
+  it("holds a session to the socket's limits: max_channels_per_socket", async () => {
+    const small = await g.start({ flush_interval_ms: 20, max_channels_per_socket: 2 });
+    try {
+      const s = lp(small);
+      await g.join(s.channel(`status:${g.conv("lim")}`, {}));
+      await g.join(s.channel(`status:${g.conv("lim")}`, {}));
+      const third = await g.join(s.channel(`status:${g.conv("lim")}`, {})).catch((e) => e.reply);
+      assert.equal(third.reason, "too_many_channels");
+      assert.equal(third.max, 2);
+      s.disconnect();
+    } finally {
+      g.disconnectAll();
+      assert.equal(await g.stop(small), 0);
+    }
+  });
+
   it("answers a session it does not know 410, and a request that is neither GET nor POST 405", async () => {
     let r = await (await fetch(`${gw.url}/socket/longpoll?vsn=2.0.0&token=lp_00000000000000000000000000000000`)).json();
     assert.equal(r.status, 410);
