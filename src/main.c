@@ -1,5 +1,6 @@
 /* statusgw: parse arguments, load the config, run the server. */
 #include "api.h"
+#include "cli.h"
 #include "config.h"
 #include "http.h"
 #include "server.h"
@@ -29,6 +30,7 @@ static void usage(FILE *f)
                "                [--log-level debug|info|warn|error] [--check-config]\n"
                "                [--version] [--help]\n"
                "       statusgw check-plugin [--config FILE] PLUGIN.lua...\n"
+               "       statusgw publish|token|stats|plugins|webhooks|help ... (statusgw help)\n"
                "\n"
                "  --config FILE    the Lua config file (relative paths in it are relative to it)\n"
                "  --listen A:P     listen address, over the config's\n"
@@ -313,6 +315,8 @@ static void server_close(sg_server *srv)
 int main(int argc, char **argv)
 {
     if (argc >= 2 && strcmp(argv[1], "check-plugin") == 0) return check_plugin(argc, argv);
+    int cli_rc = sg_cli(argc, argv);
+    if (cli_rc >= 0) return cli_rc;
     args a;
     int rc = parse_args(argc, argv, &a);
     if (rc >= 0) return rc;

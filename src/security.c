@@ -329,6 +329,12 @@ int sg_security_admin(sg_security *s, const char *auth, const char *peer, sg_err
     return 0;
 }
 
+const unsigned char *sg_security_jwt_secret(const sg_security *s, size_t *len)
+{
+    *len = s->jwt_secret_len;
+    return s->jwt_secret;
+}
+
 int sg_security_dashboard_ok(const sg_security *s, const char *client)
 {
     return s->admin_key != NULL || loopback(client);

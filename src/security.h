@@ -74,6 +74,8 @@ void sg_security_client(const sg_security *s, const char *peer, const char *xff,
 /* The key's name (for logs), or NULL for no key. */
 const char *sg_security_key_name(const sg_api_key *key);
 
+/* The configured JWT secret (len bytes), or NULL: `statusgw token`. */
+const unsigned char *sg_security_jwt_secret(const sg_security *s, size_t *len);
 /* The dashboard page: anyone once an admin key is set (the page asks for
  * it), else loopback clients only. */
 int sg_security_dashboard_ok(const sg_security *s, const char *client);
