@@ -1,5 +1,6 @@
 /* The statusgw command line for producers and operators (docs/cli.md):
- * publish (one update, or NDJSON in bulk from standard input), token
+ * publish (one update, or NDJSON in bulk from standard input), tail
+ * (follow conversations live over SSE, resuming across reconnects), token
  * (a subscriber JWT signed with the config's secret), and the admin views
  * stats, plugins and webhooks as terminal tables. It talks to a gateway
  * over HTTP (libcurl): --url and --key, or STATUSGW_URL and
@@ -559,6 +560,248 @@ static int cli_view(int argc, char **argv)
     return rc;
 }
 
+/* ---- tail ---- */
+
+static void usage_tail(FILE *f)
+{
+    fprintf(f, "usage: statusgw tail CONVERSATION... | --all [--categories a,b] [--since SEQ] [--json]\n"
+               "Follows conversations live (Server-Sent Events): time, conversation, category, text\n"
+               "and metadata, coloured on a terminal; --json prints each update as it came. It\n"
+               "resumes across reconnects without duplicates and prints a line when a gap\n"
+               "occurs. --since SEQ starts after that seq of each conversation (from history);\n"
+               "--all follows every conversation (an admin token or key; live only).\n" COMMON_HELP);
+}
+
+typedef struct tail {
+    const cli *c;
+    int color, all, n;
+    char last_id[16384]; /* the last event's id: where a reconnect resumes */
+    int retry_ms;
+    /* the event being read */
+    char *line;
+    size_t llen, lcap;
+    char event[32], id[16384];
+    char *data;
+    size_t dlen, dcap;
+} tail;
+
+static const char *cat_color(const char *cat)
+{
+    if (strcmp(cat, "error") == 0) return "\033[31m";
+    if (strcmp(cat, "tool") == 0) return "\033[34m";
+    if (strcmp(cat, "workflow") == 0 || strcmp(cat, "progress") == 0) return "\033[32m";
+    if (strcmp(cat, "engine") == 0 || strcmp(cat, "planning") == 0) return "\033[35m";
+    return "\033[36m";
+}
+
+static void print_update(tail *t, json_t *u)
+{
+    const char *ts = str_or(json_object_get(u, "timestamp"), ""), *cat = str_or(json_object_get(u, "category"), "?");
+    char when[16] = "";
+    if (strlen(ts) >= 23) memcpy(when, ts + 11, 12);
+    printf("%s  %s%-8s%s  %s  %s", when, t->color ? cat_color(cat) : "", cat, t->color ? "\033[0m" : "",
+           str_or(json_object_get(u, "conversation_id"), "?"), str_or(json_object_get(u, "text"), ""));
+    const char *k;
+    json_t *v;
+    int shown = 0;
+    json_object_foreach(json_object_get(u, "metadata"), k, v)
+    {
+        if (shown++ == 4) {
+            printf("  …");
+            break;
+        }
+        char *s = json_is_string(v) ? NULL : json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        printf("%s%s%s=%s%s", shown == 1 ? "  " : " ", t->color ? "\033[2m" : "", k, s ? s : json_string_value(v),
+               t->color ? "\033[0m" : "");
+        free(s);
+    }
+    putchar('\n');
+}
+
+static void dispatch(tail *t)
+{
+    if (t->id[0]) snprintf(t->last_id, sizeof(t->last_id), "%s", t->id);
+    json_t *d = t->dlen ? json_loadb(t->data, t->dlen, 0, NULL) : NULL;
+    if (strcmp(t->event, "status_update") == 0 && d) {
+        if (t->c->json) printf("%.*s\n", (int)t->dlen, t->data);
+        else print_update(t, d);
+    } else if (strcmp(t->event, "gap") == 0 && d) {
+        const char *conv = str_or(json_object_get(d, "conversation_id"), "?");
+        const char *why = str_or(json_object_get(d, "reason"), "?");
+        json_t *from = json_object_get(d, "from_seq");
+        if (t->color) fputs("\033[33m", stdout);
+        if (from)
+            printf("-- gap in %s: seqs %lld-%lld are lost (%s)", conv, (long long)json_integer_value(from),
+                   (long long)json_integer_value(json_object_get(d, "to_seq")), why);
+        else
+            printf("-- gap in %s: a new epoch, nothing of it missed (%s)", conv, why);
+        puts(t->color ? "\033[0m" : "");
+    }
+    fflush(stdout);
+    json_decref(d);
+    t->event[0] = t->id[0] = 0;
+    t->dlen = 0;
+}
+
+static void field(tail *t, const char *l, size_t n)
+{
+    if (n == 0) {
+        if (t->dlen || t->event[0]) dispatch(t);
+        return;
+    }
+    if (l[0] == ':') return;
+    const char *colon = memchr(l, ':', n);
+    size_t kl = colon ? (size_t)(colon - l) : n;
+    const char *v = colon ? colon + 1 : l + n;
+    if (v < l + n && *v == ' ') v++;
+    size_t vl = (size_t)(l + n - v);
+    if (kl == 5 && memcmp(l, "event", 5) == 0) {
+        snprintf(t->event, sizeof(t->event), "%.*s", (int)vl, v);
+    } else if (kl == 2 && memcmp(l, "id", 2) == 0) {
+        snprintf(t->id, sizeof(t->id), "%.*s", (int)vl, v);
+    } else if (kl == 5 && memcmp(l, "retry", 5) == 0) {
+        t->retry_ms = atoi(v);
+    } else if (kl == 4 && memcmp(l, "data", 4) == 0) {
+        if (t->dlen + vl + 1 > t->dcap) {
+            t->dcap = (t->dlen + vl + 1) * 2;
+            t->data = realloc(t->data, t->dcap);
+        }
+        if (t->dlen) t->data[t->dlen++] = '\n';
+        memcpy(t->data + t->dlen, v, vl);
+        t->dlen += vl;
+    }
+}
+
+static size_t on_stream(char *d, size_t size, size_t n, void *arg)
+{
+    tail *t = arg;
+    for (size_t i = 0; i < size * n; i++) {
+        if (d[i] == '\n') {
+            size_t l = t->llen && t->line[t->llen - 1] == '\r' ? t->llen - 1 : t->llen;
+            field(t, t->line, l);
+            t->llen = 0;
+            continue;
+        }
+        if (t->llen + 1 > t->lcap) {
+            t->lcap = t->lcap ? t->lcap * 2 : 1024;
+            t->line = realloc(t->line, t->lcap);
+        }
+        t->line[t->llen++] = d[i];
+    }
+    return size * n;
+}
+
+/* Each conversation's epoch, for --since: "a=<epoch>:<seq>,…" (one
+ * conversation: "<epoch>:<seq>"). */
+static int since_id(const cli *c, char **convs, int n, long long since, char *out, size_t outlen)
+{
+    size_t o = 0;
+    out[0] = 0;
+    for (int i = 0; i < n; i++) {
+        char path[300];
+        snprintf(path, sizeof(path), "/api/v1/conversations/%s/history?limit=1", convs[i]);
+        reply r;
+        if (request(c, "tail", "GET", path, NULL, NULL, 0, &r) < 0) return -1;
+        const char *ep = str_or(json_object_get(r.body, "epoch"), NULL);
+        if (r.status == 200 && ep)
+            o += (size_t)snprintf(out + o, outlen - o, "%s%s%s%s:%lld", i ? "," : "", n > 1 ? convs[i] : "",
+                                  n > 1 ? "=" : "", ep, since);
+        json_decref(r.body);
+    }
+    return 0;
+}
+
+static int cli_tail(int argc, char **argv)
+{
+    cli c;
+    common_defaults(&c);
+    tail t;
+    memset(&t, 0, sizeof(t));
+    t.c = &c;
+    char *convs[64];
+    const char *cats = NULL;
+    long long since = -1;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        if (common(&c, &i, argc, argv)) continue;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage_tail(stdout);
+            return 0;
+        } else if (strcmp(a, "--all") == 0) {
+            t.all = 1;
+        } else if (strcmp(a, "--categories") == 0 && i + 1 < argc) {
+            cats = argv[++i];
+        } else if (strcmp(a, "--since") == 0 && i + 1 < argc) {
+            since = atoll(argv[++i]);
+        } else if (a[0] == '-') {
+            fprintf(stderr, "statusgw tail: unknown option '%s' (statusgw tail --help)\n", a);
+            return 2;
+        } else if (strspn(a, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:@-") != strlen(a) ||
+                   strlen(a) > 128) {
+            fprintf(stderr, "statusgw tail: '%s' is not a conversation id (1-128 characters of [A-Za-z0-9._:@-])\n", a);
+            return 2;
+        } else if (t.n < 64) {
+            convs[t.n++] = argv[i];
+        } else {
+            fprintf(stderr, "statusgw tail: at most 64 conversations\n");
+            return 2;
+        }
+    }
+    if ((t.n == 0) == !t.all || (t.all && since >= 0)) {
+        usage_tail(stderr);
+        return 2;
+    }
+    t.color = isatty(1) && !c.json && !getenv("NO_COLOR");
+    char path[8192];
+    int o = t.n == 1 ? snprintf(path, sizeof(path), "/api/v1/conversations/%s/events", convs[0])
+                     : snprintf(path, sizeof(path), "/api/v1/events?conversations=%s", t.all ? "*" : "");
+    for (int i = 0; t.n > 1 && i < t.n; i++)
+        o += snprintf(path + o, sizeof(path) - (size_t)o, "%s%s", i ? "," : "", convs[i]);
+    if (cats) snprintf(path + o, sizeof(path) - (size_t)o, "%scategories=%s", t.n == 1 ? "?" : "&", cats);
+    if (since >= 0 && since_id(&c, convs, t.n, since, t.last_id, sizeof(t.last_id)) < 0) return 1;
+    for (int attempt = 0;; attempt++) {
+        CURL *e = curl_easy_init();
+        char url[9000], auth[600], last[16400];
+        snprintf(url, sizeof(url), "%s%s", c.url, path);
+        struct curl_slist *h = curl_slist_append(NULL, "Accept: text/event-stream");
+        if (c.key && *c.key) {
+            snprintf(auth, sizeof(auth), "Authorization: Bearer %s", c.key);
+            h = curl_slist_append(h, auth);
+        }
+        if (t.last_id[0]) {
+            snprintf(last, sizeof(last), "Last-Event-ID: %s", t.last_id);
+            h = curl_slist_append(h, last);
+        }
+        curl_easy_setopt(e, CURLOPT_URL, url);
+        curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
+        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_stream);
+        curl_easy_setopt(e, CURLOPT_WRITEDATA, &t);
+        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L); /* heartbeats come every 15 s */
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, 45L);
+        curl_easy_setopt(e, CURLOPT_USERAGENT, "statusgw-cli");
+        CURLcode rc = curl_easy_perform(e);
+        long status = 0;
+        curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+        curl_slist_free_all(h);
+        curl_easy_cleanup(e);
+        t.llen = 0;
+        if (status >= 400) { /* refused: reconnecting will not help */
+            fprintf(stderr, "statusgw tail: the gateway answered %ld (statusgw tail --help)\n", status);
+            return 1;
+        }
+        if (rc == CURLE_URL_MALFORMAT || rc == CURLE_UNSUPPORTED_PROTOCOL || rc == CURLE_OUT_OF_MEMORY) {
+            fprintf(stderr, "statusgw tail: %s (%s)\n", curl_easy_strerror(rc), c.url);
+            return 1;
+        }
+        int wait = t.retry_ms > 0 ? t.retry_ms : 1000;
+        fprintf(stderr, "statusgw tail: %s; reconnecting in %d ms%s\n",
+                rc == CURLE_OK ? "the stream ended" : curl_easy_strerror(rc), wait,
+                t.last_id[0] ? " from where it was" : "");
+        usleep((useconds_t)wait * 1000);
+    }
+}
+
 /* ---- dispatch ---- */
 
 static void usage_all(FILE *f)
@@ -566,6 +809,7 @@ static void usage_all(FILE *f)
     fprintf(f, "statusgw commands (each has --help):\n"
                "  statusgw [--config FILE] ...        run the gateway (statusgw --help)\n"
                "  statusgw publish CONV CATEGORY TEXT publish an update (--bulk: NDJSON from standard input)\n"
+               "  statusgw tail CONV... | --all       follow conversations live, resuming across reconnects\n"
                "  statusgw token --sub NAME ...       mint a subscriber token with the config's secret\n"
                "  statusgw stats                      counters and the busiest conversations\n"
                "  statusgw plugins                    plugins and their health\n"
@@ -583,10 +827,12 @@ int sg_cli(int argc, char **argv)
         return 0;
     }
     int view = strcmp(cmd, "stats") == 0 || strcmp(cmd, "plugins") == 0 || strcmp(cmd, "webhooks") == 0;
-    if (!view && strcmp(cmd, "publish") != 0 && strcmp(cmd, "token") != 0) return -1;
+    if (!view && strcmp(cmd, "publish") != 0 && strcmp(cmd, "token") != 0 && strcmp(cmd, "tail") != 0) return -1;
     curl_global_init(CURL_GLOBAL_DEFAULT);
-    int rc = strcmp(cmd, "publish") == 0 ? cli_publish(argc, argv) : strcmp(cmd, "token") == 0 ? cli_token(argc, argv)
-                                                                                               : cli_view(argc, argv);
+    int rc = strcmp(cmd, "publish") == 0 ? cli_publish(argc, argv)
+             : strcmp(cmd, "token") == 0 ? cli_token(argc, argv)
+             : strcmp(cmd, "tail") == 0  ? cli_tail(argc, argv)
+                                         : cli_view(argc, argv);
     curl_global_cleanup();
     return rc;
 }

@@ -3,7 +3,7 @@
 #define SG_CLI_H
 
 /* Run `statusgw <command> ...` when argv[1] names one of the commands
- * (publish, token, stats, plugins, webhooks, help): its exit status.
+ * (publish, tail, token, stats, plugins, webhooks, help): its exit status.
  * -1 when it names none (the gateway runs). */
 int sg_cli(int argc, char **argv);
 

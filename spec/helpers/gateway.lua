@@ -82,12 +82,12 @@ function M.start(opts)
     end
     local cfg = {}
     for k, v in pairs(opts) do
-      if k ~= "args" and k ~= "cwd" then cfg[#cfg + 1] = "  " .. k .. " = " .. lua_value(v) .. "," end
+      if k ~= "args" and k ~= "cwd" and k ~= "port" then cfg[#cfg + 1] = "  " .. k .. " = " .. lua_value(v) .. "," end
     end
     config = dir .. "/statusgw.lua"
     write_file(config, "return {\n" .. table.concat(cfg, "\n") .. "\n}\n")
   end
-  local port = M.free_port()
+  local port = opts.port or M.free_port() -- opts.port: a restart on the same port
   local gw = { port = port, dir = dir, log = dir .. "/statusgw.log" }
   local bin = M.bin:sub(1, 1) == "/" and M.bin or (sh("pwd"):gsub("%s+$", "") .. "/" .. M.bin)
   local cmd = string.format(

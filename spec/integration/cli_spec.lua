@@ -175,3 +175,83 @@ describe("statusgw token", function()
     for _, c in ipairs({ "publish", "token", "stats", "plugins", "webhooks" }) do assert.matches(c, out) end
   end)
 end)
+
+describe("statusgw tail", function()
+  local dir, gw
+  before_each(function() dir = gw_.tmpdir() end)
+  after_each(function()
+    if gw then pcall(gw_.stop, gw) end
+    os.execute("rm -rf " .. dir)
+  end)
+
+  -- the tail in the background; returns a function that reads what it
+  -- printed so far, and one that stops it
+  local function follow(port, args)
+    os.execute(string.format("STATUSGW_URL=http://127.0.0.1:%d %s tail %s >%s/tail.out 2>%s/tail.err & echo $! >%s/tail.pid",
+      port, gw_.bin, args, dir, dir, dir))
+    local function read(f)
+      local h = io.open(dir .. "/" .. f)
+      local s = h and h:read("a") or ""
+      if h then h:close() end
+      return s
+    end
+    return function() return read("tail.out"), read("tail.err") end,
+      function() os.execute("kill " .. read("tail.pid"):gsub("%s+", "") .. " 2>/dev/null") end
+  end
+
+  local function wait_for(readf, pattern)
+    for _ = 1, 100 do
+      local out, err = readf()
+      if out:find(pattern) then return out, err end
+      gw_.sleep(0.05)
+    end
+    return readf()
+  end
+
+  it("follows conversations, resumes across a gateway restart without a duplicate, and shows a gap", function()
+    local opts = { store = "sqlite", store_path = dir .. "/s.db", plugins_dir = dir, flush_interval_ms = 20, history_size = 3, sse_retry_ms = 200 }
+    gw = gw_.start(opts)
+    opts.port = gw.port
+    local read, stop = follow(gw.port, "ta tb --json")
+    gw_.sleep(0.3)
+    gw_.publish(gw, { conversation_id = "ta", category = "tool", text = "one", metadata = { tool = "x" } })
+    gw_.publish(gw, { conversation_id = "tb", category = "error", text = "two" })
+    wait_for(read, '"two"')
+    gw_.stop(gw)
+    gw = gw_.start(opts)
+    gw_.publish(gw, { conversation_id = "tb", category = "info", text = "three" })
+    local out, err = wait_for(read, '"three"')
+    stop()
+    local texts = {}
+    for line in out:gmatch("[^\n]+") do texts[#texts + 1] = cjson.decode(line).text end
+    assert.same({ "one", "two", "three" }, texts, err)
+    assert.matches("reconnecting", err)
+    -- human lines, and a gap when history no longer holds what was missed
+    read, stop = follow(gw.port, "ta")
+    gw_.sleep(0.3)
+    gw_.publish(gw, { conversation_id = "ta", category = "tool", text = "four", metadata = { tool = "search_code", ms = 5 } })
+    out = wait_for(read, "four")
+    assert.matches("tool%s+ta%s+four%s+", out)
+    assert.matches("tool=search_code", out)
+    assert.matches("ms=5", out)
+    gw_.stop(gw)
+    gw = gw_.start(opts)
+    for i = 5, 9 do gw_.publish(gw, { conversation_id = "ta", category = "info", text = "n" .. i }) end
+    out = wait_for(read, "n9")
+    stop()
+    assert.matches("%-%- gap in ta: seqs %d+%-%d+ are lost %(history_trimmed%)", out)
+    assert.is_nil(out:find("n5", 1, true)) -- trimmed, and said so
+  end)
+
+  it("refuses what it cannot follow", function()
+    gw = gw_.start({})
+    local _, err, rc = cli(gw, "tail")
+    assert.equal(2, rc)
+    assert.matches("usage: statusgw tail", err)
+    _, err, rc = cli(gw, "tail 'bad id'")
+    assert.equal(2, rc)
+    assert.matches("not a conversation id", err)
+    _, err, rc = cli(gw, "tail '*'") -- every conversation is --all, with an admin token
+    assert.equal(2, rc)
+  end)
+end)
