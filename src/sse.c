@@ -350,6 +350,14 @@ static int multi_write(sse_msub *ms, uint64_t seq, const char *body, size_t len)
     return 0;
 }
 
+/* A stored update as a status_update event with the stream's id. */
+static int multi_write_update(sse_msub *ms, const sg_update *u)
+{
+    if (multi_write(ms, u->seq, "event: status_update\ndata: ", 27) < 0) return -1;
+    struct evbuffer *out = bufferevent_get_output(ms->m->conn->bev);
+    return evbuffer_add(out, u->json, u->json_len) < 0 || evbuffer_add(out, "\n\n", 2) < 0 ? -1 : 0;
+}
+
 static void multi_cut(sg_sub *s, const char *why)
 {
     sse_msub *ms = (sse_msub *)s;
@@ -443,15 +451,8 @@ static void multi_on_replay(sg_sub *s, const sg_replay *rp)
     int failed = 0;
     if (rp->epoch_changed || !rp->recovered) memcpy(ms->epoch, cv->epoch, SG_EPOCH_LEN + 1);
     if (k > 0) failed = multi_write(ms, rp->gap_to, body, (size_t)k) < 0;
-    for (size_t i = 0; i < rp->n && !failed; i++) {
-        const sg_update *u = rp->ups[i];
-        struct evbuffer *out = bufferevent_get_output(c->bev);
-        size_t il;
-        ms->seq = u->seq;
-        const char *id = multi_id(ms->m, &il);
-        failed = !id || evbuffer_add(out, id, il) < 0 || evbuffer_add(out, "event: status_update\ndata: ", 27) < 0 ||
-                 evbuffer_add(out, u->json, u->json_len) < 0 || evbuffer_add(out, "\n\n", 2) < 0;
-    }
+    for (size_t i = 0; i < rp->n && !failed; i++)
+        failed = multi_write_update(ms, rp->ups[i]) < 0;
     if (failed) {
         s->state = SG_SUB_DEAD;
         multi_cut(s, "out_of_memory");

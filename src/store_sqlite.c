@@ -12,7 +12,9 @@
  * crash. The other writes (idempotency keys, activity, forgetting) are
  * committed to the database in the same step.
  *
- * Every second, or past 32 MB, the writer applies the log to the database:
+ * Every second, or past 256 MB, the writer applies the log to the database
+ * (read back from the file; only each conversation's newest seq is kept in
+ * memory meanwhile):
  * one transaction writes, per conversation, one chunk row holding its new
  * updates (at most history_size of them), brings its row up to date, drops
  * the chunks history no longer reaches, and the log is emptied. Replaying a

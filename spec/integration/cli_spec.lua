@@ -178,8 +178,11 @@ end)
 
 describe("statusgw tail", function()
   local dir, gw
+  local stops = {} -- every tail started, stopped even when an assertion fails
   before_each(function() dir = gw_.tmpdir() end)
   after_each(function()
+    for _, stop in ipairs(stops) do stop() end
+    stops = {}
     if gw then pcall(gw_.stop, gw) end
     os.execute("rm -rf " .. dir)
   end)
@@ -195,8 +198,10 @@ describe("statusgw tail", function()
       if h then h:close() end
       return s
     end
-    return function() return read("tail.out"), read("tail.err") end,
-      function() os.execute("kill " .. read("tail.pid"):gsub("%s+", "") .. " 2>/dev/null") end
+    local pid = read("tail.pid"):gsub("%s+", "")
+    local function stop() os.execute("kill " .. pid .. " 2>/dev/null") end
+    stops[#stops + 1] = stop
+    return function() return read("tail.out"), read("tail.err") end, stop
   end
 
   local function wait_for(readf, pattern)
