@@ -64,11 +64,11 @@ class LostAnswerProxy:
         up.settimeout(5)
         try:
             while True:
-                req = self._read_request(c)
+                req = self._read_message(c)
                 if not req:
                     return
                 up.sendall(req)
-                answer = up.recv(65536)
+                answer = self._read_message(up)
                 self.requests += 1
                 if self.requests <= self.lose:
                     return  # the gateway answered; the client never hears it
@@ -80,7 +80,8 @@ class LostAnswerProxy:
             up.close()
 
     @staticmethod
-    def _read_request(c):
+    def _read_message(c):
+        """One HTTP message with a Content-Length (a request, or the answer)."""
         data = b""
         while b"\r\n\r\n" not in data:
             chunk = c.recv(65536)
