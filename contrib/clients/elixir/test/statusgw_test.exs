@@ -270,6 +270,26 @@ defmodule StatusGWTest do
     assert_receive {:EXIT, ^tail, {:shutdown, {:refused, 400, _}}}, 5_000
   end
 
+  test "the conversation channel example reports its integration points" do
+    gw = gateway()
+    example = Path.expand("../../../examples/conversation_channel.exs", __DIR__)
+    args = ["run", "--no-compile", example, "--", "--url", Gateway.url(gw), "--conversation", "ex-channel"]
+    {out, rc} = System.cmd("mix", args, stderr_to_stdout: true, env: [{"MIX_ENV", "test"}])
+    assert rc == 0, out
+    assert out =~ "sent=7 rejected=0"
+    got = Gateway.history(gw, "ex-channel")
+
+    assert Enum.map(got, &{&1["category"], &1["text"]}) == [
+             {"info", "Message received"}, {"engine", "Processing message"}, {"info", "Response sent"},
+             {"info", "Message received"}, {"engine", "Processing message"}, {"error", "Processing failed"},
+             {"info", "Conversation reset"}
+           ]
+
+    assert Enum.at(got, 2)["metadata"]["duration_human"] =~ ~r/^\d+ms$/
+    assert Enum.at(got, 5)["metadata"]["error_type"] == "processing_error"
+    assert Enum.all?(got, &(&1["source"] == "conversation-channel"))
+  end
+
   defp receive_updates(tail, n) do
     for _ <- 1..n do
       assert_receive {:statusgw, ^tail, :status_update, u}, 10_000
