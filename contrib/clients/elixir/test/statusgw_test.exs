@@ -6,17 +6,8 @@ defmodule StatusGWTest do
 
   @ts ~r/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/
 
-  # Refuses each update whose text starts with "busy" the first time (429,
-  # retry after 1 s): the bulk answer carries a per-item error.
-  @busy_once """
-  local seen = {}
-  return { name = "busy_once", priority = 10, filter = function(u)
-    if u.text:sub(1, 4) == "busy" and not seen[u.text] then
-      seen[u.text] = true
-      return statusgw.refuse(429, "queue_full", "busy, try again", 1)
-    end
-  end }
-  """
+  # refuses "busy…" texts once, with a retry_after
+  @busy_once File.read!(Path.expand("../../testdata/busy_once.lua", __DIR__))
 
   @app_keys [:url, :source, :buffer_size, :batch_size, :flush_interval_ms, :on_event, :shutdown_timeout_ms]
 

@@ -1,5 +1,6 @@
 // The Node client against the real gateway: node --test test/
 import assert from "node:assert/strict";
+import fs from "node:fs";
 import { after, afterEach, describe, it } from "node:test";
 import {
   CATEGORIES, Client, buildErrorMetadata, buildLlmMetadata, buildToolMetadata, buildWorkflowMetadata,
@@ -10,16 +11,8 @@ import { Gateway, freePort, lostAnswerProxy, sleep, waitUntil } from "./gateway.
 const TS = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
 const quiet = { warn() {}, error() {}, info() {} };
 
-// Refuses each update whose text starts with "busy" the first time (429,
-// retry after 1 s): the bulk answer carries a per-item error.
-const BUSY_ONCE = `
-local seen = {}
-return { name = "busy_once", priority = 10, filter = function(u)
-  if u.text:sub(1, 4) == "busy" and not seen[u.text] then
-    seen[u.text] = true
-    return statusgw.refuse(429, "queue_full", "busy, try again", 1)
-  end
-end }`;
+// contrib/clients/testdata/busy_once.lua: refuses "busy…" texts once, with a retry_after
+const BUSY_ONCE = fs.readFileSync(new URL("../../testdata/busy_once.lua", import.meta.url), "utf8");
 
 function withoutTimestamp(md) {
   const { timestamp, ...rest } = md;

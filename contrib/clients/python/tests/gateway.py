@@ -7,6 +7,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import unittest
 import urllib.error
 import urllib.request
 
@@ -111,3 +112,21 @@ class Gateway:
     def history(self, conv):
         status, body = self.get("/api/v1/conversations/%s/history?limit=10000" % conv)
         return body.get("updates", []) if status == 200 else []
+
+
+def testdata_plugin(name):
+    """(name, source) of a plugin the client suites share (contrib/clients/testdata)."""
+    with open(os.path.join(HERE, "..", "..", "testdata", name + ".lua")) as f:
+        return name, f.read()
+
+
+class GatewayTest(unittest.TestCase):
+    """A test case whose gateway (self.gw, when a test starts one) is stopped after it."""
+
+    def setUp(self):
+        self.gw = None
+
+    def tearDown(self):
+        if self.gw:
+            self.gw.stop()
+            self.gw.cleanup()

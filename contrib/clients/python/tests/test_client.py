@@ -12,22 +12,9 @@ import unittest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import statusgw  # noqa: E402
-from gateway import Gateway, free_port  # noqa: E402
+from gateway import Gateway, GatewayTest, free_port, testdata_plugin  # noqa: E402
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
-# Refuses each update whose text starts with "busy" the first time it sees
-# that text (429, retry after 1 s): the bulk answer carries a per-item error.
-BUSY_ONCE = """
-local seen = {}
-return { name = "busy_once", priority = 10, filter = function(u)
-  if u.text:sub(1, 4) == "busy" and not seen[u.text] then
-    seen[u.text] = true
-    return statusgw.refuse(429, "queue_full", "busy, try again", 1)
-  end
-end }
-"""
-
 
 def without_timestamp(md):
     md = dict(md)
@@ -223,7 +210,7 @@ class ClientTests(unittest.TestCase):
         self.assertGreaterEqual(s["duplicates"], 1)
 
     def test_refused_items_are_retried_after_retry_after(self):
-        self.start(plugins=[("busy_once", BUSY_ONCE)])
+        self.start(plugins=[testdata_plugin("busy_once")])
         c = self.client(flush_interval=0.02)
         for t in ("ok1", "busy1", "ok2", "busy2"):
             c.info("py-busy", t)
@@ -320,15 +307,7 @@ def wait_until(cond, timeout=10):
         time.sleep(0.02)
 
 
-class AsyncClientTests(unittest.TestCase):
-    def setUp(self):
-        self.gw = None
-
-    def tearDown(self):
-        if self.gw:
-            self.gw.stop()
-            self.gw.cleanup()
-
+class AsyncClientTests(GatewayTest):
     def test_updates_and_helpers_are_delivered(self):
         self.gw = Gateway().start()
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import unittest
 
-from gateway import Gateway, ROOT, free_port
+from gateway import Gateway, GatewayTest, ROOT, free_port
 
 EXAMPLES = os.path.join(ROOT, "contrib", "examples")
 
@@ -16,15 +16,7 @@ def run(example, gw, *args):
     return r.returncode, r.stdout + r.stderr
 
 
-class ExampleTests(unittest.TestCase):
-    def setUp(self):
-        self.gw = None
-
-    def tearDown(self):
-        if self.gw:
-            self.gw.stop()
-            self.gw.cleanup()
-
+class ExampleTests(GatewayTest):
     def history(self, conv):
         return self.gw.history(conv)
 
