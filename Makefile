@@ -129,7 +129,8 @@ test:
 	@$(MAKE) --no-print-directory all asan
 	@scripts/test
 
-# make install [PREFIX=/usr/local] [DESTDIR=…]: the binary, the plugins,
+# make install [PREFIX=/usr/local] [DESTDIR=…]: the binary, the plugin host
+# as a Lua module (statusgw plugin test), the plugins and their sample,
 # a config that finds them (an existing config is kept; the new one is put
 # beside it as statusgw.lua.new), and a systemd unit with these paths.
 INSTALLED_CONFIG = sed -e 's|^  plugins_dir = .*|  plugins_dir = "$(PREFIX)/share/statusgw/plugins",|' \
@@ -137,10 +138,12 @@ INSTALLED_CONFIG = sed -e 's|^  plugins_dir = .*|  plugins_dir = "$(PREFIX)/shar
 	-e 's|^    -- dead_letter_file = .*|    dead_letter_file = "$(STATEDIR)/statusgw-dead-letters.jsonl",|' etc/statusgw.lua
 
 install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/statusgw/plugins $(DESTDIR)$(SYSCONFDIR) \
-		$(DESTDIR)$(PREFIX)/lib/systemd/system
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/statusgw/plugins/samples $(DESTDIR)$(SYSCONFDIR) \
+		$(DESTDIR)$(PREFIX)/lib/systemd/system $(DESTDIR)$(PREFIX)/lib/statusgw
 	install -m 755 build/statusgw $(DESTDIR)$(PREFIX)/bin/statusgw
+	install -m 644 build/statusgw_plugin.so $(DESTDIR)$(PREFIX)/lib/statusgw/statusgw_plugin.so
 	install -m 644 plugins/*.lua plugins/README.md $(DESTDIR)$(PREFIX)/share/statusgw/plugins/
+	install -m 644 plugins/samples/* $(DESTDIR)$(PREFIX)/share/statusgw/plugins/samples/
 	@if [ -f $(DESTDIR)$(SYSCONFDIR)/statusgw.lua ]; then \
 		$(INSTALLED_CONFIG) > $(DESTDIR)$(SYSCONFDIR)/statusgw.lua.new; \
 		echo "install: kept $(DESTDIR)$(SYSCONFDIR)/statusgw.lua; the new default is statusgw.lua.new"; \
@@ -155,7 +158,7 @@ install: all
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/statusgw $(DESTDIR)$(PREFIX)/lib/systemd/system/statusgw.service \
 		$(DESTDIR)$(SYSCONFDIR)/statusgw.lua.new
-	rm -rf $(DESTDIR)$(PREFIX)/share/statusgw
+	rm -rf $(DESTDIR)$(PREFIX)/share/statusgw $(DESTDIR)$(PREFIX)/lib/statusgw
 	@if [ -f $(DESTDIR)$(SYSCONFDIR)/statusgw.lua ] && $(INSTALLED_CONFIG) | cmp -s - $(DESTDIR)$(SYSCONFDIR)/statusgw.lua; then \
 		rm -f $(DESTDIR)$(SYSCONFDIR)/statusgw.lua; rmdir $(DESTDIR)$(SYSCONFDIR) 2>/dev/null || true; \
 	elif [ -f $(DESTDIR)$(SYSCONFDIR)/statusgw.lua ]; then \

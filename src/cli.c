@@ -815,6 +815,7 @@ static void usage_all(FILE *f)
                "  statusgw plugins                    plugins and their health\n"
                "  statusgw webhooks                   webhook endpoints and their queues\n"
                "  statusgw check-plugin FILE...       load plugin files in the sandbox\n"
+               "  statusgw plugin new|run|test ...    write, dry-run and test a plugin (plugin help)\n"
                "  statusgw help                       this list\n");
 }
 

@@ -3,6 +3,7 @@
  * JSON conversion, builder merge rules aside). */
 #include "config.h"
 #include "plugin.h"
+#include "log.h"
 #include "sandbox.h"
 #include "jtext.h"
 #include "status.h"
@@ -279,6 +280,33 @@ static int l_check(lua_State *L)
     return 1;
 }
 
+/* json.encode(v) and json.decode(s), as the gateway's plugins have them
+ * (statusgw.json): for specs that read a forwarder's body. */
+static int l_json_encode(lua_State *L)
+{
+    size_t n;
+    char *s = arg_text(L, 1, &n);
+    lua_pushlstring(L, s, n);
+    free(s);
+    return 1;
+}
+
+static int l_json_decode(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    json_error_t e;
+    json_t *j = json_loadb(s, n, JSON_DECODE_ANY, &e);
+    if (!j) {
+        lua_pushnil(L);
+        lua_pushstring(L, e.text);
+        return 2;
+    }
+    sg_lua_push_json(L, j);
+    json_decref(j);
+    return 1;
+}
+
 /* simd(false): the word search's portable loop, so specs cover both. */
 static int l_simd(lua_State *L)
 {
@@ -297,6 +325,8 @@ int luaopen_statusgw_plugin(lua_State *L)
 {
     char err[128];
     sg_categories_init(NULL, err, sizeof(err));
+    const char *level = getenv("STATUSGW_LOG_LEVEL"); /* statusgw plugin test: warn */
+    if (level && sg_log_parse_level(level) >= 0) sg_log_level = sg_log_parse_level(level);
     static const luaL_Reg methods[] = {{"reload", l_reload},
                                        {"build", l_build},
                                        {"filter", l_filter},
@@ -316,5 +346,8 @@ int luaopen_statusgw_plugin(lua_State *L)
     lua_pop(L, 1);
     static const luaL_Reg fns[] = {{"host", l_host}, {"check", l_check}, {"simd", l_simd}, {NULL, NULL}};
     luaL_newlib(L, fns);
+    static const luaL_Reg json_fns[] = {{"encode", l_json_encode}, {"decode", l_json_decode}, {NULL, NULL}};
+    luaL_newlib(L, json_fns);
+    lua_setfield(L, -2, "json");
     return 1;
 }

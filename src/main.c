@@ -9,6 +9,7 @@
 #include "dict.h"
 #include "ingest.h"
 #include "plugin.h"
+#include "plugkit.h"
 #include "security.h"
 #include "webhook.h"
 #include "log.h"
@@ -30,6 +31,7 @@ static void usage(FILE *f)
                "                [--log-level debug|info|warn|error] [--check-config]\n"
                "                [--version] [--help]\n"
                "       statusgw check-plugin [--config FILE] PLUGIN.lua...\n"
+               "       statusgw plugin new|run|test ... (statusgw plugin help)\n"
                "       statusgw publish|token|stats|plugins|webhooks|help ... (statusgw help)\n"
                "\n"
                "  --config FILE    the Lua config file (relative paths in it are relative to it)\n"
@@ -315,6 +317,7 @@ static void server_close(sg_server *srv)
 int main(int argc, char **argv)
 {
     if (argc >= 2 && strcmp(argv[1], "check-plugin") == 0) return check_plugin(argc, argv);
+    if (argc >= 2 && strcmp(argv[1], "plugin") == 0) return sg_plugin_command(argc, argv);
     int cli_rc = sg_cli(argc, argv);
     if (cli_rc >= 0) return cli_rc;
     args a;

@@ -671,8 +671,12 @@ json_t *sg_plugins_reload(sg_plugins *pm)
     json_t *loaded = json_array(), *failed = json_array(), *removed = json_array();
     char **files = NULL;
     int nf = 0;
-    DIR *d = opendir(pm->dir);
-    if (!d) {
+    struct stat st;
+    DIR *d = NULL;
+    if (stat(pm->dir, &st) == 0 && S_ISREG(st.st_mode)) { /* a host of one file (plugin run) */
+        files = malloc(sizeof(char *));
+        files[nf++] = strdup(pm->dir);
+    } else if (!(d = opendir(pm->dir))) {
         json_array_append_new(failed, json_pack("{s:s, s:s}", "file", pm->dir, "error",
                                                 "cannot open the plugins directory"));
     } else {

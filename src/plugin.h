@@ -15,7 +15,8 @@
 typedef struct sg_plugin sg_plugin;
 typedef struct sg_plugins sg_plugins;
 
-/* A host for the plugins in dir. base runs aggregator timers (NULL: none;
+/* A host for the plugins in dir (or for the one plugin file dir names:
+ * statusgw plugin run). base runs aggregator timers (NULL: none;
  * summaries then come only from sg_plugins_summarize). emit publishes
  * what plugins emit. cfg must outlive the host. */
 sg_plugins *sg_plugins_new(const char *dir, const sg_config *cfg, struct event_base *base,

@@ -30,6 +30,8 @@ struct sg_sandbox {
     int watched;                  /* counted in live_sandboxes */
     int abort;
     long steps;
+    int every;            /* instructions between hook calls now */
+    size_t peak;          /* the largest mem during a profiled call */
     uint64_t deadline_ns;
     char error[512];
     void *pool[POOL_CLASSES]; /* free small blocks, linked through their first word */
@@ -39,6 +41,13 @@ struct sg_sandbox {
 
 /* The sandbox whose call is running, for the watchdog. */
 static sg_sandbox *volatile running;
+
+static sg_sandbox_profile *profile; /* statusgw plugin run: what calls cost */
+
+void sg_sandbox_set_profile(sg_sandbox_profile *p)
+{
+    profile = p;
+}
 
 
 /* ---- limits ----
@@ -65,6 +74,7 @@ static void watchdog(int sig, siginfo_t *info, void *ctx)
     sg_sandbox *sb = running;
     if (sb && !sb->hooked) {
         sb->hooked = 1;
+        sb->every = HOOK_EVERY;
         lua_sethook(sb->L, sb_hook, LUA_MASKCOUNT, HOOK_EVERY);
     }
 }
@@ -182,6 +192,7 @@ static void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     void *n = block_resize(sb, ptr, osize, nsize);
     if (!n) return NULL;
     sb->mem = sb->mem - old + nsize;
+    if (sb->mem > sb->peak) sb->peak = sb->mem;
     return n;
 }
 
@@ -251,7 +262,7 @@ static void sb_hook(lua_State *L, lua_Debug *ar)
     sg_sandbox *sb = from_state(L);
     if (!sb->in_call) return;
     if (!sb->abort) {
-        sb->steps += HOOK_EVERY;
+        sb->steps += sb->every;
         if (sb->steps > sb->lim.instructions || sg_clock_running_ns() > sb->deadline_ns)
             sb->abort = ABORT_TIMEOUT;
     }
@@ -299,10 +310,22 @@ int sg_sandbox_call_at(sg_sandbox *sb, int nargs, int nresults, uint64_t start_n
     sb->steps = 0;
     sb->hooked = 0;
     sb->deadline_ns = start_ns + (uint64_t)sb->lim.timeout_ms * 1000000ULL;
+    if (profile) { /* counted from the first instruction */
+        sb->hooked = 1;
+        sb->every = SG_PROFILE_EVERY;
+        sb->peak = sb->mem;
+        lua_sethook(L, sb_hook, LUA_MASKCOUNT, SG_PROFILE_EVERY);
+    }
     running = sb;
     int rc = lua_pcall(L, nargs, nresults, 0);
     running = NULL;
     sb->in_call = 0;
+    if (profile) {
+        profile->calls++;
+        profile->ns += sg_clock_running_ns() - start_ns;
+        profile->instructions += sb->steps;
+        if (sb->peak > profile->peak_memory) profile->peak_memory = sb->peak;
+    }
     int status = SG_SB_OK;
     if (sb->abort == ABORT_OOM || rc == LUA_ERRMEM)
         status = SG_SB_OOM;

@@ -42,6 +42,19 @@ const char *sg_sandbox_error(const sg_sandbox *sb);
 size_t sg_sandbox_memory(const sg_sandbox *sb);
 const char *sg_sandbox_status_name(int status);
 
+/* What calls cost, measured for `statusgw plugin run`: while a profile is
+ * set, every call runs with the count hook on (every SG_PROFILE_EVERY
+ * instructions, so the count is that exact) and adds to it. Off (NULL) in
+ * the gateway, where calls run without a hook until the watchdog looks. */
+#define SG_PROFILE_EVERY 100
+typedef struct sg_sandbox_profile {
+    uint64_t calls;
+    uint64_t ns;          /* wall time inside the calls */
+    long instructions;    /* VM instructions, to SG_PROFILE_EVERY */
+    size_t peak_memory;   /* the state's largest size during a call */
+} sg_sandbox_profile;
+void sg_sandbox_set_profile(sg_sandbox_profile *p);
+
 /* For C code that runs long inside a call without Lua instructions:
  * raises the budget error once the call is past its deadline (or has
  * already overrun). Does nothing outside a sandbox call. */
