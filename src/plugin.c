@@ -665,32 +665,53 @@ static void start_timer(sg_plugins *pm, sg_plugin *p)
     event_add(p->agg_ev, &tv);
 }
 
+/* Add dir's plugin files (*.lua but not *_spec.lua) to files. */
+static int list_dir(const char *dir, char ***files, int nf)
+{
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    for (struct dirent *e; (e = readdir(d));) {
+        size_t n = strlen(e->d_name);
+        if (n < 5 || strcmp(e->d_name + n - 4, ".lua") != 0 || e->d_name[0] == '.') continue;
+        if (n > 9 && strcmp(e->d_name + n - 9, "_spec.lua") == 0) continue; /* a plugin's busted spec */
+        *files = realloc(*files, sizeof(char *) * (nf + 1));
+        size_t pl = strlen(dir) + n + 2;
+        (*files)[nf] = malloc(pl);
+        snprintf((*files)[nf++], pl, "%s/%s", dir, e->d_name);
+    }
+    closedir(d);
+    return nf;
+}
+
+int sg_plugin_files(const char *dir, char ***files)
+{
+    struct stat st;
+    *files = NULL;
+    if (stat(dir, &st) == 0 && S_ISREG(st.st_mode)) { /* a host of one file (plugin run) */
+        *files = malloc(sizeof(char *));
+        (*files)[0] = strdup(dir);
+        return 1;
+    }
+    int nf = list_dir(dir, files, 0);
+    if (nf < 0) return -1;
+    char contrib[4096];
+    snprintf(contrib, sizeof(contrib), "%s/contrib", dir);
+    int more = list_dir(contrib, files, nf); /* the gallery: each off until enabled */
+    if (more > nf) nf = more;
+    if (nf) qsort(*files, nf, sizeof(char *), by_name);
+    return nf;
+}
+
 json_t *sg_plugins_reload(sg_plugins *pm)
 {
     json_array_clear(pm->config_errors);
     json_t *loaded = json_array(), *failed = json_array(), *removed = json_array();
     char **files = NULL;
-    int nf = 0;
-    struct stat st;
-    DIR *d = NULL;
-    if (stat(pm->dir, &st) == 0 && S_ISREG(st.st_mode)) { /* a host of one file (plugin run) */
-        files = malloc(sizeof(char *));
-        files[nf++] = strdup(pm->dir);
-    } else if (!(d = opendir(pm->dir))) {
+    int nf = sg_plugin_files(pm->dir, &files);
+    if (nf < 0) {
+        nf = 0;
         json_array_append_new(failed, json_pack("{s:s, s:s}", "file", pm->dir, "error",
                                                 "cannot open the plugins directory"));
-    } else {
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            size_t n = strlen(e->d_name);
-            if (n < 5 || strcmp(e->d_name + n - 4, ".lua") != 0 || e->d_name[0] == '.') continue;
-            files = realloc(files, sizeof(char *) * (nf + 1));
-            size_t pl = strlen(pm->dir) + n + 2;
-            files[nf] = malloc(pl);
-            snprintf(files[nf++], pl, "%s/%s", pm->dir, e->d_name);
-        }
-        closedir(d);
-        if (nf) qsort(files, nf, sizeof(char *), by_name);
     }
 
     sg_plugin **next = calloc(nf + pm->n + 1, sizeof(sg_plugin *));

@@ -94,6 +94,12 @@ int sg_plugins_check_names(const sg_plugins *pm, char *err, size_t errlen);
 /* State and counters of every plugin, for GET /admin/plugins. */
 json_t *sg_plugins_admin(const sg_plugins *pm);
 
+/* The plugin files of dir, sorted: its .lua files and those of its contrib
+ * folder (the gallery), not the _spec.lua ones; dir may name one file.
+ * Their number (the caller frees each and the array), or -1 when dir
+ * cannot be read. */
+int sg_plugin_files(const char *dir, char ***files);
+
 /* Load one file on its own (statusgw check-plugin): a description of what
  * it provides, or NULL with "file:line: message" in err. */
 json_t *sg_plugin_check(const char *path, const sg_config *cfg, char *err, size_t errlen);

@@ -16,7 +16,6 @@
 #include "sandbox.h"
 #include "status.h"
 
-#include <dirent.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -196,11 +195,6 @@ static int load_one(krun *r, const char *path, int named)
     return 0;
 }
 
-static int by_name(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 /* Every *.lua of a directory, or the one file. 0, or -1 (said why). */
 static int load_plugins(krun *r, const char *target)
 {
@@ -213,19 +207,9 @@ static int load_plugins(krun *r, const char *target)
         r->p = calloc(1, sizeof(kplugin));
         return load_one(r, target, 1);
     }
-    DIR *d = opendir(target);
     char **files = NULL;
-    int nf = 0;
-    for (struct dirent *e; d && (e = readdir(d));) {
-        size_t n = strlen(e->d_name);
-        if (n < 5 || strcmp(e->d_name + n - 4, ".lua") != 0 || e->d_name[0] == '.') continue;
-        files = realloc(files, sizeof(char *) * (nf + 1));
-        size_t pl = strlen(target) + n + 2;
-        files[nf] = malloc(pl);
-        snprintf(files[nf++], pl, "%s/%s", target, e->d_name);
-    }
-    if (d) closedir(d);
-    if (nf) qsort(files, nf, sizeof(char *), by_name);
+    int nf = sg_plugin_files(target, &files);
+    if (nf < 0) nf = 0;
     r->p = calloc(nf + 1, sizeof(kplugin));
     int rc = 0;
     for (int i = 0; i < nf; i++) {

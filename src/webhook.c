@@ -392,7 +392,16 @@ static struct curl_slist *signed_headers(endpoint *ep, wh_msg *m)
     char ts[32], line[1024];
     snprintf(ts, sizeof(ts), "%lld", (long long)time(NULL));
     struct curl_slist *h = NULL;
-    h = curl_slist_append(h, "Content-Type: application/json");
+    /* application/json unless the endpoint or the forwarder says otherwise
+     * (a CloudEvents batch is application/cloudevents-batch+json) */
+    int typed = 0;
+    json_t *sets[2] = {ep->headers, m->headers};
+    for (int k = 0; k < 2; k++) {
+        const char *name;
+        json_t *v;
+        json_object_foreach(sets[k], name, v) typed |= strcasecmp(name, "content-type") == 0;
+    }
+    if (!typed) h = curl_slist_append(h, "Content-Type: application/json");
     h = curl_slist_append(h, "Expect:");
     snprintf(line, sizeof(line), "webhook-id: %s", m->id);
     h = curl_slist_append(h, line);
@@ -417,7 +426,6 @@ static struct curl_slist *signed_headers(endpoint *ep, wh_msg *m)
     }
     free(content);
     h = curl_slist_append(h, line);
-    json_t *sets[2] = {ep->headers, m->headers};
     for (int k = 0; k < 2; k++) {
         const char *name;
         json_t *v;
