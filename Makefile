@@ -138,12 +138,14 @@ INSTALLED_CONFIG = sed -e 's|^  plugins_dir = .*|  plugins_dir = "$(PREFIX)/shar
 	-e 's|^    -- dead_letter_file = .*|    dead_letter_file = "$(STATEDIR)/statusgw-dead-letters.jsonl",|' etc/statusgw.lua
 
 install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/statusgw/plugins/samples $(DESTDIR)$(SYSCONFDIR) \
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/statusgw/plugins/samples \
+		$(DESTDIR)$(PREFIX)/share/statusgw/plugins/contrib $(DESTDIR)$(SYSCONFDIR) \
 		$(DESTDIR)$(PREFIX)/lib/systemd/system $(DESTDIR)$(PREFIX)/lib/statusgw
 	install -m 755 build/statusgw $(DESTDIR)$(PREFIX)/bin/statusgw
 	install -m 644 build/statusgw_plugin.so $(DESTDIR)$(PREFIX)/lib/statusgw/statusgw_plugin.so
 	install -m 644 plugins/*.lua plugins/README.md $(DESTDIR)$(PREFIX)/share/statusgw/plugins/
 	install -m 644 plugins/samples/* $(DESTDIR)$(PREFIX)/share/statusgw/plugins/samples/
+	install -m 644 plugins/contrib/* $(DESTDIR)$(PREFIX)/share/statusgw/plugins/contrib/
 	@if [ -f $(DESTDIR)$(SYSCONFDIR)/statusgw.lua ]; then \
 		$(INSTALLED_CONFIG) > $(DESTDIR)$(SYSCONFDIR)/statusgw.lua.new; \
 		echo "install: kept $(DESTDIR)$(SYSCONFDIR)/statusgw.lua; the new default is statusgw.lua.new"; \
