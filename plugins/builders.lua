@@ -37,8 +37,6 @@ local function human(ms)
   return string.format("%.1fm", ms / 60000)
 end
 
-local type, next = type, next
-
 -- s cut to at most max bytes, never inside a UTF-8 character (a cut one
 -- would not be valid JSON text), then "...".
 local function cut(s, max)
@@ -51,7 +49,7 @@ end
 -- call), so long strings are cut in place.
 local function truncate_params(params)
   if type(params) ~= "table" then return params end
-  for k, v in next, params do
+  for k, v in pairs(params) do
     if type(v) == "string" and #v > MAX_PARAM then params[k] = cut(v, MAX_PARAM) end
   end
   return params

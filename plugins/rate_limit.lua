@@ -27,7 +27,6 @@ local limits = {}    -- category -> { interval_ms, tolerance_ms }, made on first
 local full_at = {}   -- category -> conversation -> when its bucket is full again (ms)
 local nbuckets, last_prune = 0, 0
 local refused = 0
-local now_ms = statusgw.now_ms
 
 function P.init(config)
   rate = config.rate or rate
@@ -65,7 +64,7 @@ function P.filter(update)
   local cat = update.category
   if exempt[cat] then return nil end
   local limit = limits[cat] or limit_of(cat)
-  local now = now_ms()
+  local now = statusgw.now_ms()
   local conv = update.conversation_id
   local convs = full_at[cat]
   local t = convs[conv]

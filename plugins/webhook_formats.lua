@@ -14,8 +14,6 @@
 
 local P = { name = "webhook_formats" }
 
-local json = statusgw.json
-
 local function all() return true end
 
 local icons = { error = ":red_circle:", tool = ":wrench:", workflow = ":arrows_counterclockwise:",
@@ -26,7 +24,7 @@ P.webhooks = {
   json_batch = {
     match = all,
     format = function(updates)
-      return json.encode({ type = "status.batch", count = #updates, updates = updates }), {}
+      return statusgw.json.encode({ type = "status.batch", count = #updates, updates = updates }), {}
     end,
   },
 
@@ -38,7 +36,7 @@ P.webhooks = {
         lines[i] = string.format("%s [%s] %s: %s", icons[u.category] or "•", u.conversation_id,
           u.category, u.text)
       end
-      return json.encode({ text = table.concat(lines, "\n") }), {}
+      return statusgw.json.encode({ text = table.concat(lines, "\n") }), {}
     end,
   },
 
@@ -58,7 +56,7 @@ P.webhooks = {
           extra = md,
         }
       end
-      return json.encode({ events = events }), { ["X-Statusgw-Kind"] = "errors" }
+      return statusgw.json.encode({ events = events }), { ["X-Statusgw-Kind"] = "errors" }
     end,
   },
 }

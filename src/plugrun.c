@@ -524,11 +524,15 @@ static json_t *costs(krun *r, json_t *warnings)
             double p50 = QUANTILE(s->ns, s->n, 0.5) / 1e3, p99 = QUANTILE(s->ns, s->n, 0.99) / 1e3;
             long i50 = QUANTILE(s->instr, s->n, 0.5), i99 = QUANTILE(s->instr, s->n, 0.99);
             long imax = s->instr[s->n - 1];
-            json_array_append_new(out, json_pack("{s:s, s:s, s:I, s:f, s:f, s:I, s:I, s:I, s:I}", "plugin", p->name,
-                                                 "call", kind_names[k], "calls", (json_int_t)s->n, "median_us", p50,
-                                                 "p99_us", p99, "median_instructions", (json_int_t)i50,
-                                                 "p99_instructions", (json_int_t)i99, "max_instructions",
-                                                 (json_int_t)imax, "peak_memory_bytes", (json_int_t)s->peak));
+            uint64_t total = 0;
+            for (size_t j = 0; j < s->n; j++) total += s->ns[j];
+            json_t *c = json_pack("{s:s, s:s, s:I, s:f, s:f, s:f, s:I, s:I, s:I, s:I}", "plugin", p->name, "call",
+                                  kind_names[k], "calls", (json_int_t)s->n, "median_us", p50, "p99_us", p99,
+                                  "mean_us", total / 1e3 / s->n, "median_instructions", (json_int_t)i50,
+                                  "p99_instructions", (json_int_t)i99, "max_instructions", (json_int_t)imax,
+                                  "peak_memory_bytes", (json_int_t)s->peak);
+            json_object_set_new(c, "total_us", json_real(total / 1e3));
+            json_array_append_new(out, c);
             char w[300] = "";
             if (s->ns[s->n - 1] / 1e3 > NEAR_LIMIT * lim_us)
                 snprintf(w, sizeof(w), "%s %s: a call took %.1f ms of plugin_timeout_ms %d", p->name, kind_names[k],

@@ -1,11 +1,13 @@
 /* plugbench: the plugin host's CPU cost per update, without the network.
  *
- *   plugbench [--config FILE] [--builder | --metadata] [--seconds S] DIR
+ *   plugbench [--config FILE] [--builder | --metadata | --updates FILE.ndjson] [--seconds S] DIR
  *
  * Loads DIR as the gateway does, then for S seconds takes the load
- * generator's publish body through what ingest does with it: parse, the
- * builder, the ingest filters, the stored update. Prints nanoseconds of CPU
- * per update; DIR empty is the baseline. Run by scripts/bench plugins. */
+ * generator's publish body (or, with --updates, each line of the file in
+ * turn) through what ingest does with it: parse, the builder, the ingest
+ * filters, the stored update, the aggregators' observe. Prints nanoseconds
+ * of CPU per update; DIR empty is the baseline. Run by scripts/bench
+ * plugins. */
 #include "config.h"
 #include "plugin.h"
 #include "clock.h"
@@ -57,17 +59,49 @@ static int one(sg_plugins *pm, const char *body, size_t n, const sg_limits *lim)
     const char *by = NULL;
     char kept = 1;
     if (sg_plugins_have_filters(pm)) sg_plugins_filter_many(pm, ds, &kept, &by, NULL, 1, NULL, &clock);
-    if (kept) sg_update_unref(sg_update_new(&d, 1, sg_clock_wall_ms()));
+    if (kept) {
+        sg_update *u = sg_update_new(&d, 1, sg_clock_wall_ms());
+        if (sg_plugins_have_aggregators(pm)) sg_plugins_observe(pm, d.conv_id, u, NULL);
+        sg_update_unref(u);
+    }
     sg_draft_free(&d);
     return kept;
 }
 
+/* The load generator's body over its conversations; how many. */
+static int make_bodies(const char *extra, char body[][1024], size_t *n)
+{
+    char fmt[512];
+    snprintf(fmt, sizeof(fmt), "%s%s}", HEAD, extra);
+    for (int i = 0; i < CONVERSATIONS; i++)
+        n[i] = (size_t)snprintf(body[i], sizeof(body[i]), fmt, i);
+    return CONVERSATIONS;
+}
+
+/* Up to CONVERSATIONS lines of an NDJSON file; how many, or -1. */
+static int read_updates(const char *path, char body[][1024], size_t *n)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "plugbench: cannot read %s\n", path);
+        return -1;
+    }
+    int nb = 0;
+    while (nb < CONVERSATIONS && fgets(body[nb], sizeof(body[nb]), f)) {
+        n[nb] = strcspn(body[nb], "\r\n");
+        if (n[nb]) nb++;
+    }
+    fclose(f);
+    return nb;
+}
+
 int main(int argc, char **argv)
 {
-    const char *config = NULL, *extra = "";
+    const char *config = NULL, *extra = "", *updates = NULL;
     double seconds = 2;
     static const struct option opts[] = {{"config", 1, 0, 'c'}, {"builder", 0, 0, 'b'},
                                          {"metadata", 0, 0, 'm'}, {"seconds", 1, 0, 's'},
+                                         {"updates", 1, 0, 'u'},
                                          {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -76,12 +110,14 @@ int main(int argc, char **argv)
         case 'b': extra = BUILDER; break;
         case 'm': extra = METADATA; break;
         case 's': seconds = atof(optarg); break;
+        case 'u': updates = optarg; break;
         default: goto usage;
         }
     }
     if (optind != argc - 1) {
     usage:
-        fprintf(stderr, "usage: plugbench [--config FILE] [--builder | --metadata] [--seconds S] DIR\n");
+        fprintf(stderr, "usage: plugbench [--config FILE] [--builder | --metadata | --updates FILE.ndjson] "
+                        "[--seconds S] DIR\n");
         return 2;
     }
     sg_config cfg;
@@ -104,22 +140,19 @@ int main(int argc, char **argv)
 
     static char body[CONVERSATIONS][1024];
     size_t n[CONVERSATIONS];
-    char fmt[512];
-    snprintf(fmt, sizeof(fmt), "%s%s}", HEAD, extra);
-    for (int i = 0; i < CONVERSATIONS; i++)
-        n[i] = (size_t)snprintf(body[i], sizeof(body[i]), fmt, i);
+    int nb = updates ? read_updates(updates, body, n) : make_bodies(extra, body, n);
+    if (nb <= 0) return 1;
     sg_limits lim = {cfg.max_text, cfg.max_metadata};
     for (int i = 0; i < 20000; i++) /* warm up */
-        one(pm, body[i % CONVERSATIONS], n[i % CONVERSATIONS], &lim);
+        one(pm, body[i % nb], n[i % nb], &lim);
     uint64_t t0 = cpu_ns(), limit = (uint64_t)(seconds * 1e9), t;
-    long updates = 0, kept = 0;
+    long count = 0, kept = 0;
     do {
-        for (int i = 0; i < CONVERSATIONS; i++) kept += one(pm, body[i], n[i], &lim);
-        updates += CONVERSATIONS;
+        for (int i = 0; i < nb; i++) kept += one(pm, body[i], n[i], &lim);
+        count += nb;
         t = cpu_ns() - t0;
     } while (t < limit);
-    printf("{\"updates\":%ld,\"kept\":%ld,\"ns_per_update\":%.1f}\n", updates, kept,
-           (double)t / updates);
+    printf("{\"updates\":%ld,\"kept\":%ld,\"ns_per_update\":%.1f}\n", count, kept, (double)t / count);
     sg_plugins_free(pm);
     sg_categories_free();
     sg_config_free(&cfg);

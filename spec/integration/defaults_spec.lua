@@ -71,6 +71,10 @@ local function shipped_copy()
   return dir
 end
 
+-- The gallery's plugins (plugins/contrib), loaded with the shipped ones.
+local GALLERY = { "slack", "discord", "teams", "pagerduty", "opsgenie", "cloudevents", "sampling", "dedupe", "pii", "route",
+  "tool_timing", "workflow_digest", "subscriber_filters" }
+
 describe("the shipped config", function()
   local gw, dir
   setup(function()
@@ -116,7 +120,9 @@ describe("the shipped config", function()
     local _, a = gw_.request(gw, "GET", "/admin/plugins")
     local state = {}
     for _, p in ipairs(a.plugins) do state[p.name] = p.enabled and p.state or "off" end
-    assert.same({ builders = "active", webhook_formats = "active", redact = "off", rate_limit = "off", summary = "off" }, state)
+    local expected = { builders = "active", webhook_formats = "active", redact = "off", rate_limit = "off", summary = "off" }
+    for _, name in ipairs(GALLERY) do expected[name] = "off" end -- plugins/contrib: every one off until enabled
+    assert.same(expected, state)
     assert.same({}, a.failed)
     -- a secret goes through as sent: nothing redacts unless asked
     gw_.publish(gw, { conversation_id = "as-sent", category = "tool", text = "password=hunter2" })
@@ -249,7 +255,7 @@ describe("an installed gateway", function()
     local gw = gw_.start({ config_file = prefix .. "/etc/statusgw/statusgw.lua", cwd = "/" })
     local _, a = gw_.request(gw, "GET", "/admin/plugins")
     gw_.stop(gw)
-    assert.equal(5, #a.plugins)
+    assert.equal(5 + #GALLERY, #a.plugins) -- the gallery is installed too
     assert.same({}, a.failed)
     -- the installed config keeps its database in the state directory
     assert.truthy(gw_.read_file(prefix .. "/var/lib/statusgw/statusgw.db"), "no database in STATEDIR")

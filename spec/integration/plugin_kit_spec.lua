@@ -255,3 +255,28 @@ end }]])
     assert.matches("no such file", err, 1, true)
   end)
 end)
+
+describe("the gallery over the shipped sample", function()
+  it("runs every plugins/contrib plugin over the 1,000 sample updates within its limits", function()
+    local dir = gw_.tmpdir()
+    local config = dir .. "/statusgw.lua"
+    local f = io.open(config, "w")
+    f:write('return { plugins_dir = "' .. root .. '/plugins", plugins = { pagerduty = { routing_key = "R0ABCDEF0123456789ABCDEF01234567" },\n'
+      .. '  route = { routes = { { conversations = "conv-1*", categories = { "error" }, to = "feed" } } } } }\n')
+    f:close()
+    local ran = 0
+    for file in io.popen("ls " .. root .. "/plugins/contrib/*.lua | grep -v _spec.lua"):lines() do
+      local out, err, rc = run(string.format("plugin run %s --config %s --json --args min_duration='{\"ms\":1000}' "
+        .. "--args text_matches='{\"pattern\":\"time%%s?out\"}' --args tool_in='{\"tools\":[\"run_tests\"]}'", file, config))
+      assert.equal(0, rc, file .. ": " .. err)
+      local r = cjson.decode(out)
+      assert.equal(1000, r.updates, file)
+      assert.same({}, r.errors, file)
+      assert.same({}, r.warnings, file)
+      assert.is_true(#r.costs > 0, file)
+      ran = ran + 1
+    end
+    assert.equal(13, ran)
+    os.execute("rm -rf " .. dir)
+  end)
+end)
