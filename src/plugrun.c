@@ -88,7 +88,10 @@ static int cmp_long(const void *a, const void *b)
 /* The value at quantile q of the sorted samples. */
 #define QUANTILE(arr, n, q) ((arr)[(size_t)((q) * (double)((n)-1) + 0.5)])
 
-/* Profile what fn does to one plugin's sandbox: a call of kind k. */
+/* Profile one host call to one plugin: the time, instructions and memory
+ * of its Lua calls (what the plugin's own code costs; the host's work
+ * around them, making the update's Lua table and reading the result, is
+ * the same for every plugin and not counted). */
 typedef struct probe {
     sg_sandbox_profile pr;
 } probe;
