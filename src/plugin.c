@@ -1404,6 +1404,18 @@ int sg_plugins_check_names(const sg_plugins *pm, char *err, size_t errlen)
 
 /* ---- admin ---- */
 
+long sg_plugins_failures(const sg_plugins *pm, const char **last_error)
+{
+    long n = 0;
+    *last_error = NULL;
+    for (int i = 0; pm && i < pm->n; i++) {
+        const sg_plugin *p = pm->list[i];
+        n += (long)(p->errors + p->timeouts + p->ooms);
+        if (p->last_error[0]) *last_error = p->last_error;
+    }
+    return n;
+}
+
 json_t *sg_plugins_admin(const sg_plugins *pm)
 {
     json_t *arr = json_array();

@@ -116,23 +116,15 @@ static int probe_end(krun *r, probe *pb, kplugin *p, int kind, json_t *steps)
 /* A plugin's failures since the last look, as {plugin, error} steps. */
 static void plugin_failures(krun *r, kplugin *p, json_t *steps)
 {
-    json_t *a = sg_plugins_admin(p->host);
-    json_t *pl = json_array_get(json_object_get(a, "plugins"), 0);
-    json_t *c = json_object_get(pl, "counters");
-    long f = (long)(json_integer_value(json_object_get(c, "errors")) +
-                    json_integer_value(json_object_get(c, "timeouts")) +
-                    json_integer_value(json_object_get(c, "out_of_memory")));
-    if (f > p->failures_seen) {
-        const char *e = json_string_value(json_object_get(pl, "last_error"));
-        json_t *step = json_pack("{s:s, s:s, s:s}", "plugin", p->name, "action", "error", "error",
-                                 e ? e : "failed");
-        json_array_append(r->errors, step);
-        if (steps) json_array_append(steps, step);
-        json_decref(step);
-        p->errors += f - p->failures_seen;
-        p->failures_seen = f;
-    }
-    json_decref(a);
+    const char *e;
+    long f = sg_plugins_failures(p->host, &e);
+    if (f <= p->failures_seen) return;
+    json_t *step = json_pack("{s:s, s:s, s:s}", "plugin", p->name, "action", "error", "error", e ? e : "failed");
+    json_array_append(r->errors, step);
+    if (steps) json_array_append(steps, step);
+    json_decref(step);
+    p->errors += f - p->failures_seen;
+    p->failures_seen = f;
 }
 
 /* ---- loading ---- */
