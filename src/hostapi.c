@@ -67,6 +67,32 @@ static int api_now_ms(lua_State *L)
     return 1;
 }
 
+/* statusgw.truncate(s, max [, marker]): s when it is at most max bytes,
+ * else its longest prefix that fits in max bytes with marker ("..." by
+ * default) after it, never cut inside a UTF-8 character: what a forwarder
+ * needs for a destination's field limits. */
+static int api_truncate(lua_State *L)
+{
+    size_t n, ml;
+    const char *s = luaL_checklstring(L, 1, &n);
+    lua_Integer max = luaL_checkinteger(L, 2);
+    const char *marker = luaL_optlstring(L, 3, "...", &ml);
+    luaL_argcheck(L, max >= 0, 2, "must not be negative");
+    if ((lua_Integer)n <= max) {
+        lua_settop(L, 1);
+        return 1;
+    }
+    if ((lua_Integer)ml > max) ml = (size_t)max; /* room for part of the marker only */
+    size_t keep = (size_t)max - ml;
+    while (keep > 0 && ((unsigned char)s[keep] & 0xC0) == 0x80) keep--;
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    luaL_addlstring(&b, s, keep);
+    luaL_addlstring(&b, marker, ml);
+    luaL_pushresult(&b);
+    return 1;
+}
+
 static int api_json_encode(lua_State *L)
 {
     char err[200];
@@ -92,6 +118,17 @@ static int api_json_decode(lua_State *L)
     sg_lua_push_json(L, j);
     json_decref(j);
     return 1;
+}
+
+void sg_host_push_json(lua_State *L)
+{
+    lua_createtable(L, 0, 3);
+    lua_pushcfunction(L, api_json_encode);
+    lua_setfield(L, -2, "encode");
+    lua_pushcfunction(L, api_json_decode);
+    lua_setfield(L, -2, "decode");
+    sg_lua_push_null(L);
+    lua_setfield(L, -2, "null");
 }
 
 /* statusgw.refuse(status, code, message [, retry_after_s]): what a filter
@@ -182,15 +219,9 @@ int sg_host_open(lua_State *L, const char *name, sg_emit_fn emit, void *emit_arg
     lua_setglobal(L, "print");
     lua_createtable(L, 0, 5);
     static const luaL_Reg api[] = {{"log", api_log}, {"now_ms", api_now_ms}, {"emit", api_emit},
-                                   {"refuse", api_refuse}, {NULL, NULL}};
+                                   {"refuse", api_refuse}, {"truncate", api_truncate}, {NULL, NULL}};
     luaL_setfuncs(L, api, 0);
-    lua_createtable(L, 0, 3);
-    lua_pushcfunction(L, api_json_encode);
-    lua_setfield(L, -2, "encode");
-    lua_pushcfunction(L, api_json_decode);
-    lua_setfield(L, -2, "decode");
-    sg_lua_push_null(L);
-    lua_setfield(L, -2, "null");
+    sg_host_push_json(L);
     lua_setfield(L, -2, "json");
     lua_setglobal(L, "statusgw");
     return 0;

@@ -15,6 +15,10 @@ typedef int (*sg_emit_fn)(void *arg, json_t *update, const char *plugin, char *e
  * statusgw.emit answer nil and "emit is not available here". 0, or -1. */
 int sg_host_open(lua_State *L, const char *name, sg_emit_fn emit, void *emit_arg);
 
+/* Push the statusgw.json table (encode, decode, null): plugins get it in
+ * sg_host_open, the statusgw_plugin module for specs. */
+void sg_host_push_json(lua_State *L);
+
 /* Whether the value at idx is what statusgw.refuse made: a table with
  * status, code, message and retry_after, checked when it was made. */
 int sg_lua_is_refusal(lua_State *L, int idx);

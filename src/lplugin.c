@@ -76,7 +76,13 @@ static int l_host(lua_State *L)
     }
     h->emitted = json_array();
     h->pm = sg_plugins_new(dir, &h->cfg, NULL, on_emit, h);
+    /* quiet = true: a load failure is the caller's to report (plugin()) */
+    int level = sg_log_level;
+    if (lua_istable(L, 2) && lua_getfield(L, 2, "quiet") == LUA_TBOOLEAN && lua_toboolean(L, -1))
+        sg_log_level = SG_LOG_ERROR + 1;
+    if (lua_istable(L, 2)) lua_pop(L, 1);
     json_t *report = sg_plugins_reload(h->pm);
+    sg_log_level = level;
     sg_lua_push_json(L, report);
     json_decref(report);
     return 2; /* host, load report */
@@ -280,33 +286,6 @@ static int l_check(lua_State *L)
     return 1;
 }
 
-/* json.encode(v) and json.decode(s), as the gateway's plugins have them
- * (statusgw.json): for specs that read a forwarder's body. */
-static int l_json_encode(lua_State *L)
-{
-    size_t n;
-    char *s = arg_text(L, 1, &n);
-    lua_pushlstring(L, s, n);
-    free(s);
-    return 1;
-}
-
-static int l_json_decode(lua_State *L)
-{
-    size_t n;
-    const char *s = luaL_checklstring(L, 1, &n);
-    json_error_t e;
-    json_t *j = json_loadb(s, n, JSON_DECODE_ANY, &e);
-    if (!j) {
-        lua_pushnil(L);
-        lua_pushstring(L, e.text);
-        return 2;
-    }
-    sg_lua_push_json(L, j);
-    json_decref(j);
-    return 1;
-}
-
 /* simd(false): the word search's portable loop, so specs cover both. */
 static int l_simd(lua_State *L)
 {
@@ -346,8 +325,26 @@ int luaopen_statusgw_plugin(lua_State *L)
     lua_pop(L, 1);
     static const luaL_Reg fns[] = {{"host", l_host}, {"check", l_check}, {"simd", l_simd}, {NULL, NULL}};
     luaL_newlib(L, fns);
-    static const luaL_Reg json_fns[] = {{"encode", l_json_encode}, {"decode", l_json_decode}, {NULL, NULL}};
-    luaL_newlib(L, json_fns);
+    sg_host_push_json(L); /* json.encode/decode, as plugins have them: for specs that read a body */
     lua_setfield(L, -2, "json");
+    /* plugin(path [, config]): a host of the one plugin file, on (unless
+     * config.enabled is false) with config as its section; a load error is
+     * raised with its file and line */
+    static const char helper[] =
+        "local host = ...\n"
+        "return function(path, config)\n"
+        "  local name = type(path) == 'string' and path:match('([^/]+)%.lua$')\n"
+        "  if not name then error('plugin(path [, config]): path names a .lua file', 2) end\n"
+        "  local section = {}\n"
+        "  for k, v in pairs(config or {}) do section[k] = v end\n"
+        "  if section.enabled == nil then section.enabled = true end\n"
+        "  local h, report = host(path, { plugins = { [name] = section }, quiet = true })\n"
+        "  if #report.failed > 0 then error(report.failed[1].error, 2) end\n"
+        "  return h\n"
+        "end\n";
+    if (luaL_loadbuffer(L, helper, sizeof(helper) - 1, "=statusgw_plugin.plugin") != LUA_OK) return lua_error(L);
+    lua_pushcfunction(L, l_host);
+    lua_call(L, 1, 1);
+    lua_setfield(L, -2, "plugin");
     return 1;
 }

@@ -201,20 +201,18 @@ static int write_spec(const char *path, const char *name, const int *kinds)
     fprintf(f, "-- %s_spec.lua: %s.lua in the real plugin host (statusgw_plugin, the gateway's\n"
                "-- own C host as a Lua module). Run with:  statusgw plugin test\n"
                "local sgp = require(\"statusgw_plugin\")\n"
-               "local json = require(\"statusgw_plugin\").json\n"
+               "local json = sgp.json\n"
                "local here = debug.getinfo(1, \"S\").source:match(\"^@(.*/)\") or \"./\"\n\n"
-               "-- The plugin loaded on its own, with config as plugins.%s.\n"
-               "local function host(config)\n"
-               "  local h, report = sgp.host(here .. \"%s.lua\", { plugins = { %s = config or {} } })\n"
-               "  assert(#report.failed == 0, report.failed[1] and report.failed[1].error)\n"
-               "  return h\n"
-               "end\n\n"
+               "-- The plugin loaded on its own, on, with config as plugins.%s (a load\n"
+               "-- error is raised with its file and line).\n"
+               "local function host(config) return sgp.plugin(here .. \"%s.lua\", config) end\n\n"
                "describe(\"%s\", function()\n"
                "  it(\"loads and takes its settings\", function()\n"
                "    local h = host({ greeting = \"hi\" })\n"
                "    assert.equal(\"active\", h:admin().plugins[1].state)\n"
+               "    assert.has_error(function() host({ greeting = 42 }) end) -- a setting of the wrong type\n"
                "  end)\n",
-            name, name, name, name, name, name);
+            name, name, name, name, name);
     for (int k = 0; k < KINDS; k++)
         if (kinds[k]) {
             fputc('\n', f);

@@ -1,11 +1,7 @@
 -- dedupe.lua in the real plugin host.
 local sgp = require("statusgw_plugin")
 local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
-local function host(config)
-  local h, report = sgp.host(here .. "dedupe.lua", { plugins = { dedupe = config } })
-  assert(#report.failed == 0, report.failed[1] and report.failed[1].error)
-  return h
-end
+local function host(config) return sgp.plugin(here .. "dedupe.lua", config) end
 local function pass(h, conv, category, text, metadata)
   return (h:filter({ conversation_id = conv, category = category, text = text, metadata = metadata }))
 end

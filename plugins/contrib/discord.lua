@@ -28,31 +28,23 @@ function P.init(config)
   username = config.username or username
 end
 
--- s cut to at most max bytes (never inside a UTF-8 character), "..." marking the cut.
-local function cut(s, max)
-  if #s <= max then return s end
-  local n = max - 3
-  while n > 0 and (s:byte(n + 1) or 0) & 0xC0 == 0x80 do n = n - 1 end
-  return s:sub(1, n) .. "..."
-end
-
 -- An embed without its description; the characters it counts against 6,000.
 local function embed(u)
   local fields, used = {}, 0
   local metadata = u.metadata or {}
   for _, key in ipairs(shown) do
     if metadata[key] ~= nil then
-      local value = cut(tostring(metadata[key]), 200)
+      local value = statusgw.truncate(tostring(metadata[key]), 200)
       fields[#fields + 1] = { name = key, value = value, inline = true }
       used = used + #key + #value
     end
   end
   local e = {
-    title = cut(u.category .. " · " .. u.conversation_id, 256),
+    title = statusgw.truncate(u.category .. " · " .. u.conversation_id, 256),
     color = colours[u.category] or 0x7F8C8D,
     timestamp = u.timestamp,
     fields = fields,
-    footer = { text = "seq " .. u.seq .. (u.source and (" · " .. cut(u.source, 100)) or "") },
+    footer = { text = "seq " .. u.seq .. (u.source and (" · " .. statusgw.truncate(u.source, 100)) or "") },
   }
   return e, used + #e.title + #e.footer.text
 end
@@ -72,7 +64,7 @@ P.webhooks = {
       local room = math.min(4096, (MAX_TOTAL - used) // n)
       for i = 1, n do
         local text = updates[i].text ~= "" and updates[i].text or "(no text)"
-        embeds[i].description = room >= 4 and cut(text, room) or nil
+        embeds[i].description = room >= 4 and statusgw.truncate(text, room) or nil
       end
       local body = { username = username, embeds = embeds }
       if #updates > n then body.content = string.format("…and %d more updates", #updates - n) end

@@ -33,14 +33,6 @@ function P.init(config)
   entity = config.entity
 end
 
--- s cut to at most max bytes (never inside a UTF-8 character), "..." marking the cut.
-local function cut(s, max)
-  if #s <= max then return s end
-  local n = max - 3
-  while n > 0 and (s:byte(n + 1) or 0) & 0xC0 == 0x80 do n = n - 1 end
-  return s:sub(1, n) .. "..."
-end
-
 P.webhooks = {
   opsgenie = {
     match = function(update) return update.category == "error" end,
@@ -52,13 +44,13 @@ P.webhooks = {
       end
       local metadata = last.metadata or {}
       for key, value in pairs(metadata) do
-        if type(value) ~= "table" then details[key] = cut(tostring(value), 500) end
+        if type(value) ~= "table" then details[key] = statusgw.truncate(tostring(value), 500) end
       end
       local message = #updates == 1 and last.text or string.format("%d errors, last: %s", #updates, last.text)
       return statusgw.json.encode({
-        message = cut(message, 130),
-        alias = cut("statusgw-" .. first.conversation_id, 512),
-        description = cut(table.concat(lines, "\n"), 15000),
+        message = statusgw.truncate(message, 130),
+        alias = statusgw.truncate("statusgw-" .. first.conversation_id, 512),
+        description = statusgw.truncate(table.concat(lines, "\n"), 15000),
         tags = tags,
         details = details,
         entity = entity or first.conversation_id,

@@ -1,11 +1,7 @@
 -- opsgenie.lua in the real plugin host: the Create Alert API's body.
 local sgp = require("statusgw_plugin")
 local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
-local function host(config)
-  local h, report = sgp.host(here .. "opsgenie.lua", { plugins = { opsgenie = config or { enabled = true } } })
-  assert(#report.failed == 0, report.failed[1] and report.failed[1].error)
-  return h
-end
+local function host(config) return sgp.plugin(here .. "opsgenie.lua", config) end
 local function update(seq, text, metadata)
   return { conversation_id = "conv-9", seq = seq, category = "error", text = text, metadata = metadata or {},
     timestamp = "2026-12-06T10:00:0" .. seq .. ".000Z", source = "error-handler" }

@@ -35,25 +35,17 @@ local function completes(u)
   return u.category == "workflow" and metadata.percentage == 100
 end
 
--- s cut to at most max bytes (never inside a UTF-8 character), "..." marking the cut.
-local function cut(s, max)
-  if #s <= max then return s end
-  local n = max - 3
-  while n > 0 and (s:byte(n + 1) or 0) & 0xC0 == 0x80 do n = n - 1 end
-  return s:sub(1, n) .. "..."
-end
-
 local function event(u, batch)
   local e = {
     routing_key = routing_key,
-    dedup_key = cut("statusgw-" .. u.conversation_id, 255),
+    dedup_key = statusgw.truncate("statusgw-" .. u.conversation_id, 255),
     event_action = completes(u) and "resolve" or "trigger",
     client = client,
   }
   if e.event_action == "trigger" then
     local metadata = u.metadata or {}
     e.payload = {
-      summary = cut(u.conversation_id .. ": " .. u.text, 1024),
+      summary = statusgw.truncate(u.conversation_id .. ": " .. u.text, 1024),
       source = u.source or "statusgw",
       severity = severity,
       timestamp = u.timestamp,

@@ -1,11 +1,7 @@
 -- pagerduty.lua in the real plugin host: Events API v2 trigger and resolve.
 local sgp = require("statusgw_plugin")
 local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
-local function host(config)
-  local h, report = sgp.host(here .. "pagerduty.lua", { plugins = { pagerduty = config } })
-  assert(#report.failed == 0, report.failed[1] and report.failed[1].error)
-  return h
-end
+local function host(config) return sgp.plugin(here .. "pagerduty.lua", config) end
 local KEY = "R0ABCDEF0123456789ABCDEF01234567"
 local function update(seq, category, text, metadata)
   return { conversation_id = "prod-7", seq = seq, category = category, text = text, metadata = metadata or {},

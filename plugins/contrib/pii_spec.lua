@@ -1,11 +1,7 @@
 -- pii.lua in the real plugin host.
 local sgp = require("statusgw_plugin")
 local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
-local function host(config)
-  local h, report = sgp.host(here .. "pii.lua", { plugins = { pii = config or { enabled = true } } })
-  assert(#report.failed == 0, report.failed[1] and report.failed[1].error)
-  return h
-end
+local function host(config) return sgp.plugin(here .. "pii.lua", config) end
 local function masked(h, text, metadata)
   local ok, u = h:filter({ conversation_id = "c1", category = "info", text = text, metadata = metadata })
   assert.is_true(ok)

@@ -1,11 +1,7 @@
 -- route.lua in the real plugin host.
 local sgp = require("statusgw_plugin")
 local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
-local function host(config)
-  local h, report = sgp.host(here .. "route.lua", { plugins = { route = config } })
-  assert(#report.failed == 0, report.failed[1] and report.failed[1].error)
-  return h
-end
+local function host(config) return sgp.plugin(here .. "route.lua", config) end
 
 describe("route filter", function()
   it("copies matching updates onto the target conversation and keeps the original", function()

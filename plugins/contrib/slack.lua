@@ -36,18 +36,10 @@ local function escape(s)
   return (tostring(s):gsub("&", "&amp;"):gsub("<", "&lt;"):gsub(">", "&gt;"))
 end
 
--- s cut to at most max bytes (never inside a UTF-8 character), "..." marking the cut.
-local function cut(s, max)
-  if #s <= max then return s end
-  local n = max - 3
-  while n > 0 and (s:byte(n + 1) or 0) & 0xC0 == 0x80 do n = n - 1 end
-  return s:sub(1, n) .. "..."
-end
-
 local function section(u)
   local text = string.format("%s *%s* · `%s` %s", icons[u.category] or ":small_blue_diamond:", u.category,
     escape(u.conversation_id), escape(u.text))
-  return { type = "section", text = { type = "mrkdwn", text = cut(text, 3000) } }
+  return { type = "section", text = { type = "mrkdwn", text = statusgw.truncate(text, 3000) } }
 end
 
 local function context(u)
@@ -58,7 +50,7 @@ local function context(u)
   end
   parts[#parts + 1] = "seq " .. u.seq
   if u.source then parts[#parts + 1] = "from " .. escape(u.source) end
-  return { type = "context", elements = { { type = "mrkdwn", text = cut(table.concat(parts, " · "), 3000) } } }
+  return { type = "context", elements = { { type = "mrkdwn", text = statusgw.truncate(table.concat(parts, " · "), 3000) } } }
 end
 
 P.webhooks = {
@@ -66,7 +58,7 @@ P.webhooks = {
     match = function(update) return true end,
     format = function(updates)
       local count = #updates
-      local blocks = { { type = "header", text = { type = "plain_text", text = cut(string.format("%s: %d update%s",
+      local blocks = { { type = "header", text = { type = "plain_text", text = statusgw.truncate(string.format("%s: %d update%s",
         title, count, count == 1 and "" or "s"), 150) } } }
       for i = 1, math.min(count, max_updates) do
         blocks[#blocks + 1] = section(updates[i])
@@ -77,7 +69,7 @@ P.webhooks = {
           text = string.format("…and %d more", count - max_updates) } } }
       end
       local first = updates[1]
-      local fallback = string.format("%s: %s", title, cut(first.text, 200))
+      local fallback = string.format("%s: %s", title, statusgw.truncate(first.text, 200))
       if count > 1 then fallback = fallback .. string.format(" (+%d more)", count - 1) end
       return statusgw.json.encode({ text = fallback, blocks = blocks }), {}
     end,

@@ -1,11 +1,7 @@
 -- subscriber_filters.lua in the real plugin host.
 local sgp = require("statusgw_plugin")
 local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
-local function host(config)
-  local h, report = sgp.host(here .. "subscriber_filters.lua", { plugins = { subscriber_filters = config or { enabled = true } } })
-  assert(#report.failed == 0, report.failed[1] and report.failed[1].error)
-  return h
-end
+local function host(config) return sgp.plugin(here .. "subscriber_filters.lua", config) end
 local function u(text, metadata) return { conversation_id = "c1", seq = 1, category = "tool", text = text, metadata = metadata or {} } end
 
 describe("subscriber filter library", function()

@@ -26,19 +26,11 @@ function P.init(config)
   if max_updates < 1 or max_updates > 50 then error("plugins.teams.max_updates must be 1 to 50") end
 end
 
--- s cut to at most max bytes (never inside a UTF-8 character), "..." marking the cut.
-local function cut(s, max)
-  if #s <= max then return s end
-  local n = max - 3
-  while n > 0 and (s:byte(n + 1) or 0) & 0xC0 == 0x80 do n = n - 1 end
-  return s:sub(1, n) .. "..."
-end
-
 local function container(u)
   local facts = {}
   local metadata = u.metadata or {}
   for _, key in ipairs(shown) do
-    if metadata[key] ~= nil then facts[#facts + 1] = { title = key, value = cut(tostring(metadata[key]), 200) } end
+    if metadata[key] ~= nil then facts[#facts + 1] = { title = key, value = statusgw.truncate(tostring(metadata[key]), 200) } end
   end
   facts[#facts + 1] = { title = "seq", value = tostring(u.seq) }
   return {
@@ -47,7 +39,7 @@ local function container(u)
     items = {
       { type = "TextBlock", text = u.category .. " · " .. u.conversation_id, weight = "Bolder",
         color = attention[u.category] or "Default", wrap = true },
-      { type = "TextBlock", text = cut(u.text, 2000), wrap = true },
+      { type = "TextBlock", text = statusgw.truncate(u.text, 2000), wrap = true },
       { type = "FactSet", facts = facts },
     },
   }

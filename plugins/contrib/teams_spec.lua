@@ -1,11 +1,7 @@
 -- teams.lua in the real plugin host: a message carrying an Adaptive Card.
 local sgp = require("statusgw_plugin")
 local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
-local function host(config)
-  local h, report = sgp.host(here .. "teams.lua", { plugins = { teams = config or { enabled = true } } })
-  assert(#report.failed == 0, report.failed[1] and report.failed[1].error)
-  return h
-end
+local function host(config) return sgp.plugin(here .. "teams.lua", config) end
 local function update(seq, category, text, metadata)
   return { conversation_id = "conv-2", seq = seq, category = category, text = text, metadata = metadata or {},
     timestamp = "2026-12-06T10:00:00.000Z" }

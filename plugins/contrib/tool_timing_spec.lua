@@ -1,11 +1,7 @@
 -- tool_timing.lua in the real plugin host.
 local sgp = require("statusgw_plugin")
 local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
-local function host(config)
-  local h, report = sgp.host(here .. "tool_timing.lua", { plugins = { tool_timing = config or { enabled = true } } })
-  assert(#report.failed == 0, report.failed[1] and report.failed[1].error)
-  return h
-end
+local function host(config) return sgp.plugin(here .. "tool_timing.lua", config) end
 
 describe("tool_timing aggregator", function()
   it("summarizes runs, p50/p95 of duration_ms and errors per tool", function()

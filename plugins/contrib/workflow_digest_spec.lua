@@ -1,11 +1,7 @@
 -- workflow_digest.lua in the real plugin host.
 local sgp = require("statusgw_plugin")
 local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
-local function host()
-  local h, report = sgp.host(here .. "workflow_digest.lua", { plugins = { workflow_digest = { enabled = true } } })
-  assert(#report.failed == 0, report.failed[1] and report.failed[1].error)
-  return h
-end
+local function host() return sgp.plugin(here .. "workflow_digest.lua") end
 
 describe("workflow_digest aggregator", function()
   it("publishes a digest the moment a workflow completes", function()
