@@ -658,3 +658,32 @@ describe("webhook_formats plugin", function()
     assert.equal("errors", headers["X-Statusgw-Kind"])
   end)
 end)
+
+describe("statusgw.truncate", function()
+  local host = ph.host({ ["t.lua"] = [[
+return { name = "t", builders = { t = function(args)
+  if args.marker then return { out = statusgw.truncate(args.s, args.max, args.marker) } end
+  return { out = statusgw.truncate(args.s, args.max) }
+end } }]] })
+  local function t(s, max, marker)
+    local rc, md = host:build("t", { s = s, max = max, marker = marker })
+    assert.equal("ok", rc)
+    return md.out
+  end
+
+  it("leaves what fits, and cuts what does not to max bytes, the marker included", function()
+    assert.equal("hello", t("hello", 5))
+    assert.equal("he...", t("hello!", 5))
+    assert.equal("hel…", t("hello world", 6, "…")) -- the marker's bytes count: … is three
+    assert.equal("..", t("hello", 2)) -- no room but for part of the marker
+    assert.equal("", t("hello", 0, ""))
+  end)
+
+  it("never cuts inside a UTF-8 character", function()
+    assert.equal("é...", t("ééé", 5)) -- 6 bytes; 2 + 3 fit, a third byte would split the second é
+    assert.equal("ab...", t("ab€cd", 6)) -- € is 3 bytes: it does not fit before the marker
+    local out = t(string.rep("€", 100), 50)
+    assert.is_true(#out <= 50)
+    assert.truthy(utf8.len(out))
+  end)
+end)
