@@ -1404,6 +1404,13 @@ int sg_plugins_check_names(const sg_plugins *pm, char *err, size_t errlen)
 
 /* ---- admin ---- */
 
+long sg_plugins_calls(const sg_plugins *pm)
+{
+    long n = 0;
+    for (int i = 0; pm && i < pm->n; i++) n += (long)pm->list[i]->calls;
+    return n;
+}
+
 long sg_plugins_failures(const sg_plugins *pm, const char **last_error)
 {
     long n = 0;

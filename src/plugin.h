@@ -91,6 +91,9 @@ const char *sg_plugins_config_error(const sg_plugins *pm);
  * the directory has (with a "did you mean"). */
 int sg_plugins_check_names(const sg_plugins *pm, char *err, size_t errlen);
 
+/* Calls made so far over the host's plugins. */
+long sg_plugins_calls(const sg_plugins *pm);
+
 /* Failed calls so far (errors, timeouts, out of memory) over the host's
  * plugins, and the last one's message in *last_error (NULL when none):
  * cheap enough to ask after every call (statusgw plugin run). */
