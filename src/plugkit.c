@@ -245,6 +245,11 @@ static int plugin_new(int argc, char **argv)
         return 2;
     }
     if (!any) kinds[KIND_FILTER] = 1;
+    struct stat dst;
+    if (stat(dir, &dst) < 0 || !S_ISDIR(dst.st_mode)) {
+        fprintf(stderr, "statusgw plugin new: no directory '%s' here: give --dir DIR (the gateway's plugins_dir)\n", dir);
+        return 2;
+    }
     char lua[4096], spec[4096];
     snprintf(lua, sizeof(lua), "%s/%s.lua", dir, name);
     snprintf(spec, sizeof(spec), "%s/%s_spec.lua", dir, name);
