@@ -179,6 +179,7 @@ static int load_one(krun *r, const char *path, int named)
     p->provides = json_incref(json_object_get(d, "provides"));
     json_decref(d);
     p->host = sg_plugins_new(path, &r->cfg, NULL, on_emit, r);
+    r->n++; /* from here free_run frees it, whatever follows */
     json_t *rep = sg_plugins_reload(p->host);
     json_t *failed = json_array_get(json_object_get(rep, "failed"), 0);
     if (failed) {
@@ -191,7 +192,6 @@ static int load_one(krun *r, const char *path, int named)
     const char *state = json_string_value(json_object_get(json_array_get(json_object_get(a, "plugins"), 0), "state"));
     p->off = state && strcmp(state, "off") == 0;
     json_decref(a);
-    r->n++;
     return 0;
 }
 
