@@ -6,6 +6,17 @@ import { progressMetadata, timingMetadata } from "./metadata.js";
 export const CATEGORIES = ["engine", "tool", "workflow", "progress", "error", "info", "planning"];
 const RETRY_MAX_MS = 5000; // the longest pause between attempts without a Retry-After
 
+// Clients with updates to send when the process is about to exit: one
+// beforeExit listener for all of them (one each would warn past ten).
+const open = new Set();
+let listening = false;
+function atExit(client) {
+  open.add(client);
+  if (listening) return;
+  listening = true;
+  process.on("beforeExit", () => { for (const c of open) c.onBeforeExit(); });
+}
+
 /**
  * Status updates to a statusgw gateway, fire and forget.
  *
@@ -35,7 +46,6 @@ export class Client {
   #limit;
   #down = false;
   #lastDropLog = 0;
-  #onExit;
   #wakePause = null;
 
   constructor({ url = process.env.STATUSGW_URL || "http://127.0.0.1:4000", apiKey = process.env.STATUSGW_API_KEY,
@@ -46,9 +56,12 @@ export class Client {
     this.batchSize = Math.max(1, Math.min(batchSize, 1000));
     this.#limit = this.batchSize;
     this.counters = { queued: 0, sent: 0, duplicates: 0, filtered: 0, dropped: 0, rejected: 0, retried: 0, unsent: 0 };
-    // a process about to exit with updates queued sends them first
-    this.#onExit = () => { if (this.#buf.length && !this.#closed) this.close(); };
-    process.on("beforeExit", this.#onExit);
+    atExit(this); // a process about to exit with updates queued sends them first
+  }
+
+  /** @internal the process is about to exit: send what is queued. */
+  onBeforeExit() {
+    if (this.#buf.length && !this.#closed) this.close();
   }
 
   /** Queue one update; false when it was dropped (buffer full, closed). */
@@ -135,7 +148,7 @@ export class Client {
   /** Stop taking updates and send what is queued within timeoutMs; true when nothing was left unsent. */
   async close(timeoutMs = 5000) {
     this.#closed = true;
-    process.off("beforeExit", this.#onExit);
+    open.delete(this);
     const drained = await this.flush(timeoutMs);
     if (!drained) {
       this.#abort = true;

@@ -192,6 +192,20 @@ describe("Client", () => {
     assert.equal(await c.flush(10000), true);
     assert.deepEqual((await gw.history("node-safe")).map((u) => u.text), ["fine"]);
   });
+
+  it("sends what is queued when the process ends without a close, and warns about nothing with many clients", async () => {
+    const gw = await gateway();
+    const script = `
+      import { Client } from ${JSON.stringify(new URL("../index.js", import.meta.url).href)};
+      const clients = Array.from({ length: 20 }, () => new Client({ url: ${JSON.stringify(gw.url)}, flushIntervalMs: 60000 }));
+      clients.forEach((c, i) => c.info("node-exit", "u" + i));
+      // no close: the process ends, beforeExit sends them`;
+    const { spawnSync } = await import("node:child_process");
+    const r = spawnSync(process.execPath, ["--input-type=module", "-e", script], { encoding: "utf8", timeout: 20000 });
+    assert.equal(r.status, 0, r.stderr);
+    assert.doesNotMatch(r.stderr, /MaxListenersExceeded/);
+    assert.equal((await gw.history("node-exit")).length, 20);
+  });
 });
 
 describe("tail", () => {
