@@ -24,9 +24,9 @@ from .client import Client
 from .core import CATEGORIES
 from .metadata import (build_error_metadata, build_llm_metadata, build_tool_metadata,
                        build_workflow_metadata, duration_human, percentage)
-from .tail import Event, tail
+from .tail import Event, atail, tail
 
-__all__ = ["Client", "AsyncClient", "tail", "Event", "CATEGORIES", "configure", "default_client",
+__all__ = ["Client", "AsyncClient", "tail", "atail", "Event", "CATEGORIES", "configure", "default_client",
            "build_llm_metadata", "build_tool_metadata", "build_workflow_metadata",
            "build_error_metadata", "duration_human", "percentage"]
 

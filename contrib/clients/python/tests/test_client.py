@@ -358,6 +358,55 @@ class AsyncClientTests(GatewayTest):
         self.assertFalse(c2.info("py-aio-lost", "after close"))
 
 
+class AsyncTailTests(GatewayTest):
+    def test_atail_follows_and_resumes_across_a_restart(self):
+        self.gw = Gateway({"store": "sqlite", "store_path": "atail.db"}).start()
+
+        async def main():
+            got = []
+
+            async def follow():
+                async for ev in statusgw.atail(self.gw.url, ["py-atail"], reconnect_s=0.1):
+                    got.append(ev)
+
+            task = asyncio.get_running_loop().create_task(follow())
+            await asyncio.sleep(0.3)
+            async with statusgw.AsyncClient(self.gw.url, flush_interval=0.01) as c:
+                for i in range(3):
+                    c.info("py-atail", "u%d" % i)
+                self.assertTrue(await c.flush(10))
+                await wait_async(lambda: len(got) >= 3)
+                await asyncio.to_thread(self.gw.stop)
+                c.info("py-atail", "u3")  # queued while the gateway is down
+                await asyncio.to_thread(self.gw.start)
+                self.assertTrue(await c.flush(15))
+                await wait_async(lambda: len(got) >= 4)
+            task.cancel()
+            return got
+
+        got = asyncio.run(main())
+        self.assertEqual(["u0", "u1", "u2", "u3"], [e.data["text"] for e in got])
+        self.assertEqual([1, 2, 3, 4], [e.data["seq"] for e in got])
+
+    def test_atail_gives_up_on_a_refused_stream(self):
+        self.gw = Gateway().start()
+
+        async def main():
+            async for _ in statusgw.atail(self.gw.url, ["bad id!"]):
+                pass
+
+        with self.assertRaisesRegex(ValueError, "invalid_conversation_id"):
+            asyncio.run(main())
+
+
+async def wait_async(cond, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.02)
+
+
 class ModuleAPITests(unittest.TestCase):
     def test_the_module_level_calls_use_the_default_client(self):
         gw = Gateway().start()
