@@ -124,7 +124,16 @@ static void plugin_failures(krun *r, kplugin *p, json_t *steps)
     const char *e;
     long f = sg_plugins_failures(p->host, &e);
     if (f <= p->failures_seen) return;
-    json_t *step = json_pack("{s:s, s:s, s:s}", "plugin", p->name, "action", "error", "error", e ? e : "failed");
+    /* "name.lua:3: ..." names the file as the run was given it */
+    char where[1200];
+    const char *base = strrchr(p->path, '/');
+    base = base ? base + 1 : p->path;
+    const char *at = e ? strstr(e, base) : NULL;
+    if (at && at[strlen(base)] == ':' && (at == e || at[-1] == ' '))
+        snprintf(where, sizeof(where), "%.*s%s%s", (int)(at - e), e, p->path, at + strlen(base));
+    else
+        snprintf(where, sizeof(where), "%s", e ? e : "failed");
+    json_t *step = json_pack("{s:s, s:s, s:s}", "plugin", p->name, "action", "error", "error", where);
     json_array_append(r->errors, step);
     if (steps) json_array_append(steps, step);
     json_decref(step);

@@ -248,7 +248,7 @@ end }]])
     local updates = write("one.ndjson", '{"conversation_id":"c1","category":"info","text":"x"}\n')
     local out, err, rc = run("plugin run " .. file .. " --updates " .. updates .. "")
     assert.equal(1, rc, out .. err)
-    assert.matches("thrower%.lua:3: attempt to index a nil value", out)
+    assert.matches(file:gsub("%p", "%%%0") .. ":3: attempt to index a nil value", out) -- the file as given
     local broken = write("broken.lua", "return {\n  name = 'broken',\n  filter = function(u) return u end end\n}\n")
     out, err, rc = run("plugin run " .. broken .. " --updates " .. updates .. "")
     assert.equal(2, rc)
