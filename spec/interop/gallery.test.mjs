@@ -113,3 +113,61 @@ describe("the plugin gallery, end to end", () => {
     assert.deepEqual([h.updates[0].text, h.updates[0].metadata.routed_from], ["search_code failed for [email]", "gal-team-1"]);
   });
 });
+
+describe("the gallery's filters, aggregators and subscriber filters in the gateway", () => {
+  let gw;
+  before(async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "statusgw-gallery-f-"));
+    fs.mkdirSync(path.join(dir, "contrib"));
+    for (const f of ["sampling.lua", "dedupe.lua", "tool_timing.lua", "subscriber_filters.lua"])
+      fs.copyFileSync(path.join("../../plugins/contrib", f), path.join(dir, "contrib", f));
+    gw = await g.start({
+      flush_interval_ms: 20,
+      plugins_dir: dir,
+      plugins: {
+        sampling: { enabled: true, every: 3, categories: ["progress"] },
+        dedupe: { enabled: true, window_ms: 60000, categories: ["info"] },
+        tool_timing: { enabled: true, interval_ms: 300 },
+        subscriber_filters: { enabled: true },
+      },
+    });
+  });
+  after(async () => {
+    g.disconnectAll();
+    assert.equal(await g.stop(gw), 0);
+  });
+
+  it("samples, deduplicates, summarizes tool timings, and filters per subscriber", async () => {
+    const s = g.socket(gw);
+    const slow = [];
+    const ch = s.channel("status:gal-f-1", { categories: ["*"], filter: { name: "min_duration", args: { ms: 1000 } } });
+    ch.on("status_update", (u) => slow.push(u.text));
+    await g.join(ch);
+    const bad = s.channel("status:gal-f-2", { categories: ["*"], filter: { name: "text_matches", args: { pattern: "" } } });
+    await assert.rejects(g.join(bad), /invalid_filter/);
+
+    const r = await g.publishMany(gw, [
+      ...[1, 2, 3, 4, 5, 6].map((i) => ({ conversation_id: "gal-f-1", category: "progress", text: `p${i}` })),
+      { conversation_id: "gal-f-1", category: "info", text: "Heartbeat" },
+      { conversation_id: "gal-f-1", category: "info", text: "Heartbeat" },
+      { conversation_id: "gal-f-1", category: "tool", text: "fast", metadata: { tool: "search_code", duration_ms: 40 } },
+      { conversation_id: "gal-f-1", category: "tool", text: "slow", metadata: { tool: "search_code", duration_ms: 2500 } },
+    ]);
+    assert.equal(r.status, 202);
+    assert.deepEqual(r.body.results.map((x) => x.dropped_by || "kept"),
+      ["kept", "sampling", "sampling", "kept", "sampling", "sampling", "kept", "dedupe", "kept", "kept"]);
+
+    await g.waitFor(async () => {
+      const h = await (await fetch(`${gw.url}/api/v1/conversations/gal-f-1/history`)).json();
+      return h.updates.some((u) => u.category === "summary");
+    }, 5000, "the tool_timing summary");
+    const h = await (await fetch(`${gw.url}/api/v1/conversations/gal-f-1/history`)).json();
+    const summary = h.updates.find((u) => u.category === "summary");
+    assert.equal(summary.text, "1 tool: search_code 2 runs p50 40ms p95 2.5s");
+    assert.equal(summary.source, "tool_timing");
+    assert.deepEqual(h.updates.filter((u) => u.category !== "summary").map((u) => u.text), ["p1", "p4", "Heartbeat", "fast", "slow"]);
+    await g.waitFor(() => slow.length >= 1, 5000, "the slow update");
+    await g.sleep(100);
+    assert.deepEqual(slow, ["slow"]);
+  });
+});
