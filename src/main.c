@@ -62,14 +62,9 @@ static int check_one_plugin(const char *path, const sg_config *cfg)
     char err[600];
     json_t *d = sg_plugin_check(path, cfg, err, sizeof(err));
     if (!d) {
-        /* name the file as it was given, not by its base name */
-        const char *base = strrchr(path, '/');
-        base = base ? base + 1 : path;
-        size_t bl = strlen(base);
-        if (strncmp(err, base, bl) == 0 && err[bl] == ':')
-            fprintf(stderr, "%s%s\n", path, err + bl);
-        else if (strncmp(err, path, strlen(path)) == 0)
-            fprintf(stderr, "%s\n", err);
+        char where[1200];
+        if (sg_plugin_name_file(path, err, where, sizeof(where)) || strncmp(err, path, strlen(path)) == 0)
+            fprintf(stderr, "%s\n", where); /* the file as it was given */
         else
             fprintf(stderr, "%s: %s\n", path, err);
         return 1;

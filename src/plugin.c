@@ -1404,6 +1404,20 @@ int sg_plugins_check_names(const sg_plugins *pm, char *err, size_t errlen)
 
 /* ---- admin ---- */
 
+int sg_plugin_name_file(const char *path, const char *err, char *out, size_t n)
+{
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    size_t bl = strlen(base);
+    for (const char *at = strstr(err, base); at; at = strstr(at + 1, base))
+        if (at[bl] == ':' && (at == err || at[-1] == ' ')) {
+            snprintf(out, n, "%.*s%s%s", (int)(at - err), err, path, at + bl);
+            return 1;
+        }
+    snprintf(out, n, "%s", err);
+    return 0;
+}
+
 long sg_plugins_calls(const sg_plugins *pm)
 {
     long n = 0;

@@ -91,6 +91,11 @@ const char *sg_plugins_config_error(const sg_plugins *pm);
  * the directory has (with a "did you mean"). */
 int sg_plugins_check_names(const sg_plugins *pm, char *err, size_t errlen);
 
+/* err with the "name.lua:line:" a plugin's error carries naming the file as
+ * path (as the user gave it): 1, or 0 and err as it is when it names no
+ * such place. */
+int sg_plugin_name_file(const char *path, const char *err, char *out, size_t n);
+
 /* Calls made so far over the host's plugins. */
 long sg_plugins_calls(const sg_plugins *pm);
 

@@ -56,6 +56,7 @@ typedef struct krun {
     int n;
     int json, all;
     json_t *args;      /* subscriber filter name -> args */
+    json_t *no_args;   /* {}: the args of a subscriber filter --args does not name */
     json_t *seqs;      /* conversation -> last seq */
     json_t *emitted;   /* what plugins emitted during the current call(s) */
     json_t *forwarded; /* forwarder name -> matched updates */
@@ -93,52 +94,39 @@ static int cmp_long(const void *a, const void *b)
 /* The value at quantile q of the sorted samples. */
 #define QUANTILE(arr, n, q) ((arr)[(size_t)((q) * (double)((n)-1) + 0.5)])
 
-/* Profile one host call to one plugin: the time, instructions and memory
- * of its Lua calls (what the plugin's own code costs; the host's work
- * around them, making the update's Lua table and reading the result, is
- * the same for every plugin and not counted). */
-typedef struct probe {
-    sg_sandbox_profile pr;
-} probe;
-
-static void probe_start(probe *pb)
-{
-    memset(&pb->pr, 0, sizeof(pb->pr));
-    sg_sandbox_set_profile(&pb->pr);
-}
-
-static void plugin_failures(krun *r, kplugin *p, json_t *steps);
-
-/* Record the call and what failed in it; 1 when the plugin was called. */
-static int probe_end(krun *r, probe *pb, kplugin *p, int kind, json_t *steps)
-{
-    sg_sandbox_set_profile(NULL);
-    if (pb->pr.calls) sample_add(&p->cost[kind], &pb->pr);
-    plugin_failures(r, p, steps);
-    return pb->pr.calls > 0;
-}
-
-/* A plugin's failures since the last look, as {plugin, error} steps. */
+/* A plugin's failures since the last look, as {plugin, error} steps, the
+ * error naming the plugin's file as the run was given it. */
 static void plugin_failures(krun *r, kplugin *p, json_t *steps)
 {
     const char *e;
     long f = sg_plugins_failures(p->host, &e);
     if (f <= p->failures_seen) return;
-    /* "name.lua:3: ..." names the file as the run was given it */
     char where[1200];
-    const char *base = strrchr(p->path, '/');
-    base = base ? base + 1 : p->path;
-    const char *at = e ? strstr(e, base) : NULL;
-    if (at && at[strlen(base)] == ':' && (at == e || at[-1] == ' '))
-        snprintf(where, sizeof(where), "%.*s%s%s", (int)(at - e), e, p->path, at + strlen(base));
-    else
-        snprintf(where, sizeof(where), "%s", e ? e : "failed");
+    sg_plugin_name_file(p->path, e ? e : "failed", where, sizeof(where));
     json_t *step = json_pack("{s:s, s:s, s:s}", "plugin", p->name, "action", "error", "error", where);
     json_array_append(r->errors, step);
     if (steps) json_array_append(steps, step);
     json_decref(step);
     p->errors += f - p->failures_seen;
     p->failures_seen = f;
+}
+
+/* The first pass profiles each host call to one plugin: the instructions
+ * and memory of its Lua calls, and their time (first_pass_median_us; the
+ * times reported come from the warm pass below). */
+static void probe_start(sg_sandbox_profile *pr)
+{
+    memset(pr, 0, sizeof(*pr));
+    sg_sandbox_set_profile(pr);
+}
+
+/* Record the call and what failed in it; 1 when the plugin was called. */
+static int probe_end(krun *r, sg_sandbox_profile *pr, kplugin *p, int kind, json_t *steps)
+{
+    sg_sandbox_set_profile(NULL);
+    if (pr->calls) sample_add(&p->cost[kind], pr);
+    plugin_failures(r, p, steps);
+    return pr->calls > 0;
 }
 
 /* ---- loading ---- */
@@ -250,6 +238,7 @@ static void free_run(krun *r)
     }
     free(r->p);
     json_decref(r->args);
+    json_decref(r->no_args);
     json_decref(r->seqs);
     json_decref(r->emitted);
     json_decref(r->forwarded);
@@ -324,11 +313,11 @@ static int run_builder(krun *r, sg_draft *d, json_t *steps)
         return -1;
     }
     json_t *before = draft_json(d);
-    probe pb;
-    probe_start(&pb);
+    sg_sandbox_profile pr;
+    probe_start(&pr);
     sg_built b;
     int rc = sg_plugins_build(p->host, d, &b, NULL);
-    probe_end(r, &pb, p, K_BUILD, steps);
+    probe_end(r, &pr, p, K_BUILD, steps);
     sg_limits lim = {r->cfg.max_text, r->cfg.max_metadata};
     sg_error err;
     if (rc == SG_BUILD_OK && sg_draft_set_built(d, &b, &lim, &err) < 0) {
@@ -354,10 +343,10 @@ static int run_filter(krun *r, kplugin *p, sg_draft **dp, json_t *steps)
     char keep = 1;
     const char *by = NULL;
     sg_error refusal = {0};
-    probe pb;
-    probe_start(&pb);
+    sg_sandbox_profile pr;
+    probe_start(&pr);
     sg_plugins_filter_many(p->host, dp, &keep, &by, &refusal, 1, NULL, NULL);
-    int called = probe_end(r, &pb, p, K_FILTER, steps);
+    int called = probe_end(r, &pr, p, K_FILTER, steps);
     json_t *step;
     if (!keep && refusal.status) {
         p->refused++;
@@ -400,24 +389,24 @@ static json_t *deliver(krun *r, const sg_draft *d, json_t *steps)
         json_array_foreach(json_object_get(p->provides, "subscriber_filters"), j, v) {
             const char *name = json_string_value(v);
             json_t *args = json_object_get(r->args, name);
-            probe pb;
-            probe_start(&pb);
-            int ok = sg_plugins_subscriber_filter(p->host, name, args ? args : json_object(), uj);
-            probe_end(r, &pb, p, K_SUBSCRIBER, steps);
+            sg_sandbox_profile pr;
+            probe_start(&pr);
+            int ok = sg_plugins_subscriber_filter(p->host, name, args ? args : r->no_args, uj);
+            probe_end(r, &pr, p, K_SUBSCRIBER, steps);
             json_object_set_new(subs, name, json_string(ok ? "delivered" : "withheld"));
         }
         if (!json_is_null(json_object_get(p->provides, "aggregator"))) {
-            probe pb;
-            probe_start(&pb);
+            sg_sandbox_profile pr;
+            probe_start(&pr);
             sg_plugins_observe(p->host, d->conv_id, u, NULL);
-            probe_end(r, &pb, p, K_OBSERVE, steps);
+            probe_end(r, &pr, p, K_OBSERVE, steps);
         }
         json_array_foreach(json_object_get(p->provides, "webhooks"), j, v) {
             const char *name = json_string_value(v);
-            probe pb;
-            probe_start(&pb);
+            sg_sandbox_profile pr;
+            probe_start(&pr);
             int m = sg_plugins_webhook_match(p->host, name, uj);
-            probe_end(r, &pb, p, K_MATCH, steps);
+            probe_end(r, &pr, p, K_MATCH, steps);
             if (!m) continue;
             json_array_append_new(fwd, json_string(name));
             json_t *list = json_object_get(r->forwarded, name);
@@ -510,9 +499,7 @@ static void warm_one(krun *r, kplugin *p, sg_plugins *q, sg_draft *d, json_t *uj
     json_t *v;
     json_array_foreach(json_object_get(prov, "subscriber_filters"), j, v) {
         json_t *args = json_object_get(r->args, json_string_value(v));
-        json_t *none = args ? NULL : json_object();
-        TIMED(p, q, K_SUBSCRIBER, sg_plugins_subscriber_filter(q, json_string_value(v), args ? args : none, uj));
-        json_decref(none);
+        TIMED(p, q, K_SUBSCRIBER, sg_plugins_subscriber_filter(q, json_string_value(v), args ? args : r->no_args, uj));
     }
     if (!json_is_null(json_object_get(prov, "aggregator"))) TIMED(p, q, K_OBSERVE, sg_plugins_observe(q, d->conv_id, u, NULL));
     json_array_foreach(json_object_get(prov, "webhooks"), j, v)
@@ -556,10 +543,10 @@ static json_t *summaries(krun *r)
     for (int i = 0; i < r->n; i++) {
         kplugin *p = &r->p[i];
         if (p->off || json_is_null(json_object_get(p->provides, "aggregator"))) continue;
-        probe pb;
-        probe_start(&pb);
+        sg_sandbox_profile pr;
+        probe_start(&pr);
         sg_plugins_summarize(p->host);
-        probe_end(r, &pb, p, K_SUMMARIZE, NULL);
+        probe_end(r, &pr, p, K_SUMMARIZE, NULL);
     }
     json_t *out = r->emitted;
     r->emitted = json_array();
@@ -587,10 +574,10 @@ static json_t *bodies(krun *r)
                 json_array_append(batch, json_array_get(all, k));
             char *body = NULL;
             json_t *headers = NULL;
-            probe pb;
-            probe_start(&pb);
+            sg_sandbox_profile pr;
+            probe_start(&pr);
             int rc = sg_plugins_webhook_format(p->host, name, batch, &body, &headers);
-            probe_end(r, &pb, p, K_FORMAT, NULL);
+            probe_end(r, &pr, p, K_FORMAT, NULL);
             json_object_set_new(f, "batch", json_integer((json_int_t)json_array_size(batch)));
             json_decref(batch);
             if (rc == 0) {
@@ -972,6 +959,7 @@ int sg_plugin_run(int argc, char **argv)
     r.json = a.json;
     r.all = a.all;
     r.args = a.args;
+    r.no_args = json_object();
     r.seqs = json_object();
     r.emitted = json_array();
     r.forwarded = json_object();

@@ -231,6 +231,15 @@ return P]],
     assert.equal(1000, lines)
   end)
 
+  it("calls a subscriber filter --args does not name with {}", function()
+    local file = write("any.lua", [[
+return { name = "any", subscriber_filters = { any = function(u, args) return next(args) == nil end } }]])
+    local updates = write("one.ndjson", '{"conversation_id":"c1","category":"info","text":"x"}\n')
+    local out, err, rc = run("plugin run " .. file .. " --updates " .. updates .. " --json")
+    assert.equal(0, rc, err)
+    assert.equal("delivered", cjson.decode(out).reports[1].delivered.subscriber_filters.any)
+  end)
+
   it("reads standard input, and warns about a call near its limit", function()
     local file = write("busy.lua", [[
 return { name = "busy", filter = function(u)
