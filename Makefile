@@ -1,7 +1,7 @@
 # statusgw: `make` builds, `make run` starts the gateway on the shipped config,
 # `make test` installs what is missing, builds, and runs every spec.
 
-PKGS    := lua5.4 libevent jansson openssl libcurl libjwt sqlite3
+PKGS    := lua5.4 libevent jansson openssl libcurl libjwt sqlite3 hiredis
 CC      ?= cc
 CFLAGS  ?= -O2 -g
 WARN    := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wno-unused-parameter

@@ -80,33 +80,41 @@ static int keyless_ok(sg_conn *c, sg_req *r, sg_error *err)
     return -1;
 }
 
-/* The answer to one accepted publish, as JSON text into out (room for
+/* {"conversation_id","seq","epoch"[,"duplicate"]} into out (room for
  * REPLY_MAX bytes). Returns its length. */
-static size_t publish_reply(const sg_publish_result *res, char *out)
+static size_t accepted_reply(const char *conv_id, uint64_t seq, const char *epoch, int duplicate, char *out)
 {
     char *p = out;
 #define PUT(lit) (memcpy(p, lit, sizeof(lit) - 1), p += sizeof(lit) - 1)
+    PUT("{\"conversation_id\":\"");
+    size_t n = strlen(conv_id);
+    memcpy(p, conv_id, n);
+    p += n;
+    PUT("\",\"seq\":");
+    p += sg_fmt_int((long long)seq, p);
+    PUT(",\"epoch\":\"");
+    n = strlen(epoch);
+    memcpy(p, epoch, n);
+    p += n;
+    PUT("\"");
+    if (duplicate) PUT(",\"duplicate\":true");
+    PUT("}");
+    return (size_t)(p - out);
+}
+
+/* The answer to one publish a filter dropped or the hub accepted, as JSON
+ * text into out (room for REPLY_MAX bytes). Returns its length. */
+static size_t publish_reply(const sg_publish_result *res, char *out)
+{
+    char *p = out;
     if (res->dropped) {
         PUT("{\"dropped\":true,\"dropped_by\":");
         p += sg_json_escape(res->dropped_by, strnlen(res->dropped_by, sizeof(res->dropped_by)), p);
         PUT("}");
         return (size_t)(p - out);
     }
-    PUT("{\"conversation_id\":\"");
-    size_t n = strlen(res->conv->id);
-    memcpy(p, res->conv->id, n);
-    p += n;
-    PUT("\",\"seq\":");
-    p += sg_fmt_int((long long)res->seq, p);
-    PUT(",\"epoch\":\"");
-    n = strlen(res->conv->epoch);
-    memcpy(p, res->conv->epoch, n);
-    p += n;
-    PUT("\"");
-    if (res->duplicate) PUT(",\"duplicate\":true");
-    PUT("}");
 #undef PUT
-    return (size_t)(p - out);
+    return accepted_reply(res->conv->id, res->seq, res->conv->epoch, res->duplicate, out);
 }
 
 #define REPLY_MAX (SG_MAX_CONV_ID + 448) /* conv id, epoch, or a plugin name escaped */
@@ -162,10 +170,45 @@ static void respond_committed(sg_conn *c, const char *body, size_t len, int resu
     if (resume) sg_conn_resume(c);
 }
 
+/* ---- answers the Redis engine gives later ----
+ *
+ * A publish the engine sequences (res->pub) is answered when Redis
+ * answers: held in its place meanwhile, as a committed answer is. */
+
+static void answer_pub(void *arg, sg_pub *p)
+{
+    if (p->status < 0) {
+        sg_held_error(arg, &p->err);
+        return;
+    }
+    char reply[REPLY_MAX + 1];
+    size_t n = accepted_reply(p->conv_id, p->seq, p->epoch, p->duplicate, reply);
+    reply[n++] = '\n';
+    sg_held_respond(arg, 202, "application/json", reply, n, NULL);
+}
+
+static void respond_pub(sg_conn *c, sg_pub *p, int resume)
+{
+    sg_held *h = sg_conn_hold(c);
+    if (h) {
+        p->then = answer_pub;
+        p->then_arg = h;
+    } else { /* it is sequenced all the same; the producer retries it */
+        sg_error e;
+        sg_error_set(&e, 503, "out_of_memory", NULL, "the gateway is out of memory");
+        sg_http_error(c, &e);
+    }
+    if (resume) sg_conn_resume(c);
+}
+
 /* Answer one publish: 202 with the reply (once committed), or the error.
  * resume: as respond_committed. */
 static void answer(sg_conn *c, int rc, const sg_publish_result *res, const sg_error *err, int resume)
 {
+    if (rc == 0 && res->pub) {
+        respond_pub(c, res->pub, resume);
+        return;
+    }
     if (rc < 0) {
         sg_http_error(c, err);
         if (resume) sg_conn_resume(c);
@@ -187,6 +230,7 @@ static void answer(sg_conn *c, int rc, const sg_publish_result *res, const sg_er
 typedef struct awaiting {
     sg_conn *c; /* NULL once the connection is gone */
     int rc;
+    sg_pub *pub; /* the engine's answer to come */
     sg_error err;
     size_t n;
     char reply[REPLY_MAX + 1];
@@ -199,6 +243,8 @@ static void deferred_done(void *arg, int rc, const sg_publish_result *res, const
     a->rc = rc;
     if (rc < 0) {
         a->err = *err;
+    } else if (res->pub) {
+        a->pub = res->pub;
     } else {
         a->n = publish_reply(res, a->reply);
         a->reply[a->n++] = '\n';
@@ -214,6 +260,8 @@ static void deferred_release(void *arg, int resume)
     } else if (c && a->rc < 0) {
         sg_http_error(c, &a->err);
         sg_conn_resume(c);
+    } else if (c && a->pub) {
+        respond_pub(c, a->pub, 1);
     } else if (c) {
         respond_committed(c, a->reply, a->n, 1);
     }
@@ -229,6 +277,7 @@ static int wait_for_batch(sg_conn *c, sg_draft *d)
     awaiting *a = malloc(sizeof(*a));
     if (!a) return -1;
     a->c = c;
+    a->pub = NULL;
     a->rc = -1;
     sg_error_set(&a->err, 503, "out_of_memory", NULL, "the gateway is out of memory");
     if (sg_ingest_defer(c->srv, d, &publish_waiter, a) < 0) {
@@ -316,6 +365,7 @@ typedef struct item {
     sg_draft d;
     sg_error err;
     size_t reply_off, reply_len; /* an accepted one's reply, in the run's replies */
+    sg_pub *pub;                 /* or the Redis engine's answer to come */
     int dropped;                 /* a filter dropped it: answered so, not accepted */
 } item;
 
@@ -414,6 +464,10 @@ static void bulk_done(void *arg, size_t i, int rc, const sg_publish_result *res,
         it->err = *err;
         return;
     }
+    if (res->pub) {
+        it->pub = res->pub;
+        return;
+    }
     char *o = ob_room(&run->replies, REPLY_MAX);
     it->dropped = res->dropped;
     it->reply_off = run->replies.n;
@@ -487,45 +541,130 @@ static int bulk_ingest(sg_conn *c, sg_api_key *key, item *items, size_t n, bulk_
     return 0;
 }
 
-/* 202 {"accepted","dropped","rejected","results":[…]}, in input order. */
-static void bulk_reply(sg_conn *c, item *items, size_t n, bulk_run *run)
+/* A bulk answer: each item's reply or error, as it becomes known (the
+ * Redis engine answers its items later), then the whole in input order. */
+typedef struct bulk_slot {
+    struct bulk_answer *ba;
+    size_t off, len;
+    int kind; /* 'a' accepted, 'd' dropped, 'r' rejected */
+} bulk_slot;
+
+typedef struct bulk_answer {
+    sg_held *h; /* while items wait for the engine */
+    size_t n, pending;
+    obuf texts;
+    bulk_slot slot[];
+} bulk_answer;
+
+static void slot_put(bulk_slot *sl, int kind, const char *s, size_t len)
 {
-    /* the counts lead the answer but are known last: room is kept for them */
-    enum { HEAD = 64 };
+    sl->kind = kind;
+    sl->off = sl->ba->texts.n;
+    ob_put(&sl->ba->texts, s, len);
+    sl->len = sl->ba->texts.n - sl->off;
+}
+
+static void slot_error(bulk_slot *sl, const sg_error *err)
+{
+    json_t *ej = sg_error_json(err);
+    char *es = json_dumps(ej, JSON_COMPACT);
+    slot_put(sl, 'r', es ? es : "{}", es ? strlen(es) : 2);
+    free(es);
+    json_decref(ej);
+}
+
+/* 202 {"accepted","dropped","rejected","results":[…]}, in input order;
+ * NULL when out of memory. */
+static char *bulk_text(bulk_answer *ba, size_t *len)
+{
+    int count[3] = {0, 0, 0};
     obuf b = {0};
-    int accepted = 0, dropped = 0;
-    if (ob_room(&b, HEAD)) b.n = HEAD;
-    ob_put(&b, "\"results\":[", 11);
-    for (size_t i = 0; i < n; i++) {
+    char head[64];
+    for (size_t i = 0; i < ba->n; i++)
+        count[ba->slot[i].kind == 'a' ? 0 : ba->slot[i].kind == 'd' ? 1 : 2]++;
+    int hn = snprintf(head, sizeof(head), "{\"accepted\":%d,\"dropped\":%d,\"rejected\":%d,\"results\":[", count[0],
+                      count[1], count[2]);
+    ob_put(&b, head, (size_t)hn);
+    for (size_t i = 0; i < ba->n; i++) {
         if (i) ob_put(&b, ",", 1);
-        if (items[i].rc == 0 && items[i].reply_len > 0) {
-            /* a deliberate drop is answered as such, and is not accepted */
-            if (items[i].dropped) dropped++;
-            else accepted++;
-            ob_put(&b, run->replies.s + items[i].reply_off, items[i].reply_len);
-            continue;
-        }
-        if (items[i].rc == 0) /* accepted, but its reply found no memory */
-            sg_error_set(&items[i].err, 503, "out_of_memory", NULL, "out of memory");
-        json_t *ej = sg_error_json(&items[i].err);
-        char *es = json_dumps(ej, JSON_COMPACT);
-        if (es) ob_put(&b, es, strlen(es));
-        free(es);
-        json_decref(ej);
+        ob_put(&b, ba->texts.s + ba->slot[i].off, ba->slot[i].len);
     }
     ob_put(&b, "]}\n", 3);
-    char head[HEAD];
-    int hn = snprintf(head, sizeof(head), "{\"accepted\":%d,\"dropped\":%d,\"rejected\":%d,", accepted,
-                      dropped, (int)n - accepted - dropped);
-    if (b.s) {
-        memcpy(b.s + HEAD - hn, head, (size_t)hn);
-        respond_committed(c, b.s + HEAD - hn, b.n - HEAD + (size_t)hn, 0);
+    if (!ba->texts.s || b.n < (size_t)hn + 3 + ba->n) { /* a put found no memory */
+        free(b.s);
+        return NULL;
+    }
+    *len = b.n;
+    return b.s;
+}
+
+static void bulk_answer_free(bulk_answer *ba)
+{
+    free(ba->texts.s);
+    free(ba);
+}
+
+/* The engine answered one item; the last one sends the answer. */
+static void bulk_pub_done(void *arg, sg_pub *p)
+{
+    bulk_slot *sl = arg;
+    bulk_answer *ba = sl->ba;
+    if (p->status < 0) {
+        slot_error(sl, &p->err);
+    } else {
+        char reply[REPLY_MAX];
+        slot_put(sl, 'a', reply, accepted_reply(p->conv_id, p->seq, p->epoch, p->duplicate, reply));
+    }
+    if (--ba->pending) return;
+    size_t len;
+    char *text = bulk_text(ba, &len);
+    if (text) {
+        sg_held_respond(ba->h, 202, "application/json", text, len, NULL);
     } else {
         sg_error err;
         sg_error_set(&err, 503, "out_of_memory", NULL, "out of memory");
-        sg_http_error(c, &err);
+        sg_held_error(ba->h, &err);
     }
-    free(b.s);
+    free(text);
+    bulk_answer_free(ba);
+}
+
+static void bulk_reply(sg_conn *c, item *items, size_t n, bulk_run *run)
+{
+    sg_error err;
+    sg_error_set(&err, 503, "out_of_memory", NULL, "out of memory");
+    bulk_answer *ba = calloc(1, sizeof(*ba) + n * sizeof(bulk_slot));
+    if (!ba) {
+        sg_http_error(c, &err);
+        return;
+    }
+    ba->n = n;
+    for (size_t i = 0; i < n; i++) {
+        bulk_slot *sl = &ba->slot[i];
+        sl->ba = ba;
+        if (items[i].rc == 0 && items[i].pub) {
+            ba->pending++;
+        } else if (items[i].rc == 0 && items[i].reply_len > 0) {
+            /* a deliberate drop is answered as such, and is not accepted */
+            slot_put(sl, items[i].dropped ? 'd' : 'a', run->replies.s + items[i].reply_off, items[i].reply_len);
+        } else {
+            slot_error(sl, items[i].rc == 0 ? &err : &items[i].err); /* accepted, but its reply found no memory */
+        }
+    }
+    if (ba->pending && (ba->h = sg_conn_hold(c))) {
+        for (size_t i = 0; i < n; i++)
+            if (items[i].rc == 0 && items[i].pub) {
+                items[i].pub->then = bulk_pub_done;
+                items[i].pub->then_arg = &ba->slot[i];
+            }
+        return;
+    }
+    size_t len;
+    char *text = ba->pending ? NULL : bulk_text(ba, &len);
+    if (text) respond_committed(c, text, len, 0);
+    else sg_http_error(c, &err);
+    free(text);
+    bulk_answer_free(ba);
 }
 
 static void handle_bulk(sg_conn *c, sg_req *r)
@@ -985,7 +1124,9 @@ void sg_api_handle(sg_conn *c, sg_req *r)
     if (strcmp(p, "/readyz") == 0) {
         sg_store *st = c->srv->store;
         int store_ok = !st->ops->healthy || st->ops->healthy(st);
-        const char *state = c->srv->shutting_down ? "shutting_down" : !store_ok ? "store_unavailable" : "ready";
+        const char *state = c->srv->shutting_down ? "shutting_down"
+                            : !store_ok ? (st->ops->publish ? "engine_unavailable" : "store_unavailable")
+                                        : "ready";
         int ready = state[0] == 'r';
         sg_http_json(c, ready ? 200 : 503, json_pack("{s:s}", "status", state), ready ? NULL : "Retry-After: 1\r\n");
         return;

@@ -135,7 +135,7 @@ char *sg_config_resolve(const sg_config *c, const char *p)
 }
 
 /* Tables that later modules read from the same file. */
-static const char *table_keys[] = {"plugins", "webhooks", "security", NULL};
+static const char *table_keys[] = {"plugins", "webhooks", "security", "redis", NULL};
 
 static void defaults(sg_config *c)
 {
@@ -144,6 +144,7 @@ static void defaults(sg_config *c)
     c->plugins_dir = strdup("plugins");
     snprintf(c->store, sizeof(c->store), "memory");
     snprintf(c->store_sync, sizeof(c->store_sync), "normal");
+    snprintf(c->engine, sizeof(c->engine), "local");
     c->cache_bytes = 64 << 20;
     c->store_path = strdup("statusgw.db");
     c->log_level = SG_LOG_INFO;
@@ -248,7 +249,7 @@ static int load_categories(sg_config *c, lua_State *L, char *err, size_t errlen)
  * 0 or -1 with err. */
 static int apply_string_key(sg_config *c, lua_State *L, const char *key, char *err, size_t errlen)
 {
-    static const char *const names[] = {"listen", "plugins_dir", "log_level", "store", "store_path", "store_sync", NULL};
+    static const char *const names[] = {"listen", "plugins_dir", "log_level", "store", "store_path", "store_sync", "engine", NULL};
     int known = 0;
     for (int i = 0; names[i]; i++)
         known |= strcmp(key, names[i]) == 0;
@@ -272,6 +273,12 @@ static int apply_string_key(sg_config *c, lua_State *L, const char *key, char *e
             return -1;
         }
         snprintf(c->store, sizeof(c->store), "%s", v);
+    } else if (strcmp(key, "engine") == 0) {
+        if (strcmp(v, "local") != 0 && strcmp(v, "redis") != 0) {
+            snprintf(err, errlen, "engine must be \"local\" or \"redis\", got \"%.40s\"", v);
+            return -1;
+        }
+        snprintf(c->engine, sizeof(c->engine), "%s", v);
     } else if (strcmp(key, "store_sync") == 0) {
         if (strcmp(v, "normal") != 0 && strcmp(v, "full") != 0 && strcmp(v, "off") != 0) {
             snprintf(err, errlen, "store_sync must be \"normal\", \"full\" or \"off\", got \"%.40s\"", v);
@@ -315,16 +322,16 @@ static int apply_key(sg_config *c, lua_State *L, const char *key, char *err, siz
     }
     int sk = apply_string_key(c, L, key, err, errlen);
     if (sk <= 0) return sk;
-    if (strcmp(key, "access_log") == 0) {
+    if (strcmp(key, "access_log") == 0 || strcmp(key, "reuse_port") == 0) {
         if (!lua_isboolean(L, -1)) {
-            snprintf(err, errlen, "access_log must be true or false");
+            snprintf(err, errlen, "%s must be true or false", key);
             return -1;
         }
-        c->access_log = lua_toboolean(L, -1);
+        *(key[0] == 'a' ? &c->access_log : &c->reuse_port) = lua_toboolean(L, -1);
         return 0;
     }
     if (strcmp(key, "categories") == 0) return load_categories(c, L, err, errlen);
-    json_t **sections[] = {&c->plugins, &c->webhooks, &c->security};
+    json_t **sections[] = {&c->plugins, &c->webhooks, &c->security, &c->redis};
     for (int i = 0; table_keys[i]; i++) {
         if (strcmp(key, table_keys[i]) != 0) continue;
         if (!lua_istable(L, -1)) {
@@ -342,7 +349,7 @@ static int apply_key(sg_config *c, lua_State *L, const char *key, char *err, siz
         return 0;
     }
     static const char *const more[] = {"listen", "plugins_dir", "log_level", "store", "store_path", "store_sync", "access_log", "categories",
-                                       "plugins", "webhooks", "security", NULL};
+                                       "plugins", "webhooks", "security", "engine", "reuse_port", "redis", NULL};
     /* every name a config may use, for the "did you mean" (sized from both lists) */
     const char *known[sizeof(int_keys) / sizeof(int_keys[0]) + sizeof(more) / sizeof(more[0])];
     size_t nk = 0;
@@ -427,5 +434,6 @@ void sg_config_free(sg_config *c)
     json_decref(c->plugins);
     json_decref(c->webhooks);
     json_decref(c->security);
+    json_decref(c->redis);
     memset(c, 0, sizeof(*c));
 }

@@ -94,6 +94,9 @@ typedef struct sg_config {
     int max_channels_per_socket;
     int access_log; /* one line per request */
     char store[16];     /* the history store: "memory" or "sqlite" */
+    char engine[8];     /* "local" (this process) or "redis" (several gateways as one) */
+    int reuse_port;     /* SO_REUSEPORT: several processes share the port */
+    json_t *redis;      /* the engine's `redis` table, checked by engine_redis.c */
     char *store_path;   /* the SQLite file (relative to the config file) */
     char store_sync[8]; /* SQLite's synchronous: "normal", "full", "off" */
     size_t cache_bytes; /* the durable store's recent updates kept in memory */

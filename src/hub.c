@@ -407,7 +407,7 @@ static void idem_recalled(void *arg, const char *key, uint64_t seq, int64_t expi
 sg_conv *sg_hub_conv(sg_hub *h, const char *id, size_t len, int create, sg_error *err)
 {
     sg_conv *c = sg_dict_get(h->convs, id, len);
-    if (c || (!create && !h->durable)) {
+    if (c || (!create && !h->durable && !h->store->ops->publish)) {
         if (!c && err)
             sg_error_set(err, 404, "conversation_not_found", NULL,
                          "no conversation '%.*s' is active", (int)(len > SG_MAX_CONV_ID ? SG_MAX_CONV_ID : len), id);
@@ -427,6 +427,8 @@ sg_conv *sg_hub_conv(sg_hub *h, const char *id, size_t len, int create, sg_error
     if (!c->hist) {
         if (errno == ENOENT)
             sg_error_set(err, 404, "conversation_not_found", NULL, "no conversation '%s' is active", c->id);
+        else if (h->store->ops->publish)
+            sg_error_set(err, 503, "engine_unavailable", NULL, "the conversation could not be read from Redis; retry shortly");
         else
             sg_error_set(err, 503, "store_unavailable", NULL, "the conversation could not be read from the store; retry shortly");
         free(c->queue);
@@ -557,6 +559,34 @@ static void count_published(sg_hub *h, const sg_update *u)
     h->stats.per_category[u->category]++;
 }
 
+/* Room for one more update in c's queue (it grows while held back for a
+ * commit). 0, or -1 with err. */
+static int queue_room(sg_conv *c, sg_error *err)
+{
+    if (c->nq < c->qcap) return 0;
+    sg_update **q = realloc(c->queue, sizeof(*q) * (size_t)c->qcap * 2);
+    if (q) c->queue = q;
+    uint64_t *qg = q ? realloc(c->qgen, sizeof(*qg) * (size_t)c->qcap * 2) : NULL;
+    if (!qg) {
+        sg_error_set(err, 503, "out_of_memory", NULL, "the gateway is out of memory");
+        return -1;
+    }
+    c->qgen = qg;
+    c->qcap *= 2;
+    return 0;
+}
+
+/* Queue u (its reference moves in), held for commit generation gen, and
+ * flush at batch_size. */
+static void enqueue(sg_hub *h, sg_conv *c, sg_update *u, uint64_t gen)
+{
+    c->qgen[c->nq] = gen;
+    c->queue[c->nq++] = u;
+    h->pending++;
+    if (!c->in_flush_list && !c->awaiting_commit) flush_link(h, c, sg_mono_ms() + h->cfg->flush_ms);
+    if (c->nq >= h->cfg->batch_size) conv_flush(h, c, FLUSH_NOW);
+}
+
 int sg_hub_publish(sg_hub *h, const sg_draft *d, sg_publish_result *res, sg_error *err)
 {
     if (h->store->ops->healthy && !h->store->ops->healthy(h->store)) {
@@ -590,17 +620,7 @@ int sg_hub_publish(sg_hub *h, const sg_draft *d, sg_publish_result *res, sg_erro
         if (err->status == 429) h->stats.rejected_full++;
         return -1;
     }
-    if (c->nq == c->qcap) { /* held back for a commit: the queue grows */
-        sg_update **q = realloc(c->queue, sizeof(*q) * (size_t)c->qcap * 2);
-        if (q) c->queue = q;
-        uint64_t *qg = q ? realloc(c->qgen, sizeof(*qg) * (size_t)c->qcap * 2) : NULL;
-        if (!qg) {
-            sg_error_set(err, 503, "out_of_memory", NULL, "the gateway is out of memory");
-            return -1;
-        }
-        c->qgen = qg;
-        c->qcap *= 2;
-    }
+    if (queue_room(c, err) < 0) return -1;
     if (c->empty) { /* a watched conversation gets its first update: it counts now */
         c->empty = 0;
         h->n_empty--;
@@ -634,15 +654,34 @@ int sg_hub_publish(sg_hub *h, const sg_draft *d, sg_publish_result *res, sg_erro
     }
     touch(h, c);
 
-    c->qgen[c->nq] = gen;
-    c->queue[c->nq++] = u; /* the queue owns the reference from sg_update_new */
-    h->pending++;
-    if (!c->in_flush_list && !c->awaiting_commit) flush_link(h, c, sg_mono_ms() + h->cfg->flush_ms);
     memset(res, 0, sizeof(*res));
     res->seq = u->seq;
     res->conv = c;
     res->update = u;
-    if (c->nq >= h->cfg->batch_size) conv_flush(h, c, FLUSH_NOW);
+    enqueue(h, c, u, gen); /* the queue owns the reference from sg_update_new */
+    return 0;
+}
+
+int sg_hub_inject(sg_hub *h, sg_conv *c, const char *epoch, sg_update *u)
+{
+    sg_error err;
+    if (queue_room(c, &err) < 0) {
+        sg_update_unref(u);
+        return -1;
+    }
+    if (strcmp(epoch, c->epoch) != 0) { /* the conversation began again in the cluster */
+        snprintf(c->epoch, sizeof(c->epoch), "%s", epoch);
+        c->flushed_seq = 0;
+    }
+    if (c->empty) {
+        c->empty = 0;
+        h->n_empty--;
+    }
+    c->last_seq = u->seq;
+    c->published++;
+    count_published(h, u);
+    touch(h, c);
+    enqueue(h, c, u, 0);
     return 0;
 }
 
@@ -750,7 +789,7 @@ int sg_hub_subscribe(sg_hub *h, sg_conv *c, sg_sub *s, const sg_sub_class *cls,
     if (g->subs) g->subs->prev = s;
     g->subs = s;
     g->n++;
-    c->n_subs++;
+    if (c->n_subs++ == 0 && c->is_wildcard && h->store->ops->watch_all) h->store->ops->watch_all(h->store, 1);
     touch(h, c);
     return 0;
 }
@@ -766,7 +805,7 @@ void sg_hub_unsubscribe(sg_hub *h, sg_sub *s)
     s->prev = s->next = NULL;
     s->group = NULL;
     s->conv = NULL;
-    c->n_subs--;
+    if (--c->n_subs == 0 && c->is_wildcard && h->store->ops->watch_all) h->store->ops->watch_all(h->store, 0);
     if (--g->n == 0) {
         sg_group **pp = &c->groups;
         while (*pp != g)

@@ -130,12 +130,19 @@ typedef struct sg_publish_result {
     const sg_update *update; /* borrowed; NULL for a duplicate */
     int dropped;             /* an ingest filter dropped it */
     char dropped_by[64];
+    sg_pub *pub;             /* the Redis engine's: seq, epoch and fate come later (store.h) */
 } sg_publish_result;
 
 /* Sequence, store and queue one validated update. Returns 0 and fills res,
  * or -1 with err set (429 when the queues are full or no conversation can
  * be opened). Nothing is changed on failure. */
 int sg_hub_publish(sg_hub *h, const sg_draft *d, sg_publish_result *res, sg_error *err);
+
+/* An update a store that sequences (the Redis engine) delivers: u (its
+ * reference moves in) with the next seq of c in epoch is queued for c's
+ * subscribers as a publish's would be. A new epoch starts c over. 0, or
+ * -1 when out of memory (u is dropped). */
+int sg_hub_inject(sg_hub *h, sg_conv *c, const char *epoch, sg_update *u);
 
 /* Subscribe s to c with a category mask and an optional filter (borrowed;
  * the group takes its own reference). s is owned by the caller and must be

@@ -33,12 +33,36 @@ struct sg_ingest_queue {
     struct event *run_ev;
 };
 
-/* Sequence one update in the hub and hand it to webhooks and aggregators. */
+/* A publish the engine sequenced: to webhooks and aggregators. */
+static void engine_accepted(void *arg, sg_pub *p)
+{
+    sg_server *s = arg;
+    if (!p->update) return; /* out of memory re-encoding it: delivered, not forwarded */
+    sg_webhooks_offer(s->webhooks, p->conv_id, p->update);
+    if (p->aggregators) sg_plugins_observe(s->plugins, p->conv_id, p->update, p->emitted_by[0] ? p->emitted_by : NULL);
+}
+
+/* Sequence one update in the hub and hand it to webhooks and aggregators.
+ * With a store that sequences (the Redis engine) the answer comes later:
+ * res->pub. */
 static void finish(sg_server *s, sg_draft *d, const char *emitted_by, int aggregators,
                    sg_ingest_done done, void *arg, size_t i)
 {
     sg_publish_result res;
     sg_error err;
+    if (s->store->ops->publish) {
+        sg_pub *p = s->store->ops->publish(s->store, d, &err);
+        memset(&res, 0, sizeof(res));
+        if (p) {
+            p->on_accept = engine_accepted;
+            p->accept_arg = s;
+            p->aggregators = aggregators;
+            snprintf(p->emitted_by, sizeof(p->emitted_by), "%s", emitted_by ? emitted_by : "");
+            res.pub = p;
+        }
+        done(arg, i, p ? 0 : -1, &res, &err);
+        return;
+    }
     int rc = sg_hub_publish(s->hub, d, &res, &err);
     if (rc == 0 && res.update) sg_webhooks_offer(s->webhooks, res.conv->id, res.update);
     if (rc == 0 && aggregators && res.update)

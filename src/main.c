@@ -252,7 +252,15 @@ static int server_open(sg_server *srv, sg_config *cfg, sg_security *sec)
     srv->handle = sg_api_handle;
     srv->security = sec;
     srv->base = event_base_new();
-    if (strcmp(cfg->store, "sqlite") == 0) {
+    if (strcmp(cfg->engine, "redis") == 0) {
+        err[0] = 0;
+        srv->store = srv->base ? sg_store_redis_new(cfg, srv->base, err, sizeof(err)) : NULL;
+        if (!srv->store) {
+            sg_log(SG_LOG_ERROR, "engine_failed", "engine=redis reason=%s", sg_log_q(err));
+            fprintf(stderr, "statusgw: engine: %s\n", err);
+            return 2;
+        }
+    } else if (strcmp(cfg->store, "sqlite") == 0) {
         err[0] = 0;
         srv->store = srv->base ? sg_store_sqlite_new(cfg->store_path, cfg->store_sync, cfg->history_size,
                                                      cfg->cache_bytes, srv->base, err, sizeof(err))
@@ -269,6 +277,7 @@ static int server_open(sg_server *srv, sg_config *cfg, sg_security *sec)
     if (srv->store && cfg->store_delay_ms > 0)
         srv->store = sg_store_deferred_new(srv->store, srv->base, cfg->store_delay_ms);
     srv->hub = srv->base && srv->store ? sg_hub_new(srv->base, cfg, srv->store) : NULL;
+    if (srv->hub && srv->store->ops->publish) sg_store_redis_set_hub(srv->store, srv->hub);
     srv->plugins = sg_plugins_new(cfg->plugins_dir, cfg, srv->base, sg_ingest_emit, srv);
     if (!srv->hub || !srv->plugins || sg_ingest_init(srv) < 0) {
         fprintf(stderr, "statusgw: out of memory at start\n");

@@ -230,12 +230,42 @@ static void render_webhooks(sg_server *s, struct evbuffer *o)
     json_decref(wa);
 }
 
+/* The Redis engine's view, per shard. */
+static void render_engine(sg_server *s, struct evbuffer *o)
+{
+    if (!s->store->ops->publish) return;
+    json_t *e = sg_store_redis_stats(s->store);
+    json_t *shards = json_object_get(e, "shards");
+    static const char *fam[][4] = {
+        {"up", "statusgw_redis_up", "gauge", "1 while the shard's connections are up; 0 while its publishes are refused (engine_unavailable)."},
+        {"round_trips", "statusgw_redis_commands_total", "counter", "Commands sent to the shard (pipelined: many per round trip)."},
+        {"in_flight", "statusgw_redis_pipeline_depth", "gauge", "Commands sent to the shard and not answered yet."},
+        {"max_in_flight", "statusgw_redis_pipeline_depth_max", "gauge", "The deepest the pipeline has been."},
+        {"reconnects", "statusgw_redis_reconnects_total", "counter", "Reconnections to the shard."},
+        {"errors", "statusgw_redis_errors_total", "counter", "Failed commands and lost connections."},
+        {"messages", "statusgw_redis_messages_total", "counter", "Updates heard on the shard's Pub/Sub channels."}};
+    for (size_t f = 0; f < sizeof(fam) / sizeof(fam[0]); f++) {
+        family(o, fam[f][1], fam[f][2], fam[f][3]);
+        size_t i;
+        json_t *sh;
+        json_array_foreach(shards, i, sh)
+        {
+            json_t *v = json_object_get(sh, fam[f][0]);
+            evbuffer_add_printf(o, "%s{shard=\"%s\"} %lld\n", fam[f][1],
+                                label(json_string_value(json_object_get(sh, "address"))),
+                                json_is_boolean(v) ? (long long)json_is_true(v) : (long long)json_integer_value(v));
+        }
+    }
+    json_decref(e);
+}
+
 void sg_metrics_render(sg_server *s, struct evbuffer *o)
 {
     render_updates(s, o);
     render_connections(s, o);
     render_plugins(s, o);
     render_webhooks(s, o);
+    render_engine(s, o);
     family(o, "statusgw_uptime_seconds", "gauge", "Seconds since the gateway started.");
     evbuffer_add_printf(o, "statusgw_uptime_seconds %.3f\n", (sg_now_ms() - s->started_ms) / 1000.0);
 }
@@ -295,7 +325,7 @@ json_t *sg_stats_json(sg_server *s)
     uint64_t rejected = 0;
     for (int k = 0; k < m.n_reasons; k++)
         rejected += m.rejected[k].n;
-    return json_pack("{s:I, s:I, s:I, s:I, s:o, s:{s:f, s:f}, s:{s:f, s:f}, s:o, s:o, s:o, s:{s:i, s:i, s:i, s:i}, s:i, s:f}",
+    json_t *v = json_pack("{s:I, s:I, s:I, s:I, s:o, s:{s:f, s:f}, s:{s:f, s:f}, s:o, s:o, s:o, s:{s:i, s:i, s:i, s:i}, s:i, s:f}",
                      "published", (json_int_t)st->published, "received", (json_int_t)m.received, "rejected",
                      (json_int_t)rejected, "dropped", (json_int_t)m.dropped, "per_category", cats,
                      "rate_per_s", "last_1m", r3(t1 / 60.0), "last_5m", r3(t5 / 300.0),
@@ -303,4 +333,6 @@ json_t *sg_stats_json(sg_server *s)
                      "top_conversations", tops, "plugins", plugins, "webhooks", hooks,
                      "connections", "websocket", s->net.n_ws, "sse", s->net.n_sse, "longpoll", sg_longpoll_sessions(s), "http", s->n_conns - s->net.n_ws - s->net.n_sse,
                      "conversations", (int)sg_hub_count(s->hub), "uptime_s", r3((sg_now_ms() - s->started_ms) / 1000.0));
+    if (v && s->store->ops->publish) json_object_set_new(v, "engine", sg_store_redis_stats(s->store));
+    return v;
 }

@@ -120,7 +120,9 @@ int sg_server_start(sg_server *s, char *err, size_t errlen)
         return -1;
     }
     s->listener = evconnlistener_new_bind(
-        s->base, on_accept, s, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
+        s->base, on_accept, s,
+        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC |
+            (s->cfg->reuse_port ? LEV_OPT_REUSEABLE_PORT : 0),
         4096, ai->ai_addr, (int)ai->ai_addrlen);
     int e = errno;
     freeaddrinfo(ai);

@@ -48,6 +48,31 @@ typedef struct sg_outbox_msg {
 } sg_outbox_msg;
 typedef void (*sg_outbox_fn)(void *arg, const sg_outbox_msg *m);
 
+/* A publish to a store that sequences it itself (the Redis engine: the
+ * seq comes from Redis, whichever gateway accepted the update). It is
+ * answered on a later loop turn: then on_accept (the pipeline's:
+ * webhooks, aggregators; only for an accepted update that is not a
+ * duplicate), then `then` (the producer's answer), and p is freed. Both
+ * may be set until the loop turn that made p ends. */
+typedef struct sg_pub sg_pub;
+struct sg_pub {
+    int status;   /* 0 accepted, -1 refused: err says why */
+    sg_error err;
+    uint64_t seq;
+    int duplicate;
+    char epoch[SG_EPOCH_LEN + 1];
+    char conv_id[SG_MAX_CONV_ID + 1];
+    sg_update *update; /* as sequenced; borrowed in the callbacks, NULL for a duplicate */
+    void (*on_accept)(void *arg, sg_pub *p);
+    void *accept_arg;
+    void (*then)(void *arg, sg_pub *p);
+    void *then_arg;
+    /* the pipeline's notes for on_accept */
+    char emitted_by[64];
+    int aggregators;
+    char *idem_key; /* the engine's */
+};
+
 typedef struct sg_store_ops {
     const char *name;
     /* Open a conversation's history. Fills epoch (SG_EPOCH_LEN + 1 bytes)
@@ -93,6 +118,13 @@ typedef struct sg_store_ops {
      * one, oldest first, on the caller's thread (0, or -1 on a failed
      * read). */
     void (*outbox_put)(sg_store *s, const sg_outbox_msg *m);
+    /* A store that sequences (the Redis engine's; NULL otherwise): queue d
+     * for the next batch to Redis. NULL with err when it is refused at
+     * once (the engine is unreachable: 503 with Retry-After). */
+    sg_pub *(*publish)(sg_store *s, const sg_draft *d, sg_error *err);
+    /* status:* has subscribers (on 1) or has none left (on 0): such a
+     * store then hears every conversation's updates (the Redis engine's). */
+    void (*watch_all)(sg_store *s, int on);
     void (*outbox_del)(sg_store *s, const char *id);
     int (*outbox_load)(sg_store *s, sg_outbox_fn fn, void *arg);
 } sg_store_ops;
@@ -114,6 +146,18 @@ struct event_base;
  * with a sentence in err naming what to fix. */
 sg_store *sg_store_sqlite_new(const char *path, const char *sync, int history_size, size_t cache_bytes,
                               struct event_base *base, char *err, size_t errlen);
+
+/* The Redis engine (engine_redis.c) as the hub's store: history in
+ * streams, seq and epoch in Redis, updates from every gateway by Pub/Sub
+ * (set_hub). redis is the config's `redis` table (NULL: defaults). NULL
+ * with a sentence in err naming what to fix (a bad key, Redis unreachable). */
+struct sg_config;
+struct sg_hub;
+sg_store *sg_store_redis_new(const struct sg_config *cfg, struct event_base *base, char *err, size_t errlen);
+void sg_store_redis_set_hub(sg_store *s, struct sg_hub *hub);
+/* The engine's view for /metrics and /api/v1/stats (a JSON object). */
+struct json_t;
+struct json_t *sg_store_redis_stats(sg_store *s);
 
 /* A store that answers every call of inner (owned) on a later loop turn,
  * delay_ms after it; ranges are read from inner when they are answered.

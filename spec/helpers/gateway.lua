@@ -80,6 +80,12 @@ function M.start(opts)
       opts.store = "sqlite"
       opts.store_path = dir .. "/statusgw.db"
     end
+    -- STATUSGW_REDIS=host:port: every gateway on the Redis engine, a
+    -- cluster of its own (its own key prefix), as each gets its own store
+    if opts.store == nil and opts.engine == nil and os.getenv("STATUSGW_REDIS") then
+      opts.engine = "redis"
+      opts.redis = { addresses = { os.getenv("STATUSGW_REDIS") }, prefix = "sg" .. dir:match("[^/]+$") .. ":" }
+    end
     local cfg = {}
     for k, v in pairs(opts) do
       if k ~= "args" and k ~= "cwd" and k ~= "port" then cfg[#cfg + 1] = "  " .. k .. " = " .. lua_value(v) .. "," end

@@ -58,6 +58,11 @@ export async function start(config = {}, port, { host = "127.0.0.1", configFile 
     // STATUSGW_STORE=sqlite: the durable store, a file of its own (scripts/test)
     if (config.store === undefined && process.env.STATUSGW_STORE === "sqlite")
       config = { ...config, store: "sqlite", store_path: path.join(dir, "statusgw.db") };
+    // STATUSGW_REDIS=host:port: the Redis engine on that Redis (scripts/test),
+    // each gateway a cluster of its own (a prefix of its own), as each
+    // gets a store of its own above
+    if (config.engine === undefined && config.store === undefined && process.env.STATUSGW_REDIS)
+      config = { ...config, engine: "redis", redis: { addresses: [process.env.STATUSGW_REDIS], prefix: `sg${path.basename(dir)}:` } };
     // STATUSGW_STORE_DELAY_MS: a store that answers late (scripts/test)
     if (config.store_delay_ms === undefined && process.env.STATUSGW_STORE_DELAY_MS)
       config = { ...config, store_delay_ms: Number(process.env.STATUSGW_STORE_DELAY_MS) };
@@ -69,6 +74,8 @@ export async function start(config = {}, port, { host = "127.0.0.1", configFile 
   const gw = { port, dir, proc, exited, url: `http://127.0.0.1:${port}`, config };
   const deadline = Date.now() + 10000;
   while (Date.now() < deadline) {
+    if (proc.exitCode !== null) // gone already: say why at once
+      throw Object.assign(new Error(`statusgw exited with status ${proc.exitCode}: ` + logText(gw)), { status: proc.exitCode });
     try {
       const r = await fetch(`${gw.url}/healthz`);
       if (r.ok) return gw;
@@ -153,4 +160,81 @@ export async function waitFor(predicate, timeout = 5000, what = "condition") {
 
 export function conv(name) {
   return `${name}-${Math.floor(Math.random() * 1e9)}`;
+}
+
+// A real redis-server on a free port (no persistence unless asked), with
+// its own directory; resolves once it answers PING.
+export async function startRedis({ port, dir, persist = false } = {}) {
+  port = port || (await freePort());
+  dir = dir || fs.mkdtempSync(path.join(os.tmpdir(), "statusgw-redis-"));
+  const args = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--dir", dir,
+    "--appendonly", persist ? "yes" : "no", "--appendfsync", "always", "--logfile", path.join(dir, "redis.log")];
+  const proc = spawn("redis-server", args, { stdio: "ignore" });
+  const exited = new Promise((resolve) => proc.on("exit", (code, signal) => resolve(code ?? signal)));
+  const r = { port, dir, proc, exited, addr: `127.0.0.1:${port}` };
+  const deadline = Date.now() + 10000;
+  while (Date.now() < deadline) {
+    try {
+      if ((await redis(r, "PING")) === "PONG") return r;
+    } catch {}
+    await sleep(30);
+  }
+  proc.kill("SIGKILL");
+  throw new Error("redis-server did not start on port " + port);
+}
+
+export async function stopRedis(r) {
+  if (r.proc.exitCode !== null || r.proc.signalCode !== null) return;
+  r.proc.kill("SIGTERM");
+  const code = await Promise.race([r.exited, sleep(5000).then(() => "timeout")]);
+  if (code === "timeout") {
+    r.proc.kill("SIGKILL");
+    await r.exited;
+  }
+}
+
+// One command over RESP; resolves with the reply (arrays as arrays, errors rejected).
+export function redis(r, ...args) {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(r.port, "127.0.0.1");
+    let buf = Buffer.alloc(0);
+    const timer = setTimeout(() => { sock.destroy(); reject(new Error("redis: no answer to " + args[0])); }, 3000);
+    sock.on("error", (e) => { clearTimeout(timer); reject(e); });
+    sock.on("data", (d) => {
+      buf = Buffer.concat([buf, d]);
+      const v = parseResp(buf, 0);
+      if (!v) return;
+      clearTimeout(timer);
+      sock.end();
+      if (v.value instanceof Error) reject(v.value); else resolve(v.value);
+    });
+    sock.write(`*${args.length}\r\n` + args.map((a) => `$${Buffer.byteLength(String(a))}\r\n${a}\r\n`).join(""));
+  });
+}
+
+function parseResp(b, i) {
+  const nl = b.indexOf("\r\n", i);
+  if (nl < 0) return null;
+  const t = String.fromCharCode(b[i]), line = b.toString("utf8", i + 1, nl);
+  if (t === "+") return { value: line, next: nl + 2 };
+  if (t === "-") return { value: new Error(line), next: nl + 2 };
+  if (t === ":") return { value: Number(line), next: nl + 2 };
+  if (t === "$") {
+    const n = Number(line);
+    if (n < 0) return { value: null, next: nl + 2 };
+    if (b.length < nl + 2 + n + 2) return null;
+    return { value: b.toString("utf8", nl + 2, nl + 2 + n), next: nl + 2 + n + 2 };
+  }
+  if (t === "*") {
+    const n = Number(line), out = [];
+    let j = nl + 2;
+    for (let k = 0; k < n; k++) {
+      const v = parseResp(b, j);
+      if (!v) return null;
+      out.push(v.value);
+      j = v.next;
+    }
+    return { value: n < 0 ? null : out, next: j };
+  }
+  return { value: new Error("bad RESP"), next: b.length };
 }

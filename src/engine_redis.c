@@ -1,0 +1,1056 @@
+/* The Redis engine: several gateways as one (docs/cluster.md).
+ *
+ * It is the hub's store (store.h) and more: Redis sequences. A publish
+ * is queued for the loop turn's batch; at the end of the turn each
+ * shard (a Redis instance, chosen by a hash of the conversation id) gets
+ * one EVALSHA of the publish script with the turn's publishes: per
+ * update the next seq (HINCRBY), the epoch (made on the first), the
+ * idempotency key, the append to the conversation's stream trimmed to
+ * history_size, and a PUBLISH on the conversation's channel. The
+ * producers are answered from the script's reply.
+ *
+ * Every gateway (the one that accepted the update too) hears the update
+ * on the channel of each conversation it holds open (its subscribers',
+ * or a history read's; status:* subscribes to the pattern) and queues it
+ * in its hub (sg_hub_inject), which batches and fans out as for a local
+ * publish. A seq that comes out of order (a subscription just made, a
+ * reconnection) is read from the stream instead: the conversation
+ * catches up from its last seq, so its subscribers get every seq once,
+ * in order. History and resume read the streams (XRANGE).
+ *
+ * Connections per shard: one for commands (pipelined, asynchronous on
+ * the loop, hiredis's libevent adapter), one for Pub/Sub, and a blocking
+ * one for a conversation's first open (its epoch and last seq: the hub's
+ * open is synchronous), bounded by connect_timeout_ms and never tried
+ * while the shard is down. A shard that goes down refuses publishes (503
+ * engine_unavailable), reconnects with backoff, then resubscribes and
+ * catches every open conversation up from its stream. */
+#include "store.h"
+
+#include "clock.h"
+#include "config.h"
+#include "dict.h"
+#include "hub.h"
+#include "log.h"
+
+#include <errno.h>
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_SHARDS 64
+#define BATCH_MAX 512     /* publishes in one EVALSHA */
+#define PUB_ARGS 7        /* script arguments per publish */
+
+static const char publish_script[] =
+    "local p, hist, ttl, win = ARGV[1], ARGV[2], ARGV[3], ARGV[4]\n"
+    "local out = {}\n"
+    "for i = 5, #ARGV, 7 do\n"
+    "  local conv, cand, key, cat, ts, pre, suf = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6]\n"
+    "  local m, h = p .. 'm:' .. conv, p .. 'h:' .. conv\n"
+    "  local e = redis.call('HGET', m, 'e')\n"
+    "  local seen = false\n"
+    "  if key ~= '' and e then seen = redis.call('GET', p .. 'i:' .. conv .. ':' .. key) end\n"
+    "  if seen then\n"
+    "    out[#out + 1] = {tonumber(seen), e, 1}\n"
+    "  else\n"
+    "    if not e then e = cand; redis.call('HSET', m, 'e', e) end\n"
+    "    local seq = redis.call('HINCRBY', m, 's', 1)\n"
+    "    local json = pre .. seq .. suf\n"
+    "    redis.call('XADD', h, 'MAXLEN', hist, '0-' .. seq, 'k', cat, 't', ts, 'u', json)\n"
+    "    redis.call('PUBLISH', p .. 'c:' .. conv, seq .. ' ' .. ts .. ' ' .. cat .. ' ' .. e .. ' ' .. json)\n"
+    "    if key ~= '' then redis.call('SET', p .. 'i:' .. conv .. ':' .. key, seq, 'PX', win) end\n"
+    "    redis.call('PEXPIRE', m, ttl)\n"
+    "    redis.call('PEXPIRE', h, ttl)\n"
+    "    out[#out + 1] = {seq, e, 0}\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
+
+/* A conversation's epoch and last seq; with create, made when missing. */
+static const char open_script[] =
+    "local e = redis.call('HGET', KEYS[1], 'e')\n"
+    "if not e then\n"
+    "  if ARGV[2] == '0' then return false end\n"
+    "  e = ARGV[1]\n"
+    "  redis.call('HSET', KEYS[1], 'e', e, 's', 0)\n"
+    "  redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
+    "end\n"
+    "return {e, redis.call('HGET', KEYS[1], 's') or '0'}\n";
+
+typedef struct sg_redis sg_redis;
+
+typedef struct shard {
+    sg_redis *r;
+    int idx;
+    char host[256];
+    int port;
+    redisAsyncContext *cmd, *sub;
+    int cmd_up, sub_up;
+    redisContext *sync;       /* blocking: first opens */
+    struct event *retry_ev;   /* reconnection, with backoff */
+    struct event *timeout_ev; /* a connection attempt that hangs */
+    int backoff_ms;
+    int down_logged;
+    sg_pub **batch;           /* this turn's publishes */
+    size_t nb, cap;
+    uint64_t round_trips, replies, errors, reconnects, messages;
+    uint64_t in_flight, max_in_flight;
+} shard;
+
+/* A conversation this gateway holds open (the hub's c->hist). */
+struct sg_store_conv {
+    sg_redis *r;
+    shard *sh;
+    uint64_t want;  /* the newest seq known to exist */
+    uint64_t asked; /* want when the catch-up read went out */
+    int fetching;   /* a catch-up read is out */
+    int closed;     /* closed while it was: the read frees it */
+    sg_store_conv *prev, *next;
+    size_t id_len;
+    char id[];
+};
+
+struct sg_redis {
+    sg_store base;
+    struct event_base *ev;
+    const sg_config *cfg;
+    sg_hub *hub;
+    shard shards[MAX_SHARDS];
+    int n;
+    char prefix[128];
+    char *password;
+    int db;
+    int timeout_ms;
+    char sha[41];
+    sg_dict *convs;          /* id -> sg_store_conv */
+    sg_store_conv *open_head; /* the same, as a list */
+    int wildcard;            /* the pattern is subscribed */
+    struct event *turn_ev;   /* sends the turn's batches */
+    int closing;
+    int pubs_out; /* publishes queued or waiting for Redis (max_pending_updates bounds them) */
+    /* a conversation status:* heard of before this gateway held it open:
+     * its open takes epoch and seq from the message, not from Redis */
+    const char *hint_id;
+    const char *hint_epoch;
+    uint64_t hint_seq;
+};
+
+static sg_redis *of(sg_store *s)
+{
+    return (sg_redis *)s;
+}
+
+/* FNV-1a: the shard of a conversation, the same on every gateway. */
+static shard *shard_of(sg_redis *r, const char *id, size_t len)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)id[i]) * 16777619u;
+    return &r->shards[h % (uint32_t)r->n];
+}
+
+static int shard_up(const shard *sh)
+{
+    return sh->cmd_up && sh->sub_up;
+}
+
+static void sent(shard *sh)
+{
+    sh->round_trips++;
+    if (++sh->in_flight > sh->max_in_flight) sh->max_in_flight = sh->in_flight;
+}
+
+static void answered(shard *sh)
+{
+    sh->replies++;
+    if (sh->in_flight) sh->in_flight--;
+}
+
+/* ---- connections ---- */
+
+static void shard_connect(shard *sh);
+
+static void schedule_retry(shard *sh)
+{
+    if (sh->r->closing || evtimer_pending(sh->retry_ev, NULL)) return;
+    struct timeval tv = {sh->backoff_ms / 1000, (sh->backoff_ms % 1000) * 1000};
+    evtimer_add(sh->retry_ev, &tv);
+    sh->backoff_ms = sh->backoff_ms * 2 > 5000 ? 5000 : sh->backoff_ms * 2;
+}
+
+/* One of the shard's connections is gone: the other goes too, so that
+ * they come back together and the conversations catch up once. */
+static void shard_lost(shard *sh, const char *why)
+{
+    if (sh->r->closing) return;
+    int was_up = shard_up(sh);
+    sh->cmd_up = sh->sub_up = 0;
+    if (!sh->down_logged) {
+        sg_log(SG_LOG_ERROR, "redis_down", "shard=%d addr=%s:%d reason=%s was_up=%d", sh->idx, sh->host,
+               sh->port, sg_log_q(why), was_up);
+        sh->down_logged = 1;
+    }
+    sh->errors++;
+    redisAsyncContext *a = sh->cmd, *b = sh->sub;
+    sh->cmd = sh->sub = NULL;
+    if (a) redisAsyncDisconnect(a);
+    if (b) redisAsyncDisconnect(b);
+    if (sh->sync) {
+        redisFree(sh->sync);
+        sh->sync = NULL;
+    }
+    evtimer_del(sh->timeout_ev);
+    schedule_retry(sh);
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    shard *sh = ac->data;
+    if (sh->cmd != ac && sh->sub != ac) return; /* one shard_lost let go of */
+    if (sh->cmd == ac) sh->cmd = NULL;
+    if (sh->sub == ac) sh->sub = NULL;
+    if (!sh->r->closing) shard_lost(sh, ac->errstr[0] ? ac->errstr : "connection closed");
+}
+
+static void catch_up(sg_store_conv *rc);
+static void on_sub_reply(redisAsyncContext *ac, void *reply, void *priv);
+
+static void subscribe_conv(shard *sh, const char *id, size_t len)
+{
+    if (!sh->sub_up) return;
+    sg_redis *r = sh->r;
+    if (redisAsyncCommand(sh->sub, on_sub_reply, sh, "SUBSCRIBE %sc:%b", r->prefix, id, len) == REDIS_OK)
+        sent(sh);
+}
+
+static void on_cmd_ready(redisAsyncContext *ac, void *reply, void *priv)
+{
+    shard *sh = priv;
+    redisReply *rp = reply;
+    answered(sh);
+    if (sh->cmd != ac) return;
+    if (!rp || rp->type == REDIS_REPLY_ERROR) {
+        shard_lost(sh, rp ? rp->str : "no answer to SCRIPT LOAD");
+        return;
+    }
+    sh->cmd_up = 1;
+}
+
+/* Both connections are up: subscribe to every conversation held open
+ * here (and the pattern), each catching up once subscribed. */
+static void on_sub_ready(redisAsyncContext *ac, void *reply, void *priv)
+{
+    shard *sh = priv;
+    redisReply *rp = reply;
+    answered(sh);
+    if (sh->sub != ac) return;
+    if (!rp || rp->type == REDIS_REPLY_ERROR) {
+        shard_lost(sh, rp ? rp->str : "no answer to AUTH/SELECT");
+        return;
+    }
+    sh->sub_up = 1;
+    sg_redis *r = sh->r;
+    for (sg_store_conv *rc = r->open_head; rc; rc = rc->next)
+        if (rc->sh == sh) subscribe_conv(sh, rc->id, rc->id_len);
+    if (r->wildcard && redisAsyncCommand(sh->sub, on_sub_reply, sh, "PSUBSCRIBE %sc:*", r->prefix) == REDIS_OK)
+        sent(sh);
+    if (sh->down_logged)
+        sg_log(SG_LOG_INFO, "redis_up", "shard=%d addr=%s:%d", sh->idx, sh->host, sh->port);
+    sh->down_logged = 0;
+    sh->backoff_ms = 100;
+    evtimer_del(sh->timeout_ev);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    shard *sh = ac->data;
+    if (status == REDIS_OK) return;
+    /* hiredis frees the context after this */
+    if (sh->cmd == ac) sh->cmd = NULL;
+    if (sh->sub == ac) sh->sub = NULL;
+    shard_lost(sh, ac->errstr);
+}
+
+/* AUTH and SELECT, queued first on a new connection. */
+static void prelude(shard *sh, redisAsyncContext *ac)
+{
+    sg_redis *r = sh->r;
+    if (r->password && redisAsyncCommand(ac, NULL, NULL, "AUTH %s", r->password) == REDIS_OK) sent(sh), answered(sh);
+    if (r->db && redisAsyncCommand(ac, NULL, NULL, "SELECT %d", r->db) == REDIS_OK) sent(sh), answered(sh);
+}
+
+static redisAsyncContext *open_async(shard *sh)
+{
+    redisAsyncContext *ac = redisAsyncConnect(sh->host, sh->port);
+    if (!ac) return NULL;
+    if (ac->err) {
+        redisAsyncFree(ac);
+        return NULL;
+    }
+    ac->data = sh;
+    redisLibeventAttach(ac, sh->r->ev);
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    prelude(sh, ac);
+    return ac;
+}
+
+static void shard_connect(shard *sh)
+{
+    sg_redis *r = sh->r;
+    sh->cmd = open_async(sh);
+    sh->sub = sh->cmd ? open_async(sh) : NULL;
+    if (!sh->cmd || !sh->sub) {
+        shard_lost(sh, "cannot make a connection");
+        return;
+    }
+    sh->reconnects++;
+    /* answered in order after the prelude: then the connection is usable */
+    if (redisAsyncCommand(sh->cmd, on_cmd_ready, sh, "SCRIPT LOAD %s", publish_script) == REDIS_OK) sent(sh);
+    if (redisAsyncCommand(sh->sub, on_sub_ready, sh, "PING") == REDIS_OK) sent(sh);
+    struct timeval tv = {r->timeout_ms / 1000, (r->timeout_ms % 1000) * 1000};
+    evtimer_add(sh->timeout_ev, &tv);
+}
+
+static void on_retry(evutil_socket_t fd, short what, void *arg)
+{
+    shard_connect(arg);
+}
+
+static void on_connect_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    shard *sh = arg;
+    if (!shard_up(sh)) shard_lost(sh, "connect timed out (connect_timeout_ms)");
+}
+
+/* The blocking connection of first opens: made when needed, never while
+ * the shard is down. NULL when it cannot be had. */
+static redisContext *sync_ctx(shard *sh, char *err, size_t errlen)
+{
+    if (sh->sync) return sh->sync;
+    sg_redis *r = sh->r;
+    struct timeval tv = {r->timeout_ms / 1000, (r->timeout_ms % 1000) * 1000};
+    redisContext *c = redisConnectWithTimeout(sh->host, sh->port, tv);
+    if (!c || c->err) {
+        snprintf(err, errlen, "cannot connect to redis at %s:%d: %s", sh->host, sh->port,
+                 c ? c->errstr : "out of memory");
+        if (c) redisFree(c);
+        return NULL;
+    }
+    redisSetTimeout(c, tv);
+    const char *fail = NULL;
+    redisReply *rp = NULL;
+    if (r->password && (!(rp = redisCommand(c, "AUTH %s", r->password)) || rp->type == REDIS_REPLY_ERROR))
+        fail = rp ? rp->str : c->errstr;
+    if (!fail && rp) freeReplyObject(rp), rp = NULL;
+    if (!fail && r->db && (!(rp = redisCommand(c, "SELECT %d", r->db)) || rp->type == REDIS_REPLY_ERROR))
+        fail = rp ? rp->str : c->errstr;
+    if (fail) {
+        snprintf(err, errlen, "redis at %s:%d: %s", sh->host, sh->port, fail);
+        if (rp) freeReplyObject(rp);
+        redisFree(c);
+        return NULL;
+    }
+    if (rp) freeReplyObject(rp);
+    return sh->sync = c;
+}
+
+/* ---- publishing ---- */
+
+/* Where the seq of an update encoded with seq 0 is: after
+ * {"conversation_id":"<id>","seq": (sg_update_new). */
+static size_t seq_at(const char *conv_id)
+{
+    return sizeof("{\"conversation_id\":\"") - 1 + strlen(conv_id) + sizeof("\",\"seq\":") - 1;
+}
+
+static void pub_finish(sg_redis *r, sg_pub *p)
+{
+    r->pubs_out--;
+    if (p->status == 0 && !p->duplicate && p->on_accept && !r->closing) p->on_accept(p->accept_arg, p);
+    if (p->then) p->then(p->then_arg, p);
+    sg_update_unref(p->update);
+    free(p);
+}
+
+static void pub_fail(sg_redis *r, sg_pub *p, const char *why)
+{
+    p->status = -1;
+    sg_error_set(&p->err, 503, "engine_unavailable", NULL,
+                 "the update could not be sequenced in Redis (%.80s); retry (with the same "
+                 "idempotency_key, to be safe)", why);
+    p->err.retry_after = 1;
+    sg_update_unref(p->update);
+    p->update = NULL;
+    pub_finish(r, p);
+}
+
+typedef struct sent_batch {
+    shard *sh;
+    size_t n;
+    sg_pub *pubs[];
+} sent_batch;
+
+/* The script's answer: {seq, epoch, duplicate} per publish, in order. */
+static void on_published(redisAsyncContext *ac, void *reply, void *priv)
+{
+    sent_batch *b = priv;
+    sg_redis *r = b->sh->r;
+    redisReply *rp = reply;
+    answered(b->sh);
+    int ok = rp && rp->type == REDIS_REPLY_ARRAY && rp->elements == b->n;
+    if (!ok) b->sh->errors++;
+    if (rp && rp->type == REDIS_REPLY_ERROR)
+        sg_log(SG_LOG_ERROR, "redis_error", "shard=%d op=publish reason=%s", b->sh->idx, sg_log_q(rp->str));
+    for (size_t i = 0; i < b->n; i++) {
+        sg_pub *p = b->pubs[i];
+        redisReply *e = ok ? rp->element[i] : NULL;
+        if (!e || e->type != REDIS_REPLY_ARRAY || e->elements != 3 ||
+            e->element[1]->type != REDIS_REPLY_STRING || e->element[1]->len != SG_EPOCH_LEN) {
+            pub_fail(r, p, rp && rp->type == REDIS_REPLY_ERROR ? rp->str : "no answer");
+            continue;
+        }
+        p->seq = (uint64_t)e->element[0]->integer;
+        memcpy(p->epoch, e->element[1]->str, SG_EPOCH_LEN + 1);
+        p->duplicate = e->element[2]->integer == 1;
+        sg_update *u = p->update; /* encoded with seq 0: the one delivered has its seq */
+        p->update = NULL;
+        if (!p->duplicate) {
+            char seq[24];
+            int sl = snprintf(seq, sizeof(seq), "%llu", (unsigned long long)p->seq);
+            size_t at = seq_at(p->conv_id);
+            char *json = malloc(u->json_len + (size_t)sl);
+            if (json) {
+                memcpy(json, u->json, at);
+                memcpy(json + at, seq, (size_t)sl);
+                memcpy(json + at + sl, u->json + at + 1, u->json_len - at - 1);
+                p->update = sg_update_stored(u->category, p->seq, u->ts_ms, json, u->json_len + (size_t)sl - 1);
+                if (p->update) p->update->recv_ns = u->recv_ns;
+            }
+            free(json);
+        }
+        sg_update_unref(u);
+        pub_finish(r, p);
+    }
+    free(b);
+}
+
+static void send_batch(sg_redis *r, shard *sh, sg_pub **pubs, size_t n)
+{
+    size_t argc = 7 + n * PUB_ARGS;
+    const char **argv = malloc(argc * sizeof(*argv));
+    size_t *lens = malloc(argc * sizeof(*lens));
+    char *nums = malloc(n * 48 + 96);
+    sent_batch *b = malloc(sizeof(*b) + n * sizeof(sg_pub *));
+    if (!argv || !lens || !nums || !b || !sh->cmd_up) {
+        for (size_t i = 0; i < n; i++)
+            pub_fail(r, pubs[i], !sh->cmd_up ? "redis is unreachable" : "out of memory");
+        free(b);
+        goto out;
+    }
+    char *np = nums;
+    size_t a = 0;
+#define ARG(s, l) (argv[a] = (s), lens[a++] = (l))
+#define NUM(fmt, v) (ARG(np, (size_t)sprintf(np, fmt, v)), np += lens[a - 1] + 1)
+    ARG("EVALSHA", 7);
+    ARG(r->sha, 40);
+    ARG("0", 1);
+    ARG(r->prefix, strlen(r->prefix));
+    NUM("%d", r->cfg->history_size);
+    NUM("%lld", (long long)r->cfg->conversation_ttl_s * 1000);
+    NUM("%lld", (long long)r->cfg->idempotency_window_s * 1000);
+    for (size_t i = 0; i < n; i++) {
+        sg_pub *p = pubs[i];
+        sg_update *u = p->update;
+        size_t cl = strlen(p->conv_id), at = seq_at(p->conv_id);
+        const char *cat = sg_category_name(u->category);
+        ARG(p->conv_id, cl);
+        ARG(p->epoch, SG_EPOCH_LEN); /* a fresh one, taken if the conversation has none */
+        ARG(p->idem_key, strlen(p->idem_key));
+        ARG(cat, strlen(cat));
+        NUM("%lld", (long long)u->ts_ms);
+        ARG(u->json, at);
+        ARG(u->json + at + 1, u->json_len - at - 1);
+        b->pubs[i] = p;
+    }
+#undef NUM
+#undef ARG
+    b->sh = sh;
+    b->n = n;
+    if (redisAsyncCommandArgv(sh->cmd, on_published, b, (int)a, argv, lens) != REDIS_OK) {
+        for (size_t i = 0; i < n; i++)
+            pub_fail(r, pubs[i], "redis is unreachable");
+        free(b);
+    } else {
+        sent(sh);
+    }
+out:
+    free(argv);
+    free(lens);
+    free(nums);
+}
+
+static void on_turn(evutil_socket_t fd, short what, void *arg)
+{
+    sg_redis *r = arg;
+    for (int i = 0; i < r->n; i++) {
+        shard *sh = &r->shards[i];
+        size_t off = 0;
+        while (off < sh->nb) {
+            size_t k = sh->nb - off < BATCH_MAX ? sh->nb - off : BATCH_MAX;
+            send_batch(r, sh, sh->batch + off, k);
+            off += k;
+        }
+        sh->nb = 0;
+    }
+}
+
+static sg_pub *redis_publish(sg_store *s, const sg_draft *d, sg_error *err)
+{
+    sg_redis *r = of(s);
+    shard *sh = shard_of(r, d->conv_id, d->conv_len);
+    if (!sh->cmd_up) {
+        sg_error_set(err, 503, "engine_unavailable", NULL,
+                     "Redis (%s:%d) is unreachable; retry shortly", sh->host, sh->port);
+        err->retry_after = 1;
+        return NULL;
+    }
+    if (r->pubs_out >= r->cfg->max_pending) {
+        sg_error_set(err, 429, "queue_full", NULL, "%d updates are waiting for Redis; retry shortly", r->pubs_out);
+        err->retry_after = 1;
+        return NULL;
+    }
+    size_t kl = d->idempotency_key ? strlen(d->idempotency_key) : 0;
+    if (sh->nb == sh->cap) {
+        size_t cap = sh->cap ? sh->cap * 2 : 64;
+        sg_pub **nb = realloc(sh->batch, cap * sizeof(*nb));
+        if (nb) sh->batch = nb, sh->cap = cap;
+    }
+    sg_pub *p = sh->nb < sh->cap ? calloc(1, sizeof(*p) + kl + 1) : NULL;
+    if (!p || !(p->update = sg_update_new(d, 0, sg_now_ms()))) {
+        free(p);
+        sg_error_set(err, 503, "out_of_memory", NULL, "the gateway is out of memory");
+        return NULL;
+    }
+    p->idem_key = (char *)(p + 1);
+    if (kl) memcpy(p->idem_key, d->idempotency_key, kl + 1);
+    memcpy(p->conv_id, d->conv_id, d->conv_len);
+    p->conv_id[d->conv_len] = 0;
+    sg_store_new_epoch(p->epoch);
+    sh->batch[sh->nb++] = p;
+    r->pubs_out++;
+    event_active(r->turn_ev, EV_TIMEOUT, 0);
+    return p;
+}
+
+/* ---- hearing updates ---- */
+
+/* One stream entry or channel message as an update: its fields k (the
+ * category), t (receive time) and u (the delivered JSON). */
+static sg_update *entry_update(uint64_t seq, const char *cat, size_t catlen, const char *ts, const char *json,
+                               size_t len)
+{
+    int ci = sg_category_index(cat, catlen);
+    if (ci < 0) ci = 0; /* a category this gateway's config lacks: delivered all the same */
+    return sg_update_stored(ci, seq, strtoll(ts, NULL, 10), json, len);
+}
+
+static void on_fetched(redisAsyncContext *ac, void *reply, void *priv)
+{
+    sg_store_conv *rc = priv;
+    redisReply *rp = reply;
+    sg_redis *r = rc->r;
+    answered(rc->sh);
+    rc->fetching = 0;
+    if (rc->closed) {
+        free(rc);
+        return;
+    }
+    sg_conv *c = r->hub ? sg_hub_conv(r->hub, rc->id, rc->id_len, SG_CONV_FIND, NULL) : NULL;
+    if (!c || !rp || rp->type != REDIS_REPLY_ARRAY) return; /* the reconnection catches up */
+    for (size_t i = 0; i < rp->elements; i++) {
+        redisReply *e = rp->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || e->element[1]->elements != 6) continue;
+        const char *id = e->element[0]->str, *dash = strchr(id, '-');
+        uint64_t seq = dash ? strtoull(dash + 1, NULL, 10) : 0;
+        redisReply **f = e->element[1]->element; /* k, cat, t, ts, u, json */
+        if (seq <= c->last_seq) continue;
+        sg_update *u = entry_update(seq, f[1]->str, f[1]->len, f[3]->str, f[5]->str, f[5]->len);
+        if (u) sg_hub_inject(r->hub, c, c->epoch, u);
+    }
+    if (rc->want > c->last_seq) {
+        if (rc->want > rc->asked) catch_up(rc); /* heard of more while the read was out */
+        else rc->want = c->last_seq; /* asked for it and the stream has it no more (trimmed, expired) */
+    }
+}
+
+/* Read what the stream holds past the conversation's last seq. */
+static void catch_up(sg_store_conv *rc)
+{
+    sg_redis *r = rc->r;
+    shard *sh = rc->sh;
+    sg_conv *c = r->hub ? sg_hub_conv(r->hub, rc->id, rc->id_len, SG_CONV_FIND, NULL) : NULL;
+    if (!c || rc->fetching || !sh->cmd_up) return;
+    if (redisAsyncCommand(sh->cmd, on_fetched, rc, "XRANGE %sh:%b 0-%llu +", r->prefix, rc->id, rc->id_len,
+                          (unsigned long long)c->last_seq + 1) == REDIS_OK) {
+        rc->fetching = 1;
+        rc->asked = rc->want;
+        sent(sh);
+    }
+}
+
+/* "seq ts category epoch json", published by the script. */
+static void heard(sg_redis *r, const char *chan, size_t chlen, const char *msg, size_t len)
+{
+    size_t pl = strlen(r->prefix) + 2;
+    if (chlen <= pl || chlen - pl > SG_MAX_CONV_ID) return;
+    const char *id = chan + pl;
+    size_t idlen = chlen - pl;
+    const char *f[4], *p = msg, *end = msg + len;
+    size_t fl[4];
+    for (int i = 0; i < 4; i++) {
+        const char *sp = memchr(p, ' ', (size_t)(end - p));
+        if (!sp) return;
+        f[i] = p;
+        fl[i] = (size_t)(sp - p);
+        p = sp + 1;
+    }
+    if (fl[3] != SG_EPOCH_LEN) return;
+    char epoch[SG_EPOCH_LEN + 1];
+    memcpy(epoch, f[3], SG_EPOCH_LEN);
+    epoch[SG_EPOCH_LEN] = 0;
+    uint64_t seq = strtoull(f[0], NULL, 10);
+    sg_store_conv *rc = sg_dict_get(r->convs, id, idlen);
+    sg_conv *c = rc ? sg_hub_conv(r->hub, id, idlen, SG_CONV_FIND, NULL) : NULL;
+    if (!c && r->wildcard && !rc) { /* status:* hears of it first: open it from the message */
+        char cid[SG_MAX_CONV_ID + 1];
+        memcpy(cid, id, idlen);
+        cid[idlen] = 0;
+        r->hint_id = cid;
+        r->hint_epoch = epoch;
+        r->hint_seq = seq - 1;
+        sg_error err;
+        c = sg_hub_conv(r->hub, id, idlen, SG_CONV_WATCH, &err);
+        r->hint_id = NULL;
+        rc = c ? c->hist : NULL;
+    }
+    if (!c || !rc) return;
+    if (strcmp(epoch, c->epoch) != 0) { /* begun again: from its first seq */
+        memcpy(c->epoch, epoch, sizeof(epoch));
+        c->last_seq = c->flushed_seq = 0;
+    }
+    if (seq <= c->last_seq) return; /* heard twice (channel and pattern), or read already */
+    if (seq > rc->want) rc->want = seq;
+    if (seq == c->last_seq + 1 && !rc->fetching) {
+        char ts[24];
+        snprintf(ts, sizeof(ts), "%.*s", (int)(fl[1] < 23 ? fl[1] : 23), f[1]);
+        sg_update *u = entry_update(seq, f[2], fl[2], ts, p, (size_t)(end - p));
+        if (u) sg_hub_inject(r->hub, c, epoch, u);
+        return;
+    }
+    catch_up(rc); /* some seq went by unheard */
+}
+
+static void on_sub_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+    shard *sh = priv;
+    sg_redis *r = sh->r;
+    redisReply *rp = reply;
+    if (!rp || rp->type != REDIS_REPLY_ARRAY || rp->elements < 3 || !r->hub) return;
+    redisReply **e = rp->element;
+    const char *kind = e[0]->str;
+    if (strcmp(kind, "message") == 0 && rp->elements == 3) {
+        sh->messages++;
+        heard(r, e[1]->str, e[1]->len, e[2]->str, e[2]->len);
+    } else if (strcmp(kind, "pmessage") == 0 && rp->elements == 4) {
+        sh->messages++;
+        heard(r, e[2]->str, e[2]->len, e[3]->str, e[3]->len);
+    } else if (strcmp(kind, "subscribe") == 0) {
+        answered(sh);
+        /* what was published before the subscription took: from the stream */
+        size_t pl = strlen(r->prefix) + 2;
+        sg_store_conv *rc = e[1]->len > pl ? sg_dict_get(r->convs, e[1]->str + pl, e[1]->len - pl) : NULL;
+        if (rc) catch_up(rc);
+    } else if (strcmp(kind, "psubscribe") == 0 || strcmp(kind, "unsubscribe") == 0 ||
+               strcmp(kind, "punsubscribe") == 0) {
+        answered(sh);
+    }
+}
+
+/* ---- the store seam ---- */
+
+static sg_store_conv *redis_open(sg_store *s, const char *conv_id, int create, char *epoch, uint64_t *last_seq)
+{
+    sg_redis *r = of(s);
+    size_t len = strlen(conv_id);
+    shard *sh = shard_of(r, conv_id, len);
+    sg_store_conv *rc = calloc(1, sizeof(*rc) + len + 1);
+    if (!rc) return NULL;
+    rc->r = r;
+    rc->sh = sh;
+    rc->id_len = len;
+    memcpy(rc->id, conv_id, len + 1);
+    if (r->hint_id && strcmp(r->hint_id, conv_id) == 0) {
+        memcpy(epoch, r->hint_epoch, SG_EPOCH_LEN + 1);
+        *last_seq = r->hint_seq;
+    } else {
+        char err[300], cand[SG_EPOCH_LEN + 1];
+        sg_store_new_epoch(cand);
+        redisContext *sc = shard_up(sh) ? sync_ctx(sh, err, sizeof(err)) : NULL;
+        redisReply *rp = sc ? redisCommand(sc, "EVAL %s 1 %sm:%s %s %d %lld", open_script, r->prefix, conv_id, cand,
+                                           create ? 1 : 0, (long long)r->cfg->conversation_ttl_s * 1000)
+                            : NULL;
+        if (sc) sent(sh), answered(sh);
+        int ok = rp && rp->type == REDIS_REPLY_ARRAY && rp->elements == 2 && rp->element[0]->len == SG_EPOCH_LEN;
+        if (!ok) {
+            int missing = rp && rp->type == REDIS_REPLY_NIL;
+            if (!missing) {
+                sh->errors++;
+                if (sc && !rp) { /* the blocking connection broke: the next open makes another */
+                    redisFree(sh->sync);
+                    sh->sync = NULL;
+                }
+            }
+            if (rp) freeReplyObject(rp);
+            free(rc);
+            errno = missing ? ENOENT : EIO;
+            return NULL;
+        }
+        memcpy(epoch, rp->element[0]->str, SG_EPOCH_LEN + 1);
+        *last_seq = strtoull(rp->element[1]->str, NULL, 10);
+        freeReplyObject(rp);
+    }
+    if (sg_dict_set(r->convs, rc->id, len, rc) < 0) {
+        free(rc);
+        errno = ENOMEM;
+        return NULL;
+    }
+    rc->next = r->open_head;
+    if (r->open_head) r->open_head->prev = rc;
+    r->open_head = rc;
+    subscribe_conv(sh, rc->id, len);
+    return rc;
+}
+
+/* Redis keeps the history, the cluster's: nothing to append here */
+static uint64_t redis_append(sg_store_conv *c, sg_update *u, sg_store_done_fn done, void *arg)
+{
+    return 0;
+}
+
+typedef struct range_read {
+    shard *sh;
+    uint64_t since, upto, mask, oldest;
+    size_t limit;
+    sg_store_range_fn cb;
+    void *arg;
+    int orphan; /* the range could not be asked: on_oldest answers */
+} range_read;
+
+static void on_oldest(redisAsyncContext *ac, void *reply, void *priv)
+{
+    range_read *rr = priv;
+    redisReply *rp = reply;
+    answered(rr->sh);
+    if (rr->orphan) {
+        rr->cb(rr->arg, -1, NULL, 0, 0);
+        free(rr);
+        return;
+    }
+    if (rp && rp->type == REDIS_REPLY_ARRAY && rp->elements == 1 && rp->element[0]->type == REDIS_REPLY_ARRAY) {
+        const char *id = rp->element[0]->element[0]->str, *dash = strchr(id, '-');
+        rr->oldest = dash ? strtoull(dash + 1, NULL, 10) : 0;
+    }
+}
+
+static void on_range(redisAsyncContext *ac, void *reply, void *priv)
+{
+    range_read *rr = priv;
+    redisReply *rp = reply;
+    answered(rr->sh);
+    if (!rp || rp->type != REDIS_REPLY_ARRAY) {
+        rr->sh->errors++;
+        rr->cb(rr->arg, -1, NULL, 0, 0);
+        free(rr);
+        return;
+    }
+    sg_update **ups = calloc(rp->elements + 1, sizeof(*ups));
+    size_t n = 0;
+    for (size_t i = 0; ups && i < rp->elements && n < rr->limit; i++) {
+        redisReply *e = rp->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || e->element[1]->elements != 6) continue;
+        const char *dash = strchr(e->element[0]->str, '-');
+        redisReply **f = e->element[1]->element;
+        sg_update *u = entry_update(dash ? strtoull(dash + 1, NULL, 10) : 0, f[1]->str, f[1]->len, f[3]->str,
+                                    f[5]->str, f[5]->len);
+        if (!u) break;
+        if (rr->mask & (1ULL << u->category)) ups[n++] = u;
+        else sg_update_unref(u);
+    }
+    rr->cb(rr->arg, ups ? 0 : -1, ups, n, rr->oldest);
+    for (size_t i = 0; i < n; i++)
+        sg_update_unref(ups[i]);
+    free(ups);
+    free(rr);
+}
+
+static void redis_range(sg_store_conv *c, uint64_t since, uint64_t upto, size_t limit, uint64_t mask,
+                        sg_store_range_fn cb, void *arg)
+{
+    sg_redis *r = c->r;
+    shard *sh = c->sh;
+    range_read *rr = calloc(1, sizeof(*rr));
+    if (!rr || !sh->cmd_up) {
+        free(rr);
+        cb(arg, -1, NULL, 0, 0);
+        return;
+    }
+    *rr = (range_read){sh, since, upto, mask, 0, limit, cb, arg, 0};
+    char hi[32];
+    if (upto) snprintf(hi, sizeof(hi), "0-%llu", (unsigned long long)upto);
+    else snprintf(hi, sizeof(hi), "+");
+    /* two commands, one round trip: answered in order */
+    if (redisAsyncCommand(sh->cmd, on_oldest, rr, "XRANGE %sh:%b - + COUNT 1", r->prefix, c->id, c->id_len) != REDIS_OK) {
+        free(rr);
+        cb(arg, -1, NULL, 0, 0);
+        return;
+    }
+    sent(sh);
+    if (redisAsyncCommand(sh->cmd, on_range, rr, "XRANGE %sh:%b 0-%llu %s", r->prefix, c->id, c->id_len,
+                          (unsigned long long)since + 1, hi) != REDIS_OK)
+        rr->orphan = 1;
+    else
+        sent(sh);
+}
+
+static void redis_close(sg_store_conv *c, int drop)
+{
+    sg_redis *r = c->r;
+    shard *sh = c->sh;
+    /* drop forgets this gateway's hold only: Redis expires the cluster's
+     * history (conversation_ttl_s after its last publish) */
+    sg_dict_del(r->convs, c->id, c->id_len);
+    if (c->prev) c->prev->next = c->next; else r->open_head = c->next;
+    if (c->next) c->next->prev = c->prev;
+    if (sh->sub_up && redisAsyncCommand(sh->sub, on_sub_reply, sh, "UNSUBSCRIBE %sc:%b", r->prefix, c->id,
+                                        c->id_len) == REDIS_OK)
+        sent(sh);
+    if (c->fetching) c->closed = 1;
+    else free(c);
+}
+
+static void redis_watch_all(sg_store *s, int on)
+{
+    sg_redis *r = of(s);
+    r->wildcard = on;
+    for (int i = 0; i < r->n; i++) {
+        shard *sh = &r->shards[i];
+        if (sh->sub_up && redisAsyncCommand(sh->sub, on_sub_reply, sh, on ? "PSUBSCRIBE %sc:*" : "PUNSUBSCRIBE %sc:*",
+                                            r->prefix) == REDIS_OK)
+            sent(sh);
+    }
+}
+
+static int redis_healthy(sg_store *s)
+{
+    sg_redis *r = of(s);
+    for (int i = 0; i < r->n; i++)
+        if (!shard_up(&r->shards[i])) return 0;
+    return 1;
+}
+
+static void redis_free(sg_store *s)
+{
+    sg_redis *r = of(s);
+    r->closing = 1;
+    r->hub = NULL; /* gone first */
+    on_turn(-1, 0, r); /* what was queued: sent, and answered below as the connections go */
+    for (int i = 0; i < r->n; i++) {
+        shard *sh = &r->shards[i];
+        if (sh->cmd) redisAsyncFree(sh->cmd); /* pending callbacks run with no answer */
+        if (sh->sub) redisAsyncFree(sh->sub);
+        if (sh->sync) redisFree(sh->sync);
+        if (sh->retry_ev) event_free(sh->retry_ev);
+        if (sh->timeout_ev) event_free(sh->timeout_ev);
+        free(sh->batch);
+    }
+    while (r->open_head) {
+        sg_store_conv *c = r->open_head;
+        r->open_head = c->next;
+        free(c);
+    }
+    if (r->turn_ev) event_free(r->turn_ev);
+    sg_dict_free(r->convs);
+    free(r->password);
+    free(r);
+}
+
+static const sg_store_ops redis_ops = {.name = "redis",
+                                       .open = redis_open,
+                                       .append = redis_append,
+                                       .range = redis_range,
+                                       .close = redis_close,
+                                       .free = redis_free,
+                                       .healthy = redis_healthy,
+                                       .watch_all = redis_watch_all,
+                                       .publish = redis_publish};
+
+/* ---- configuration ---- */
+
+static int parse_address(shard *sh, const char *a, char *err, size_t errlen)
+{
+    const char *colon = strrchr(a, ':');
+    char *end;
+    long port = colon ? strtol(colon + 1, &end, 10) : 6379;
+    if (colon && (colon == a || *end || port < 1 || port > 65535 || (size_t)(colon - a) >= sizeof(sh->host))) {
+        snprintf(err, errlen, "redis.addresses: \"%.60s\" is not \"host:port\"", a);
+        return -1;
+    }
+    size_t hl = colon ? (size_t)(colon - a) : strlen(a);
+    if (hl == 0 || hl >= sizeof(sh->host)) {
+        snprintf(err, errlen, "redis.addresses: \"%.60s\" is not \"host:port\"", a);
+        return -1;
+    }
+    memcpy(sh->host, a, hl);
+    sh->host[hl] = 0;
+    sh->port = (int)port;
+    return 0;
+}
+
+/* The `redis` table: addresses, password, db, prefix, connect_timeout_ms. */
+static int configure(sg_redis *r, json_t *t, char *err, size_t errlen)
+{
+    static const char *const keys[] = {"addresses", "password", "db", "prefix", "connect_timeout_ms", NULL};
+    r->timeout_ms = 1000;
+    snprintf(r->prefix, sizeof(r->prefix), "statusgw:");
+    if (t && sg_config_check_keys(t, "redis", keys, err, errlen) < 0) return -1;
+    json_t *addrs = t ? json_object_get(t, "addresses") : NULL, *v;
+    if (addrs && (!json_is_array(addrs) || json_array_size(addrs) == 0 || json_array_size(addrs) > MAX_SHARDS)) {
+        snprintf(err, errlen, "redis.addresses must be a list of 1 to %d \"host:port\" strings", MAX_SHARDS);
+        return -1;
+    }
+    r->n = addrs ? (int)json_array_size(addrs) : 1;
+    for (int i = 0; i < r->n; i++) {
+        json_t *a = addrs ? json_array_get(addrs, (size_t)i) : NULL;
+        if (addrs && !json_is_string(a)) {
+            snprintf(err, errlen, "redis.addresses[%d] must be a \"host:port\" string", i + 1);
+            return -1;
+        }
+        r->shards[i].r = r;
+        r->shards[i].idx = i;
+        if (parse_address(&r->shards[i], a ? json_string_value(a) : "127.0.0.1:6379", err, errlen) < 0) return -1;
+    }
+    if (t && (v = json_object_get(t, "password"))) {
+        if (!json_is_string(v)) return snprintf(err, errlen, "redis.password must be a string"), -1;
+        r->password = strdup(json_string_value(v));
+    }
+    if (t && (v = json_object_get(t, "db"))) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 1000)
+            return snprintf(err, errlen, "redis.db must be an integer from 0"), -1;
+        r->db = (int)json_integer_value(v);
+    }
+    if (t && (v = json_object_get(t, "prefix"))) {
+        if (!json_is_string(v) || json_string_length(v) >= sizeof(r->prefix) || strpbrk(json_string_value(v), " *?[]"))
+            return snprintf(err, errlen, "redis.prefix must be a string of at most 127 bytes without spaces or glob characters"), -1;
+        snprintf(r->prefix, sizeof(r->prefix), "%s", json_string_value(v));
+    }
+    if (t && (v = json_object_get(t, "connect_timeout_ms"))) {
+        if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 60000)
+            return snprintf(err, errlen, "redis.connect_timeout_ms must be an integer from 1 to 60000"), -1;
+        r->timeout_ms = (int)json_integer_value(v);
+    }
+    return 0;
+}
+
+/* At start every shard must answer (a clear error otherwise), and takes
+ * the publish script. */
+static int first_contact(sg_redis *r, char *err, size_t errlen)
+{
+    for (int i = 0; i < r->n; i++) {
+        shard *sh = &r->shards[i];
+        redisContext *c = sync_ctx(sh, err, errlen);
+        if (!c) return -1;
+        redisReply *rp = redisCommand(c, "SCRIPT LOAD %s", publish_script);
+        if (!rp || rp->type != REDIS_REPLY_STRING || rp->len != 40) {
+            snprintf(err, errlen, "redis at %s:%d: SCRIPT LOAD failed: %s", sh->host, sh->port,
+                     rp && rp->type == REDIS_REPLY_ERROR ? rp->str : c->errstr);
+            if (rp) freeReplyObject(rp);
+            return -1;
+        }
+        memcpy(r->sha, rp->str, 41);
+        freeReplyObject(rp);
+    }
+    return 0;
+}
+
+sg_store *sg_store_redis_new(const sg_config *cfg, struct event_base *base, char *err, size_t errlen)
+{
+    sg_redis *r = calloc(1, sizeof(*r));
+    if (!r) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    r->base.ops = &redis_ops;
+    r->ev = base;
+    r->cfg = cfg;
+    r->convs = sg_dict_new();
+    r->turn_ev = event_new(base, -1, 0, on_turn, r);
+    if (!r->convs || !r->turn_ev) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    if (configure(r, cfg->redis, err, errlen) < 0 || first_contact(r, err, errlen) < 0) goto fail;
+    for (int i = 0; i < r->n; i++) {
+        shard *sh = &r->shards[i];
+        sh->r = r;
+        sh->idx = i;
+        sh->backoff_ms = 100;
+        sh->retry_ev = evtimer_new(base, on_retry, sh);
+        sh->timeout_ev = evtimer_new(base, on_connect_timeout, sh);
+        if (!sh->retry_ev || !sh->timeout_ev) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+        shard_connect(sh);
+        sh->reconnects = 0;
+    }
+    return &r->base;
+fail:
+    r->n = r->n > 0 ? r->n : 0;
+    redis_free(&r->base);
+    return NULL;
+}
+
+void sg_store_redis_set_hub(sg_store *s, sg_hub *hub)
+{
+    of(s)->hub = hub;
+}
+
+json_t *sg_store_redis_stats(sg_store *s)
+{
+    sg_redis *r = of(s);
+    json_t *shards = json_array();
+    uint64_t rt = 0, depth = 0, rc = 0, err = 0;
+    for (int i = 0; i < r->n; i++) {
+        shard *sh = &r->shards[i];
+        char addr[300];
+        snprintf(addr, sizeof(addr), "%s:%d", sh->host, sh->port);
+        json_array_append_new(shards, json_pack("{s:s,s:b,s:I,s:I,s:I,s:I,s:I,s:I}", "address", addr, "up",
+                                                shard_up(sh), "round_trips", (json_int_t)sh->round_trips,
+                                                "in_flight", (json_int_t)sh->in_flight, "max_in_flight",
+                                                (json_int_t)sh->max_in_flight, "reconnects",
+                                                (json_int_t)sh->reconnects, "errors", (json_int_t)sh->errors,
+                                                "messages", (json_int_t)sh->messages));
+        rt += sh->round_trips;
+        depth += sh->in_flight;
+        rc += sh->reconnects;
+        err += sh->errors;
+    }
+    return json_pack("{s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:o}", "engine", "redis", "prefix", r->prefix, "round_trips",
+                     (json_int_t)rt, "in_flight", (json_int_t)depth, "reconnects", (json_int_t)rc, "errors",
+                     (json_int_t)err, "conversations_held", (json_int_t)sg_dict_size(r->convs), "shards", shards);
+}
