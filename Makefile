@@ -154,11 +154,14 @@ install: all
 	fi
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' contrib/systemd/statusgw.service.in \
 		> $(DESTDIR)$(PREFIX)/lib/systemd/system/statusgw.service
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' 'contrib/systemd/statusgw@.service.in' \
+		> '$(DESTDIR)$(PREFIX)/lib/systemd/system/statusgw@.service'
 	@echo "install: run $(PREFIX)/bin/statusgw --config $(SYSCONFDIR)/statusgw.lua"
 
 # The config is removed only when it is still the one install wrote.
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/statusgw $(DESTDIR)$(PREFIX)/lib/systemd/system/statusgw.service \
+		'$(DESTDIR)$(PREFIX)/lib/systemd/system/statusgw@.service' \
 		$(DESTDIR)$(SYSCONFDIR)/statusgw.lua.new
 	rm -rf $(DESTDIR)$(PREFIX)/share/statusgw $(DESTDIR)$(PREFIX)/lib/statusgw
 	@if [ -f $(DESTDIR)$(SYSCONFDIR)/statusgw.lua ] && $(INSTALLED_CONFIG) | cmp -s - $(DESTDIR)$(SYSCONFDIR)/statusgw.lua; then \

@@ -53,6 +53,22 @@ return {
   -- from the file when asked for.
   cache_bytes = 67108864,
 
+  -- Several gateways as one (docs/cluster.md): "redis" keeps seqs, epochs,
+  -- history and idempotency keys in Redis and carries every update to
+  -- every gateway over Pub/Sub, so a producer may publish on any gateway
+  -- and a client resume on any; store is then unused. "local": this
+  -- process alone.
+  -- engine = "redis",
+  -- redis = {
+  --   addresses = { "127.0.0.1:6379" },  -- several: conversations sharded by id
+  --   password = nil,                    -- AUTH
+  --   db = 0,
+  --   prefix = "statusgw:",
+  --   connect_timeout_ms = 1000,
+  -- },
+  -- SO_REUSEPORT: several processes (one per core) share the listen port.
+  -- reuse_port = false,
+
   -- Updates accepted but not yet flushed, over all conversations. Past it
   -- publishes get 429 with Retry-After.
   max_pending_updates = 100000,

@@ -41,6 +41,7 @@ static struct {
     int target;
     const char *host;
     int port;
+    int publish_port; /* publishers to another gateway (a cluster); 0: port */
     int subscribers, conversations, publishers, bulk, pipeline;
     double rate, duration, warmup, connect_timeout;
     int batch_join;
@@ -51,7 +52,7 @@ static struct {
     int procs;    /* processes sharing the subscribers and publishers */
     const char *ready_file; /* written once every subscriber has answered */
     int transport; /* X_* */
-} opt = {T_STATUSGW, "127.0.0.1", 4000, 0, 1, 1, 1, 1, 0, 10, 1, 30, 0, NULL, "", 0, 0, 1, NULL, X_WS};
+} opt = {T_STATUSGW, "127.0.0.1", 4000, 0, 0, 1, 1, 1, 1, 0, 10, 1, 30, 0, NULL, "", 0, 0, 1, NULL, X_WS};
 
 #define BUILDER_FIELDS ",\"builder\":\"tool\",\"args\":{\"tool_name\":\"search_code\",\"params\":{\"query\":\"where is the retry loop in http.c\",\"limit\":10}}"
 /* what the tool builder makes of BUILDER_FIELDS, for a no-plugin baseline */
@@ -59,7 +60,7 @@ static struct {
 #define EXTRA_FIELDS (opt.builder ? BUILDER_FIELDS : opt.metadata ? METADATA_FIELDS : "")
 
 static struct event_base *base;
-static struct sockaddr_in addr;
+static struct sockaddr_in addr, pub_addr; /* subscribers', publishers' (--publish-port) */
 
 static uint64_t mono_ns(void)
 {
@@ -577,7 +578,7 @@ static void pub_read(struct bufferevent *bev, void *arg)
     pub_fill(p);
 }
 
-static struct bufferevent *dial(void *arg, bufferevent_data_cb rd, bufferevent_event_cb ev);
+static struct bufferevent *dial(void *arg, bufferevent_data_cb rd, bufferevent_event_cb ev, const struct sockaddr_in *to);
 static void pub_read(struct bufferevent *bev, void *arg);
 
 static void pub_event(struct bufferevent *bev, short what, void *arg)
@@ -595,7 +596,7 @@ static void pub_event(struct bufferevent *bev, short what, void *arg)
     p->bev = NULL;
     p->inflight = 0;
     if (publishing) {
-        p->bev = dial(p, pub_read, pub_event);
+        p->bev = dial(p, pub_read, pub_event, &pub_addr);
     }
 }
 
@@ -615,12 +616,12 @@ static void rate_tick(evutil_socket_t fd, short w, void *arg)
 static struct event *tick_ev, *hb_ev, *phase_ev;
 static int phase; /* 0 connecting, 1 warmup, 2 measuring, 3 draining */
 
-static struct bufferevent *dial(void *arg, bufferevent_data_cb rd, bufferevent_event_cb ev)
+static struct bufferevent *dial(void *arg, bufferevent_data_cb rd, bufferevent_event_cb ev, const struct sockaddr_in *to)
 {
     struct bufferevent *b = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
     bufferevent_setcb(b, NULL, on_drained, ev, arg);
     bufferevent_enable(b, EV_WRITE); /* for the connect */
-    if (bufferevent_socket_connect(b, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+    if (bufferevent_socket_connect(b, (const struct sockaddr *)to, sizeof(*to)) < 0) {
         bufferevent_free(b);
         return NULL;
     }
@@ -670,7 +671,7 @@ static void start_publishers(void)
     publishing = 1;
     for (int i = 0; i < opt.publishers; i++) {
         pubs[i].id = i;
-        if (mine(i)) pubs[i].bev = dial(&pubs[i], pub_read, pub_event);
+        if (mine(i)) pubs[i].bev = dial(&pubs[i], pub_read, pub_event, &pub_addr);
     }
     if (opt.rate > 0) {
         tick_ev = event_new(base, -1, EV_PERSIST, rate_tick, NULL);
@@ -767,13 +768,14 @@ int main(int argc, char **argv)
         {"target", 1, 0, 't'}, {"host", 1, 0, 'H'}, {"port", 1, 0, 'p'}, {"subscribers", 1, 0, 's'},
         {"conversations", 1, 0, 'c'}, {"publishers", 1, 0, 'P'}, {"rate", 1, 0, 'r'}, {"bulk", 1, 0, 'b'},
         {"duration", 1, 0, 'd'}, {"warmup", 1, 0, 'w'}, {"pipeline", 1, 0, 'l'}, {"batch-join", 0, 0, 'B'},
-        {"json", 1, 0, 'j'}, {"builder", 0, 0, 'U'}, {"metadata", 0, 0, 'M'}, {"procs", 1, 0, 'X'}, {"ready-file", 1, 0, 'R'}, {"label", 1, 0, 'L'}, {"connect-timeout", 1, 0, 'T'}, {"transport", 1, 0, 'x'}, {0, 0, 0, 0}};
+        {"json", 1, 0, 'j'}, {"builder", 0, 0, 'U'}, {"metadata", 0, 0, 'M'}, {"procs", 1, 0, 'X'}, {"ready-file", 1, 0, 'R'}, {"label", 1, 0, 'L'}, {"connect-timeout", 1, 0, 'T'}, {"transport", 1, 0, 'x'}, {"publish-port", 1, 0, 'Q'}, {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (o) {
         case 't': opt.target = strcmp(optarg, "nchan") == 0 ? T_NCHAN : T_STATUSGW; break;
         case 'H': opt.host = optarg; break;
         case 'p': opt.port = atoi(optarg); break;
+        case 'Q': opt.publish_port = atoi(optarg); break;
         case 's': opt.subscribers = atoi(optarg); break;
         case 'c': opt.conversations = atoi(optarg) > 0 ? atoi(optarg) : 1; break;
         case 'P': opt.publishers = atoi(optarg); break;
@@ -797,7 +799,7 @@ int main(int argc, char **argv)
                                                               : X_WS;
             break;
         default:
-            fprintf(stderr, "usage: loadgen [--target statusgw|nchan] [--port N] [--subscribers N] "
+            fprintf(stderr, "usage: loadgen [--target statusgw|nchan] [--port N] [--publish-port N] [--subscribers N] "
                             "[--conversations N] [--publishers N] [--rate N] [--bulk N] [--pipeline N] "
                             "[--duration S] [--warmup S] [--batch-join] [--builder | --metadata] [--procs N] [--json FILE] [--label L] "
                             "[--transport websocket|sse|sse-multi|longpoll]\n");
@@ -848,6 +850,8 @@ int main(int argc, char **argv)
     addr.sin_family = AF_INET;
     addr.sin_port = htons(opt.port);
     inet_pton(AF_INET, opt.host, &addr.sin_addr);
+    pub_addr = addr;
+    if (opt.publish_port) pub_addr.sin_port = htons(opt.publish_port);
     base = event_base_new();
     R.caplat = 1000000;
     R.lat = malloc(sizeof(uint64_t) * R.caplat);
@@ -857,7 +861,7 @@ int main(int argc, char **argv)
         if (!mine(i)) continue;
         subs_pending++;
         subs[i].conv = i % opt.conversations;
-        subs[i].bev = dial(&subs[i], sub_read, sub_event);
+        subs[i].bev = dial(&subs[i], sub_read, sub_event, &addr);
         if (!subs[i].bev) { R.subs_failed++; subs_pending--; }
     }
     hb_ev = event_new(base, -1, EV_PERSIST, heartbeat, NULL);
