@@ -1083,6 +1083,14 @@ static void handle_admin_webhooks(sg_conn *c, sg_req *r)
     sg_http_json(c, 200, sg_webhooks_admin(c->srv->webhooks), NULL);
 }
 
+/* The gateways of the cluster (the Redis engine's heartbeat), or this one alone. */
+static void handle_admin_nodes(sg_conn *c, sg_req *r)
+{
+    sg_store *st = c->srv->store;
+    json_t *nodes = st->ops->publish ? sg_store_redis_nodes(st) : json_array();
+    sg_http_json(c, 200, json_pack("{s:s,s:o}", "engine", st->ops->publish ? "redis" : "local", "nodes", nodes), NULL);
+}
+
 static void handle_reload(sg_conn *c, sg_req *r)
 {
     sg_http_json(c, 200, sg_server_reload(c->srv, "admin"), NULL);
@@ -1109,6 +1117,7 @@ static const struct route {
     {"/api/v1/stats", 0, HTTP_GET, handle_stats},
     {"/admin/plugins", 0, HTTP_GET, handle_admin_plugins},
     {"/admin/webhooks", 0, HTTP_GET, handle_admin_webhooks},
+    {"/admin/nodes", 0, HTTP_GET, handle_admin_nodes},
     {PREFIX_WEBHOOKS, 1, ANY, handle_redeliver},
     {"/admin/reload", 0, HTTP_POST, handle_reload},
 };

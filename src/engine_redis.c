@@ -40,16 +40,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define MAX_SHARDS 64
 #define BATCH_MAX 512     /* publishes in one EVALSHA */
-#define PUB_ARGS 7        /* script arguments per publish */
+#define PUB_ARGS 8        /* script arguments per publish */
 
 static const char publish_script[] =
     "local p, hist, ttl, win = ARGV[1], ARGV[2], ARGV[3], ARGV[4]\n"
     "local out = {}\n"
-    "for i = 5, #ARGV, 7 do\n"
-    "  local conv, cand, key, cat, ts, pre, suf = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6]\n"
+    "for i = 5, #ARGV, 8 do\n"
+    "  local conv, cand, key, cat, ts, by, pre, suf = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6], ARGV[i+7]\n"
     "  local m, h = p .. 'm:' .. conv, p .. 'h:' .. conv\n"
     "  local e = redis.call('HGET', m, 'e')\n"
     "  local seen = false\n"
@@ -61,7 +62,7 @@ static const char publish_script[] =
     "    local seq = redis.call('HINCRBY', m, 's', 1)\n"
     "    local json = pre .. seq .. suf\n"
     "    redis.call('XADD', h, 'MAXLEN', hist, '0-' .. seq, 'k', cat, 't', ts, 'u', json)\n"
-    "    redis.call('PUBLISH', p .. 'c:' .. conv, seq .. ' ' .. ts .. ' ' .. cat .. ' ' .. e .. ' ' .. json)\n"
+    "    redis.call('PUBLISH', p .. 'c:' .. conv, seq .. ' ' .. ts .. ' ' .. cat .. ' ' .. e .. ' ' .. by .. ' ' .. json)\n"
     "    if key ~= '' then redis.call('SET', p .. 'i:' .. conv .. ':' .. key, seq, 'PX', win) end\n"
     "    redis.call('PEXPIRE', m, ttl)\n"
     "    redis.call('PEXPIRE', h, ttl)\n"
@@ -80,6 +81,26 @@ static const char open_script[] =
     "  redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
     "end\n"
     "return {e, redis.call('HGET', KEYS[1], 's') or '0'}\n";
+
+/* Every second on the first shard: this gateway's entry in the node
+ * list (a "<seen ms> <json>" value), the entries silent for 5 s dropped,
+ * and, for a gateway with aggregators, the aggregator lease taken or
+ * renewed. Returns {the lease holder or false, the list}. */
+static const char heartbeat_script[] =
+    "redis.call('HSET', KEYS[1], ARGV[1], ARGV[3] .. ' ' .. ARGV[2])\n"
+    "local all = redis.call('HGETALL', KEYS[1])\n"
+    "local live = {}\n"
+    "for i = 1, #all, 2 do\n"
+    "  local seen = tonumber(string.match(all[i + 1], '^%d+'))\n"
+    "  if seen and seen + 5000 >= tonumber(ARGV[3]) then live[#live + 1] = all[i + 1]\n"
+    "  else redis.call('HDEL', KEYS[1], all[i]) end\n"
+    "end\n"
+    "local l = redis.call('GET', KEYS[2])\n"
+    "if ARGV[4] == '1' then\n"
+    "  if not l then redis.call('SET', KEYS[2], ARGV[1], 'PX', 3000); l = ARGV[1]\n"
+    "  elseif l == ARGV[1] then redis.call('PEXPIRE', KEYS[2], 3000) end\n"
+    "elseif l == ARGV[1] then redis.call('DEL', KEYS[2]); l = false end\n"
+    "return {l, live}\n";
 
 typedef struct sg_redis sg_redis;
 
@@ -128,7 +149,7 @@ struct sg_redis {
     char sha[41];
     sg_dict *convs;          /* id -> sg_store_conv */
     sg_store_conv *open_head; /* the same, as a list */
-    int wildcard;            /* the pattern is subscribed */
+    int wildcard;            /* status:* has subscribers here */
     struct event *turn_ev;   /* sends the turn's batches */
     int closing;
     int pubs_out; /* publishes queued or waiting for Redis (max_pending_updates bounds them) */
@@ -137,6 +158,17 @@ struct sg_redis {
     const char *hint_id;
     const char *hint_epoch;
     uint64_t hint_seq;
+    /* the cluster: this gateway's id, the node list, the aggregator lease */
+    char node_id[SG_EPOCH_LEN + 1];
+    int64_t started_ms;
+    uint64_t accepted;         /* publishes this gateway sequenced */
+    struct event *beat_ev;
+    json_t *nodes;             /* the last list read */
+    int leading;               /* holds the aggregator lease */
+    int pattern;               /* the pattern is subscribed (status:* or leading) */
+    sg_redis_observer observe; /* aggregators, fed by the lease holder */
+    int (*wants)(void *arg);
+    void *observe_arg;
 };
 
 static sg_redis *of(sg_store *s)
@@ -217,6 +249,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
 }
 
 static void catch_up(sg_store_conv *rc);
+static void pattern_update(sg_redis *r);
 static void on_sub_reply(redisAsyncContext *ac, void *reply, void *priv);
 
 static void subscribe_conv(shard *sh, const char *id, size_t len)
@@ -256,7 +289,7 @@ static void on_sub_ready(redisAsyncContext *ac, void *reply, void *priv)
     sg_redis *r = sh->r;
     for (sg_store_conv *rc = r->open_head; rc; rc = rc->next)
         if (rc->sh == sh) subscribe_conv(sh, rc->id, rc->id_len);
-    if (r->wildcard && redisAsyncCommand(sh->sub, on_sub_reply, sh, "PSUBSCRIBE %sc:*", r->prefix) == REDIS_OK)
+    if (r->pattern && redisAsyncCommand(sh->sub, on_sub_reply, sh, "PSUBSCRIBE %sc:*", r->prefix) == REDIS_OK)
         sent(sh);
     if (sh->down_logged)
         sg_log(SG_LOG_INFO, "redis_up", "shard=%d addr=%s:%d", sh->idx, sh->host, sh->port);
@@ -417,6 +450,7 @@ static void on_published(redisAsyncContext *ac, void *reply, void *priv)
         p->seq = (uint64_t)e->element[0]->integer;
         memcpy(p->epoch, e->element[1]->str, SG_EPOCH_LEN + 1);
         p->duplicate = e->element[2]->integer == 1;
+        if (!p->duplicate) r->accepted++;
         sg_update *u = p->update; /* encoded with seq 0: the one delivered has its seq */
         p->update = NULL;
         if (!p->duplicate) {
@@ -473,6 +507,7 @@ static void send_batch(sg_redis *r, shard *sh, sg_pub **pubs, size_t n)
         ARG(p->idem_key, strlen(p->idem_key));
         ARG(cat, strlen(cat));
         NUM("%lld", (long long)u->ts_ms);
+        ARG(p->emitted_by[0] ? p->emitted_by : "-", p->emitted_by[0] ? strlen(p->emitted_by) : 1);
         ARG(u->json, at);
         ARG(u->json + at + 1, u->json_len - at - 1);
         b->pubs[i] = p;
@@ -603,33 +638,41 @@ static void catch_up(sg_store_conv *rc)
     }
 }
 
-/* "seq ts category epoch json", published by the script. */
-static void heard(sg_redis *r, const char *chan, size_t chlen, const char *msg, size_t len)
+/* "seq ts category epoch emitted_by json", published by the script.
+ * pattern: heard on the pattern (status:*, the aggregators' lease), where
+ * every update comes once. */
+static void heard(sg_redis *r, const char *chan, size_t chlen, const char *msg, size_t len, int pattern)
 {
     size_t pl = strlen(r->prefix) + 2;
     if (chlen <= pl || chlen - pl > SG_MAX_CONV_ID) return;
     const char *id = chan + pl;
     size_t idlen = chlen - pl;
-    const char *f[4], *p = msg, *end = msg + len;
-    size_t fl[4];
-    for (int i = 0; i < 4; i++) {
+    const char *f[5], *p = msg, *end = msg + len;
+    size_t fl[5];
+    for (int i = 0; i < 5; i++) {
         const char *sp = memchr(p, ' ', (size_t)(end - p));
         if (!sp) return;
         f[i] = p;
         fl[i] = (size_t)(sp - p);
         p = sp + 1;
     }
-    if (fl[3] != SG_EPOCH_LEN) return;
-    char epoch[SG_EPOCH_LEN + 1];
+    if (fl[3] != SG_EPOCH_LEN || fl[4] == 0 || fl[4] > 63) return;
+    char epoch[SG_EPOCH_LEN + 1], ts[24], cid[SG_MAX_CONV_ID + 1], by[64];
     memcpy(epoch, f[3], SG_EPOCH_LEN);
     epoch[SG_EPOCH_LEN] = 0;
+    snprintf(ts, sizeof(ts), "%.*s", (int)(fl[1] < 23 ? fl[1] : 23), f[1]);
+    memcpy(cid, id, idlen);
+    cid[idlen] = 0;
+    snprintf(by, sizeof(by), "%.*s", (int)fl[4], f[4]);
     uint64_t seq = strtoull(f[0], NULL, 10);
+    if (pattern && r->leading && r->observe && r->wants(r->observe_arg)) {
+        sg_update *u = entry_update(seq, f[2], fl[2], ts, p, (size_t)(end - p));
+        if (u) r->observe(r->observe_arg, cid, u, strcmp(by, "-") ? by : NULL);
+        sg_update_unref(u);
+    }
     sg_store_conv *rc = sg_dict_get(r->convs, id, idlen);
     sg_conv *c = rc ? sg_hub_conv(r->hub, id, idlen, SG_CONV_FIND, NULL) : NULL;
-    if (!c && r->wildcard && !rc) { /* status:* hears of it first: open it from the message */
-        char cid[SG_MAX_CONV_ID + 1];
-        memcpy(cid, id, idlen);
-        cid[idlen] = 0;
+    if (!c && !rc && pattern && r->wildcard) { /* status:* hears of it first: open it from the message */
         r->hint_id = cid;
         r->hint_epoch = epoch;
         r->hint_seq = seq - 1;
@@ -646,8 +689,6 @@ static void heard(sg_redis *r, const char *chan, size_t chlen, const char *msg, 
     if (seq <= c->last_seq) return; /* heard twice (channel and pattern), or read already */
     if (seq > rc->want) rc->want = seq;
     if (seq == c->last_seq + 1 && !rc->fetching) {
-        char ts[24];
-        snprintf(ts, sizeof(ts), "%.*s", (int)(fl[1] < 23 ? fl[1] : 23), f[1]);
         sg_update *u = entry_update(seq, f[2], fl[2], ts, p, (size_t)(end - p));
         if (u) sg_hub_inject(r->hub, c, epoch, u);
         return;
@@ -665,10 +706,10 @@ static void on_sub_reply(redisAsyncContext *ac, void *reply, void *priv)
     const char *kind = e[0]->str;
     if (strcmp(kind, "message") == 0 && rp->elements == 3) {
         sh->messages++;
-        heard(r, e[1]->str, e[1]->len, e[2]->str, e[2]->len);
+        heard(r, e[1]->str, e[1]->len, e[2]->str, e[2]->len, 0);
     } else if (strcmp(kind, "pmessage") == 0 && rp->elements == 4) {
         sh->messages++;
-        heard(r, e[2]->str, e[2]->len, e[3]->str, e[3]->len);
+        heard(r, e[2]->str, e[2]->len, e[3]->str, e[3]->len, 1);
     } else if (strcmp(kind, "subscribe") == 0) {
         answered(sh);
         /* what was published before the subscription took: from the stream */
@@ -843,16 +884,25 @@ static void redis_close(sg_store_conv *c, int drop)
     else free(c);
 }
 
-static void redis_watch_all(sg_store *s, int on)
+/* The pattern is wanted while status:* has subscribers here or this
+ * gateway holds the aggregators' lease. */
+static void pattern_update(sg_redis *r)
 {
-    sg_redis *r = of(s);
-    r->wildcard = on;
+    int want = r->wildcard || r->leading;
+    if (want == r->pattern) return;
+    r->pattern = want;
     for (int i = 0; i < r->n; i++) {
         shard *sh = &r->shards[i];
-        if (sh->sub_up && redisAsyncCommand(sh->sub, on_sub_reply, sh, on ? "PSUBSCRIBE %sc:*" : "PUNSUBSCRIBE %sc:*",
+        if (sh->sub_up && redisAsyncCommand(sh->sub, on_sub_reply, sh, want ? "PSUBSCRIBE %sc:*" : "PUNSUBSCRIBE %sc:*",
                                             r->prefix) == REDIS_OK)
             sent(sh);
     }
+}
+
+static void redis_watch_all(sg_store *s, int on)
+{
+    of(s)->wildcard = on;
+    pattern_update(of(s));
 }
 
 static int redis_healthy(sg_store *s)
@@ -868,6 +918,13 @@ static void redis_free(sg_store *s)
     sg_redis *r = of(s);
     r->closing = 1;
     r->hub = NULL; /* gone first */
+    if (r->shards[0].sync && r->shards[0].cmd_up) { /* leave the cluster now rather than in 5 s */
+        redisReply *rp = redisCommand(r->shards[0].sync,
+                                      "EVAL %s 2 %snodes %saggregators %s", "redis.call('HDEL', KEYS[1], ARGV[1]) "
+                                      "if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end",
+                                      r->prefix, r->prefix, r->node_id);
+        if (rp) freeReplyObject(rp);
+    }
     on_turn(-1, 0, r); /* what was queued: sent, and answered below as the connections go */
     for (int i = 0; i < r->n; i++) {
         shard *sh = &r->shards[i];
@@ -884,6 +941,8 @@ static void redis_free(sg_store *s)
         free(c);
     }
     if (r->turn_ev) event_free(r->turn_ev);
+    if (r->beat_ev) event_free(r->beat_ev);
+    json_decref(r->nodes);
     sg_dict_free(r->convs);
     free(r->password);
     free(r);
@@ -898,6 +957,76 @@ static const sg_store_ops redis_ops = {.name = "redis",
                                        .healthy = redis_healthy,
                                        .watch_all = redis_watch_all,
                                        .publish = redis_publish};
+
+/* ---- the cluster: nodes and the aggregators' lease ---- */
+
+static void on_beat(redisAsyncContext *ac, void *reply, void *priv)
+{
+    shard *sh = priv;
+    sg_redis *r = sh->r;
+    redisReply *rp = reply;
+    answered(sh);
+    if (!rp || rp->type != REDIS_REPLY_ARRAY || rp->elements != 2 || r->closing) return;
+    redisReply *l = rp->element[0], *live = rp->element[1];
+    int leading = l->type == REDIS_REPLY_STRING && strcmp(l->str, r->node_id) == 0;
+    if (leading != r->leading)
+        sg_log(SG_LOG_INFO, leading ? "aggregators_lease_taken" : "aggregators_lease_lost", "node=%s", r->node_id);
+    r->leading = leading;
+    pattern_update(r);
+    json_t *nodes = json_array();
+    for (size_t i = 0; nodes && live->type == REDIS_REPLY_ARRAY && i < live->elements; i++) {
+        const char *sp = strchr(live->element[i]->str, ' ');
+        json_t *n = sp ? json_loads(sp + 1, 0, NULL) : NULL;
+        if (!n) continue;
+        json_object_set_new(n, "aggregators", json_boolean(l->type == REDIS_REPLY_STRING &&
+                                                           strcmp(l->str, json_string_value(json_object_get(n, "id"))) == 0));
+        json_object_set_new(n, "self", json_boolean(strcmp(json_string_value(json_object_get(n, "id")), r->node_id) == 0));
+        json_array_append_new(nodes, n);
+    }
+    if (nodes) {
+        json_decref(r->nodes);
+        r->nodes = nodes;
+    }
+}
+
+static void on_beat_timer(evutil_socket_t fd, short what, void *arg)
+{
+    sg_redis *r = arg;
+    shard *sh = &r->shards[0];
+    if (!sh->cmd_up) {
+        if (r->leading) sg_log(SG_LOG_WARN, "aggregators_lease_lost", "node=%s reason=redis_down", r->node_id);
+        r->leading = 0; /* another gateway takes it once the lease runs out */
+        pattern_update(r);
+        return;
+    }
+    int64_t now = sg_now_ms();
+    json_t *me = json_pack("{s:s,s:s,s:i,s:i,s:I,s:I,s:I,s:I}", "id", r->node_id, "host", r->cfg->listen_host, "port",
+                           r->cfg->listen_port, "pid", (int)getpid(), "started_ms", (json_int_t)r->started_ms, "seen_ms",
+                           (json_int_t)now, "conversations_held", (json_int_t)sg_dict_size(r->convs), "accepted",
+                           (json_int_t)r->accepted);
+    char *info = me ? json_dumps(me, JSON_COMPACT) : NULL;
+    json_decref(me);
+    if (!info) return;
+    int wants = r->observe && r->wants(r->observe_arg);
+    if (redisAsyncCommand(sh->cmd, on_beat, sh, "EVAL %s 2 %snodes %saggregators %s %s %lld %d", heartbeat_script,
+                          r->prefix, r->prefix, r->node_id, info, (long long)now, wants) == REDIS_OK)
+        sent(sh);
+    free(info);
+}
+
+void sg_store_redis_set_observer(sg_store *s, sg_redis_observer fn, int (*wants)(void *arg), void *arg)
+{
+    sg_redis *r = of(s);
+    r->observe = fn;
+    r->wants = wants;
+    r->observe_arg = arg;
+}
+
+json_t *sg_store_redis_nodes(sg_store *s)
+{
+    sg_redis *r = of(s);
+    return r->nodes ? json_incref(r->nodes) : json_array();
+}
 
 /* ---- configuration ---- */
 
@@ -999,7 +1128,10 @@ sg_store *sg_store_redis_new(const sg_config *cfg, struct event_base *base, char
     r->cfg = cfg;
     r->convs = sg_dict_new();
     r->turn_ev = event_new(base, -1, 0, on_turn, r);
-    if (!r->convs || !r->turn_ev) {
+    r->beat_ev = event_new(base, -1, EV_PERSIST, on_beat_timer, r);
+    sg_store_new_epoch(r->node_id);
+    r->started_ms = sg_now_ms();
+    if (!r->convs || !r->turn_ev || !r->beat_ev) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
@@ -1018,6 +1150,8 @@ sg_store *sg_store_redis_new(const sg_config *cfg, struct event_base *base, char
         shard_connect(sh);
         sh->reconnects = 0;
     }
+    struct timeval second = {1, 0};
+    event_add(r->beat_ev, &second);
     return &r->base;
 fail:
     r->n = r->n > 0 ? r->n : 0;

@@ -33,13 +33,13 @@ struct sg_ingest_queue {
     struct event *run_ev;
 };
 
-/* A publish the engine sequenced: to webhooks and aggregators. */
+/* A publish the engine sequenced: to this gateway's webhooks (once per
+ * cluster: here, where it was accepted). Aggregators hear it from the
+ * engine on the gateway that holds their lease (store.h). */
 static void engine_accepted(void *arg, sg_pub *p)
 {
     sg_server *s = arg;
-    if (!p->update) return; /* out of memory re-encoding it: delivered, not forwarded */
-    sg_webhooks_offer(s->webhooks, p->conv_id, p->update);
-    if (p->aggregators) sg_plugins_observe(s->plugins, p->conv_id, p->update, p->emitted_by[0] ? p->emitted_by : NULL);
+    if (p->update) sg_webhooks_offer(s->webhooks, p->conv_id, p->update); /* NULL: out of memory re-encoding it */
 }
 
 /* Sequence one update in the hub and hand it to webhooks and aggregators.
@@ -56,7 +56,6 @@ static void finish(sg_server *s, sg_draft *d, const char *emitted_by, int aggreg
         if (p) {
             p->on_accept = engine_accepted;
             p->accept_arg = s;
-            p->aggregators = aggregators;
             snprintf(p->emitted_by, sizeof(p->emitted_by), "%s", emitted_by ? emitted_by : "");
             res.pub = p;
         }

@@ -243,6 +243,17 @@ static void announce_security(sg_config *cfg, sg_security *sec)
         sg_log(SG_LOG_WARN, "open_subscribing", "msg=\"no security.jwt_secret: anyone who reaches the port may subscribe\"");
 }
 
+/* The Redis engine's aggregators' lease holder feeds the aggregators. */
+static int have_aggregators(void *arg)
+{
+    return sg_plugins_have_aggregators(arg);
+}
+
+static void observe_cluster(void *arg, const char *conv, const sg_update *u, const char *emitted_by)
+{
+    sg_plugins_observe(arg, conv, u, emitted_by);
+}
+
 /* Make the server's parts, load the plugins, start the webhooks and the
  * listener. 0, or the exit status with the message written. */
 static int server_open(sg_server *srv, sg_config *cfg, sg_security *sec)
@@ -284,6 +295,7 @@ static int server_open(sg_server *srv, sg_config *cfg, sg_security *sec)
         return 1;
     }
     sg_hub_on_forget(srv->hub, forget_conversation, srv->plugins);
+    if (srv->store->ops->publish) sg_store_redis_set_observer(srv->store, observe_cluster, have_aggregators, srv->plugins);
     sg_filter_set_plugins(srv->plugins);
     json_decref(sg_server_reload(srv, "start"));
     if (check_plugins(cfg, srv->plugins, err, sizeof(err)) < 0) {

@@ -51,8 +51,8 @@ typedef void (*sg_outbox_fn)(void *arg, const sg_outbox_msg *m);
 /* A publish to a store that sequences it itself (the Redis engine: the
  * seq comes from Redis, whichever gateway accepted the update). It is
  * answered on a later loop turn: then on_accept (the pipeline's:
- * webhooks, aggregators; only for an accepted update that is not a
- * duplicate), then `then` (the producer's answer), and p is freed. Both
+ * webhooks; only for an accepted update that is not a duplicate), then
+ * `then` (the producer's answer), and p is freed. Both
  * may be set until the loop turn that made p ends. */
 typedef struct sg_pub sg_pub;
 struct sg_pub {
@@ -67,9 +67,7 @@ struct sg_pub {
     void *accept_arg;
     void (*then)(void *arg, sg_pub *p);
     void *then_arg;
-    /* the pipeline's notes for on_accept */
-    char emitted_by[64];
-    int aggregators;
+    char emitted_by[64]; /* the plugin that emitted it ("": a producer) */
     char *idem_key; /* the engine's */
 };
 
@@ -155,6 +153,14 @@ struct sg_config;
 struct sg_hub;
 sg_store *sg_store_redis_new(const struct sg_config *cfg, struct event_base *base, char *err, size_t errlen);
 void sg_store_redis_set_hub(sg_store *s, struct sg_hub *hub);
+/* Aggregators run once per cluster: on the gateway holding the
+ * aggregators' lease (taken by a gateway whose wants(arg) says it has
+ * aggregators), which hears every update and calls fn with each. */
+typedef void (*sg_redis_observer)(void *arg, const char *conv_id, const sg_update *u, const char *emitted_by);
+void sg_store_redis_set_observer(sg_store *s, sg_redis_observer fn, int (*wants)(void *arg), void *arg);
+/* The gateways of the cluster, as the last heartbeat read them (a JSON
+ * array, new reference). */
+struct json_t *sg_store_redis_nodes(sg_store *s);
 /* The engine's view for /metrics and /api/v1/stats (a JSON object). */
 struct json_t;
 struct json_t *sg_store_redis_stats(sg_store *s);

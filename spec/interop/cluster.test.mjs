@@ -5,7 +5,10 @@
 // across gateways; a gateway killed with SIGKILL; Redis going away and
 // coming back; two Redis shards; webhooks once per cluster; SO_REUSEPORT.
 import assert from "node:assert/strict";
+import fs from "node:fs";
 import http from "node:http";
+import os from "node:os";
+import path from "node:path";
 import { after, before, describe, it } from "node:test";
 import { EventSource } from "eventsource";
 import * as g from "./gateway.mjs";
@@ -319,6 +322,37 @@ describe("once per cluster", () => {
       assert.equal(await g.stop(b), 0);
       await g.stopRedis(rd);
       server.close();
+    }
+  });
+
+  it("runs an aggregator once per cluster over every gateway's updates, and lists the gateways", async () => {
+    const rd = await g.startRedis();
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "statusgw-agg-"));
+    fs.copyFileSync("../../plugins/summary.lua", path.join(dir, "summary.lua"));
+    const cfg = cluster(rd, { plugins_dir: dir, plugins: { summary: { enabled: true, interval_ms: 300 } } });
+    const a = await g.start(cfg), b = await g.start(cfg);
+    try {
+      // one of the two takes the aggregators' lease within a heartbeat
+      let nodes;
+      await g.waitFor(async () => {
+        nodes = (await (await fetch(`${a.url}/admin/nodes`)).json()).nodes;
+        return nodes.length === 2 && nodes.filter((n) => n.aggregators).length === 1;
+      }, 5000, "two nodes, one holding the lease");
+      assert.deepEqual(nodes.map((n) => n.port).sort(), [a.port, b.port].sort());
+      assert.equal(nodes.filter((n) => n.self).length, 1);
+      const id = g.conv("agg");
+      const w = await phoenixWatcher(b, id);
+      for (let i = 1; i <= 6; i++) assert.equal((await g.publish(i % 2 ? a : b, { conversation_id: id, category: i === 6 ? "error" : "tool", text: `u${i}` })).status, 202);
+      await g.waitFor(() => w.seen.some((x) => /updates:/.test(x)), 5000, "a summary");
+      await g.sleep(900); // another interval or two: nothing more (no new activity), and no second copy
+      const summaries = w.seen.filter((x) => /updates:/.test(x));
+      assert.equal(summaries.length, 1, `one summary for the cluster: ${summaries}`);
+      assert.match(summaries[0], /^7:6 updates: /, "covers the six updates of both gateways");
+    } finally {
+      g.disconnectAll();
+      assert.equal(await g.stop(a), 0);
+      assert.equal(await g.stop(b), 0);
+      await g.stopRedis(rd);
     }
   });
 
