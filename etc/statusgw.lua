@@ -65,6 +65,7 @@ return {
   --   db = 0,
   --   prefix = "statusgw:",
   --   connect_timeout_ms = 1000,
+  --   node = "gw-1",                     -- stable across restarts: its webhook outbox
   -- },
   -- SO_REUSEPORT: several processes (one per core) share the listen port.
   -- reuse_port = false,

@@ -160,6 +160,7 @@ struct sg_redis {
     uint64_t hint_seq;
     /* the cluster: this gateway's id, the node list, the aggregator lease */
     char node_id[SG_EPOCH_LEN + 1];
+    char node_name[128];       /* stable across restarts: the outbox's */
     int64_t started_ms;
     uint64_t accepted;         /* publishes this gateway sequenced */
     struct event *beat_ev;
@@ -905,6 +906,139 @@ static void redis_watch_all(sg_store *s, int on)
     pattern_update(of(s));
 }
 
+/* ---- the webhook outbox ----
+ *
+ * This gateway's messages (and the parts of the batches it is gathering)
+ * in two hashes on the first shard, <prefix>outbox:<node> and
+ * <prefix>outbox:<node>:parts, each field a message id, each value the
+ * message as JSON. The node name (redis.node, or STATUSGW_NODE, or host
+ * and port) is what a restarted gateway finds its outbox by: a gateway
+ * killed with SIGKILL sends what it had kept once it is back. Writes are
+ * pipelined on the command connection, ahead of the producer's answer. */
+
+static void outbox_key(sg_redis *r, int parts, char *out, size_t len)
+{
+    snprintf(out, len, "%soutbox:%s%s", r->prefix, r->node_name, parts ? ":parts" : "");
+}
+
+static void on_outbox_written(redisAsyncContext *ac, void *reply, void *priv)
+{
+    shard *sh = priv;
+    redisReply *rp = reply;
+    answered(sh);
+    if (!rp || rp->type == REDIS_REPLY_ERROR) {
+        sh->errors++;
+        sg_log(SG_LOG_WARN, "outbox_write_failed", "reason=%s", sg_log_q(rp ? rp->str : "no answer"));
+    }
+}
+
+static void redis_outbox_put(sg_store *s, const sg_outbox_msg *m)
+{
+    sg_redis *r = of(s);
+    shard *sh = &r->shards[0];
+    json_t *j = json_pack("{s:s,s:s%,s:s?,s:s?,s:i,s:i,s:i,s:I,s:I,s:I}", "endpoint", m->endpoint, "body", m->body,
+                          m->len, "headers", m->headers, "last_error", m->last_error, "updates", m->updates,
+                          "attempts", m->attempts, "dead", m->dead, "last_status", (json_int_t)m->last_status,
+                          "next_at_ms", (json_int_t)m->next_at_ms, "created_ms", (json_int_t)m->created_ms);
+    char *v = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    char key[400];
+    outbox_key(r, m->dead == SG_OUTBOX_PART, key, sizeof(key));
+    if (!v || !sh->cmd_up ||
+        redisAsyncCommand(sh->cmd, on_outbox_written, sh, "HSET %s %s %s", key, m->id, v) != REDIS_OK) {
+        sh->errors++;
+        sg_log(SG_LOG_WARN, "outbox_write_failed", "id=%s reason=%s", m->id, v ? "redis_down" : "out_of_memory");
+    } else {
+        sent(sh);
+    }
+    free(v);
+}
+
+/* Forget a message and the parts it was gathered from. */
+static const char outbox_del_script[] =
+    "redis.call('HDEL', KEYS[1], ARGV[1])\n"
+    "for _, k in ipairs(redis.call('HKEYS', KEYS[2])) do\n"
+    "  if k:sub(1, #ARGV[1] + 1) == ARGV[1] .. '.' then redis.call('HDEL', KEYS[2], k) end\n"
+    "end\n";
+
+static void redis_outbox_del(sg_store *s, const char *id)
+{
+    sg_redis *r = of(s);
+    shard *sh = &r->shards[0];
+    char key[400], parts[400];
+    outbox_key(r, 0, key, sizeof(key));
+    outbox_key(r, 1, parts, sizeof(parts));
+    if (sh->cmd_up && redisAsyncCommand(sh->cmd, on_outbox_written, sh, "EVAL %s 2 %s %s %s", outbox_del_script, key,
+                                        parts, id) == REDIS_OK)
+        sent(sh); /* else: sent again after a restart, with its webhook-id (receivers deduplicate) */
+}
+
+typedef struct kept {
+    const char *id;
+    json_t *v;
+    int64_t created_ms;
+} kept;
+
+static int kept_order(const void *a, const void *b)
+{
+    const kept *x = a, *y = b;
+    if (x->created_ms != y->created_ms) return x->created_ms < y->created_ms ? -1 : 1;
+    return strcmp(x->id, y->id);
+}
+
+/* Every kept message, oldest first (parts in order), read at start. */
+static int redis_outbox_load(sg_store *s, sg_outbox_fn fn, void *arg)
+{
+    sg_redis *r = of(s);
+    char err[300], key[2][400];
+    redisContext *c = sync_ctx(&r->shards[0], err, sizeof(err));
+    if (!c) return -1;
+    redisReply *rp[2] = {NULL, NULL};
+    for (int k = 0; k < 2; k++) {
+        outbox_key(r, k, key[k], sizeof(key[k]));
+        rp[k] = redisCommand(c, "HGETALL %s", key[k]);
+    }
+    int rc = -1;
+    size_t n = 0, cap = 0;
+    kept *all = NULL;
+    if (!rp[0] || !rp[1] || rp[0]->type != REDIS_REPLY_ARRAY || rp[1]->type != REDIS_REPLY_ARRAY) goto out;
+    cap = (rp[0]->elements + rp[1]->elements) / 2 + 1;
+    if (!(all = calloc(cap, sizeof(*all)))) goto out;
+    for (int k = 0; k < 2; k++)
+        for (size_t i = 0; i + 1 < rp[k]->elements; i += 2) {
+            json_t *v = json_loads(rp[k]->element[i + 1]->str, 0, NULL);
+            if (!v) continue;
+            all[n++] = (kept){rp[k]->element[i]->str, v, json_integer_value(json_object_get(v, "created_ms"))};
+        }
+    qsort(all, n, sizeof(*all), kept_order);
+    for (size_t i = 0; i < n; i++) {
+        json_t *v = all[i].v, *body = json_object_get(v, "body");
+        sg_outbox_msg m = {
+            .id = all[i].id,
+            .endpoint = json_string_value(json_object_get(v, "endpoint")),
+            .body = json_string_value(body),
+            .len = json_string_length(body),
+            .headers = json_string_value(json_object_get(v, "headers")),
+            .last_error = json_string_value(json_object_get(v, "last_error")),
+            .updates = (int)json_integer_value(json_object_get(v, "updates")),
+            .attempts = (int)json_integer_value(json_object_get(v, "attempts")),
+            .dead = (int)json_integer_value(json_object_get(v, "dead")),
+            .last_status = (long)json_integer_value(json_object_get(v, "last_status")),
+            .next_at_ms = json_integer_value(json_object_get(v, "next_at_ms")),
+            .created_ms = all[i].created_ms,
+        };
+        if (m.endpoint && m.body) fn(arg, &m);
+    }
+    rc = 0;
+out:
+    for (size_t i = 0; i < n; i++)
+        json_decref(all[i].v);
+    free(all);
+    for (int k = 0; k < 2; k++)
+        if (rp[k]) freeReplyObject(rp[k]);
+    return rc;
+}
+
 static int redis_healthy(sg_store *s)
 {
     sg_redis *r = of(s);
@@ -956,6 +1090,9 @@ static const sg_store_ops redis_ops = {.name = "redis",
                                        .free = redis_free,
                                        .healthy = redis_healthy,
                                        .watch_all = redis_watch_all,
+                                       .outbox_put = redis_outbox_put,
+                                       .outbox_del = redis_outbox_del,
+                                       .outbox_load = redis_outbox_load,
                                        .publish = redis_publish};
 
 /* ---- the cluster: nodes and the aggregators' lease ---- */
@@ -1000,7 +1137,7 @@ static void on_beat_timer(evutil_socket_t fd, short what, void *arg)
         return;
     }
     int64_t now = sg_now_ms();
-    json_t *me = json_pack("{s:s,s:s,s:i,s:i,s:I,s:I,s:I,s:I}", "id", r->node_id, "host", r->cfg->listen_host, "port",
+    json_t *me = json_pack("{s:s,s:s,s:s,s:i,s:i,s:I,s:I,s:I,s:I}", "id", r->node_id, "node", r->node_name, "host", r->cfg->listen_host, "port",
                            r->cfg->listen_port, "pid", (int)getpid(), "started_ms", (json_int_t)r->started_ms, "seen_ms",
                            (json_int_t)now, "conversations_held", (json_int_t)sg_dict_size(r->convs), "accepted",
                            (json_int_t)r->accepted);
@@ -1053,7 +1190,7 @@ static int parse_address(shard *sh, const char *a, char *err, size_t errlen)
 /* The `redis` table: addresses, password, db, prefix, connect_timeout_ms. */
 static int configure(sg_redis *r, json_t *t, char *err, size_t errlen)
 {
-    static const char *const keys[] = {"addresses", "password", "db", "prefix", "connect_timeout_ms", NULL};
+    static const char *const keys[] = {"addresses", "password", "db", "prefix", "connect_timeout_ms", "node", NULL};
     r->timeout_ms = 1000;
     snprintf(r->prefix, sizeof(r->prefix), "statusgw:");
     if (t && sg_config_check_keys(t, "redis", keys, err, errlen) < 0) return -1;
@@ -1086,6 +1223,19 @@ static int configure(sg_redis *r, json_t *t, char *err, size_t errlen)
         if (!json_is_string(v) || json_string_length(v) >= sizeof(r->prefix) || strpbrk(json_string_value(v), " *?[]"))
             return snprintf(err, errlen, "redis.prefix must be a string of at most 127 bytes without spaces or glob characters"), -1;
         snprintf(r->prefix, sizeof(r->prefix), "%s", json_string_value(v));
+    }
+    const char *env = getenv("STATUSGW_NODE");
+    if (t && (v = json_object_get(t, "node"))) {
+        if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) >= sizeof(r->node_name) ||
+            strpbrk(json_string_value(v), " *?[]"))
+            return snprintf(err, errlen, "redis.node must be a name of 1 to 127 bytes without spaces or glob characters"), -1;
+        snprintf(r->node_name, sizeof(r->node_name), "%s", json_string_value(v));
+    } else if (env && env[0] && strlen(env) < sizeof(r->node_name)) {
+        snprintf(r->node_name, sizeof(r->node_name), "%s", env);
+    } else {
+        char host[64] = "localhost";
+        gethostname(host, sizeof(host) - 1);
+        snprintf(r->node_name, sizeof(r->node_name), "%s:%d", host, r->cfg->listen_port);
     }
     if (t && (v = json_object_get(t, "connect_timeout_ms"))) {
         if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 60000)

@@ -325,6 +325,45 @@ describe("once per cluster", () => {
     }
   });
 
+  it("keeps webhook batches in Redis: a gateway killed with SIGKILL sends them once back, with their webhook-ids", async () => {
+    let refuse = true;
+    const got = [];
+    const server = http.createServer((req, res) => {
+      let body = "";
+      req.on("data", (c) => (body += c));
+      req.on("end", () => {
+        got.push({ id: req.headers["webhook-id"], texts: JSON.parse(body).data.updates.map((u) => u.text), refused: refuse });
+        res.writeHead(refuse ? 503 : 200);
+        res.end();
+      });
+    });
+    await new Promise((r) => server.listen(0, "127.0.0.1", r));
+    const rd = await g.startRedis();
+    const hooks = { retry_schedule_s: [0, 1.5, 1.5], endpoints: [{ name: "rx", url: `http://127.0.0.1:${server.address().port}/hook`, secret: "whsec_" + Buffer.from("cluster-secret-0123456789abcdef").toString("base64"), batch_delay_ms: 50 }] };
+    const port = await g.freePort();
+    let a = await g.start(cluster(rd, { webhooks: hooks }), port);
+    try {
+      const id = g.conv("kept");
+      for (let i = 1; i <= 4; i++) assert.equal((await g.publish(a, { conversation_id: id, category: "info", text: `k${i}` })).status, 202);
+      await g.waitFor(() => got.length >= 1, 5000, "a first, refused attempt");
+      const firstIds = [...new Set(got.map((x) => x.id))];
+      a.proc.kill("SIGKILL");
+      await a.exited;
+      refuse = false;
+      a = await g.start(cluster(rd, { webhooks: hooks }), port);
+      await g.waitFor(() => got.filter((x) => !x.refused).flatMap((x) => x.texts).length >= 4, 10000, "the kept updates delivered");
+      await g.sleep(300);
+      const delivered = got.filter((x) => !x.refused);
+      assert.deepEqual(delivered.flatMap((x) => x.texts).sort(), ["k1", "k2", "k3", "k4"], "each once");
+      for (const d of delivered) if (got.some((x) => x.refused && x.texts.join() === d.texts.join())) assert.ok(firstIds.includes(d.id), "a retried batch keeps its webhook-id");
+      assert.match(g.logText(a), /event=webhook_outbox_loaded queued=[1-9]/);
+    } finally {
+      assert.equal(await g.stop(a), 0);
+      await g.stopRedis(rd);
+      server.close();
+    }
+  });
+
   it("runs an aggregator once per cluster over every gateway's updates, and lists the gateways", async () => {
     const rd = await g.startRedis();
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "statusgw-agg-"));
