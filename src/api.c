@@ -1,5 +1,7 @@
 #include "api.h"
 
+#include "loadwait.h"
+
 #include "clock.h"
 #include "hub.h"
 #include "server.h"
@@ -897,6 +899,7 @@ static void handle_history(sg_conn *c, sg_req *r, const char *id)
         sg_http_error(c, &err);
         return;
     }
+    if (sg_await_loaded(c, c->srv->hub, &cv, 1)) return; /* handled again once it is */
     history_read *h = calloc(1, sizeof(*h));
     if (!h || !(h->b = evbuffer_new())) {
         free(h);

@@ -129,7 +129,10 @@ struct sg_store_conv {
     uint64_t want;  /* the newest seq known to exist */
     uint64_t asked; /* want when the catch-up read went out */
     int fetching;   /* a catch-up read is out */
-    int closed;     /* closed while it was: the read frees it */
+    int loading;    /* its epoch and last seq are asked for (open) */
+    int create;     /* and made when missing */
+    int refs;       /* the hub's handle, and each command out that names it */
+    int closed;     /* the hub let go of it */
     sg_store_conv *prev, *next;
     size_t id_len;
     char id[];
@@ -250,6 +253,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
 }
 
 static void catch_up(sg_store_conv *rc);
+static void ask_open(sg_store_conv *rc);
 static void pattern_update(sg_redis *r);
 static void on_sub_reply(redisAsyncContext *ac, void *reply, void *priv);
 
@@ -272,6 +276,8 @@ static void on_cmd_ready(redisAsyncContext *ac, void *reply, void *priv)
         return;
     }
     sh->cmd_up = 1;
+    for (sg_store_conv *rc = sh->r->open_head; rc; rc = rc->next) /* opens the connection lost */
+        if (rc->sh == sh && rc->loading) ask_open(rc);
 }
 
 /* Both connections are up: subscribe to every conversation held open
@@ -595,6 +601,17 @@ static sg_update *entry_update(uint64_t seq, const char *cat, size_t catlen, con
     return sg_update_stored(ci, seq, strtoll(ts, NULL, 10), json, len);
 }
 
+/* A command that named rc is answered; the last reference frees it. 1
+ * when rc is still the hub's. */
+static int rc_unref(sg_store_conv *rc)
+{
+    if (--rc->refs == 0) {
+        free(rc);
+        return 0;
+    }
+    return !rc->closed;
+}
+
 static void on_fetched(redisAsyncContext *ac, void *reply, void *priv)
 {
     sg_store_conv *rc = priv;
@@ -602,11 +619,8 @@ static void on_fetched(redisAsyncContext *ac, void *reply, void *priv)
     sg_redis *r = rc->r;
     answered(rc->sh);
     rc->fetching = 0;
-    if (rc->closed) {
-        free(rc);
-        return;
-    }
-    sg_conv *c = r->hub ? sg_hub_conv(r->hub, rc->id, rc->id_len, SG_CONV_FIND, NULL) : NULL;
+    if (!rc_unref(rc)) return;
+    sg_conv *c = r->hub ? sg_hub_held(r->hub, rc->id, rc->id_len) : NULL;
     if (!c || !rp || rp->type != REDIS_REPLY_ARRAY) return; /* the reconnection catches up */
     for (size_t i = 0; i < rp->elements; i++) {
         redisReply *e = rp->element[i];
@@ -629,11 +643,12 @@ static void catch_up(sg_store_conv *rc)
 {
     sg_redis *r = rc->r;
     shard *sh = rc->sh;
-    sg_conv *c = r->hub ? sg_hub_conv(r->hub, rc->id, rc->id_len, SG_CONV_FIND, NULL) : NULL;
-    if (!c || rc->fetching || !sh->cmd_up) return;
+    sg_conv *c = r->hub ? sg_hub_held(r->hub, rc->id, rc->id_len) : NULL;
+    if (!c || c->hist != rc || rc->loading || rc->fetching || !sh->cmd_up) return;
     if (redisAsyncCommand(sh->cmd, on_fetched, rc, "XRANGE %sh:%b 0-%llu +", r->prefix, rc->id, rc->id_len,
                           (unsigned long long)c->last_seq + 1) == REDIS_OK) {
         rc->fetching = 1;
+        rc->refs++;
         rc->asked = rc->want;
         sent(sh);
     }
@@ -672,7 +687,7 @@ static void heard(sg_redis *r, const char *chan, size_t chlen, const char *msg, 
         sg_update_unref(u);
     }
     sg_store_conv *rc = sg_dict_get(r->convs, id, idlen);
-    sg_conv *c = rc ? sg_hub_conv(r->hub, id, idlen, SG_CONV_FIND, NULL) : NULL;
+    sg_conv *c = rc ? sg_hub_held(r->hub, id, idlen) : NULL;
     if (!c && !rc && pattern && r->wildcard) { /* status:* hears of it first: open it from the message */
         r->hint_id = cid;
         r->hint_epoch = epoch;
@@ -683,6 +698,10 @@ static void heard(sg_redis *r, const char *chan, size_t chlen, const char *msg, 
         rc = c ? c->hist : NULL;
     }
     if (!c || !rc) return;
+    if (rc->loading) { /* what it holds is not known yet: read after */
+        if (seq > rc->want) rc->want = seq;
+        return;
+    }
     if (strcmp(epoch, c->epoch) != 0) { /* begun again: from its first seq */
         memcpy(c->epoch, epoch, sizeof(epoch));
         c->last_seq = c->flushed_seq = 0;
@@ -725,51 +744,78 @@ static void on_sub_reply(redisAsyncContext *ac, void *reply, void *priv)
 
 /* ---- the store seam ---- */
 
+static void on_opened(redisAsyncContext *ac, void *reply, void *priv);
+
+/* Ask for rc's epoch and last seq (made when missing with create). */
+static void ask_open(sg_store_conv *rc)
+{
+    sg_redis *r = rc->r;
+    shard *sh = rc->sh;
+    char cand[SG_EPOCH_LEN + 1];
+    sg_store_new_epoch(cand);
+    if (redisAsyncCommand(sh->cmd, on_opened, rc, "EVAL %s 1 %sm:%s %s %d %lld", open_script, r->prefix, rc->id, cand,
+                          rc->create, (long long)r->cfg->conversation_ttl_s * 1000) == REDIS_OK) {
+        rc->refs++;
+        sent(sh);
+    }
+}
+
+static void on_opened(redisAsyncContext *ac, void *reply, void *priv)
+{
+    sg_store_conv *rc = priv;
+    sg_redis *r = rc->r;
+    redisReply *rp = reply;
+    answered(rc->sh);
+    if (!rc_unref(rc) || !r->hub) return;
+    if (!rp || rp->type == REDIS_REPLY_ERROR) { /* asked again once the shard is back (on_cmd_ready) */
+        rc->sh->errors++;
+        return;
+    }
+    int ok = rp->type == REDIS_REPLY_ARRAY && rp->elements == 2 && rp->element[0]->type == REDIS_REPLY_STRING &&
+             rp->element[0]->len == SG_EPOCH_LEN;
+    rc->loading = 0;
+    if (!ok) {
+        r->base.on_open(r->base.on_commit_arg, rc, rc->id, ENOENT, NULL, 0); /* may close rc */
+        return;
+    }
+    rc->refs++; /* on_open may let go of it */
+    r->base.on_open(r->base.on_commit_arg, rc, rc->id, 0, rp->element[0]->str,
+                    strtoull(rp->element[1]->str, NULL, 10));
+    if (rc_unref(rc)) catch_up(rc); /* what came while it loaded */
+}
+
+/* A conversation's first open here: its epoch and last seq come on a
+ * later turn (on_open), unless status:* heard of it (the hint). */
 static sg_store_conv *redis_open(sg_store *s, const char *conv_id, int create, char *epoch, uint64_t *last_seq)
 {
     sg_redis *r = of(s);
     size_t len = strlen(conv_id);
     shard *sh = shard_of(r, conv_id, len);
-    sg_store_conv *rc = calloc(1, sizeof(*rc) + len + 1);
-    if (!rc) return NULL;
-    rc->r = r;
-    rc->sh = sh;
-    rc->id_len = len;
-    memcpy(rc->id, conv_id, len + 1);
-    if (r->hint_id && strcmp(r->hint_id, conv_id) == 0) {
-        memcpy(epoch, r->hint_epoch, SG_EPOCH_LEN + 1);
-        *last_seq = r->hint_seq;
-    } else {
-        char err[300], cand[SG_EPOCH_LEN + 1];
-        sg_store_new_epoch(cand);
-        redisContext *sc = shard_up(sh) ? sync_ctx(sh, err, sizeof(err)) : NULL;
-        redisReply *rp = sc ? redisCommand(sc, "EVAL %s 1 %sm:%s %s %d %lld", open_script, r->prefix, conv_id, cand,
-                                           create ? 1 : 0, (long long)r->cfg->conversation_ttl_s * 1000)
-                            : NULL;
-        if (sc) sent(sh), answered(sh);
-        int ok = rp && rp->type == REDIS_REPLY_ARRAY && rp->elements == 2 && rp->element[0]->len == SG_EPOCH_LEN;
-        if (!ok) {
-            int missing = rp && rp->type == REDIS_REPLY_NIL;
-            if (!missing) {
-                sh->errors++;
-                if (sc && !rp) { /* the blocking connection broke: the next open makes another */
-                    redisFree(sh->sync);
-                    sh->sync = NULL;
-                }
-            }
-            if (rp) freeReplyObject(rp);
-            free(rc);
-            errno = missing ? ENOENT : EIO;
-            return NULL;
-        }
-        memcpy(epoch, rp->element[0]->str, SG_EPOCH_LEN + 1);
-        *last_seq = strtoull(rp->element[1]->str, NULL, 10);
-        freeReplyObject(rp);
+    int hinted = r->hint_id && strcmp(r->hint_id, conv_id) == 0;
+    if (!hinted && !sh->cmd_up) {
+        errno = EIO;
+        return NULL;
     }
-    if (sg_dict_set(r->convs, rc->id, len, rc) < 0) {
+    sg_store_conv *rc = calloc(1, sizeof(*rc) + len + 1);
+    if (!rc || sg_dict_set(r->convs, conv_id, len, rc) < 0) {
         free(rc);
         errno = ENOMEM;
         return NULL;
+    }
+    rc->r = r;
+    rc->sh = sh;
+    rc->id_len = len;
+    rc->refs = 1;
+    rc->create = create != 0;
+    memcpy(rc->id, conv_id, len + 1);
+    if (hinted) {
+        memcpy(epoch, r->hint_epoch, SG_EPOCH_LEN + 1);
+        *last_seq = r->hint_seq;
+    } else {
+        epoch[0] = 0;
+        *last_seq = 0;
+        rc->loading = 1;
+        ask_open(rc);
     }
     rc->next = r->open_head;
     if (r->open_head) r->open_head->prev = rc;
@@ -875,14 +921,17 @@ static void redis_close(sg_store_conv *c, int drop)
     shard *sh = c->sh;
     /* drop forgets this gateway's hold only: Redis expires the cluster's
      * history (conversation_ttl_s after its last publish) */
-    sg_dict_del(r->convs, c->id, c->id_len);
     if (c->prev) c->prev->next = c->next; else r->open_head = c->next;
     if (c->next) c->next->prev = c->prev;
-    if (sh->sub_up && redisAsyncCommand(sh->sub, on_sub_reply, sh, "UNSUBSCRIBE %sc:%b", r->prefix, c->id,
-                                        c->id_len) == REDIS_OK)
-        sent(sh);
-    if (c->fetching) c->closed = 1;
-    else free(c);
+    /* a newer handle of the same conversation keeps the name and the channel */
+    if (sg_dict_get(r->convs, c->id, c->id_len) == c) {
+        sg_dict_del(r->convs, c->id, c->id_len);
+        if (sh->sub_up && redisAsyncCommand(sh->sub, on_sub_reply, sh, "UNSUBSCRIBE %sc:%b", r->prefix, c->id,
+                                            c->id_len) == REDIS_OK)
+            sent(sh);
+    }
+    c->closed = 1;
+    rc_unref(c);
 }
 
 /* The pattern is wanted while status:* has subscribers here or this
@@ -1069,10 +1118,11 @@ static void redis_free(sg_store *s)
         if (sh->timeout_ev) event_free(sh->timeout_ev);
         free(sh->batch);
     }
-    while (r->open_head) {
+    while (r->open_head) { /* the hub is gone first: none should be left */
         sg_store_conv *c = r->open_head;
         r->open_head = c->next;
-        free(c);
+        c->closed = 1;
+        rc_unref(c);
     }
     if (r->turn_ev) event_free(r->turn_ev);
     if (r->beat_ev) event_free(r->beat_ev);

@@ -899,6 +899,16 @@ void sg_conn_resume(sg_conn *c)
     wq_push(c, SG_WQ_ANSWERS);
 }
 
+void sg_conn_retry(sg_conn *c)
+{
+    c->awaited_by = NULL;
+    if (c->killed) return;
+    c->parsed = 1;
+    c->srv->net.requests--; /* counted once */
+    if (!c->processing) process_http(c);
+    wq_push(c, SG_WQ_ANSWERS);
+}
+
 static void on_read(struct bufferevent *bev, void *arg)
 {
     sg_conn *c = arg;

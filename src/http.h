@@ -110,6 +110,8 @@ void sg_conn_await(sg_conn *c, sg_conn **slot);
 /* The awaited answer is written: go on with any requests pipelined after
  * it, and send what the connection holds at the end of the loop turn. */
 void sg_conn_resume(sg_conn *c);
+/* The awaited request is handled again (what it waited for is there). */
+void sg_conn_retry(sg_conn *c);
 
 /* The request just handled is answered later, in its place, while the
  * connection goes on with the requests pipelined after it: their answers

@@ -114,7 +114,27 @@ typedef struct sg_hold {
     int overflow;     /* more than output_cap was held: dropped */
     int in_cb;        /* cb is running */
     int abandoned;    /* unsubscribed while cb ran */
+    /* resumed while its conversation was loading: resumed again once it is */
+    int awaiting_load;
+    int has_epoch;
+    char epoch[SG_EPOCH_LEN * 4 + 1];
+    uint64_t last_seq;
 } sg_hold;
+
+/* Waiting for a loading conversation (sg_hub_when_loaded). */
+struct sg_load_wait {
+    sg_loaded_fn fn;
+    void *arg;
+    struct sg_load_wait *next;
+};
+
+/* A history read asked while its conversation was loading. */
+struct sg_load_read {
+    sg_read *r;
+    uint64_t since, upto, mask;
+    size_t limit;
+    struct sg_load_read *next;
+};
 
 static int grow_frames(sg_hold *hd)
 {
@@ -336,8 +356,11 @@ static void idem_clear(sg_conv *c)
 /* Forget a conversation; drop: its history too (a durable store keeps an
  * evicted one's, for when it is touched again). Only called with no
  * subscribers. */
+static void load_done(sg_hub *h, sg_conv *c, int status);
+
 static void conv_free(sg_hub *h, sg_conv *c, int drop)
 {
+    if (c->waits || c->reads) load_done(h, c, 503); /* evicted while loading */
     if (c->nq && c->qgen[c->nq - 1] > h->committed_gen && h->store->ops->drain)
         h->store->ops->drain(h->store); /* what it queued is delivered as committed */
     conv_flush(h, c, FLUSH_NOW);
@@ -404,9 +427,15 @@ static void idem_recalled(void *arg, const char *key, uint64_t seq, int64_t expi
     idem_remember(r->h, r->c, key, seq, sg_mono_ms() + (expires_ms - sg_now_ms()));
 }
 
+sg_conv *sg_hub_held(sg_hub *h, const char *id, size_t len)
+{
+    return sg_dict_get(h->convs, id, len);
+}
+
 sg_conv *sg_hub_conv(sg_hub *h, const char *id, size_t len, int create, sg_error *err)
 {
     sg_conv *c = sg_dict_get(h->convs, id, len);
+    if (c && c->loading && create == SG_CONV_WATCH) c->want_create = 1;
     if (c || (!create && !h->durable && !h->store->ops->publish)) {
         if (!c && err)
             sg_error_set(err, 404, "conversation_not_found", NULL,
@@ -436,6 +465,8 @@ sg_conv *sg_hub_conv(sg_hub *h, const char *id, size_t len, int create, sg_error
         free(c);
         return NULL;
     }
+    c->loading = c->epoch[0] == 0; /* the store answers later (on_open) */
+    c->want_create = create == SG_CONV_WATCH;
     int empty = create == SG_CONV_WATCH && c->last_seq == 0;
     if (make_room(h, empty, err) < 0) {
         h->store->ops->close(c->hist, 0);
@@ -722,6 +753,20 @@ static void on_resume_read(void *arg, int status, sg_update **ups, size_t n, uin
 void sg_hub_resume(sg_hub *h, sg_sub *s, const char *epoch, uint64_t last_seq, sg_replay_fn cb)
 {
     sg_conv *c = s->conv;
+    if (c->loading) { /* held until it is loaded (load_done), then resumed */
+        sg_hold *hd = calloc(1, sizeof(*hd));
+        if (hd) {
+            hd->hub = h;
+            hd->cb = cb;
+            hd->awaiting_load = 1;
+            hd->has_epoch = epoch != NULL;
+            snprintf(hd->epoch, sizeof(hd->epoch), "%s", epoch ? epoch : "");
+            hd->last_seq = last_seq;
+            s->hold = hd;
+            s->state = SG_SUB_HOLDING;
+            return;
+        }
+    }
     sg_replay rp = {0};
     rp.epoch_changed = epoch && strcmp(epoch, c->epoch) != 0;
     rp.since = rp.epoch_changed ? 0 : last_seq;
@@ -863,7 +908,116 @@ void sg_hub_rate(const sg_hub *h, int seconds, uint64_t *total, uint64_t *errors
 sg_read *sg_hub_history(sg_hub *h, sg_conv *c, uint64_t since, uint64_t upto, size_t limit,
                         uint64_t mask, sg_store_range_fn cb, void *arg)
 {
-    return sg_store_read(h->store, c->hist, since, upto, limit, mask, cb, arg);
+    if (!c->loading) return sg_store_read(h->store, c->hist, since, upto, limit, mask, cb, arg);
+    struct sg_load_read *lr = calloc(1, sizeof(*lr));
+    sg_read *r = lr ? sg_read_later(cb, arg) : NULL;
+    if (!r) {
+        free(lr);
+        cb(arg, -1, NULL, 0, 0);
+        return NULL;
+    }
+    *lr = (struct sg_load_read){r, since, upto, mask, limit, c->reads};
+    c->reads = lr;
+    return r;
+}
+
+/* ---- conversations read later (the Redis engine) ---- */
+
+int sg_hub_when_loaded(sg_hub *h, sg_conv *c, sg_loaded_fn fn, void *arg)
+{
+    if (!c->loading) return 1;
+    struct sg_load_wait *w = malloc(sizeof(*w));
+    if (!w) { /* told at once, as if it went away */
+        fn(arg, c, 503);
+        return 0;
+    }
+    *w = (struct sg_load_wait){fn, arg, c->waits};
+    c->waits = w;
+    return 0;
+}
+
+void sg_hub_cancel_loaded(sg_conv *c, void *arg)
+{
+    for (struct sg_load_wait **pp = &c->waits; *pp;) {
+        struct sg_load_wait *w = *pp;
+        if (w->arg == arg) {
+            *pp = w->next;
+            free(w);
+        } else {
+            pp = &w->next;
+        }
+    }
+}
+
+/* c is loaded (status 0) or will not be (404, 503): its waiters, reads
+ * and resumes go on. */
+static void load_done(sg_hub *h, sg_conv *c, int status)
+{
+    struct sg_load_wait *w = c->waits;
+    struct sg_load_read *lr = c->reads;
+    c->waits = NULL;
+    c->reads = NULL;
+    while (lr) {
+        struct sg_load_read *next = lr->next;
+        if (status == 0) sg_read_send(lr->r, h->store, c->hist, lr->since, lr->upto, lr->limit, lr->mask);
+        else sg_read_fail(lr->r);
+        free(lr);
+        lr = next;
+    }
+    for (sg_group *g = c->groups; g; g = g->next)
+        for (sg_sub *s = g->subs; s; s = s->next) {
+            sg_hold *hd = s->hold;
+            if (!hd || !hd->awaiting_load) continue;
+            s->hold = NULL;
+            s->state = SG_SUB_LIVE;
+            if (status == 0) {
+                sg_hub_resume(h, s, hd->has_epoch ? hd->epoch : NULL, hd->last_seq, hd->cb);
+            } else {
+                sg_replay rp = {0};
+                rp.status = -1;
+                hd->cb(s, &rp);
+            }
+            hold_free(hd);
+        }
+    /* the waiters last: one may free c (a 404 answered) */
+    while (w) {
+        struct sg_load_wait *next = w->next;
+        w->fn(w->arg, c, status);
+        free(w);
+        w = next;
+    }
+}
+
+/* The store answered an open that left the epoch empty. */
+static void on_open(void *arg, sg_store_conv *sc, const char *id, int status, const char *epoch, uint64_t last_seq)
+{
+    sg_hub *h = arg;
+    sg_conv *c = sg_dict_get(h->convs, id, strlen(id));
+    if (!c || c->hist != sc || !c->loading) return;
+    if (status == ENOENT && c->want_create) { /* a subscriber came meanwhile: made after all */
+        char e[SG_EPOCH_LEN + 1] = "";
+        uint64_t last = 0;
+        sg_store_conv *again = h->store->ops->open(h->store, c->id, SG_CONV_WATCH, e, &last);
+        if (again) {
+            h->store->ops->close(c->hist, 0);
+            c->hist = again;
+            return; /* answered later again */
+        }
+        status = EIO;
+    }
+    if (status != 0) {
+        load_done(h, c, status == ENOENT ? 404 : 503);
+        if (c->n_subs == 0) conv_free(h, c, 0);
+        return;
+    }
+    memcpy(c->epoch, epoch, SG_EPOCH_LEN + 1);
+    c->last_seq = c->flushed_seq = last_seq;
+    c->loading = 0;
+    if (c->empty && last_seq > 0) { /* it held updates after all */
+        c->empty = 0;
+        h->n_empty--;
+    }
+    load_done(h, c, 0);
 }
 
 /* ---- lifecycle ---- */
@@ -878,6 +1032,7 @@ sg_hub *sg_hub_new(struct event_base *base, const sg_config *cfg, sg_store *stor
     h->durable = store->ops->sync != NULL;
     store->on_commit = on_commit;
     store->on_commit_arg = h;
+    store->on_open = on_open;
     h->convs = sg_dict_new();
     h->wildcard.is_wildcard = 1;
     memcpy(h->wildcard.id, "*", 2);

@@ -87,6 +87,12 @@ struct sg_conv {
     int empty;                   /* opened by a subscriber; no update yet */
     sg_dict *idem;               /* idempotency_key -> struct idem */
     struct idem *idem_head, *idem_tail;
+    /* being read from the store (the Redis engine answers opens on a later
+     * loop turn): epoch and last_seq are not known yet */
+    int loading;
+    int want_create;             /* a subscriber opened it meanwhile */
+    struct sg_load_wait *waits;  /* sg_hub_when_loaded */
+    struct sg_load_read *reads;  /* history reads asked meanwhile */
 };
 
 #define SG_BATCH_BUCKETS 8   /* 1 2 5 10 20 50 100 +Inf */
@@ -122,6 +128,8 @@ void sg_hub_free(sg_hub *h);
  * slots nor evict history). NULL with err set (404 or 429). */
 enum { SG_CONV_FIND = 0, SG_CONV_PUBLISH = 1, SG_CONV_WATCH = 2 };
 sg_conv *sg_hub_conv(sg_hub *h, const char *id, size_t len, int create, sg_error *err);
+/* The conversation the hub holds, or NULL (the store is not asked). */
+sg_conv *sg_hub_held(sg_hub *h, const char *id, size_t len);
 
 typedef struct sg_publish_result {
     uint64_t seq;
@@ -143,6 +151,15 @@ int sg_hub_publish(sg_hub *h, const sg_draft *d, sg_publish_result *res, sg_erro
  * subscribers as a publish's would be. A new epoch starts c over. 0, or
  * -1 when out of memory (u is dropped). */
 int sg_hub_inject(sg_hub *h, sg_conv *c, const char *epoch, sg_update *u);
+
+/* c is loading (its epoch and last seq come from the store on a later
+ * loop turn): fn(arg, c, status) once they are (status 0), or when c does
+ * not exist (404: c is forgotten right after) or went away (503). 1 when
+ * c is loaded already (fn is not called), 0 when fn will be. */
+typedef void (*sg_loaded_fn)(void *arg, sg_conv *c, int status);
+int sg_hub_when_loaded(sg_hub *h, sg_conv *c, sg_loaded_fn fn, void *arg);
+/* The waiter arg goes away first: its fn will not be called. */
+void sg_hub_cancel_loaded(sg_conv *c, void *arg);
 
 /* Subscribe s to c with a category mask and an optional filter (borrowed;
  * the group takes its own reference). s is owned by the caller and must be

@@ -435,6 +435,16 @@ static void on_join_replay(sg_sub *s, const sg_replay *rp)
            p->peer, sg_log_q(ch->topic), rp->recovered);
 }
 
+/* A join without last_seq whose conversation had to load first: no
+ * replay, and not a resume (recovered false, as any first join). */
+static void on_join_fresh(sg_sub *s, const sg_replay *rp)
+{
+    sg_replay fresh = *rp;
+    fresh.recovered = 0;
+    fresh.n = 0;
+    on_join_replay(s, &fresh);
+}
+
 static void handle_join(sg_phx *p, json_t *jr, json_t *ref, const char *topic, json_t *payload)
 {
     sg_server *srv = p->srv;
@@ -512,6 +522,12 @@ static void handle_join(sg_phx *p, json_t *jr, json_t *ref, const char *topic, j
         return;
     }
     ch->changes = changes;
+    if (!wildcard && cv->loading && (!jlast || !json_is_integer(jlast))) {
+        /* the store reads it later: answered once it is, as a resume from now */
+        ch->joining = json_incref(ref ? ref : json_null());
+        sg_hub_resume(srv->hub, &ch->sub, NULL, UINT64_MAX, on_join_fresh);
+        return;
+    }
     if (wildcard || !jlast || !json_is_integer(jlast)) {
         join_reply(ch, ref, 0);
         sg_log(SG_LOG_DEBUG, "channel_joined", "peer=%s topic=%s resume=0", p->peer,

@@ -1,5 +1,7 @@
 #include "sse.h"
 
+#include "loadwait.h"
+
 #include "hub.h"
 #include "log.h"
 #include "security.h"
@@ -223,6 +225,7 @@ void sg_sse_start(sg_conn *c, sg_req *r, const char *conv_id)
         sg_http_error(c, &err);
         return;
     }
+    if (sg_await_loaded(c, srv->hub, &cv, 1)) return; /* handled again once it is */
     sse_sub *ss = calloc(1, sizeof(*ss));
     if (!ss) {
         sg_error_set(&err, 503, "out_of_memory", NULL, "the gateway is out of memory");
@@ -582,6 +585,11 @@ void sg_sse_start_multi(sg_conn *c, sg_req *r)
         sg_http_error(c, &err);
         return;
     }
+    /* conversations the store reads later: the request is handled again once they are */
+    sg_conv *opened[1024];
+    for (int i = 0; i < n; i++)
+        opened[i] = sg_hub_conv(srv->hub, names[i], strlen(names[i]), SG_CONV_WATCH, &err);
+    if (sg_await_loaded(c, srv->hub, opened, n)) return;
     sse_multi *m = calloc(1, sizeof(*m));
     if (m) m->convs = calloc((size_t)(all ? 1 : n), sizeof(*m->convs));
     if (!m || !m->convs) {

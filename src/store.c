@@ -157,3 +157,25 @@ void sg_read_cancel(sg_read *r)
 {
     if (r) r->cb = NULL;
 }
+
+sg_read *sg_read_later(sg_store_range_fn cb, void *arg)
+{
+    sg_read *r = malloc(sizeof(*r));
+    if (r) *r = (sg_read){cb, arg, 1, 0};
+    return r;
+}
+
+void sg_read_send(sg_read *r, sg_store *s, sg_store_conv *c, uint64_t since, uint64_t upto, size_t limit,
+                  uint64_t mask)
+{
+    if (!r->cb) { /* cancelled meanwhile */
+        free(r);
+        return;
+    }
+    s->ops->range(c, since, upto, limit, mask, read_done, r); /* waiting: read_done frees it */
+}
+
+void sg_read_fail(sg_read *r)
+{
+    read_done(r, -1, NULL, 0, 0);
+}

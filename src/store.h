@@ -76,7 +76,8 @@ typedef struct sg_store_ops {
     /* Open a conversation's history. Fills epoch (SG_EPOCH_LEN + 1 bytes)
      * and the newest seq it holds (0 for a new one). With create 0, a
      * conversation the store does not hold is NULL with errno ENOENT; NULL
-     * otherwise is a failure. */
+     * otherwise is a failure. A store that reads them later (the Redis
+     * engine) leaves epoch empty and calls on_open once it knows. */
     sg_store_conv *(*open)(sg_store *s, const char *conv_id, int create, char *epoch, uint64_t *last_seq);
     /* Append u (the store takes a reference) and trim to the history size.
      * Returns the generation of the commit that will hold it: 0 when it is
@@ -132,6 +133,11 @@ struct sg_store {
     /* set by the hub: generation gen (and every one before it) is committed */
     void (*on_commit)(void *arg, uint64_t gen);
     void *on_commit_arg;
+    /* set by the hub: an open that left epoch empty is answered: status 0
+     * with the epoch and last seq, or ENOENT (create was 0 and the store
+     * holds no such conversation) */
+    void (*on_open)(void *arg, sg_store_conv *c, const char *conv_id, int status, const char *epoch,
+                    uint64_t last_seq);
 };
 
 /* The built-in store: a ring of `history_size` updates per conversation. */
@@ -181,6 +187,13 @@ sg_read *sg_store_read(sg_store *s, sg_store_conv *c, uint64_t since, uint64_t u
                        uint64_t mask, sg_store_range_fn cb, void *arg);
 /* The reader is going away: its callback will not be called. */
 void sg_read_cancel(sg_read *r);
+/* A read asked before it can be sent (its conversation is loading): the
+ * handle now, the range later with sg_read_send (or status -1 with
+ * sg_read_fail). Each frees it. NULL when out of memory. */
+sg_read *sg_read_later(sg_store_range_fn cb, void *arg);
+void sg_read_send(sg_read *r, sg_store *s, sg_store_conv *c, uint64_t since, uint64_t upto, size_t limit,
+                  uint64_t mask);
+void sg_read_fail(sg_read *r);
 
 /* Fill out with SG_EPOCH_LEN random hex characters and a NUL. */
 void sg_store_new_epoch(char *out);

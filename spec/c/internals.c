@@ -403,7 +403,7 @@ static const sg_store_ops t_full_ops = {.name = "full", .open = t_full_open, .ap
 static void hub_refuses_what_the_store_cannot_take(void)
 {
     struct event_base *base = event_base_new();
-    sg_store store = {&t_full_ops, NULL, NULL};
+    sg_store store = {&t_full_ops, NULL, NULL, NULL};
     sg_hub *h = sg_hub_new(base, &cfg, &store);
     sg_limits lim = {4096, 65536};
     sg_draft d;

@@ -193,6 +193,57 @@ describe("three gateways on one Redis", () => {
   });
 });
 
+describe("a slow Redis", () => {
+  it("never blocks the loop: joins, streams and history on a gateway that does not hold the conversation wait for Redis, and the rest goes on", async () => {
+    const rd = await g.startRedis({ args: ["--enable-debug-command", "yes"] });
+    const a = await g.start(cluster(rd)), b = await g.start(cluster(rd));
+    try {
+      const id = g.conv("slow");
+      let first;
+      for (let i = 1; i <= 3; i++) {
+        const r = await g.publish(a, { conversation_id: id, category: "info", text: `s${i}` });
+        if (i === 1) first = r.body;
+      }
+      const sleeping = g.redis(rd, "DEBUG", "SLEEP", "0.8"); // Redis answers nobody for 0.8 s
+      await g.sleep(50);
+      const t0 = Date.now();
+      let tJoin = 0;
+      const joined = (async () => {
+        const s = g.socket(b);
+        const ch = s.channel(`status:${id}`, { categories: ["*"] });
+        const r = await g.join(ch);
+        tJoin = Date.now();
+        return r;
+      })();
+      const hist = fetch(`${b.url}/api/v1/conversations/${id}/history`).then((r) => r.json());
+      const missing = fetch(`${b.url}/api/v1/conversations/${g.conv("none")}/history`);
+      const st = rawStream(`${b.url}/api/v1/conversations/${id}/events`, `${first.epoch}:1`);
+      const health = await fetch(`${b.url}/healthz`);
+      assert.equal(health.status, 200);
+      const tHealth = Date.now();
+      const r = await joined;
+      assert.ok(tHealth < tJoin, "the loop answered while the join waited for Redis");
+      assert.ok(tJoin - t0 >= 300, `the join waited for Redis (${tJoin - t0} ms)`);
+      assert.equal(r.epoch, first.epoch);
+      assert.equal(r.last_seq, 3);
+      assert.equal(r.recovered, false);
+      const h = await hist;
+      assert.deepEqual(h.updates.map((u) => u.text), ["s1", "s2", "s3"]);
+      assert.equal(h.epoch, first.epoch);
+      assert.equal((await missing).status, 404);
+      await g.waitFor(() => st.events.length === 2, 5000, "the replay");
+      assert.deepEqual(st.events.map((e) => e.id), [`${first.epoch}:2`, `${first.epoch}:3`]);
+      st.close();
+      await sleeping;
+    } finally {
+      g.disconnectAll();
+      assert.equal(await g.stop(a), 0);
+      assert.equal(await g.stop(b), 0);
+      await g.stopRedis(rd);
+    }
+  });
+});
+
 describe("Redis going away and coming back", () => {
   it("refuses publishes with 503 engine_unavailable while Redis is down, keeps subscribers, and catches them up after", async () => {
     let rd = await g.startRedis({ persist: true });

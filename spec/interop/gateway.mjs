@@ -164,11 +164,11 @@ export function conv(name) {
 
 // A real redis-server on a free port (no persistence unless asked), with
 // its own directory; resolves once it answers PING.
-export async function startRedis({ port, dir, persist = false } = {}) {
+export async function startRedis({ port, dir, persist = false, args: extra = [] } = {}) {
   port = port || (await freePort());
   dir = dir || fs.mkdtempSync(path.join(os.tmpdir(), "statusgw-redis-"));
   const args = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--dir", dir,
-    "--appendonly", persist ? "yes" : "no", "--appendfsync", "always", "--logfile", path.join(dir, "redis.log")];
+    "--appendonly", persist ? "yes" : "no", "--appendfsync", "always", "--logfile", path.join(dir, "redis.log"), ...extra];
   const proc = spawn("redis-server", args, { stdio: "ignore" });
   const exited = new Promise((resolve) => proc.on("exit", (code, signal) => resolve(code ?? signal)));
   const r = { port, dir, proc, exited, addr: `127.0.0.1:${port}` };
