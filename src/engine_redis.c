@@ -316,14 +316,17 @@ static void on_connect(const redisAsyncContext *ac, int status)
 }
 
 /* AUTH and SELECT, queued first on a new connection. */
-static void prelude(shard *sh, redisAsyncContext *ac)
+static void prelude(shard *sh, redisAsyncContext *ac, const char *role)
 {
     sg_redis *r = sh->r;
     if (r->password && redisAsyncCommand(ac, NULL, NULL, "AUTH %s", r->password) == REDIS_OK) sent(sh), answered(sh);
     if (r->db && redisAsyncCommand(ac, NULL, NULL, "SELECT %d", r->db) == REDIS_OK) sent(sh), answered(sh);
+    /* named, so that an operator (and the specs) can tell the connections apart */
+    if (redisAsyncCommand(ac, NULL, NULL, "CLIENT SETNAME statusgw:%s:%s", r->node_name, role) == REDIS_OK)
+        sent(sh), answered(sh);
 }
 
-static redisAsyncContext *open_async(shard *sh)
+static redisAsyncContext *open_async(shard *sh, const char *role)
 {
     redisAsyncContext *ac = redisAsyncConnect(sh->host, sh->port);
     if (!ac) return NULL;
@@ -335,15 +338,15 @@ static redisAsyncContext *open_async(shard *sh)
     redisLibeventAttach(ac, sh->r->ev);
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    prelude(sh, ac);
+    prelude(sh, ac, role);
     return ac;
 }
 
 static void shard_connect(shard *sh)
 {
     sg_redis *r = sh->r;
-    sh->cmd = open_async(sh);
-    sh->sub = sh->cmd ? open_async(sh) : NULL;
+    sh->cmd = open_async(sh, "cmd");
+    sh->sub = sh->cmd ? open_async(sh, "sub") : NULL;
     if (!sh->cmd || !sh->sub) {
         shard_lost(sh, "cannot make a connection");
         return;
@@ -629,12 +632,20 @@ static void on_fetched(redisAsyncContext *ac, void *reply, void *priv)
         uint64_t seq = dash ? strtoull(dash + 1, NULL, 10) : 0;
         redisReply **f = e->element[1]->element; /* k, cat, t, ts, u, json */
         if (seq <= c->last_seq) continue;
+        if (seq > c->last_seq + 1) { /* trimmed before it was read: its subscribers resume, and learn of it */
+            sg_hub_cut(r->hub, c, "history_trimmed");
+            c->last_seq = c->flushed_seq = seq - 1;
+        }
         sg_update *u = entry_update(seq, f[1]->str, f[1]->len, f[3]->str, f[5]->str, f[5]->len);
         if (u) sg_hub_inject(r->hub, c, c->epoch, u);
     }
     if (rc->want > c->last_seq) {
-        if (rc->want > rc->asked) catch_up(rc); /* heard of more while the read was out */
-        else rc->want = c->last_seq; /* asked for it and the stream has it no more (trimmed, expired) */
+        if (rc->want > rc->asked) {
+            catch_up(rc); /* heard of more while the read was out */
+        } else { /* asked for it and the stream has it no more (expired) */
+            sg_hub_cut(r->hub, c, "history_trimmed");
+            c->last_seq = c->flushed_seq = rc->want;
+        }
     }
 }
 
@@ -702,7 +713,8 @@ static void heard(sg_redis *r, const char *chan, size_t chlen, const char *msg, 
         if (seq > rc->want) rc->want = seq;
         return;
     }
-    if (strcmp(epoch, c->epoch) != 0) { /* begun again: from its first seq */
+    if (strcmp(epoch, c->epoch) != 0) { /* begun again (Redis lost it): from its first seq */
+        sg_hub_cut(r->hub, c, "epoch_changed");
         memcpy(c->epoch, epoch, sizeof(epoch));
         c->last_seq = c->flushed_seq = 0;
     }

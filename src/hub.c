@@ -807,6 +807,20 @@ static void resume_cancel(sg_sub *s)
     hold_free(hd);
 }
 
+void sg_hub_cut(sg_hub *h, sg_conv *c, const char *reason)
+{
+    int n = 0;
+    for (sg_group *g = c->groups; g; g = g->next)
+        for (sg_sub *s = g->subs; s; s = s->next) {
+            if (s->state == SG_SUB_DEAD) continue;
+            if (g->cls->cut) g->cls->cut(s, reason);
+            else g->cls->deliver(s, NULL);
+            s->state = SG_SUB_DEAD;
+            n++;
+        }
+    if (n) sg_log(SG_LOG_WARN, "subscribers_cut", "conversation=%s subscribers=%d reason=%s", c->id, n, reason);
+}
+
 /* ---- subscribers ---- */
 
 int sg_hub_subscribe(sg_hub *h, sg_conv *c, sg_sub *s, const sg_sub_class *cls,

@@ -33,6 +33,11 @@ typedef struct sg_sub_class {
      * cannot be appended, so that the client resumes from its last seq
      * instead of missing updates in silence. */
     void (*deliver)(sg_sub *s, sg_blob *b);
+    /* Optional: the conversation lost updates this subscriber has not
+     * seen (history no longer holds them, or the conversation began
+     * again): tell the client to resume from its last seq, where it
+     * learns of the gap. Marks s SG_SUB_DEAD. NULL: deliver(s, NULL). */
+    void (*cut)(sg_sub *s, const char *reason);
 } sg_sub_class;
 
 struct sg_group {
@@ -160,6 +165,11 @@ typedef void (*sg_loaded_fn)(void *arg, sg_conv *c, int status);
 int sg_hub_when_loaded(sg_hub *h, sg_conv *c, sg_loaded_fn fn, void *arg);
 /* The waiter arg goes away first: its fn will not be called. */
 void sg_hub_cancel_loaded(sg_conv *c, void *arg);
+
+/* c lost updates its subscribers have not seen (a store that sequences
+ * found them gone from history, or c began again): each is cut off
+ * (sg_sub_class.cut) and resumes, learning of the gap then. */
+void sg_hub_cut(sg_hub *h, sg_conv *c, const char *reason);
 
 /* Subscribe s to c with a category mask and an optional filter (borrowed;
  * the group takes its own reference). s is owned by the caller and must be

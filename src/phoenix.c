@@ -237,7 +237,17 @@ static void phx_deliver(sg_sub *s, sg_blob *b)
         ch->phx->srv->net.delivered_ws += b->n_updates;
 }
 
-static const sg_sub_class phx_class = {"websocket", phx_encode, phx_deliver};
+/* The channel errs, as a Phoenix channel whose process died: phoenix.js
+ * rejoins it with its params (epoch, last_seq), and the join's answer
+ * says what was lost (recovered: false). */
+static void phx_cut(sg_sub *s, const char *reason)
+{
+    phx_chan *ch = (phx_chan *)s;
+    s->state = SG_SUB_DEAD;
+    send_json(ch->phx, ch->join_ref, ch->join_ref, ch->topic, "phx_error", json_pack("{s:s}", "reason", reason));
+}
+
+static const sg_sub_class phx_class = {"websocket", phx_encode, phx_deliver, phx_cut};
 
 /* ---- channels ---- */
 

@@ -75,7 +75,16 @@ static void sse_deliver(sg_sub *s, sg_blob *b)
     sg_conn_deliver(c);
 }
 
-static const sg_sub_class sse_class = {"sse", sse_encode, sse_deliver};
+/* The stream ends after what it has: the client resumes from its
+ * Last-Event-ID and is told of the gap then. */
+static void sse_cut(sg_sub *s, const char *reason)
+{
+    sse_sub *ss = (sse_sub *)s;
+    s->state = SG_SUB_DEAD;
+    sg_conn_close_after_write(ss->conn);
+}
+
+static const sg_sub_class sse_class = {"sse", sse_encode, sse_deliver, sse_cut};
 
 static void sse_on_read(sg_conn *c)
 {
@@ -400,10 +409,10 @@ static void multi_deliver(sg_sub *s, sg_blob *b)
     sg_conn_deliver(c);
 }
 
-static const sg_sub_class sse_multi_class = {"sse", multi_encode, multi_deliver};
+static const sg_sub_class sse_multi_class = {"sse", multi_encode, multi_deliver, NULL};
 
 /* conversations=*: each event's id is its own conversation's position */
-static const sg_sub_class sse_all_class = {"sse", sse_encode, sse_deliver};
+static const sg_sub_class sse_all_class = {"sse", sse_encode, sse_deliver, NULL};
 
 static void multi_free(sg_server *srv, sse_multi *m)
 {

@@ -266,7 +266,7 @@ static void t_deliver(sg_sub *s, sg_blob *b)
     f->len += (size_t)snprintf(f->seen + f->len, sizeof(f->seen) - f->len, "%.*s;", (int)b->len, b->data);
 }
 
-static const sg_sub_class t_class = {"test", t_encode, t_deliver};
+static const sg_sub_class t_class = {"test", t_encode, t_deliver, NULL};
 
 static void hub_flush_order_and_grouping(void)
 {
@@ -355,7 +355,7 @@ static void t_deliver_cut(sg_sub *s, sg_blob *b)
     if (!b) s->state = SG_SUB_DEAD;
 }
 
-static const sg_sub_class t_oom_class = {"oom", t_encode_oom, t_deliver_cut};
+static const sg_sub_class t_oom_class = {"oom", t_encode_oom, t_deliver_cut, NULL};
 
 static void hub_encode_oom_cuts(void)
 {

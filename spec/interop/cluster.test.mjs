@@ -315,6 +315,34 @@ describe("Redis going away and coming back", () => {
     }
   });
 
+  it("cuts subscribers off when what they missed is gone from history, and they rejoin with recovered: false", async () => {
+    const rd = await g.startRedis();
+    const a = await g.start(cluster(rd, { history_size: 5 })), b = await g.start(cluster(rd, { history_size: 5 }));
+    try {
+      const id = g.conv("trimmed");
+      const w = await phoenixWatcher(b, id);
+      await g.publish(a, { conversation_id: id, category: "info", text: "1" });
+      await g.waitFor(() => w.seen.length === 1, 5000, "first");
+      // only b's Pub/Sub connection drops; a publishes more than history holds meanwhile
+      const clients = await g.redis(rd, "CLIENT", "LIST", "TYPE", "pubsub");
+      const mine = clients.split("\n").find((l) => l.includes(`name=statusgw:`) && l.includes(`:${b.port}:sub`));
+      assert.ok(mine, "b's Pub/Sub connection is named: " + clients);
+      await g.redis(rd, "CLIENT", "KILL", "ID", mine.match(/id=(\d+)/)[1]);
+      for (let i = 2; i <= 12; i++) assert.equal((await g.publish(a, { conversation_id: id, category: "info", text: String(i) })).status, 202);
+      await g.waitFor(() => w.joins.length === 2, 10000, "the channel rejoined");
+      assert.equal(w.joins[1].recovered, false, "told of the gap");
+      assert.equal(w.joins[1].last_seq, 12);
+      await g.waitFor(() => w.seen.length >= 6, 5000, "what history holds");
+      assert.deepEqual(w.seen, ["1:1", "8:8", "9:9", "10:10", "11:11", "12:12"]);
+      assert.match(g.logText(b), /event=subscribers_cut conversation=\S+ subscribers=1 reason=history_trimmed/);
+    } finally {
+      g.disconnectAll();
+      assert.equal(await g.stop(a), 0);
+      assert.equal(await g.stop(b), 0);
+      await g.stopRedis(rd);
+    }
+  });
+
   it("exits 2 with the address when Redis is unreachable at start", async () => {
     const port = await g.freePort();
     const err = await g.start(cluster({ addr: `127.0.0.1:${port}` })).catch((e) => e);
