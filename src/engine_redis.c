@@ -265,16 +265,23 @@ static void subscribe_conv(shard *sh, const char *id, size_t len)
         sent(sh);
 }
 
+/* The first answer on a new connection: 1 when ac is still the shard's
+ * (mine) and it answered well; else the shard is lost. */
+static int came_up(shard *sh, redisAsyncContext *ac, redisAsyncContext *mine, redisReply *rp, const char *what)
+{
+    answered(sh);
+    if (mine != ac) return 0;
+    if (!rp || rp->type == REDIS_REPLY_ERROR) {
+        shard_lost(sh, rp ? rp->str : what);
+        return 0;
+    }
+    return 1;
+}
+
 static void on_cmd_ready(redisAsyncContext *ac, void *reply, void *priv)
 {
     shard *sh = priv;
-    redisReply *rp = reply;
-    answered(sh);
-    if (sh->cmd != ac) return;
-    if (!rp || rp->type == REDIS_REPLY_ERROR) {
-        shard_lost(sh, rp ? rp->str : "no answer to SCRIPT LOAD");
-        return;
-    }
+    if (!came_up(sh, ac, sh->cmd, reply, "no answer to SCRIPT LOAD")) return;
     sh->cmd_up = 1;
     for (sg_store_conv *rc = sh->r->open_head; rc; rc = rc->next) /* opens the connection lost */
         if (rc->sh == sh && rc->loading) ask_open(rc);
@@ -285,13 +292,7 @@ static void on_cmd_ready(redisAsyncContext *ac, void *reply, void *priv)
 static void on_sub_ready(redisAsyncContext *ac, void *reply, void *priv)
 {
     shard *sh = priv;
-    redisReply *rp = reply;
-    answered(sh);
-    if (sh->sub != ac) return;
-    if (!rp || rp->type == REDIS_REPLY_ERROR) {
-        shard_lost(sh, rp ? rp->str : "no answer to AUTH/SELECT");
-        return;
-    }
+    if (!came_up(sh, ac, sh->sub, reply, "no answer to PING")) return;
     sh->sub_up = 1;
     sg_redis *r = sh->r;
     for (sg_store_conv *rc = r->open_head; rc; rc = rc->next)
