@@ -77,7 +77,7 @@ build/asan/internals build/asan/connections: build/asan/%: spec/c/%.c spec/c/tap
 # undefined-behaviour sanitizers, the daemon's modules instrumented for
 # coverage. `make fuzz [FUZZ_SECONDS=60]` runs each target that long on its
 # corpus in fuzz/corpus/<target>; `make test` runs each briefly.
-FUZZ_TARGETS := http ws sse publish jwt luajson
+FUZZ_TARGETS := http ws sse publish jwt luajson redis
 FUZZ_FLAGS   := -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
                 -fno-sanitize-recover=undefined
 FT_http := 1
@@ -86,6 +86,7 @@ FT_sse := 3
 FT_publish := 4
 FT_jwt := 5
 FT_luajson := 6
+FT_redis := 7
 FOBJS = $(patsubst src/%.c,build/fuzz/obj/%.o,$(filter-out src/main.c,$(DAEMON)))
 FUZZ_SECONDS ?= 60
 

@@ -12,6 +12,8 @@
  *   jwt       a subscriber token against a configured secret
  *   luajson   the Lua <-> JSON bridges in a plugin sandbox: JSON text into
  *             Lua values and back, to jansson and back
+ *   redis     the Redis engine's Pub/Sub message (sg_redis_parse_message),
+ *             and the update it becomes
  *
  * The connection targets run the real daemon in process: a server with the
  * hub, the memory store, the plugin host (with the shipped builders), the
@@ -51,6 +53,7 @@
 #define T_PUBLISH 4
 #define T_JWT 5
 #define T_LUAJSON 6
+#define T_REDIS 7
 
 #ifndef FUZZ_TARGET
 #error "compile with -DFUZZ_TARGET=T_HTTP (or another target)"
@@ -149,6 +152,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     cfg.security = json_pack("{s:s}", "jwt_secret", JWT_SECRET);
     jwt_sec = sg_security_new(&cfg, err, sizeof(err));
     if (!jwt_sec) abort();
+#elif FUZZ_TARGET == T_REDIS
+    char err[512];
+    sg_config_load(&cfg, NULL, err, sizeof(err));
+    sg_categories_init(&cfg, err, sizeof(err));
 #elif FUZZ_TARGET == T_PUBLISH || FUZZ_TARGET == T_LUAJSON
     char err[512];
     sg_config_load(&cfg, NULL, err, sizeof(err));
@@ -258,6 +265,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n)
     free(canon);
     lua_settop(L, 0);
     lua_gc(L, LUA_GCCOLLECT);
+#elif FUZZ_TARGET == T_REDIS
+    sg_redis_msg m;
+    if (sg_redis_parse_message((const char *)data, n, &m) == 0) {
+        /* the fields lie inside the message, the update is what it carries */
+        if (m.cat < (const char *)data || m.json + m.json_len != (const char *)data + n || m.seq == 0) abort();
+        int ci = sg_category_index(m.cat, m.cat_len);
+        sg_update *u = sg_update_stored(ci < 0 ? 0 : ci, m.seq, strtoll(m.ts, NULL, 10), m.json, m.json_len);
+        if (u && (u->json_len != m.json_len || memcmp(u->json, m.json, m.json_len) != 0)) abort();
+        sg_update_unref(u);
+    }
 #endif
     return 0;
 }

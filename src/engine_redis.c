@@ -666,43 +666,61 @@ static void catch_up(sg_store_conv *rc)
     }
 }
 
-/* "seq ts category epoch emitted_by json", published by the script.
- * pattern: heard on the pattern (status:*, the aggregators' lease), where
- * every update comes once. */
-static void heard(sg_redis *r, const char *chan, size_t chlen, const char *msg, size_t len, int pattern)
+int sg_redis_parse_message(const char *msg, size_t len, sg_redis_msg *m)
 {
-    size_t pl = strlen(r->prefix) + 2;
-    if (chlen <= pl || chlen - pl > SG_MAX_CONV_ID) return;
-    const char *id = chan + pl;
-    size_t idlen = chlen - pl;
     const char *f[5], *p = msg, *end = msg + len;
     size_t fl[5];
     for (int i = 0; i < 5; i++) {
-        const char *sp = memchr(p, ' ', (size_t)(end - p));
-        if (!sp) return;
+        const char *sp = p < end ? memchr(p, ' ', (size_t)(end - p)) : NULL;
+        if (!sp || sp == p) return -1;
         f[i] = p;
         fl[i] = (size_t)(sp - p);
         p = sp + 1;
     }
-    if (fl[3] != SG_EPOCH_LEN || fl[4] == 0 || fl[4] > 63) return;
-    char epoch[SG_EPOCH_LEN + 1], ts[24], cid[SG_MAX_CONV_ID + 1], by[64];
-    memcpy(epoch, f[3], SG_EPOCH_LEN);
-    epoch[SG_EPOCH_LEN] = 0;
-    snprintf(ts, sizeof(ts), "%.*s", (int)(fl[1] < 23 ? fl[1] : 23), f[1]);
+    if (fl[0] > 20 || fl[1] >= sizeof(m->ts) || fl[3] != SG_EPOCH_LEN || fl[4] >= sizeof(m->by)) return -1;
+    char seq[21];
+    memcpy(seq, f[0], fl[0]);
+    seq[fl[0]] = 0;
+    char *e;
+    m->seq = strtoull(seq, &e, 10);
+    if (*e || m->seq == 0) return -1;
+    memcpy(m->ts, f[1], fl[1]);
+    m->ts[fl[1]] = 0;
+    memcpy(m->epoch, f[3], SG_EPOCH_LEN);
+    m->epoch[SG_EPOCH_LEN] = 0;
+    int producer = fl[4] == 1 && f[4][0] == '-';
+    memcpy(m->by, f[4], producer ? 0 : fl[4]);
+    m->by[producer ? 0 : fl[4]] = 0;
+    m->cat = f[2];
+    m->cat_len = fl[2];
+    m->json = p;
+    m->json_len = (size_t)(end - p);
+    return 0;
+}
+
+/* An update heard on a channel (pattern 0) or on the pattern (status:*,
+ * the aggregators' lease), where every update comes once. */
+static void heard(sg_redis *r, const char *chan, size_t chlen, const char *msg, size_t len, int pattern)
+{
+    size_t pl = strlen(r->prefix) + 2;
+    sg_redis_msg m;
+    if (chlen <= pl || chlen - pl > SG_MAX_CONV_ID || sg_redis_parse_message(msg, len, &m) < 0) return;
+    const char *id = chan + pl;
+    size_t idlen = chlen - pl;
+    char cid[SG_MAX_CONV_ID + 1];
     memcpy(cid, id, idlen);
     cid[idlen] = 0;
-    snprintf(by, sizeof(by), "%.*s", (int)fl[4], f[4]);
-    uint64_t seq = strtoull(f[0], NULL, 10);
+    uint64_t seq = m.seq;
     if (pattern && r->leading && r->observe && r->wants(r->observe_arg)) {
-        sg_update *u = entry_update(seq, f[2], fl[2], ts, p, (size_t)(end - p));
-        if (u) r->observe(r->observe_arg, cid, u, strcmp(by, "-") ? by : NULL);
+        sg_update *u = entry_update(seq, m.cat, m.cat_len, m.ts, m.json, m.json_len);
+        if (u) r->observe(r->observe_arg, cid, u, m.by[0] ? m.by : NULL);
         sg_update_unref(u);
     }
     sg_store_conv *rc = sg_dict_get(r->convs, id, idlen);
     sg_conv *c = rc ? sg_hub_held(r->hub, id, idlen) : NULL;
     if (!c && !rc && pattern && r->wildcard) { /* status:* hears of it first: open it from the message */
         r->hint_id = cid;
-        r->hint_epoch = epoch;
+        r->hint_epoch = m.epoch;
         r->hint_seq = seq - 1;
         sg_error err;
         c = sg_hub_conv(r->hub, id, idlen, SG_CONV_WATCH, &err);
@@ -714,16 +732,16 @@ static void heard(sg_redis *r, const char *chan, size_t chlen, const char *msg, 
         if (seq > rc->want) rc->want = seq;
         return;
     }
-    if (strcmp(epoch, c->epoch) != 0) { /* begun again (Redis lost it): from its first seq */
+    if (strcmp(m.epoch, c->epoch) != 0) { /* begun again (Redis lost it): from its first seq */
         sg_hub_cut(r->hub, c, "epoch_changed");
-        memcpy(c->epoch, epoch, sizeof(epoch));
+        memcpy(c->epoch, m.epoch, sizeof(m.epoch));
         c->last_seq = c->flushed_seq = 0;
     }
     if (seq <= c->last_seq) return; /* heard twice (channel and pattern), or read already */
     if (seq > rc->want) rc->want = seq;
     if (seq == c->last_seq + 1 && !rc->fetching) {
-        sg_update *u = entry_update(seq, f[2], fl[2], ts, p, (size_t)(end - p));
-        if (u) sg_hub_inject(r->hub, c, epoch, u);
+        sg_update *u = entry_update(seq, m.cat, m.cat_len, m.ts, m.json, m.json_len);
+        if (u) sg_hub_inject(r->hub, c, m.epoch, u);
         return;
     }
     catch_up(rc); /* some seq went by unheard */

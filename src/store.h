@@ -167,6 +167,18 @@ void sg_store_redis_set_observer(sg_store *s, sg_redis_observer fn, int (*wants)
 /* The gateways of the cluster, as the last heartbeat read them (a JSON
  * array, new reference). */
 struct json_t *sg_store_redis_nodes(sg_store *s);
+/* A Redis engine Pub/Sub message, "<seq> <ts> <category> <epoch>
+ * <emitted_by or -> <json>" (the publish script writes it), split: the
+ * pointers are into msg. 0, or -1 when msg is not one. */
+typedef struct sg_redis_msg {
+    uint64_t seq;
+    char ts[24];
+    char epoch[SG_EPOCH_LEN + 1];
+    char by[64]; /* "" for a producer's */
+    const char *cat, *json;
+    size_t cat_len, json_len;
+} sg_redis_msg;
+int sg_redis_parse_message(const char *msg, size_t len, sg_redis_msg *m);
 /* The engine's view for /metrics and /api/v1/stats (a JSON object). */
 struct json_t;
 struct json_t *sg_store_redis_stats(sg_store *s);
