@@ -547,6 +547,7 @@ static int bulk_ingest(sg_conn *c, sg_api_key *key, item *items, size_t n, bulk_
  * Redis engine answers its items later), then the whole in input order. */
 typedef struct bulk_slot {
     struct bulk_answer *ba;
+    const char *p; /* the text where it is (answered now), or NULL: in ba->texts at off */
     size_t off, len;
     int kind; /* 'a' accepted, 'd' dropped, 'r' rejected */
 } bulk_slot;
@@ -561,6 +562,7 @@ typedef struct bulk_answer {
 static void slot_put(bulk_slot *sl, int kind, const char *s, size_t len)
 {
     sl->kind = kind;
+    sl->p = NULL;
     sl->off = sl->ba->texts.n;
     ob_put(&sl->ba->texts, s, len);
     sl->len = sl->ba->texts.n - sl->off;
@@ -587,12 +589,15 @@ static char *bulk_text(bulk_answer *ba, size_t *len)
     int hn = snprintf(head, sizeof(head), "{\"accepted\":%d,\"dropped\":%d,\"rejected\":%d,\"results\":[", count[0],
                       count[1], count[2]);
     ob_put(&b, head, (size_t)hn);
+    int lost = 0; /* a put found no memory */
     for (size_t i = 0; i < ba->n; i++) {
+        const bulk_slot *sl = &ba->slot[i];
+        lost |= !sl->p && !ba->texts.s;
         if (i) ob_put(&b, ",", 1);
-        ob_put(&b, ba->texts.s + ba->slot[i].off, ba->slot[i].len);
+        ob_put(&b, sl->p ? sl->p : ba->texts.s + sl->off, sl->len);
     }
     ob_put(&b, "]}\n", 3);
-    if (!ba->texts.s || b.n < (size_t)hn + 3 + ba->n) { /* a put found no memory */
+    if (lost || b.n < (size_t)hn + 3 + ba->n) {
         free(b.s);
         return NULL;
     }
@@ -641,14 +646,22 @@ static void bulk_reply(sg_conn *c, item *items, size_t n, bulk_run *run)
         return;
     }
     ba->n = n;
+    for (size_t i = 0; i < n; i++)
+        ba->pending += items[i].rc == 0 && items[i].pub;
     for (size_t i = 0; i < n; i++) {
         bulk_slot *sl = &ba->slot[i];
         sl->ba = ba;
         if (items[i].rc == 0 && items[i].pub) {
-            ba->pending++;
+            continue;
         } else if (items[i].rc == 0 && items[i].reply_len > 0) {
-            /* a deliberate drop is answered as such, and is not accepted */
-            slot_put(sl, items[i].dropped ? 'd' : 'a', run->replies.s + items[i].reply_off, items[i].reply_len);
+            /* a deliberate drop is answered as such, and is not accepted;
+             * answered now, the reply is read where it is */
+            const char *text = run->replies.s + items[i].reply_off;
+            if (ba->pending) {
+                slot_put(sl, items[i].dropped ? 'd' : 'a', text, items[i].reply_len);
+            } else {
+                *sl = (bulk_slot){ba, text, 0, items[i].reply_len, items[i].dropped ? 'd' : 'a'};
+            }
         } else {
             slot_error(sl, items[i].rc == 0 ? &err : &items[i].err); /* accepted, but its reply found no memory */
         }
