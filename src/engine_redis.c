@@ -254,6 +254,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
 
 static void catch_up(sg_store_conv *rc);
 static void ask_open(sg_store_conv *rc);
+static void on_beat_timer(evutil_socket_t fd, short what, void *arg);
 static void pattern_update(sg_redis *r);
 static void on_sub_reply(redisAsyncContext *ac, void *reply, void *priv);
 
@@ -285,6 +286,7 @@ static void on_cmd_ready(redisAsyncContext *ac, void *reply, void *priv)
     sh->cmd_up = 1;
     for (sg_store_conv *rc = sh->r->open_head; rc; rc = rc->next) /* opens the connection lost */
         if (rc->sh == sh && rc->loading) ask_open(rc);
+    if (sh->idx == 0) on_beat_timer(-1, 0, sh->r); /* in the node list at once, not a second later */
 }
 
 /* Both connections are up: subscribe to every conversation held open
