@@ -46,28 +46,34 @@
 #define BATCH_MAX 512     /* publishes in one EVALSHA */
 #define PUB_ARGS 8        /* script arguments per publish */
 
+/* One batch of publishes. A conversation's epoch is read once per batch
+ * and its keys' expiry pushed back once, after its last update. */
 static const char publish_script[] =
     "local p, hist, ttl, win = ARGV[1], ARGV[2], ARGV[3], ARGV[4]\n"
-    "local out = {}\n"
+    "local out, epochs, touched = {}, {}, {}\n"
     "for i = 5, #ARGV, 8 do\n"
     "  local conv, cand, key, cat, ts, by, pre, suf = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], ARGV[i+6], ARGV[i+7]\n"
-    "  local m, h = p .. 'm:' .. conv, p .. 'h:' .. conv\n"
-    "  local e = redis.call('HGET', m, 'e')\n"
+    "  local m = p .. 'm:' .. conv\n"
+    "  local e = epochs[conv]\n"
+    "  if e == nil then e = redis.call('HGET', m, 'e'); epochs[conv] = e end\n"
     "  local seen = false\n"
     "  if key ~= '' and e then seen = redis.call('GET', p .. 'i:' .. conv .. ':' .. key) end\n"
     "  if seen then\n"
     "    out[#out + 1] = {tonumber(seen), e, 1}\n"
     "  else\n"
-    "    if not e then e = cand; redis.call('HSET', m, 'e', e) end\n"
+    "    if not e then e = cand; redis.call('HSET', m, 'e', e); epochs[conv] = e end\n"
     "    local seq = redis.call('HINCRBY', m, 's', 1)\n"
     "    local json = pre .. seq .. suf\n"
-    "    redis.call('XADD', h, 'MAXLEN', hist, '0-' .. seq, 'k', cat, 't', ts, 'u', json)\n"
+    "    redis.call('XADD', p .. 'h:' .. conv, 'MAXLEN', hist, '0-' .. seq, 'k', cat, 't', ts, 'u', json)\n"
     "    redis.call('PUBLISH', p .. 'c:' .. conv, seq .. ' ' .. ts .. ' ' .. cat .. ' ' .. e .. ' ' .. by .. ' ' .. json)\n"
     "    if key ~= '' then redis.call('SET', p .. 'i:' .. conv .. ':' .. key, seq, 'PX', win) end\n"
-    "    redis.call('PEXPIRE', m, ttl)\n"
-    "    redis.call('PEXPIRE', h, ttl)\n"
+    "    touched[conv] = true\n"
     "    out[#out + 1] = {seq, e, 0}\n"
     "  end\n"
+    "end\n"
+    "for conv in pairs(touched) do\n"
+    "  redis.call('PEXPIRE', p .. 'm:' .. conv, ttl)\n"
+    "  redis.call('PEXPIRE', p .. 'h:' .. conv, ttl)\n"
     "end\n"
     "return out\n";
 
