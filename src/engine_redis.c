@@ -1020,6 +1020,17 @@ static void on_outbox_written(redisAsyncContext *ac, void *reply, void *priv)
     }
 }
 
+/* Keep a message (KEYS[1], ARGV[1] = ARGV[2]); a message, not a part
+ * (ARGV[3] 1), drops the parts it was gathered from (KEYS[2]), as
+ * forgetting one does. */
+static const char outbox_put_script[] =
+    "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
+    "if ARGV[3] == '1' then\n"
+    "  for _, k in ipairs(redis.call('HKEYS', KEYS[2])) do\n"
+    "    if k:sub(1, #ARGV[1] + 1) == ARGV[1] .. '.' then redis.call('HDEL', KEYS[2], k) end\n"
+    "  end\n"
+    "end\n";
+
 static void redis_outbox_put(sg_store *s, const sg_outbox_msg *m)
 {
     sg_redis *r = of(s);
@@ -1030,10 +1041,13 @@ static void redis_outbox_put(sg_store *s, const sg_outbox_msg *m)
                           "next_at_ms", (json_int_t)m->next_at_ms, "created_ms", (json_int_t)m->created_ms);
     char *v = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
-    char key[400];
-    outbox_key(r, m->dead == SG_OUTBOX_PART, key, sizeof(key));
+    int part = m->dead == SG_OUTBOX_PART;
+    char key[400], parts[400];
+    outbox_key(r, part, key, sizeof(key));
+    outbox_key(r, 1, parts, sizeof(parts));
     if (!v || !sh->cmd_up ||
-        redisAsyncCommand(sh->cmd, on_outbox_written, sh, "HSET %s %s %s", key, m->id, v) != REDIS_OK) {
+        redisAsyncCommand(sh->cmd, on_outbox_written, sh, "EVAL %s 2 %s %s %s %s %d", outbox_put_script, key, parts,
+                          m->id, v, !part) != REDIS_OK) {
         sh->errors++;
         sg_log(SG_LOG_WARN, "outbox_write_failed", "id=%s reason=%s", m->id, v ? "redis_down" : "out_of_memory");
     } else {

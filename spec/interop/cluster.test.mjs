@@ -426,6 +426,11 @@ describe("once per cluster", () => {
       for (let i = 1; i <= 4; i++) assert.equal((await g.publish(a, { conversation_id: id, category: "info", text: `k${i}` })).status, 202);
       await g.waitFor(() => got.length >= 1, 5000, "a first, refused attempt");
       const firstIds = [...new Set(got.map((x) => x.id))];
+      // the batch is kept whole, and the parts it was gathered from are gone with it
+      const key = `statusgw:outbox:${os.hostname()}:${port}`;
+      await g.waitFor(async () => (await g.redis(rd, "HKEYS", key)).includes(firstIds[0]), 5000, "the batch kept in Redis");
+      const parts = await g.redis(rd, "HKEYS", `${key}:parts`);
+      assert.deepEqual(parts.filter((k) => k.startsWith(firstIds[0] + ".")), [], "no part left of a kept batch");
       a.proc.kill("SIGKILL");
       await a.exited;
       refuse = false;
