@@ -243,7 +243,9 @@ defmodule StatusGWTest do
       first = receive_updates(tail, 5)
       gw = Gateway.stop(gw)
       for i <- 5..7, do: StatusGW.info("ex-tail-a", "u#{i}")
-      Gateway.start(gw)
+      # the restarted gateway is a new process: stopped at the end as well
+      restarted = Gateway.start(gw)
+      on_exit(fn -> Gateway.stop(restarted) end)
       assert StatusGW.flush(15_000)
       rest = receive_updates(tail, 3)
       StatusGW.Tail.stop(tail)
