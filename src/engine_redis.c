@@ -1020,59 +1020,52 @@ static void on_outbox_written(redisAsyncContext *ac, void *reply, void *priv)
     }
 }
 
-/* Keep a message (KEYS[1], ARGV[1] = ARGV[2]); a message, not a part
- * (ARGV[3] 1), drops the parts it was gathered from (KEYS[2]), as
- * forgetting one does. */
-static const char outbox_put_script[] =
-    "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
+/* Keep a message (ARGV[2] its value) or forget one (ARGV[2] empty) in
+ * KEYS[1]; with ARGV[3] 1, the parts it was gathered from (KEYS[2],
+ * "<id>.<n>") go: putting or forgetting a message drops its parts. */
+static const char outbox_script[] =
+    "if ARGV[2] == '' then redis.call('HDEL', KEYS[1], ARGV[1])\n"
+    "else redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end\n"
     "if ARGV[3] == '1' then\n"
     "  for _, k in ipairs(redis.call('HKEYS', KEYS[2])) do\n"
     "    if k:sub(1, #ARGV[1] + 1) == ARGV[1] .. '.' then redis.call('HDEL', KEYS[2], k) end\n"
     "  end\n"
     "end\n";
 
+/* One outbox write, pipelined: v NULL forgets id. A write that cannot be
+ * sent is logged; the message is sent again after a restart with its
+ * webhook-id (receivers deduplicate), or not kept across one. */
+static void outbox_write(sg_redis *r, int part, const char *id, const char *v)
+{
+    shard *sh = &r->shards[0];
+    char key[400], parts[400];
+    outbox_key(r, part, key, sizeof(key));
+    outbox_key(r, 1, parts, sizeof(parts));
+    if (sh->cmd_up && redisAsyncCommand(sh->cmd, on_outbox_written, sh, "EVAL %s 2 %s %s %s %s %d", outbox_script,
+                                        key, parts, id, v ? v : "", !part) == REDIS_OK) {
+        sent(sh);
+        return;
+    }
+    sh->errors++;
+    sg_log(SG_LOG_WARN, "outbox_write_failed", "id=%s reason=redis_down", id);
+}
+
 static void redis_outbox_put(sg_store *s, const sg_outbox_msg *m)
 {
-    sg_redis *r = of(s);
-    shard *sh = &r->shards[0];
     json_t *j = json_pack("{s:s,s:s%,s:s?,s:s?,s:i,s:i,s:i,s:I,s:I,s:I}", "endpoint", m->endpoint, "body", m->body,
                           m->len, "headers", m->headers, "last_error", m->last_error, "updates", m->updates,
                           "attempts", m->attempts, "dead", m->dead, "last_status", (json_int_t)m->last_status,
                           "next_at_ms", (json_int_t)m->next_at_ms, "created_ms", (json_int_t)m->created_ms);
     char *v = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
-    int part = m->dead == SG_OUTBOX_PART;
-    char key[400], parts[400];
-    outbox_key(r, part, key, sizeof(key));
-    outbox_key(r, 1, parts, sizeof(parts));
-    if (!v || !sh->cmd_up ||
-        redisAsyncCommand(sh->cmd, on_outbox_written, sh, "EVAL %s 2 %s %s %s %s %d", outbox_put_script, key, parts,
-                          m->id, v, !part) != REDIS_OK) {
-        sh->errors++;
-        sg_log(SG_LOG_WARN, "outbox_write_failed", "id=%s reason=%s", m->id, v ? "redis_down" : "out_of_memory");
-    } else {
-        sent(sh);
-    }
+    if (v) outbox_write(of(s), m->dead == SG_OUTBOX_PART, m->id, v);
+    else sg_log(SG_LOG_WARN, "outbox_write_failed", "id=%s reason=out_of_memory", m->id);
     free(v);
 }
 
-/* Forget a message and the parts it was gathered from. */
-static const char outbox_del_script[] =
-    "redis.call('HDEL', KEYS[1], ARGV[1])\n"
-    "for _, k in ipairs(redis.call('HKEYS', KEYS[2])) do\n"
-    "  if k:sub(1, #ARGV[1] + 1) == ARGV[1] .. '.' then redis.call('HDEL', KEYS[2], k) end\n"
-    "end\n";
-
 static void redis_outbox_del(sg_store *s, const char *id)
 {
-    sg_redis *r = of(s);
-    shard *sh = &r->shards[0];
-    char key[400], parts[400];
-    outbox_key(r, 0, key, sizeof(key));
-    outbox_key(r, 1, parts, sizeof(parts));
-    if (sh->cmd_up && redisAsyncCommand(sh->cmd, on_outbox_written, sh, "EVAL %s 2 %s %s %s", outbox_del_script, key,
-                                        parts, id) == REDIS_OK)
-        sent(sh); /* else: sent again after a restart, with its webhook-id (receivers deduplicate) */
+    outbox_write(of(s), 0, id, NULL);
 }
 
 typedef struct kept {

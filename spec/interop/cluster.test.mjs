@@ -383,12 +383,10 @@ describe("two Redis shards", () => {
 describe("once per cluster", () => {
   it("forwards each update to a webhook once, whichever gateway accepted it", async () => {
     const got = [];
-    const server = http.createServer((req, res) => {
-      let body = "";
-      req.on("data", (c) => (body += c));
-      req.on("end", () => { for (const u of JSON.parse(body).data.updates) got.push(`${u.seq}:${u.text}`); res.end(); });
+    const server = await g.receiver((req, body, res) => {
+      for (const u of JSON.parse(body).data.updates) got.push(`${u.seq}:${u.text}`);
+      res.end();
     });
-    await new Promise((r) => server.listen(0, "127.0.0.1", r));
     const rd = await g.startRedis();
     const hooks = { endpoints: [{ name: "rx", url: `http://127.0.0.1:${server.address().port}/hook`, secret: "whsec_" + Buffer.from("cluster-secret-0123456789abcdef").toString("base64"), batch_delay_ms: 50 }] };
     const a = await g.start(cluster(rd, { webhooks: hooks })), b = await g.start(cluster(rd, { webhooks: hooks }));
@@ -409,16 +407,11 @@ describe("once per cluster", () => {
   it("keeps webhook batches in Redis: a gateway killed with SIGKILL sends them once back, with their webhook-ids", async () => {
     let refuse = true;
     const got = [];
-    const server = http.createServer((req, res) => {
-      let body = "";
-      req.on("data", (c) => (body += c));
-      req.on("end", () => {
-        got.push({ id: req.headers["webhook-id"], texts: JSON.parse(body).data.updates.map((u) => u.text), refused: refuse });
-        res.writeHead(refuse ? 503 : 200);
-        res.end();
-      });
+    const server = await g.receiver((req, body, res) => {
+      got.push({ id: req.headers["webhook-id"], texts: JSON.parse(body).data.updates.map((u) => u.text), refused: refuse });
+      res.writeHead(refuse ? 503 : 200);
+      res.end();
     });
-    await new Promise((r) => server.listen(0, "127.0.0.1", r));
     const rd = await g.startRedis();
     const hooks = { retry_schedule_s: [0, 1.5, 1.5], endpoints: [{ name: "rx", url: `http://127.0.0.1:${server.address().port}/hook`, secret: "whsec_" + Buffer.from("cluster-secret-0123456789abcdef").toString("base64"), batch_delay_ms: 50 }] };
     const port = await g.freePort();

@@ -5,28 +5,20 @@
 // content type each destination expects.
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import http from "node:http";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { Webhook } from "standardwebhooks";
 import * as g from "./gateway.mjs";
 
 const SECRET = "whsec_" + Buffer.from("statusgw-gallery-secret-0123456").toString("base64");
 const FORMATS = ["slack", "discord", "teams", "pagerduty", "opsgenie", "cloudevents"];
 
-function receiver() {
+async function receiver() {
   const got = {}; // path -> [{ body, headers, verified }]
-  const server = http.createServer((req, res) => {
-    let body = "";
-    req.on("data", (c) => (body += c));
-    req.on("end", () => {
-      let verified = false;
-      try { new Webhook(SECRET).verify(body, req.headers); verified = true; } catch {}
-      (got[req.url] ||= []).push({ body: JSON.parse(body), headers: req.headers, verified });
-      res.writeHead(202);
-      res.end();
-    });
+  const server = await g.receiver((req, body, res) => {
+    (got[req.url] ||= []).push({ body: JSON.parse(body), headers: req.headers, verified: g.signed(SECRET, body, req.headers) });
+    res.writeHead(202);
+    res.end();
   });
   return { server, got };
 }
@@ -34,8 +26,7 @@ function receiver() {
 describe("the plugin gallery, end to end", () => {
   let gw, rx;
   before(async () => {
-    rx = receiver();
-    await new Promise((r) => rx.server.listen(0, "127.0.0.1", r));
+    rx = await receiver();
     const port = rx.server.address().port;
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "statusgw-gallery-"));
     fs.mkdirSync(path.join(dir, "contrib"));

@@ -2,10 +2,12 @@
 // it with the real phoenix client (ws as its transport) and real HTTP.
 import { spawn } from "node:child_process";
 import fs from "node:fs";
+import http from "node:http";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { Socket } from "phoenix";
+import { Webhook } from "standardwebhooks";
 import WebSocket from "ws";
 
 const BIN = path.resolve(process.env.STATUSGW_BIN || "../../build/statusgw");
@@ -237,4 +239,27 @@ function parseResp(b, i) {
     return { value: n < 0 ? null : out, next: j };
   }
   return { value: new Error("bad RESP"), next: b.length };
+}
+
+// A webhook receiver on 127.0.0.1 (port 0: any free one), listening once
+// it resolves: each request's body is read whole and handed to
+// onRequest(req, body, res), which answers (or keeps res, to hang).
+export function receiver(onRequest, port = 0) {
+  const server = http.createServer((req, res) => {
+    let body = "";
+    req.on("data", (c) => (body += c));
+    req.on("end", () => onRequest(req, body, res));
+  });
+  return new Promise((resolve) => server.listen(port, "127.0.0.1", () => resolve(server)));
+}
+
+// Whether body carries a valid Standard Webhooks signature for secret
+// (checked by the standardwebhooks package).
+export function signed(secret, body, headers) {
+  try {
+    new Webhook(secret).verify(body, headers);
+    return true;
+  } catch {
+    return false;
+  }
 }

@@ -6,31 +6,23 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import http from "node:http";
 import { after, before, describe, it } from "node:test";
 import { EventSource } from "eventsource";
-import { Webhook } from "standardwebhooks";
 import * as g from "./gateway.mjs";
 
 const SECRET = "whsec_" + Buffer.from("statusgw-restart-secret-0123456").toString("base64");
 
 // A receiver on a port of our choosing: answers `plan` statuses first, then
 // 200; records every attempt, verified by the standardwebhooks package.
-function receiver(port, plan = []) {
+async function receiver(port, plan = []) {
   const got = [];
-  const server = http.createServer((req, res) => {
-    let body = "";
-    req.on("data", (c) => (body += c));
-    req.on("end", () => {
-      let verified = false;
-      try { new Webhook(SECRET).verify(body, req.headers); verified = true; } catch {}
-      const status = plan.shift() || 200;
-      got.push({ id: req.headers["webhook-id"], texts: JSON.parse(body).data.updates.map((u) => u.text), verified, status });
-      res.writeHead(status);
-      res.end();
-    });
-  });
-  return new Promise((r) => server.listen(port, "127.0.0.1", () => r({ server, got })));
+  const server = await g.receiver((req, body, res) => {
+    const status = plan.shift() || 200;
+    got.push({ id: req.headers["webhook-id"], texts: JSON.parse(body).data.updates.map((u) => u.text), verified: g.signed(SECRET, body, req.headers), status });
+    res.writeHead(status);
+    res.end();
+  }, port);
+  return { server, got };
 }
 
 describe("clients across a restart on the sqlite store", () => {

@@ -2,36 +2,28 @@
 // real local receiver that can fail, hang, answer 410 or 429, or be down.
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import http from "node:http";
 import os from "node:os";
 import path from "node:path";
 import { after, before, describe, it } from "node:test";
-import { Webhook } from "standardwebhooks";
 import * as g from "./gateway.mjs";
 
 const SECRET = "whsec_" + Buffer.from("statusgw-spec-secret-0123456789ab").toString("base64");
 const OLD_SECRET = "whsec_" + Buffer.from("an-older-secret-still-accepted!!").toString("base64");
 
 // A receiver: every request is verified; behaviour per path.
-function receiver() {
+async function receiver() {
   const got = {}; // path -> [{id, body, headers, verified, at}]
   const plan = {}; // path -> array of statuses to answer, then 200
   const hanging = [];
-  const server = http.createServer((req, res) => {
-    let body = "";
-    req.on("data", (c) => (body += c));
-    req.on("end", () => {
-      const p = req.url;
-      let verified = false, verifiedOld = false;
-      try { new Webhook(SECRET).verify(body, req.headers); verified = true; } catch {}
-      try { new Webhook(OLD_SECRET).verify(body, req.headers); verifiedOld = true; } catch {}
-      (got[p] ||= []).push({ id: req.headers["webhook-id"], body: JSON.parse(body), headers: req.headers, verified, verifiedOld, at: Date.now() });
-      if (p === "/hang") { hanging.push(res); return; }
-      const next = (plan[p] || []).shift();
-      if (next === 429) { res.writeHead(429, { "Retry-After": "1" }); res.end(); return; }
-      res.writeHead(next || (p === "/gone" ? 410 : 200));
-      res.end("ok");
-    });
+  const server = await g.receiver((req, body, res) => {
+    const p = req.url;
+    const verified = g.signed(SECRET, body, req.headers), verifiedOld = g.signed(OLD_SECRET, body, req.headers);
+    (got[p] ||= []).push({ id: req.headers["webhook-id"], body: JSON.parse(body), headers: req.headers, verified, verifiedOld, at: Date.now() });
+    if (p === "/hang") { hanging.push(res); return; }
+    const next = (plan[p] || []).shift();
+    if (next === 429) { res.writeHead(429, { "Retry-After": "1" }); res.end(); return; }
+    res.writeHead(next || (p === "/gone" ? 410 : 200));
+    res.end("ok");
   });
   return { server, got, plan, hanging };
 }
@@ -39,8 +31,7 @@ function receiver() {
 describe("webhooks", () => {
   let gw, rx, port, dir, deadPort;
   before(async () => {
-    rx = receiver();
-    await new Promise((r) => rx.server.listen(0, "127.0.0.1", r));
+    rx = await receiver();
     port = rx.server.address().port;
     deadPort = await g.freePort(); // nothing listens here
     dir = fs.mkdtempSync(path.join(os.tmpdir(), "statusgw-wh-"));
@@ -226,8 +217,7 @@ describe("webhooks", () => {
 describe("webhook secrets and dead letters", () => {
   let gw, rx, port, dir, deadPort;
   before(async () => {
-    rx = receiver();
-    await new Promise((r) => rx.server.listen(0, "127.0.0.1", r));
+    rx = await receiver();
     port = rx.server.address().port;
     deadPort = await g.freePort();
     dir = fs.mkdtempSync(path.join(os.tmpdir(), "statusgw-wh2-"));
