@@ -32,6 +32,7 @@
 #include "clock.h"
 #include "dict.h"
 #include "log.h"
+#include "logfile.h"
 
 #include <endian.h>
 #include <errno.h>
@@ -55,7 +56,10 @@
 #define SQ_HAND_OVER 256             /* appends after which an idle writer takes a batch at once */
 #define SQ_LOG_MAGIC 0x324c4753u     /* "SGL2", little-endian: log_sum */
 #define SQ_LOG_MAGIC_V1 0x314c4753u  /* "SGL1": log_sum_v1 (read at start only) */
-#define SQ_LOG_HDR 16                /* magic, payload length, checksum, 0 */
+#define SQ_LOG_HDR 16                /* magic, payload length, checksum, cycle */
+#define SQ_ROOM (8u << 20)           /* the room made ahead of the loop's copies */
+#define SQ_READ_CHUNK (1u << 20)     /* an apply reads the log a megabyte at a time */
+#define SQ_COPY_MAX (64u << 10)      /* a bigger batch goes to the writer, which has the time */
 
 typedef struct sq_store sq_store;
 typedef struct sq_conv sq_conv;
@@ -153,7 +157,7 @@ struct sq_store {
     sqlite3 *rdb;  /* the loop's, for opens */
     sqlite3 *wdb;  /* the writer's */
     sqlite3_stmt *q_conv, *q_oldest, *q_idem;
-    char *path, *log_path;
+    char *path;
     char sync[8];
     int history;
     struct event_base *evb;
@@ -180,17 +184,20 @@ struct sq_store {
     /* the hot cache: the rings' updates, within cache_budget bytes */
     size_t cache_budget, cached;
     sq_conv *lru_head, *lru_tail;
+    /* the log: two files, one appended to (act), the other empty or being
+     * applied (sealed). Under mu: which is which, and the active one's
+     * len, room, first_ms, last_gen (the loop copies into it) */
+    sg_logfile logs[2];
+    int act, sealed;  /* sealed: -1, or the file whose batches wait to be applied */
+    int mapped;       /* the loop may copy batches into the active file's room */
+    int asked;        /* the loop woke the writer for room or an apply: not again meanwhile */
+    int want_room;    /* the loop's copies need room made (bulk batches, written, do not) */
+    uint32_t cycle;   /* the newest file's */
     /* the writer's */
-    int log_fd;
-    size_t log_len;   /* bytes in the log file */
-    int log_torn;     /* bytes past log_len are a failed write's: cut them first */
-    unsigned pend;    /* batches logged and not applied: the log file's, from its start */
-    sq_groups groups; /* what they hold, by conversation */
+    sq_groups groups; /* what the file being applied holds, by conversation */
     char *rbuf;       /* an apply's reads of the log */
     size_t rbuf_cap;
-    int note_failed;  /* the groups missed a batch (out of memory): the apply notes them again */
-    int64_t pend_since_ms, apply_retry_ms;
-    uint64_t logged_gen;
+    int64_t apply_retry_ms, grow_retry_ms;
     unsigned apply_attempts;
 };
 
@@ -407,6 +414,8 @@ static sg_update *rec_update(const sq_rec *r, uint64_t mask)
     return sg_update_stored(ci, r->seq, r->ts_ms, r->json, r->json_len);
 }
 
+static void finish_job(sq_store *st, sq_job *j);
+
 /* The batch being filled, made on first use; the turn's end hands it over. */
 static sq_job *cur_job(sq_store *st)
 {
@@ -433,28 +442,80 @@ static int add_op(sq_store *st, sq_op *op)
     return 0;
 }
 
-/* Hand the current batch to the writer (or keep filling it while the
- * writer is busy: the next commit takes all of it). */
-static void hand_over(sq_store *st)
+/* The batch's header: magic, length, checksum, the file's cycle. */
+static void frame_batch(sq_job *j, uint32_t cycle)
 {
-    int handed = 0;
+    size_t n = j->log_len - SQ_LOG_HDR;
+    put_u32(j->log, SQ_LOG_MAGIC);
+    put_u32(j->log + 4, (uint32_t)n);
+    put_u32(j->log + 8, log_sum(j->log + SQ_LOG_HDR, n));
+    put_u32(j->log + 12, cycle);
+}
+
+/* Whether the batch may be copied into the log on the loop: appends alone
+ * (and what waits for them), at most SQ_COPY_MAX of them: a big batch
+ * (bulk publishes) goes to the writer, whose hand-over costs little beside
+ * it, and the loop keeps its time for the network. */
+static int copyable(const sq_store *st, const sq_job *j)
+{
+    return st->mapped && !j->ops && !j->reads && !j->forgets && j->log_len <= SQ_COPY_MAX;
+}
+
+/* A copyable batch goes into the log on the loop: a copy into the room the
+ * writer made ready in the active file (logfile.h). Anything else (no
+ * room either) goes to the writer. Under mu: 0 when copied; wake: the
+ * writer is wanted (an apply to time, room to make). */
+static int copy_batch(sq_store *st, sq_job *j, int *wake)
+{
+    if (!copyable(st, j)) return -1;
+    if (j->log_len <= SQ_LOG_HDR) return 0; /* only waiters: what came before is in */
+    sg_logfile *f = &st->logs[st->act];
+    if (f->len + j->log_len > f->room) {
+        st->want_room = 1;
+        if (!st->asked) *wake = st->asked = 1;
+        return -1;
+    }
+    frame_batch(j, f->cycle);
+    sg_logfile_put(f, j->log, j->log_len);
+    f->last_gen = j->gen;
+    int first = !f->first_ms;
+    if (first) f->first_ms = mono_ms();
+    if (f->room < f->len + SQ_ROOM / 2) st->want_room = 1;
+    if (!st->asked && (first || st->want_room || f->len >= SQ_APPLY_BYTES)) *wake = st->asked = 1;
+    return 0;
+}
+
+/* Commit the current batch: copied into the log at once (copy_batch),
+ * or handed to the writer; while the writer is busy it keeps filling
+ * (the next commit takes all of it). now: 0 from inside an append, where
+ * a copied batch cannot be answered: only a hand-over then. */
+static void hand_over(sq_store *st, int now)
+{
+    sq_job *j = st->cur, *copied = NULL;
+    if (!j || (!now && copyable(st, j))) return;
+    int wake = 0;
     pthread_mutex_lock(&st->mu);
-    if (st->cur && !st->writing && !st->todo) {
-        size_t want = st->cur->log_len < 4096 ? 4096 : st->cur->log_len + st->cur->log_len / 8;
+    if (!st->writing && !st->todo) {
+        size_t want = j->log_len < 4096 ? 4096 : j->log_len + j->log_len / 8;
         st->log_hint = want < ((size_t)1 << 24) ? want : (size_t)1 << 24;
-        st->todo = st->todo_tail = st->cur;
+        if (now && copy_batch(st, j, &wake) == 0) {
+            copied = j;
+        } else {
+            st->todo = st->todo_tail = j;
+            wake = 1;
+        }
         st->cur = NULL;
-        handed = 1;
     }
     pthread_mutex_unlock(&st->mu);
     /* signalled after the unlock: woken holding it, the writer (on the
      * same core) would run only to block on the mutex */
-    if (handed) pthread_cond_signal(&st->cv);
+    if (wake) pthread_cond_signal(&st->cv);
+    if (copied) finish_job(st, copied);
 }
 
 static void on_kick(evutil_socket_t fd, short what, void *arg)
 {
-    hand_over(arg);
+    hand_over(arg, 1);
 }
 
 /* ---- the writer thread ---- */
@@ -639,31 +700,61 @@ static void groups_clear(sq_groups *gs)
     memset(gs, 0, sizeof(*gs));
 }
 
-/* Read the logged batches back (from the page cache, as a rule), each
- * batch's records to fn: 0, or -1 with why. */
-static int each_batch(sq_store *st, int (*fn)(sq_store *st, const char *p, size_t n), char *why, size_t whylen)
+/* Make st->rbuf hold f's bytes [off, off + need), reading on from off
+ * (rbuf holds [*boff, *boff + *have) and off only moves forward): 0, or
+ * -1 with errno. */
+static int read_ahead(sq_store *st, sg_logfile *f, size_t *boff, size_t *have, size_t off, size_t need)
 {
-    for (size_t off = 0; off + SQ_LOG_HDR <= st->log_len;) {
-        char hdr[SQ_LOG_HDR];
-        if (pread(st->log_fd, hdr, SQ_LOG_HDR, (off_t)off) != SQ_LOG_HDR) goto unreadable;
-        size_t n = get_u32(hdr + 4);
-        if ((get_u32(hdr) != SQ_LOG_MAGIC && get_u32(hdr) != SQ_LOG_MAGIC_V1) || n > st->log_len - off - SQ_LOG_HDR) {
-            snprintf(why, whylen, "%s is damaged at byte %zu", st->log_path, off);
+    if (off + need <= *boff + *have) return 0;
+    size_t keep = *boff + *have > off ? *boff + *have - off : 0;
+    size_t cap = need > SQ_READ_CHUNK ? need : SQ_READ_CHUNK;
+    if (cap > st->rbuf_cap) {
+        char *nb = realloc(st->rbuf, cap);
+        if (!nb) return -1;
+        st->rbuf = nb;
+        st->rbuf_cap = cap;
+    }
+    if (keep) memmove(st->rbuf, st->rbuf + (off - *boff), keep);
+    *boff = off;
+    *have = keep;
+    size_t to = st->rbuf_cap < f->len - off ? st->rbuf_cap : f->len - off;
+    while (*have < to) {
+        ssize_t m = pread(f->fd, st->rbuf + *have, to - *have, (off_t)(off + *have));
+        if (m < 0 && errno == EINTR) continue;
+        if (m <= 0) {
+            if (m == 0) errno = EIO;
             return -1;
         }
-        if (n > st->rbuf_cap) {
-            char *nb = realloc(st->rbuf, n);
-            if (!nb) goto oom;
-            st->rbuf = nb;
-            st->rbuf_cap = n;
+        *have += (size_t)m;
+    }
+    return 0;
+}
+
+/* Read f's batches back (from the page cache, as a rule, a megabyte a
+ * read), each batch's records to fn: 0, or -1 with why. */
+static int each_batch(sq_store *st, sg_logfile *f, int (*fn)(sq_store *st, const char *p, size_t n), char *why,
+                      size_t whylen)
+{
+    size_t boff = 0, have = 0;
+    /* through the mapping when there is one: the pages are in memory */
+    const char *map = f->map && f->len <= SG_LOGFILE_MAP ? f->map : NULL;
+    for (size_t off = 0; off + SQ_LOG_HDR <= f->len;) {
+        if (!map && read_ahead(st, f, &boff, &have, off, SQ_LOG_HDR) < 0) goto unreadable;
+        const char *hdr = map ? map + off : st->rbuf + (off - boff);
+        size_t n = get_u32(hdr + 4);
+        if ((get_u32(hdr) != SQ_LOG_MAGIC && get_u32(hdr) != SQ_LOG_MAGIC_V1) || n > f->len - off - SQ_LOG_HDR) {
+            snprintf(why, whylen, "%s is damaged at byte %zu", f->path, off);
+            return -1;
         }
-        if (pread(st->log_fd, st->rbuf, n, (off_t)(off + SQ_LOG_HDR)) != (ssize_t)n) goto unreadable;
+        if (!map && read_ahead(st, f, &boff, &have, off, SQ_LOG_HDR + n) < 0) goto unreadable;
+        const char *p = (map ? map + off : st->rbuf + (off - boff)) + SQ_LOG_HDR;
         off += SQ_LOG_HDR + n;
-        if (fn(st, st->rbuf, n) < 0) goto oom;
+        if (fn(st, p, n) < 0) goto oom;
     }
     return 0;
 unreadable:
-    snprintf(why, whylen, "reading %s: %s", st->log_path, strerror(errno ? errno : EIO));
+    if (errno == ENOMEM) goto oom;
+    snprintf(why, whylen, "reading %s: %s", f->path, strerror(errno));
     return -1;
 oom:
     snprintf(why, whylen, "out of memory");
@@ -701,14 +792,11 @@ static int collect(sq_store *st, const char *p, size_t n)
     return 0;
 }
 
-static int gather(sq_store *st, wstmts *w, char *why, size_t whylen)
+static int gather(sq_store *st, wstmts *w, sg_logfile *f, char *why, size_t whylen)
 {
     sq_groups *gs = &st->groups;
-    if (st->note_failed) { /* the groups missed a batch: note them all again */
-        groups_clear(gs);
-        if (each_batch(st, note_batch, why, whylen) < 0) return -1;
-        st->note_failed = 0;
-    }
+    groups_clear(gs);
+    if (each_batch(st, f, note_batch, why, whylen) < 0) return -1;
     for (size_t i = 0; i < gs->n; i++) {
         sq_group *g = &gs->g[i];
         g->known = g->first = g->chunk_last = 0;
@@ -723,7 +811,7 @@ static int gather(sq_store *st, wstmts *w, char *why, size_t whylen)
             return -1;
         }
     }
-    return each_batch(st, collect, why, whylen);
+    return each_batch(st, f, collect, why, whylen);
 }
 
 static int write_group(sq_store *st, wstmts *w, const sq_group *g)
@@ -757,27 +845,69 @@ static void poke(sq_store *st)
     }
 }
 
-/* Apply the logged batches to the database in one transaction, then
- * empty the log: 0, or -1 with why (the log keeps them). */
-static int apply_log(sq_store *st, wstmts *w, char *why, size_t whylen)
+/* When the log is to be applied (INT64_MAX: never): the sealed file at
+ * once, the active one once its first batch is SQ_APPLY_MS old or it
+ * holds SQ_APPLY_BYTES; after a failure, at the retry. Under mu. */
+static int64_t apply_due(sq_store *st)
 {
-    if (!st->pend) return 0;
+    sg_logfile *a = &st->logs[st->act];
+    if (st->sealed < 0 && !a->len) return INT64_MAX;
+    int64_t due = st->sealed >= 0 || a->len >= SQ_APPLY_BYTES ? 0 : a->first_ms + SQ_APPLY_MS;
+    return st->apply_failing && due < st->apply_retry_ms ? st->apply_retry_ms : due;
+}
+
+/* When the writer has work besides jobs (INT64_MAX: none): an apply, room
+ * to make for the loop's copies. Under mu. */
+static int64_t upkeep_due(sq_store *st)
+{
+    int64_t due = apply_due(st);
+    if (st->mapped && st->want_room && st->grow_retry_ms < due) due = st->grow_retry_ms;
+    return due;
+}
+
+/* Room in the active file for the loop's copies, when they want it:
+ * SQ_ROOM past its batches (made outside the lock: the loop copies below
+ * the old room meanwhile). */
+static void make_room(sq_store *st)
+{
+    pthread_mutex_lock(&st->mu);
+    sg_logfile *f = &st->logs[st->act];
+    size_t from = f->len, to = (f->len + SQ_ROOM + ((1u << 20) - 1)) & ~(size_t)((1u << 20) - 1);
+    int want = st->mapped && st->want_room && mono_ms() >= st->grow_retry_ms;
+    pthread_mutex_unlock(&st->mu);
+    if (!want) return;
+    int rc = to > SG_LOGFILE_MAP ? -1 : sg_logfile_grow(f, from, to);
+    pthread_mutex_lock(&st->mu);
+    if (rc == 0) {
+        f->room = to;
+        st->grow_retry_ms = 0;
+        st->want_room = 0;
+    } else { /* a full disk, say: batches go to the writer meanwhile, which reports */
+        if (errno == EOPNOTSUPP) st->mapped = 0;
+        st->grow_retry_ms = mono_ms() + 1000;
+    }
+    pthread_mutex_unlock(&st->mu);
+}
+
+/* Apply f (sealed: nothing is appended to it) to the database in one
+ * transaction, then empty it: 0, or -1 with why (it keeps its batches). */
+static int apply_file(sq_store *st, wstmts *w, sg_logfile *f, char *why, size_t whylen)
+{
     int rc = -1;
     if (exec(st->wdb, "BEGIN", why, whylen) < 0) goto out;
-    if (gather(st, w, why, whylen) < 0) goto fail_rolled;
+    if (gather(st, w, f, why, whylen) < 0) goto fail_rolled;
     for (size_t i = 0; i < st->groups.n; i++)
         if (st->groups.g[i].len && write_group(st, w, &st->groups.g[i]) < 0) goto fail;
     if (exec(st->wdb, "COMMIT", why, whylen) < 0) goto fail_rolled;
-    /* a crash before this truncation replays batches the database has:
-     * each conversation takes only seqs past its row's */
-    if (ftruncate(st->log_fd, 0) < 0) /* it keeps what it held (replayed harmlessly at a start) */
-        sg_log(SG_LOG_WARN, "store_log_truncate_failed", "path=%s errno=%d", sg_log_q(st->log_path), errno);
-    else
-        st->log_len = 0;
-    st->pend = 0;
-    groups_clear(&st->groups);
+    /* a crash before it is emptied replays batches the database has: each
+     * conversation takes only seqs past its row's */
+    uint64_t gen = f->last_gen;
+    if (sg_logfile_reset(f) < 0) {
+        snprintf(why, whylen, "emptying %s: %s", f->path, strerror(errno));
+        goto out;
+    }
     pthread_mutex_lock(&st->mu);
-    st->applied_gen = st->logged_gen;
+    if (gen > st->applied_gen) st->applied_gen = gen;
     pthread_mutex_unlock(&st->mu);
     if (st->pipe_w >= 0) poke(st);
     rc = 0;
@@ -787,18 +917,50 @@ fail:
 fail_rolled:
     if (!sqlite3_get_autocommit(st->wdb)) exec(st->wdb, "ROLLBACK", NULL, 0);
 out:
+    groups_clear(&st->groups);
     free(st->rbuf); /* as big as the biggest batch: not kept between applies */
     st->rbuf = NULL;
     st->rbuf_cap = 0;
     return rc;
 }
 
+/* Apply the log: the sealed file, after sealing the active one when it is
+ * due; all: every batch logged so far (a read or a forget follows).
+ * Sealing turns the loop's copies to the other file, which is empty:
+ * each is emptied as it is applied. 0, or -1 with why. */
+static int apply_log(sq_store *st, wstmts *w, int all, char *why, size_t whylen)
+{
+    for (int round = 0; round < 2; round++) {
+        pthread_mutex_lock(&st->mu);
+        sg_logfile *a = &st->logs[st->act];
+        if (st->sealed < 0 && a->len && (all || apply_due(st) <= mono_ms())) {
+            st->sealed = st->act;
+            st->act ^= 1;
+            st->logs[st->act].cycle = ++st->cycle;
+        }
+        int s = st->sealed;
+        pthread_mutex_unlock(&st->mu);
+        if (s < 0) return 0;
+        sg_logfile *f = &st->logs[s];
+        size_t used = f->len > SQ_ROOM ? f->len : SQ_ROOM;
+        if (apply_file(st, w, f, why, whylen) < 0) return -1;
+        /* its room is kept for the next time, as much as this time's
+         * batches took: what a burst made goes back once it is over */
+        if (f->room > 4 * used) sg_logfile_cut(f, (2 * used + (1u << 20) - 1) & ~(size_t)((1u << 20) - 1));
+        pthread_mutex_lock(&st->mu);
+        st->sealed = -1;
+        pthread_mutex_unlock(&st->mu);
+        if (!all) break;
+    }
+    return 0;
+}
+
 /* Apply, keeping count of failures: while it fails, publishes are refused
  * (the log would grow without bound). */
-static int try_apply(sq_store *st, wstmts *w)
+static int try_apply(sq_store *st, wstmts *w, int all)
 {
     char why[256] = "the database is not open";
-    if (st->wdb && apply_log(st, w, why, sizeof(why)) == 0) {
+    if (st->wdb && apply_log(st, w, all, why, sizeof(why)) == 0) {
         if (st->apply_attempts)
             sg_log(SG_LOG_INFO, "store_recovered", "store=sqlite step=apply attempts=%u", st->apply_attempts);
         st->apply_attempts = 0;
@@ -808,48 +970,28 @@ static int try_apply(sq_store *st, wstmts *w)
     if (st->apply_attempts++ % 50 == 0)
         sg_log(SG_LOG_ERROR, "store_apply_failed", "store=sqlite path=%s reason=%s attempts=%u retry_ms=%d",
                sg_log_q(st->path), sg_log_q(why), st->apply_attempts, SQ_RETRY_MS);
+    pthread_mutex_lock(&st->mu);
     st->apply_failing = 1;
     st->apply_retry_ms = mono_ms() + SQ_RETRY_MS;
+    pthread_mutex_unlock(&st->mu);
     reset_all(w);
     if (!st->wdb || st->apply_attempts % 5 == 0) reopen_writer(st, w);
     return -1;
 }
 
-/* Append the job's records to the log, as one checksummed batch. */
+/* Write the job's records to the active file, as one checksummed batch
+ * (the loop copies nothing meanwhile: the writer holds a job). */
 static int log_append(sq_store *st, sq_job *j, char *why, size_t whylen)
 {
     if (j->log_len <= SQ_LOG_HDR) return 0;
-    size_t n = j->log_len - SQ_LOG_HDR;
-    put_u32(j->log, SQ_LOG_MAGIC);
-    put_u32(j->log + 4, (uint32_t)n);
-    put_u32(j->log + 8, log_sum(j->log + SQ_LOG_HDR, n));
-    put_u32(j->log + 12, 0);
-    const char *fail = NULL;
-    /* after a write that failed part way, nothing is written until its
-     * bytes are cut off: a batch after a torn one would be dropped at
-     * start with it */
-    if (st->log_torn && ftruncate(st->log_fd, (off_t)st->log_len) < 0) fail = strerror(errno);
-    else st->log_torn = 0;
-    for (size_t off = 0; off < j->log_len && !fail;) {
-        ssize_t m = write(st->log_fd, j->log + off, j->log_len - off);
-        if (m < 0 && errno == EINTR) continue;
-        if (m <= 0) fail = m < 0 ? strerror(errno) : "nothing written";
-        else off += (size_t)m;
-    }
-    if (!fail && strcmp(st->sync, "full") == 0 && fdatasync(st->log_fd) < 0) fail = strerror(errno);
-    if (fail) {
-        snprintf(why, whylen, "writing %s: %s", st->log_path, fail);
-        if (ftruncate(st->log_fd, (off_t)st->log_len) < 0) st->log_torn = 1;
+    sg_logfile *f = &st->logs[st->act];
+    frame_batch(j, f->cycle);
+    if (sg_logfile_write(f, j->log, j->log_len, strcmp(st->sync, "full") == 0) < 0) {
+        snprintf(why, whylen, "writing %s: %s", f->path, strerror(errno));
         return -1;
     }
-    st->log_len += j->log_len;
-    /* the records go on in the file (and the page cache); the groups note
-     * what they hold. Out of memory, the next apply would miss them: it
-     * is refused until one can note them again */
-    if (note_batch(st, j->log + SQ_LOG_HDR, n) < 0) st->note_failed = 1;
-    if (!st->pend) st->pend_since_ms = mono_ms();
-    st->pend++;
-    st->logged_gen = j->gen;
+    f->last_gen = j->gen;
+    if (!f->first_ms) f->first_ms = mono_ms();
     return 0;
 }
 
@@ -862,7 +1004,7 @@ static int commit_job(sq_store *st, wstmts *w, sq_job *j, char *why, size_t whyl
         snprintf(why, whylen, "the database is not open");
         return -1;
     }
-    if (j->forgets && apply_log(st, w, why, whylen) < 0) return -1;
+    if (j->forgets && apply_log(st, w, 1, why, whylen) < 0) return -1;
     if (j->ops) {
         if (exec(st->wdb, "BEGIN", why, whylen) < 0) return -1;
         for (sq_op *o = j->ops; o; o = o->next)
@@ -932,6 +1074,17 @@ static int read_range(sq_store *st, wstmts *w, sq_read *r)
     return 0;
 }
 
+/* What is due besides jobs: room for the loop, an apply. 1 when an apply
+ * went. */
+static int upkeep(sq_store *st, wstmts *w)
+{
+    make_room(st);
+    pthread_mutex_lock(&st->mu);
+    int due = apply_due(st) <= mono_ms();
+    pthread_mutex_unlock(&st->mu);
+    return due && try_apply(st, w, 0) == 0;
+}
+
 /* Commit a job until it is in (a batch that fails is tried again: nothing
  * in it was acknowledged or delivered, and nothing after it may go first,
  * so seqs stay in order; meanwhile publishes are refused), then answer
@@ -958,13 +1111,11 @@ static void run_job(sq_store *st, wstmts *w, sq_job *j)
         if (attempts) sg_log(SG_LOG_INFO, "store_recovered", "store=sqlite attempts=%d", attempts);
         st->failing = 0;
     }
-    int readable = j->status == 0 && (!j->reads || !st->pend || try_apply(st, w) == 0);
+    int readable = j->status == 0 && (!j->reads || try_apply(st, w, 1) == 0);
     for (sq_read *r = j->reads; r; r = r->next)
         if (!readable || read_range(st, w, r) < 0) r->status = -1;
     reset_all(w);
-    if (st->pend && !st->apply_failing &&
-        (st->log_len >= SQ_APPLY_BYTES || mono_ms() - st->pend_since_ms >= SQ_APPLY_MS))
-        try_apply(st, w);
+    upkeep(st, w);
 }
 
 static void *writer_main(void *arg)
@@ -981,14 +1132,15 @@ static void *writer_main(void *arg)
     if (prepare_all(st->wdb, &w) < 0) reopen_writer(st, &w);
     for (;;) {
         pthread_mutex_lock(&st->mu);
-        /* idle: the log is applied once its oldest batch is SQ_APPLY_MS old */
+        /* idle until a job, or an apply or room is due */
         while (!st->todo && !st->stop) {
-            if (!st->pend) {
+            st->asked = 0;
+            int64_t due = upkeep_due(st);
+            if (mono_ms() >= due) break;
+            if (due == INT64_MAX) {
                 pthread_cond_wait(&st->cv, &st->mu);
                 continue;
             }
-            int64_t due = st->apply_failing ? st->apply_retry_ms : st->pend_since_ms + SQ_APPLY_MS;
-            if (mono_ms() >= due) break;
             struct timespec ts = {(time_t)(due / 1000), (long)(due % 1000) * 1000000L};
             pthread_cond_timedwait(&st->cv, &st->mu, &ts);
         }
@@ -1005,7 +1157,7 @@ static void *writer_main(void *arg)
             if (stop) break;
             /* idle: what the batches and chunks took goes back to the
              * system (a busy writer reuses it) */
-            if (try_apply(st, &w) == 0) malloc_trim(0);
+            if (upkeep(st, &w)) malloc_trim(0);
             continue;
         }
         run_job(st, &w, j);
@@ -1016,11 +1168,14 @@ static void *writer_main(void *arg)
         pthread_mutex_unlock(&st->mu);
         poke(st);
     }
-    /* a stop applies the log (what it cannot is replayed at the next start) */
-    for (int i = 0; st->pend && i < 4 && try_apply(st, &w) < 0; i++) {
+    /* a stop applies the log (what it cannot is replayed at the next start)
+     * and leaves the files empty */
+    for (int i = 0; i < 4 && try_apply(st, &w, 1) < 0; i++) {
         struct timespec ts = {0, SQ_RETRY_MS * 1000000L};
         nanosleep(&ts, NULL);
     }
+    for (int i = 0; i < 2; i++)
+        if (!st->logs[i].len) sg_logfile_cut(&st->logs[i], 0);
     finalize_all(&w);
     return NULL;
 }
@@ -1100,7 +1255,7 @@ static void take_done(sq_store *st)
         st->seen_applied = applied;
         release_applied(st, applied);
     }
-    hand_over(st); /* what filled up meanwhile goes next */
+    hand_over(st, 1); /* what filled up meanwhile goes next */
 }
 
 static void on_done(evutil_socket_t fd, short what, void *arg)
@@ -1238,7 +1393,7 @@ static uint64_t sq_append(sg_store_conv *sc, sg_update *u, sg_store_done_fn done
     uint64_t gen = j->gen;
     /* a big batch goes now if the writer is idle: it commits while the
      * loop reads on */
-    if (j->n_appends % SQ_HAND_OVER == 0) hand_over(st);
+    if (j->n_appends % SQ_HAND_OVER == 0) hand_over(st, 0);
     return gen;
 }
 
@@ -1482,7 +1637,7 @@ static void sq_drain(sg_store *s)
     /* while commits fail, a stop waits 5 s for the disk, then gives up on
      * what is left (its publishes are answered 503; nothing was acknowledged) */
     for (int i = 0, failing_ms = 0; i < 600000 && failing_ms < 5000; i++) {
-        hand_over(st);
+        hand_over(st, 1);
         pthread_mutex_lock(&st->mu);
         int busy = st->cur || st->todo || st->writing;
         pthread_mutex_unlock(&st->mu);
@@ -1528,7 +1683,8 @@ static void sq_free(sg_store *s)
     if (st->rdb) sqlite3_close(st->rdb);
     if (st->kick_ev) event_free(st->kick_ev);
     if (st->done_ev) event_free(st->done_ev);
-    if (st->log_fd >= 0) close(st->log_fd);
+    sg_logfile_close(&st->logs[0]);
+    sg_logfile_close(&st->logs[1]);
     groups_clear(&st->groups);
     free(st->rbuf);
     if (st->pipe_r >= 0) close(st->pipe_r);
@@ -1537,7 +1693,6 @@ static void sq_free(sg_store *s)
     pthread_cond_destroy(&st->cv);
     sg_dict_free(st->by_id);
     free(st->path);
-    free(st->log_path);
     free(st);
 }
 
@@ -1661,67 +1816,93 @@ static int migrate(sqlite3 *db, const char *path, char *err, size_t errlen)
     return 0;
 }
 
-/* Open the log and apply what a crash left in it; a torn batch at its end
- * (never acknowledged: answers wait for the whole write) is dropped. */
-static int recover_log(sq_store *st, char *err, size_t errlen)
+/* The end of f's batches (each checked; the first that fails its
+ * checksum, or is of another cycle, ends them) and their cycle; what
+ * follows is cut off: 0, or -1 with err. */
+static int scan_log(sg_logfile *f, char *err, size_t errlen)
 {
-    st->log_fd = open(st->log_path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     struct stat sb;
-    if (st->log_fd < 0 || fstat(st->log_fd, &sb) < 0) {
-        snprintf(err, errlen, "store log '%s' cannot be opened (%s)", st->log_path, strerror(errno));
+    if (fstat(f->fd, &sb) < 0) {
+        snprintf(err, errlen, "store log '%s' cannot be read (%s)", f->path, strerror(errno));
         return -1;
     }
-    /* every batch is checked; the first that fails its checksum ends the
-     * log (a crash tore it: never acknowledged) */
     size_t size = (size_t)sb.st_size, off = 0;
     char *data = NULL;
-    int rc = 0;
     while (off + SQ_LOG_HDR <= size) {
         char hdr[SQ_LOG_HDR];
-        if (pread(st->log_fd, hdr, SQ_LOG_HDR, (off_t)off) != SQ_LOG_HDR) break;
-        uint32_t magic = get_u32(hdr);
-        if (magic != SQ_LOG_MAGIC && magic != SQ_LOG_MAGIC_V1) break;
-        size_t n = get_u32(hdr + 4);
-        if (n > size - off - SQ_LOG_HDR) break;
+        if (pread(f->fd, hdr, SQ_LOG_HDR, (off_t)off) != SQ_LOG_HDR) break;
+        uint32_t magic = get_u32(hdr), n = get_u32(hdr + 4);
+        if ((magic != SQ_LOG_MAGIC && magic != SQ_LOG_MAGIC_V1) || n > size - off - SQ_LOG_HDR ||
+            (off && get_u32(hdr + 12) != f->cycle))
+            break;
         char *nd = realloc(data, n ? n : 1);
         if (!nd) {
-            snprintf(err, errlen, "store log '%s': out of memory", st->log_path);
-            rc = -1;
-            break;
+            free(data);
+            snprintf(err, errlen, "store log '%s': out of memory", f->path);
+            return -1;
         }
         data = nd;
-        if (pread(st->log_fd, data, n, (off_t)(off + SQ_LOG_HDR)) != (ssize_t)n ||
+        if (pread(f->fd, data, n, (off_t)(off + SQ_LOG_HDR)) != (ssize_t)n ||
             (magic == SQ_LOG_MAGIC ? log_sum : log_sum_v1)(data, n) != get_u32(hdr + 8))
             break;
-        if (note_batch(st, data, n) < 0) {
-            snprintf(err, errlen, "store log '%s': out of memory", st->log_path);
-            rc = -1;
-            break;
-        }
-        st->pend++;
+        if (!off) f->cycle = get_u32(hdr + 12);
         off += SQ_LOG_HDR + n;
     }
     free(data);
-    if (rc < 0) return -1;
-    if (off < size) {
-        sg_log(SG_LOG_WARN, "store_log_tail_dropped", "path=%s bytes=%zu reason=%s", sg_log_q(st->log_path),
-               size - off, "a torn or damaged batch (never acknowledged)");
-        if (ftruncate(st->log_fd, (off_t)off) < 0) {
-            snprintf(err, errlen, "store log '%s' cannot be cut at its torn end (%s)", st->log_path, strerror(errno));
-            return -1;
-        }
+    f->len = off;
+    /* past the end: zeros (room made ahead), batches of an older cycle (the
+     * file used before), or one of this cycle that failed its checksum: a
+     * batch a crash tore */
+    char hdr[SQ_LOG_HDR];
+    uint32_t magic = 0;
+    if (off + SQ_LOG_HDR <= size && pread(f->fd, hdr, SQ_LOG_HDR, (off_t)off) == SQ_LOG_HDR) magic = get_u32(hdr);
+    if ((magic == SQ_LOG_MAGIC || magic == SQ_LOG_MAGIC_V1) && get_u32(hdr + 12) == f->cycle)
+        sg_log(SG_LOG_WARN, "store_log_tail_dropped", "path=%s at=%zu reason=%s", sg_log_q(f->path), off,
+               "a torn or damaged batch (never acknowledged)");
+    if (off < size && sg_logfile_cut(f, off) < 0) {
+        snprintf(err, errlen, "store log '%s' cannot be cut at its end (%s)", f->path, strerror(errno));
+        return -1;
     }
-    st->log_len = off;
-    if (!st->pend) return 0;
+    return 0;
+}
+
+/* Open the log's two files and apply what a crash left in them, the older
+ * first; then make room in both for the loop's copies. */
+static int recover_log(sq_store *st, char *err, size_t errlen)
+{
+    char path[4096];
+    for (int i = 0; i < 2; i++) {
+        snprintf(path, sizeof(path), "%s-log%s", st->path, i ? "2" : "");
+        if (sg_logfile_open(&st->logs[i], path, err, errlen) < 0 || scan_log(&st->logs[i], err, errlen) < 0)
+            return -1;
+    }
+    sg_logfile *l0 = &st->logs[0], *l1 = &st->logs[1];
+    int older = l0->len && l1->len && (int32_t)(l1->cycle - l0->cycle) < 0;
+    sg_logfile *order[2] = {older ? l1 : l0, older ? l0 : l1};
+    st->cycle = (int32_t)(l1->cycle - l0->cycle) > 0 ? l1->cycle : l0->cycle;
     wstmts w;
     memset(&w, 0, sizeof(w));
-    char why[256] = "";
-    rc = prepare_all(st->wdb, &w) < 0 ? -1 : apply_log(st, &w, why, sizeof(why));
-    if (rc < 0) snprintf(err, errlen, "store log '%s' cannot be applied (%s)", st->log_path,
-                         why[0] ? why : sqlite3_errmsg(st->wdb));
-    else sg_log(SG_LOG_INFO, "store_log_replayed", "path=%s bytes=%zu", sg_log_q(st->log_path), off);
+    int rc = 0;
+    for (int i = 0; i < 2 && rc == 0; i++) {
+        size_t bytes = order[i]->len;
+        if (!bytes) continue;
+        char why[256] = "";
+        rc = (!w.ins_chunk && prepare_all(st->wdb, &w) < 0) ? -1 : apply_file(st, &w, order[i], why, sizeof(why));
+        if (rc < 0)
+            snprintf(err, errlen, "store log '%s' cannot be applied (%s)", order[i]->path,
+                     why[0] ? why : sqlite3_errmsg(st->wdb));
+        else
+            sg_log(SG_LOG_INFO, "store_log_replayed", "path=%s bytes=%zu", sg_log_q(order[i]->path), bytes);
+    }
     finalize_all(&w);
-    return rc;
+    if (rc < 0) return -1;
+    st->act = 0;
+    st->sealed = -1;
+    l0->cycle = ++st->cycle;
+    st->mapped = strcmp(st->sync, "full") != 0 && l0->map && l1->map;
+    for (int i = 0; i < 2 && st->mapped; i++) /* (without it, batches go to the writer) */
+        if (sg_logfile_grow(&st->logs[i], 0, SQ_ROOM) == 0) st->logs[i].room = SQ_ROOM;
+    return 0;
 }
 
 static sqlite3 *open_db(const char *path, const char *sync, char *err, size_t errlen)
@@ -1776,14 +1957,12 @@ sg_store *sg_store_sqlite_new(const char *path, const char *sync, int history_si
         return NULL;
     }
     st->base.ops = &sqlite_ops;
-    st->pipe_r = st->pipe_w = st->log_fd = -1;
+    st->pipe_r = st->pipe_w = st->logs[0].fd = st->logs[1].fd = -1;
     st->history = history_size;
     st->cache_budget = cache_bytes;
     st->log_hint = 4096;
     st->evb = base;
     st->path = strdup(path);
-    size_t pl = strlen(path) + 5;
-    if ((st->log_path = malloc(pl))) snprintf(st->log_path, pl, "%s-log", path);
     snprintf(st->sync, sizeof(st->sync), "%s", sync);
     pthread_mutex_init(&st->mu, NULL);
     pthread_condattr_t ca; /* the writer's timed waits are on the monotonic clock */
@@ -1793,7 +1972,7 @@ sg_store *sg_store_sqlite_new(const char *path, const char *sync, int history_si
     pthread_condattr_destroy(&ca);
     int fds[2];
     st->by_id = sg_dict_new();
-    if (!st->path || !st->log_path || !st->by_id || !(st->wdb = open_db(path, sync, err, errlen)) ||
+    if (!st->path || !st->by_id || !(st->wdb = open_db(path, sync, err, errlen)) ||
         migrate(st->wdb, path, err, errlen) < 0 || recover_log(st, err, errlen) < 0 ||
         !(st->rdb = open_db(path, sync, err, errlen)) ||
         exec(st->rdb, "PRAGMA cache_size = -2048", err, errlen) < 0) { /* the loop's: point lookups */
