@@ -40,8 +40,8 @@ return {
   -- keep their epoch and seq, a client that resumes gets what it missed, a
   -- producer's retry is still deduplicated, webhook batches still queued
   -- are sent. An update is acknowledged (202) and delivered once it is
-  -- written to the store's log (store_path .. "-log"), which is applied
-  -- to the database every second. "memory": nothing survives a restart
+  -- in the store's log (store_path .. "-log" and "-log2"), which is
+  -- applied to the database every two seconds. "memory": nothing survives a restart
   -- (tests, ephemeral use).
   store = "sqlite",
   -- Relative to this file; its folder is made when missing.

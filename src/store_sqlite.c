@@ -3,23 +3,28 @@
  * (docs/architecture.md, "The durable store").
  *
  * The loop never waits on the disk for a write. What the hub appends is
- * encoded into the current batch; at the end of the loop turn (or as soon
- * as the batch is big and the writer idle) the batch is handed to a writer
- * thread, which appends it to the log (`<store_path>-log`, one write per
- * batch, checksummed) and hands the result back through a pipe. Everything
- * a batch holds is acknowledged (sync) and delivered (on_commit) only once
- * it is in the log, so what a client saw or was told is never lost by a
- * crash. The other writes (idempotency keys, activity, forgetting) are
- * committed to the database in the same step.
+ * encoded into the current batch; at the end of the loop turn the batch
+ * is committed. A batch of appends alone (a turn of single publishes) is
+ * copied into the log on the loop: a memcpy into a shared mapping of the
+ * active log file, below the room the writer thread made ready ahead
+ * (allocated on the disk, its pages faulted in: logfile.h). Anything else
+ * (a bulk-sized batch, other writes, no room, store_sync "full") is handed
+ * to the writer thread, which writes it (one pwrite per batch) and hands
+ * the result back through a pipe; nothing is copied meanwhile, so batches
+ * stay in order. Everything a batch holds is acknowledged (sync) and
+ * delivered (on_commit) only once it is in the log (in the page cache: a
+ * crash of the process keeps it), so what a client saw or was told is
+ * never lost by a crash. The other writes (idempotency keys, activity,
+ * forgetting) are committed to the database in the same step.
  *
- * Every second, or past 256 MB, the writer applies the log to the database
- * (read back from the file; only each conversation's newest seq is kept in
- * memory meanwhile):
- * one transaction writes, per conversation, one chunk row holding its new
- * updates (at most history_size of them), brings its row up to date, drops
- * the chunks history no longer reaches, and the log is emptied. Replaying a
- * log at start (after a crash) is the same step, and applying a record
- * twice is harmless: a conversation takes only seqs past its row's.
+ * The log is two files. Every two seconds, or past 256 MB, the writer
+ * seals the active one (copies go to the other from then on) and applies
+ * it to the database: one transaction writes, per conversation, one chunk
+ * row holding its new updates (at most history_size of them), brings its
+ * row up to date, drops the chunks history no longer reaches, and the
+ * file is emptied. Replaying the files at start (after a crash), the
+ * older cycle first, is the same step, and applying a record twice is
+ * harmless: a conversation takes only seqs past its row's.
  *
  * Reads of what the conversation's ring (the recent updates kept in
  * memory) holds are answered at once; older ones are read by the writer
@@ -52,7 +57,7 @@
 #define SQ_SCHEMA_VERSION 2
 #define SQ_RETRY_MS 200              /* between attempts at a batch that failed */
 #define SQ_APPLY_BYTES (256u << 20)  /* the log is applied past this size */
-#define SQ_APPLY_MS 1000             /* or once its oldest batch is this old */
+#define SQ_APPLY_MS 2000             /* or once its oldest batch is this old */
 #define SQ_HAND_OVER 256             /* appends after which an idle writer takes a batch at once */
 #define SQ_LOG_MAGIC 0x324c4753u     /* "SGL2", little-endian: log_sum */
 #define SQ_LOG_MAGIC_V1 0x314c4753u  /* "SGL1": log_sum_v1 (read at start only) */
