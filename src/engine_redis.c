@@ -117,6 +117,7 @@ typedef struct shard {
     int port;
     redisAsyncContext *cmd, *sub;
     int cmd_up, sub_up;
+    int psub_pending;         /* PSUBSCRIBEs sent and not yet answered */
     redisContext *sync;       /* blocking: first opens */
     struct event *retry_ev;   /* reconnection, with backoff */
     struct event *timeout_ev; /* a connection attempt that hangs */
@@ -176,6 +177,7 @@ struct sg_redis {
     json_t *nodes;             /* the last list read */
     int leading;               /* holds the aggregator lease */
     int pattern;               /* the pattern is subscribed (status:* or leading) */
+    int pattern_told;          /* the hub waits to hear the pattern is subscribed (watch_all) */
     sg_redis_observer observe; /* aggregators, fed by the lease holder */
     int (*wants)(void *arg);
     void *observe_arg;
@@ -224,6 +226,21 @@ static void schedule_retry(shard *sh)
     sh->backoff_ms = sh->backoff_ms * 2 > 5000 ? 5000 : sh->backoff_ms * 2;
 }
 
+/* A PSUBSCRIBE of sh was answered (answered 1), or will not be (its
+ * connection is gone): once none is out, the hub waiting for the pattern
+ * hears it is subscribed. */
+static void pattern_answered(shard *sh, int answered)
+{
+    sg_redis *r = sh->r;
+    if (answered && sh->psub_pending) sh->psub_pending--;
+    if (!answered) sh->psub_pending = 0;
+    for (int i = 0; i < r->n; i++)
+        if (r->shards[i].psub_pending) return;
+    if (!r->pattern_told) return;
+    r->pattern_told = 0;
+    r->base.on_open(r->base.on_commit_arg, NULL, "*", 0, NULL, 0);
+}
+
 /* One of the shard's connections is gone: the other goes too, so that
  * they come back together and the conversations catch up once. */
 static void shard_lost(shard *sh, const char *why)
@@ -231,6 +248,7 @@ static void shard_lost(shard *sh, const char *why)
     if (sh->r->closing) return;
     int was_up = shard_up(sh);
     sh->cmd_up = sh->sub_up = 0;
+    pattern_answered(sh, 0);
     if (!sh->down_logged) {
         sg_log(SG_LOG_ERROR, "redis_down", "shard=%d addr=%s:%d reason=%s was_up=%d", sh->idx, sh->host,
                sh->port, sg_log_q(why), was_up);
@@ -305,8 +323,10 @@ static void on_sub_ready(redisAsyncContext *ac, void *reply, void *priv)
     sg_redis *r = sh->r;
     for (sg_store_conv *rc = r->open_head; rc; rc = rc->next)
         if (rc->sh == sh) subscribe_conv(sh, rc->id, rc->id_len);
-    if (r->pattern && redisAsyncCommand(sh->sub, on_sub_reply, sh, "PSUBSCRIBE %sc:*", r->prefix) == REDIS_OK)
+    if (r->pattern && redisAsyncCommand(sh->sub, on_sub_reply, sh, "PSUBSCRIBE %sc:*", r->prefix) == REDIS_OK) {
         sent(sh);
+        sh->psub_pending++;
+    }
     if (sh->down_logged)
         sg_log(SG_LOG_INFO, "redis_up", "shard=%d addr=%s:%d", sh->idx, sh->host, sh->port);
     sh->down_logged = 0;
@@ -775,8 +795,10 @@ static void on_sub_reply(redisAsyncContext *ac, void *reply, void *priv)
         size_t pl = strlen(r->prefix) + 2;
         sg_store_conv *rc = e[1]->len > pl ? sg_dict_get(r->convs, e[1]->str + pl, e[1]->len - pl) : NULL;
         if (rc) catch_up(rc);
-    } else if (strcmp(kind, "psubscribe") == 0 || strcmp(kind, "unsubscribe") == 0 ||
-               strcmp(kind, "punsubscribe") == 0) {
+    } else if (strcmp(kind, "psubscribe") == 0) {
+        answered(sh);
+        pattern_answered(sh, 1);
+    } else if (strcmp(kind, "unsubscribe") == 0 || strcmp(kind, "punsubscribe") == 0) {
         answered(sh);
     }
 }
@@ -983,15 +1005,26 @@ static void pattern_update(sg_redis *r)
     for (int i = 0; i < r->n; i++) {
         shard *sh = &r->shards[i];
         if (sh->sub_up && redisAsyncCommand(sh->sub, on_sub_reply, sh, want ? "PSUBSCRIBE %sc:*" : "PUNSUBSCRIBE %sc:*",
-                                            r->prefix) == REDIS_OK)
+                                            r->prefix) == REDIS_OK) {
             sent(sh);
+            if (want) sh->psub_pending++;
+        }
     }
 }
 
-static void redis_watch_all(sg_store *s, int on)
+/* status:*'s first subscriber: its join is answered once every shard up
+ * answered the PSUBSCRIBE (pattern_answered), so that what its client
+ * publishes next, on any gateway, is heard. */
+static int redis_watch_all(sg_store *s, int on)
 {
-    of(s)->wildcard = on;
-    pattern_update(of(s));
+    sg_redis *r = of(s);
+    r->wildcard = on;
+    pattern_update(r);
+    int pending = 0;
+    for (int i = 0; i < r->n; i++)
+        pending += r->shards[i].psub_pending;
+    r->pattern_told = on && pending > 0;
+    return r->pattern_told;
 }
 
 /* ---- the webhook outbox ----

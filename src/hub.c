@@ -848,7 +848,10 @@ int sg_hub_subscribe(sg_hub *h, sg_conv *c, sg_sub *s, const sg_sub_class *cls,
     if (g->subs) g->subs->prev = s;
     g->subs = s;
     g->n++;
-    if (c->n_subs++ == 0 && c->is_wildcard && h->store->ops->watch_all) h->store->ops->watch_all(h->store, 1);
+    /* status:*'s first subscriber: a store that hears every conversation
+     * only once it says so holds the joins until then (loading) */
+    if (c->n_subs++ == 0 && c->is_wildcard && h->store->ops->watch_all && h->store->ops->watch_all(h->store, 1))
+        c->loading = 1;
     touch(h, c);
     return 0;
 }
@@ -864,7 +867,10 @@ void sg_hub_unsubscribe(sg_hub *h, sg_sub *s)
     s->prev = s->next = NULL;
     s->group = NULL;
     s->conv = NULL;
-    if (--c->n_subs == 0 && c->is_wildcard && h->store->ops->watch_all) h->store->ops->watch_all(h->store, 0);
+    if (--c->n_subs == 0 && c->is_wildcard && h->store->ops->watch_all) {
+        h->store->ops->watch_all(h->store, 0);
+        c->loading = 0;
+    }
     if (--g->n == 0) {
         sg_group **pp = &c->groups;
         while (*pp != g)
@@ -1006,6 +1012,13 @@ static void load_done(sg_hub *h, sg_conv *c, int status)
 static void on_open(void *arg, sg_store_conv *sc, const char *id, int status, const char *epoch, uint64_t last_seq)
 {
     sg_hub *h = arg;
+    if (!sc && strcmp(id, "*") == 0) { /* status:* hears every conversation now */
+        if (h->wildcard.loading) {
+            h->wildcard.loading = 0;
+            load_done(h, &h->wildcard, 0);
+        }
+        return;
+    }
     sg_conv *c = sg_dict_get(h->convs, id, strlen(id));
     if (!c || c->hist != sc || !c->loading) return;
     if (status == ENOENT && c->want_create) { /* a subscriber came meanwhile: made after all */

@@ -282,6 +282,7 @@ static void chan_free(sg_phx *p, phx_chan *ch)
         pp = &(*pp)->next;
     if (*pp) *pp = ch->next;
     p->n_chans--;
+    if (ch->joining && ch->conv->is_wildcard) sg_hub_cancel_loaded(ch->conv, ch);
     sg_hub_unsubscribe(p->srv->hub, &ch->sub);
     sg_filter_unref(ch->filter);
     json_decref(ch->join_ref);
@@ -420,6 +421,16 @@ static void join_reply(phx_chan *ch, json_t *ref, int recovered)
     reply(ch->phx, ch->join_ref, ref, ch->topic, 1, resp);
 }
 
+/* status:* is heard (sg_hub_when_loaded): the join's answer. */
+static void on_wildcard_ready(void *arg, sg_conv *c, int status)
+{
+    phx_chan *ch = arg;
+    json_t *ref = ch->joining;
+    ch->joining = NULL;
+    join_reply(ch, ref, 0);
+    json_decref(ref);
+}
+
 /* What a resuming channel missed came from the store (now or later):
  * answer the join, then replay it; live pushes follow. */
 static void on_join_replay(sg_sub *s, const sg_replay *rp)
@@ -536,6 +547,13 @@ static void handle_join(sg_phx *p, json_t *jr, json_t *ref, const char *topic, j
         /* the store reads it later: answered once it is, as a resume from now */
         ch->joining = json_incref(ref ? ref : json_null());
         sg_hub_resume(srv->hub, &ch->sub, NULL, UINT64_MAX, on_join_fresh);
+        return;
+    }
+    if (wildcard && cv->loading) {
+        /* answered once the store hears every conversation: what the
+         * client publishes after the answer reaches this channel */
+        ch->joining = json_incref(ref ? ref : json_null());
+        if (sg_hub_when_loaded(srv->hub, cv, on_wildcard_ready, ch)) on_wildcard_ready(ch, cv, 0);
         return;
     }
     if (wildcard || !jlast || !json_is_integer(jlast)) {

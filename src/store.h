@@ -122,8 +122,10 @@ typedef struct sg_store_ops {
      * once (the engine is unreachable: 503 with Retry-After). */
     sg_pub *(*publish)(sg_store *s, const sg_draft *d, sg_error *err);
     /* status:* has subscribers (on 1) or has none left (on 0): such a
-     * store then hears every conversation's updates (the Redis engine's). */
-    void (*watch_all)(sg_store *s, int on);
+     * store then hears every conversation's updates (the Redis engine's).
+     * 1 when it will hear them only once it says so (on_open with conv_id
+     * "*" and c NULL): what is published before then is not heard. */
+    int (*watch_all)(sg_store *s, int on);
     void (*outbox_del)(sg_store *s, const char *id);
     int (*outbox_load)(sg_store *s, sg_outbox_fn fn, void *arg);
 } sg_store_ops;
@@ -135,7 +137,8 @@ struct sg_store {
     void *on_commit_arg;
     /* set by the hub: an open that left epoch empty is answered: status 0
      * with the epoch and last seq, or ENOENT (create was 0 and the store
-     * holds no such conversation) */
+     * holds no such conversation); or (c NULL, conv_id "*") the store
+     * hears every conversation now (watch_all) */
     void (*on_open)(void *arg, sg_store_conv *c, const char *conv_id, int status, const char *epoch,
                     uint64_t last_seq);
 };

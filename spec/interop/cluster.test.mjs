@@ -244,6 +244,38 @@ describe("a slow Redis", () => {
   });
 });
 
+describe("status:* joining while Redis is slow", () => {
+  it("answers the join once Redis has the pattern subscription, so the next update on another gateway is heard", async () => {
+    const rd = await g.startRedis({ args: ["--enable-debug-command", "yes"] });
+    const a = await g.start(cluster(rd)), b = await g.start(cluster(rd));
+    try {
+      // Redis answers nobody for 0.6 s: the PSUBSCRIBE the join sends waits
+      // behind the sleep, and the join's answer with it
+      const sleeping = g.redis(rd, "DEBUG", "SLEEP", "0.6");
+      await g.sleep(50);
+      const s = g.socket(b);
+      const all = s.channel("status:*", { categories: ["*"] });
+      const got = [];
+      all.on("status_update", (u) => got.push(`${u.conversation_id}:${u.seq}`));
+      const t0 = Date.now();
+      await g.join(all);
+      const waited = Date.now() - t0;
+      assert.ok(waited >= 300, `the join was answered before Redis had the subscription (${waited} ms)`);
+      await sleeping;
+      const id = g.conv("wild-slow");
+      assert.equal((await g.publish(a, { conversation_id: id, category: "info", text: "first" })).status, 202);
+      await g.waitFor(() => got.length === 1, 5000, "the update on status:*");
+      assert.deepEqual(got, [`${id}:1`]);
+      s.disconnect();
+    } finally {
+      g.disconnectAll();
+      assert.equal(await g.stop(a), 0);
+      assert.equal(await g.stop(b), 0);
+      await g.stopRedis(rd);
+    }
+  });
+});
+
 describe("Redis going away and coming back", () => {
   it("refuses publishes with 503 engine_unavailable while Redis is down, keeps subscribers, and catches them up after", async () => {
     let rd = await g.startRedis({ persist: true });
