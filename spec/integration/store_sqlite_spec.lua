@@ -186,6 +186,67 @@ describe("the sqlite store", function()
     end
   end)
 
+  it("loses nothing it acknowledged when killed with SIGKILL while a log file is sealed and applied", function()
+    -- the log is applied every two seconds: kills at 2.2, 3.1 and 4.4 s into a
+    -- steady stream fall while one file is applied and the other takes copies
+    local keep = { history_size = 1000 }
+    start(keep)
+    local acked, replayed = {}, 0
+    for round, after in ipairs({ 2.2, 3.1, 4.4 }) do
+      local function conv(i) return "apply-" .. round .. "-" .. (i % 500) end
+      local c = gw_.connect(gw)
+      c.sock:settimeout(2)
+      local sent, n, t0, killed = 0, 0, socket.gettime(), false
+      while true do
+        if not killed and sent - n <= 10 then
+          local reqs = {}
+          for i = sent + 1, sent + 10 do
+            reqs[#reqs + 1] = gw_.build_request("POST", "/api/v1/status",
+              cjson.encode({ conversation_id = conv(i), category = "info", text = "n" .. i }))
+          end
+          if not c.sock:send(table.concat(reqs)) then break end
+          sent = sent + 10
+        end
+        local status, _, body = c:read_response()
+        if not status then break end
+        n = n + 1
+        if status == 202 then
+          local r = cjson.decode(body)
+          acked[#acked + 1] = { conv = conv(n), seq = math.tointeger(r.seq), epoch = r.epoch, text = "n" .. n }
+        end
+        if not killed and socket.gettime() - t0 >= after then
+          gw_.signal(gw, "KILL")
+          killed = true
+        end
+      end
+      c:close()
+      assert.is_true(killed, "the stream ended before the kill")
+      assert.truthy(gw_.wait_exit(gw, 5))
+      gw.stopped = true
+      start(keep)
+      local _, replays = gw_.log_text(gw):gsub("event=store_log_replayed", "")
+      replayed = replayed + replays
+    end
+    assert.is_true(#acked >= 1000, "acknowledged " .. #acked)
+    assert.is_true(replayed >= 3, "replayed " .. replayed .. " log files")
+    local by_conv = {}
+    for _, a in ipairs(acked) do
+      by_conv[a.conv] = by_conv[a.conv] or {}
+      table.insert(by_conv[a.conv], a)
+    end
+    for cv, list in pairs(by_conv) do
+      local status, h = history(gw, cv, "?limit=1000")
+      assert.are.equal(200, status, cv)
+      local have = {}
+      for _, u in ipairs(h.updates) do have[u.seq] = u end
+      for _, a in ipairs(list) do
+        assert.are.equal(a.epoch, h.epoch)
+        assert.truthy(have[a.seq], cv .. " seq " .. a.seq .. " was acknowledged and is gone (acked " .. #list .. ", last_seq " .. tostring(h.last_seq) .. ", held " .. #h.updates .. ", first " .. tostring(h.updates[1] and h.updates[1].seq) .. ")")
+        assert.are.equal(a.text, have[a.seq].text)
+      end
+    end
+  end)
+
   it("answers pipelined requests in order while publishes wait for their commit", function()
     start()
     local c = gw_.connect(gw)
