@@ -226,6 +226,15 @@ static void schedule_retry(shard *sh)
     sh->backoff_ms = sh->backoff_ms * 2 > 5000 ? 5000 : sh->backoff_ms * 2;
 }
 
+/* PSUBSCRIBEs sent and not yet answered, over the shards. */
+static int psub_out(const sg_redis *r)
+{
+    int n = 0;
+    for (int i = 0; i < r->n; i++)
+        n += r->shards[i].psub_pending;
+    return n;
+}
+
 /* A PSUBSCRIBE of sh was answered (answered 1), or will not be (its
  * connection is gone): once none is out, the hub waiting for the pattern
  * hears it is subscribed. */
@@ -234,9 +243,7 @@ static void pattern_answered(shard *sh, int answered)
     sg_redis *r = sh->r;
     if (answered && sh->psub_pending) sh->psub_pending--;
     if (!answered) sh->psub_pending = 0;
-    for (int i = 0; i < r->n; i++)
-        if (r->shards[i].psub_pending) return;
-    if (!r->pattern_told) return;
+    if (psub_out(r) || !r->pattern_told) return;
     r->pattern_told = 0;
     r->base.on_open(r->base.on_commit_arg, NULL, "*", 0, NULL, 0);
 }
@@ -1020,10 +1027,7 @@ static int redis_watch_all(sg_store *s, int on)
     sg_redis *r = of(s);
     r->wildcard = on;
     pattern_update(r);
-    int pending = 0;
-    for (int i = 0; i < r->n; i++)
-        pending += r->shards[i].psub_pending;
-    r->pattern_told = on && pending > 0;
+    r->pattern_told = on && psub_out(r) > 0;
     return r->pattern_told;
 }
 

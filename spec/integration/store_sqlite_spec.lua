@@ -24,6 +24,17 @@ local function publish(gw, conv, text, extra)
   return body
 end
 
+-- Publishes from + 1 .. from + 10 in one write, each to conv_of(i) with text
+-- "n<i>": whether it was sent.
+local function send_ten(c, from, conv_of)
+  local reqs = {}
+  for i = from + 1, from + 10 do
+    reqs[#reqs + 1] = gw_.build_request("POST", "/api/v1/status",
+      cjson.encode({ conversation_id = conv_of(i), category = "info", text = "n" .. i }))
+  end
+  return c.sock:send(table.concat(reqs)) ~= nil
+end
+
 local function history(gw, conv, query)
   return gw_.request(gw, "GET", "/api/v1/conversations/" .. conv .. "/history" .. (query or ""))
 end
@@ -140,12 +151,7 @@ describe("the sqlite store", function()
       local sent, n = 0, 0
       while sent < 300 or n < sent do
         if sent < 300 and sent - n <= 10 then
-          local reqs = {}
-          for i = sent + 1, sent + 10 do
-            reqs[#reqs + 1] = gw_.build_request("POST", "/api/v1/status",
-              cjson.encode({ conversation_id = conv, category = "info", text = "n" .. i }))
-          end
-          if not c.sock:send(table.concat(reqs)) then break end
+          if not send_ten(c, sent, function() return conv end) then break end
           sent = sent + 10
         end
         local status, _, body = c:read_response()
@@ -199,12 +205,7 @@ describe("the sqlite store", function()
       local sent, n, t0, killed = 0, 0, socket.gettime(), false
       while true do
         if not killed and sent - n <= 10 then
-          local reqs = {}
-          for i = sent + 1, sent + 10 do
-            reqs[#reqs + 1] = gw_.build_request("POST", "/api/v1/status",
-              cjson.encode({ conversation_id = conv(i), category = "info", text = "n" .. i }))
-          end
-          if not c.sock:send(table.concat(reqs)) then break end
+          if not send_ten(c, sent, conv) then break end
           sent = sent + 10
         end
         local status, _, body = c:read_response()
