@@ -356,6 +356,7 @@ int main(int argc, char **argv)
         sg_log(SG_LOG_INFO, "stopped", "requests=%llu", (unsigned long long)srv.net.requests);
     }
     server_close(&srv);
+    sg_update_pool_free();
     sg_categories_free();
     sg_config_free(&cfg);
     libevent_global_shutdown();

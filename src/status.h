@@ -138,6 +138,13 @@ static inline sg_update *sg_update_ref(sg_update *u)
     return u;
 }
 void sg_update_unref(sg_update *u);
+/* A freed update's block is kept for the next update of its size (up to
+ * 2 KB, at most 4 MB of them per thread; none in a sanitizer build):
+ * whether this build pools, the bytes the calling thread's pool holds,
+ * and freeing them (at the thread's end). */
+int sg_update_pooling(void);
+size_t sg_update_pooled(void);
+void sg_update_pool_free(void);
 
 
 /* Format Unix ms as 2026-11-27T09:12:44.123Z into out (>= 25 bytes). */

@@ -108,6 +108,58 @@ static sg_update *update(const char *conv, const char *cat, const char *text, ui
     return u;
 }
 
+/* The pool of freed updates: a block comes back for the next update of
+ * its size, holding that update intact; big ones are not kept; the pool
+ * stays within its 4 MB. */
+static void update_pool(void)
+{
+    sg_update_pool_free();
+    sg_update *a = update("p1", "info", "hello", 7);
+    CHECK(a != NULL);
+    void *first = a;
+    sg_update_ref(a);
+    sg_update_unref(a);
+    CHECK(sg_update_pooled() == 0); /* still referenced */
+    sg_update_unref(a);
+    size_t held = sg_update_pooled();
+    sg_update *b = update("p1", "tool", "world", 8);
+    CHECK(b != NULL);
+    if (sg_update_pooling()) {
+        CHECK(held > 0 && held % 32 == 0);
+        CHECK((void *)b == first);
+        CHECK(sg_update_pooled() == 0);
+    } else {
+        CHECK(held == 0);
+    }
+    const char *want = "{\"conversation_id\":\"p1\",\"seq\":8,\"category\":\"tool\",\"text\":\"world\","
+                       "\"metadata\":{},\"timestamp\":\"2023-11-14T22:13:20.000Z\"}";
+    CHECK(b->json_len == strlen(want) && strcmp(b->json, want) == 0);
+    CHECK(b->seq == 8 && b->refcnt == 1);
+    sg_update_unref(b);
+    /* over 2 KB: freed, not kept */
+    char big[3000];
+    memset(big, 'x', sizeof(big) - 1);
+    big[sizeof(big) - 1] = 0;
+    held = sg_update_pooled();
+    sg_update *c = sg_update_stored(0, 9, 1700000000000LL, big, strlen(big));
+    CHECK(c != NULL && c->json_len == 2999 && memcmp(c->json, big, 2999) == 0);
+    sg_update_unref(c);
+    CHECK(sg_update_pooled() == held);
+    /* 8,000 of about 640 bytes freed: the pool keeps 4 MB at most */
+    char mid[600];
+    memset(mid, 'y', sizeof(mid) - 1);
+    mid[sizeof(mid) - 1] = 0;
+    static sg_update *many[8000];
+    for (int i = 0; i < 8000; i++)
+        many[i] = sg_update_stored(0, (uint64_t)i + 10, 1700000000000LL, mid, strlen(mid));
+    for (int i = 0; i < 8000; i++)
+        sg_update_unref(many[i]);
+    CHECK(sg_update_pooled() <= ((size_t)4 << 20));
+    CHECK(!sg_update_pooling() || sg_update_pooled() > ((size_t)4 << 20) - 1024);
+    sg_update_pool_free();
+    CHECK(sg_update_pooled() == 0);
+}
+
 static int publish(sg_hub *h, const char *conv, const char *cat, const char *text, const char *md)
 {
     char json[512];
@@ -562,6 +614,7 @@ int main(void)
     sg_categories_init(&cfg, err, sizeof(err));
     run("dict: set, get, replace, delete over 5,000 keys; NUL and empty keys", dict_basics);
     run("rate: GCRA passes the burst, then one event per interval, and says how long to wait", rate_gcra);
+    run("updates: a freed block serves the next update of its size, intact; big ones are freed; 4 MB at most", update_pool);
     run("memory store: answers at once, trims, ranges by (since, upto], category and limit", store_contract);
     run("deferred store: answers later, reads when it answers, cancels, answers at close and free", store_deferred_contract);
     run("hub: resumes hold live frames until a late replay, then deliver them in order; gaps; cancel", hub_resume_deferred);
@@ -572,6 +625,7 @@ int main(void)
     run("filters: eq ne gt gte lt lte contains exists, categories, unknown operators", filter_operators);
     run("filters: equal filters share a key whatever their order", filter_sharing);
     printf("1..%d\n", n_tests);
+    sg_update_pool_free();
     sg_categories_free();
     sg_config_free(&cfg);
     return n_failed ? 1 : 0;
