@@ -65,6 +65,7 @@
 #define SQ_ROOM (8u << 20)           /* the room made ahead of the loop's copies */
 #define SQ_READ_CHUNK (1u << 20)     /* an apply reads the log a megabyte at a time */
 #define SQ_COPY_MAX (64u << 10)      /* a bigger batch goes to the writer, which has the time */
+#define SQ_ROOM_WAIT_MS 50           /* room is not made while bulk batches outweigh copies */
 
 typedef struct sq_store sq_store;
 typedef struct sq_conv sq_conv;
@@ -197,6 +198,8 @@ struct sq_store {
     int mapped;       /* the loop may copy batches into the active file's room */
     int asked;        /* the loop woke the writer for room or an apply: not again meanwhile */
     int want_room;    /* the loop's copies need room made (bulk batches, written, do not) */
+    size_t copied, uncopyable; /* bytes of batches the loop copied, and of those only the writer
+                                * could take, since the writer last looked (room_wanted) */
     uint32_t cycle;   /* the newest file's */
     /* the writer's */
     sq_groups groups; /* what the file being applied holds, by conversation */
@@ -482,6 +485,7 @@ static int copy_batch(sq_store *st, sq_job *j, int *wake)
     }
     frame_batch(j, f->cycle);
     sg_logfile_put(f, j->log, j->log_len);
+    st->copied += j->log_len;
     f->last_gen = j->gen;
     int first = !f->first_ms;
     if (first) f->first_ms = mono_ms();
@@ -506,6 +510,7 @@ static void hand_over(sq_store *st, int now)
         if (now && copy_batch(st, j, &wake) == 0) {
             copied = j;
         } else {
+            if (!copyable(st, j)) st->uncopyable += j->log_len;
             st->todo = st->todo_tail = j;
             wake = 1;
         }
@@ -870,6 +875,21 @@ static int64_t upkeep_due(sq_store *st)
     return due;
 }
 
+/* Whether room is to be made now (under mu). Not while batches only the
+ * writer takes (bulk) outweigh the loop's copies: their writes would pass
+ * the room at once, and making it (allocating and faulting in pages the
+ * writes then fill) cost bulk publishes more than the writes themselves;
+ * looked at again SQ_ROOM_WAIT_MS later, when the bulk may be over. */
+static int room_wanted(sq_store *st)
+{
+    int64_t now = mono_ms();
+    if (!st->mapped || !st->want_room || now < st->grow_retry_ms) return 0;
+    int bulk = st->uncopyable > st->copied;
+    st->uncopyable = st->copied = 0;
+    if (bulk) st->grow_retry_ms = now + SQ_ROOM_WAIT_MS;
+    return !bulk;
+}
+
 /* Room in the active file for the loop's copies, when they want it:
  * SQ_ROOM past its batches (made outside the lock: the loop copies below
  * the old room meanwhile). */
@@ -878,7 +898,7 @@ static void make_room(sq_store *st)
     pthread_mutex_lock(&st->mu);
     sg_logfile *f = &st->logs[st->act];
     size_t from = f->len, to = (f->len + SQ_ROOM + ((1u << 20) - 1)) & ~(size_t)((1u << 20) - 1);
-    int want = st->mapped && st->want_room && mono_ms() >= st->grow_retry_ms;
+    int want = room_wanted(st);
     pthread_mutex_unlock(&st->mu);
     if (!want) return;
     int rc = to > SG_LOGFILE_MAP ? -1 : sg_logfile_grow(f, from, to);
