@@ -53,10 +53,11 @@ static uint64_t mem_append(sg_store_conv *c, sg_update *u, sg_store_done_fn done
     if (c->count == cap) {
         sg_update_unref(c->ring[c->head]);
         c->ring[c->head] = NULL;
-        c->head = (c->head + 1) % cap;
+        c->head = c->head + 1 == cap ? 0 : c->head + 1; /* (no division: an append's hot path) */
         c->count--;
     }
-    c->ring[(c->head + c->count) % cap] = sg_update_ref(u);
+    int at = c->head + c->count;
+    c->ring[at < cap ? at : at - cap] = sg_update_ref(u);
     c->count++;
     if (done) done(arg, 0);
     return 0;

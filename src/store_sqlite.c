@@ -237,7 +237,7 @@ static void ring_pop(sq_store *st, sq_conv *c)
     st->cached -= UPDATE_BYTES(u);
     sg_update_unref(u);
     c->ring[c->head] = NULL;
-    c->head = (c->head + 1) % st->history;
+    c->head = c->head + 1 == st->history ? 0 : c->head + 1; /* (no division: an append's hot path) */
     c->count--;
 }
 
@@ -1202,6 +1202,7 @@ static void *writer_main(void *arg)
     for (int i = 0; i < 2; i++)
         if (!st->logs[i].len) sg_logfile_cut(&st->logs[i], 0);
     finalize_all(&w);
+    sg_update_pool_free(); /* this thread's (reads that failed freed updates into it) */
     return NULL;
 }
 
@@ -1407,7 +1408,8 @@ static uint64_t sq_append(sg_store_conv *sc, sg_update *u, sg_store_done_fn done
     /* the ring: what reads of recent history are answered from */
     int cap = st->history;
     if (c->count == cap) ring_pop(st, c);
-    c->ring[(c->head + c->count) % cap] = sg_update_ref(u);
+    int at = c->head + c->count;
+    c->ring[at < cap ? at : at - cap] = sg_update_ref(u);
     c->count++;
     st->cached += UPDATE_BYTES(u);
     lru_touch(st, c);
