@@ -566,6 +566,8 @@ void sg_format_ts(int64_t ms, char *out)
 #define UPOOL_STEP 32
 #define UPOOL_CLASSES 64 /* blocks up to 2 KB */
 #define UPOOL_BYTES ((size_t)4 << 20)
+#define ULATER_N 64    /* references dropped together */
+#define ULATER_AHEAD 12 /* fetched that many ahead of the one dropped */
 
 #if defined(__SANITIZE_ADDRESS__)
 #define UPOOL_ON 0
@@ -587,6 +589,8 @@ static _Thread_local struct {
     size_t bytes;
     char *scratch; /* where sg_update_new encodes */
     size_t scratch_cap;
+    sg_update *later[ULATER_N]; /* sg_update_unref_later's */
+    int n_later;
 } upool;
 
 /* The class of a block of n bytes, or -1 when it is not pooled. */
@@ -622,6 +626,31 @@ void sg_update_unref(sg_update *u)
     upool.bytes += (size_t)c * UPOOL_STEP;
 }
 
+/* Drop the references put off, fetching each a dozen ahead: the misses
+ * overlap instead of stalling one after the other. */
+static void drop_later(void)
+{
+    int n = upool.n_later;
+    upool.n_later = 0;
+    for (int i = 0; i < n && i < ULATER_AHEAD; i++)
+        __builtin_prefetch(upool.later[i], 1);
+    for (int i = 0; i < n; i++) {
+        if (i + ULATER_AHEAD < n) __builtin_prefetch(upool.later[i + ULATER_AHEAD], 1);
+        sg_update_unref(upool.later[i]);
+    }
+}
+
+void sg_update_unref_later(sg_update *u)
+{
+    if (!u) return;
+    if (!UPOOL_ON) { /* the sanitizer build: at once, as a use after free is caught where it happens */
+        sg_update_unref(u);
+        return;
+    }
+    upool.later[upool.n_later++] = u;
+    if (upool.n_later == ULATER_N) drop_later();
+}
+
 size_t sg_update_pooled(void)
 {
     return upool.bytes;
@@ -634,6 +663,7 @@ int sg_update_pooling(void)
 
 void sg_update_pool_free(void)
 {
+    drop_later();
     for (int c = 0; c < UPOOL_CLASSES; c++)
         while (upool.head[c]) {
             upool_block *b = upool.head[c];

@@ -143,6 +143,10 @@ void sg_update_unref(sg_update *u);
  * whether this build pools, the bytes the calling thread's pool holds,
  * and freeing them (at the thread's end). */
 int sg_update_pooling(void);
+/* Drop a reference a little later, with others (up to 64): for an update
+ * that is cold (history letting it go), whose fetch then overlaps the
+ * others'. */
+void sg_update_unref_later(sg_update *u);
 size_t sg_update_pooled(void);
 void sg_update_pool_free(void);
 

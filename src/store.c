@@ -51,7 +51,7 @@ static uint64_t mem_append(sg_store_conv *c, sg_update *u, sg_store_done_fn done
 {
     int cap = c->store->cap;
     if (c->count == cap) {
-        sg_update_unref(c->ring[c->head]);
+        sg_update_unref_later(c->ring[c->head]);
         c->ring[c->head] = NULL;
         c->head = c->head + 1 == cap ? 0 : c->head + 1; /* (no division: an append's hot path) */
         c->count--;

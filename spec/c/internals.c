@@ -158,6 +158,22 @@ static void update_pool(void)
     CHECK(!sg_update_pooling() || sg_update_pooled() > ((size_t)4 << 20) - 1024);
     sg_update_pool_free();
     CHECK(sg_update_pooled() == 0);
+    /* dropped later: 64 at a time (at once in the sanitizer build); one
+     * still referenced elsewhere lives on */
+    sg_update *keep = sg_update_stored(0, 1, 1700000000000LL, "k", 1);
+    sg_update_ref(keep);
+    sg_update_unref_later(keep);
+    for (int i = 1; i < 63; i++)
+        sg_update_unref_later(sg_update_stored(0, (uint64_t)i + 1, 1700000000000LL, "x", 1));
+    CHECK(keep->refcnt == (sg_update_pooling() ? 2 : 1));
+    CHECK(sg_update_pooled() == 0);
+    sg_update_unref_later(sg_update_stored(0, 64, 1700000000000LL, "x", 1));
+    CHECK(keep->refcnt == 1);
+    CHECK(sg_update_pooled() == (sg_update_pooling() ? 63 * ((sizeof(sg_update) + 2 + 31) / 32 * 32) : 0));
+    sg_update_unref(keep);
+    sg_update_unref_later(sg_update_stored(0, 65, 1700000000000LL, "x", 1));
+    sg_update_pool_free(); /* drops what waits, then frees the pool */
+    CHECK(sg_update_pooled() == 0);
 }
 
 static int publish(sg_hub *h, const char *conv, const char *cat, const char *text, const char *md)
@@ -614,7 +630,7 @@ int main(void)
     sg_categories_init(&cfg, err, sizeof(err));
     run("dict: set, get, replace, delete over 5,000 keys; NUL and empty keys", dict_basics);
     run("rate: GCRA passes the burst, then one event per interval, and says how long to wait", rate_gcra);
-    run("updates: a freed block serves the next update of its size, intact; big ones are freed; 4 MB at most", update_pool);
+    run("updates: a freed block serves the next update of its size, intact; big ones are freed; 4 MB at most; dropped later 64 at a time", update_pool);
     run("memory store: answers at once, trims, ranges by (since, upto], category and limit", store_contract);
     run("deferred store: answers later, reads when it answers, cancels, answers at close and free", store_deferred_contract);
     run("hub: resumes hold live frames until a late replay, then deliver them in order; gaps; cancel", hub_resume_deferred);
