@@ -138,15 +138,15 @@ static inline sg_update *sg_update_ref(sg_update *u)
     return u;
 }
 void sg_update_unref(sg_update *u);
+/* Drop a reference a little later, with others (up to 64): for an update
+ * that is cold (history letting it go), whose fetch then overlaps the
+ * others'. At once in a sanitizer build. */
+void sg_update_unref_later(sg_update *u);
 /* A freed update's block is kept for the next update of its size (up to
  * 2 KB, at most 4 MB of them per thread; none in a sanitizer build):
  * whether this build pools, the bytes the calling thread's pool holds,
- * and freeing them (at the thread's end). */
+ * and freeing them with what waits to be dropped (at the thread's end). */
 int sg_update_pooling(void);
-/* Drop a reference a little later, with others (up to 64): for an update
- * that is cold (history letting it go), whose fetch then overlaps the
- * others'. */
-void sg_update_unref_later(sg_update *u);
 size_t sg_update_pooled(void);
 void sg_update_pool_free(void);
 
