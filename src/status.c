@@ -693,10 +693,9 @@ sg_update *sg_update_stored(int category, uint64_t seq, int64_t ts_ms, const voi
 }
 
 /* The update's JSON, into out (room for the worst escaping): its length. */
-static size_t encode_update(const sg_draft *d, uint64_t seq, int64_t ts_ms, char *out)
+static size_t encode_update(const sg_draft *d, const char *cat, size_t catlen, uint64_t seq, int64_t ts_ms,
+                            char *out)
 {
-    const char *cat = sg_category_name(d->category);
-    size_t catlen = strlen(cat);
     char *p = out;
 #define PUT(lit) (memcpy(p, lit, sizeof(lit) - 1), p += sizeof(lit) - 1)
     PUT("{\"conversation_id\":\"");
@@ -734,15 +733,16 @@ sg_update *sg_update_new(const sg_draft *d, uint64_t seq, int64_t ts_ms)
 {
     /* encoded where the worst escaping (six bytes a byte) fits, then
      * copied into a block of its size */
-    size_t cap = 160 + d->conv_len + strlen(sg_category_name(d->category)) + 6 * d->text_len + d->metadata_len +
-                 6 * d->source_len;
+    const char *cat = sg_category_name(d->category);
+    size_t catlen = strlen(cat);
+    size_t cap = 160 + d->conv_len + catlen + 6 * d->text_len + d->metadata_len + 6 * d->source_len;
     if (cap > upool.scratch_cap) {
         char *s = realloc(upool.scratch, cap);
         if (!s) return NULL;
         upool.scratch = s;
         upool.scratch_cap = cap;
     }
-    size_t len = encode_update(d, seq, ts_ms, upool.scratch);
+    size_t len = encode_update(d, cat, catlen, seq, ts_ms, upool.scratch);
     sg_update *u = sg_update_stored(d->category, seq, ts_ms, upool.scratch, len);
     if (u) u->recv_ns = sg_clock_mono_ns();
     return u;
